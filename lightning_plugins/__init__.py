@@ -1,0 +1,10 @@
+"""fitslim's PyTorch Lightning callbacks (torch only; never imports TensorFlow or Keras).
+
+Works with trainers from both ``lightning.pytorch`` and ``pytorch_lightning``. The callbacks
+(``Pruning``, ``QuantizationAware``, ``Distillation``, ``Export``) arrive with their issues; today the
+package provides the reference Lightning module used by the demo.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []
