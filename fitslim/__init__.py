@@ -9,10 +9,16 @@ from __future__ import annotations
 from fitslim.int8 import absmax_scale, dequantize, fake_quant, percentile_scale, quantize
 from fitslim.quantspec import LayerQuant, QuantSpec
 from fitslim.recipe import Recipe, RecipeError
+from fitslim.schedules import ConstantSparsity, Cubic, PolynomialDecay, SparsitySchedule, make_schedule
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConstantSparsity",
+    "Cubic",
+    "PolynomialDecay",
+    "SparsitySchedule",
+    "make_schedule",
     "LayerQuant",
     "QuantSpec",
     "Recipe",

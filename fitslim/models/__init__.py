@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from fitslim.models.spec import (
     DigitsCNNSpec,
@@ -32,6 +32,8 @@ from fitslim.models.transfer import copy_torch_to_keras
 
 if TYPE_CHECKING:
     import torch
+
+    from fitslim.models.torch_models import DigitsCNN, MobileNetV2
 
 __all__ = [
     "MODEL_NAMES",
@@ -69,6 +71,12 @@ def _import(module: str, extra: str, package: str) -> Any:
         raise
 
 
+@overload
+def torch_model(name: Literal["digits_cnn"], **kwargs: Any) -> DigitsCNN: ...
+@overload
+def torch_model(name: Literal["mobilenet_v2"], **kwargs: Any) -> MobileNetV2: ...
+@overload
+def torch_model(name: str, **kwargs: Any) -> torch.nn.Module: ...
 def torch_model(name: str, **kwargs: Any) -> torch.nn.Module:
     """Build the PyTorch twin of a reference model by name.
 

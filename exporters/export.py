@@ -1,0 +1,246 @@
+"""``export()``: one call from a trained model to verified ncnn, TFLite and TensorRT artifacts.
+
+Example:
+    >>> # from exporters import export
+    >>> # report = export(model, ["onnx", "ncnn", "tflite", "tensorrt"], example_input=x,
+    >>> #                 calibration=batches, precision="int8", directory="exports")
+    >>> # print(report)
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from exporters.job import ExportJob
+from exporters.quant import QuantTable, calibrate, table_from_spec
+from exporters.report import ExportReport, TargetResult
+from exporters.source import Source, as_numpy, batches_to_numpy
+from fitslim.quantspec import QuantSpec
+from fitslim.recipe import EXPORT_TARGETS, PRECISIONS
+
+__all__ = ["TARGETS", "PRECISIONS", "export", "prepare_job", "source_weights"]
+
+log = logging.getLogger(__name__)
+
+TARGETS = EXPORT_TARGETS
+
+#: target → (module, function, the extra that provides its runtime)
+_TARGET_IMPL: dict[str, tuple[str, str, str]] = {
+    "onnx": ("exporters.onnx_export", "export_onnx", "export"),
+    "ncnn": ("exporters.ncnn", "export_ncnn", "export"),
+    "tflite": ("exporters.tflite", "export_tflite", "export"),
+    "tensorrt": ("exporters.tensorrt", "export_tensorrt", "export"),
+}
+
+#: how many verification samples are compared at most
+MAX_SAMPLES = 256
+
+
+def _check_args(targets: Sequence[str], precision: str) -> list[str]:
+    if isinstance(targets, str):
+        targets = [targets]
+    bad = [t for t in targets if t not in TARGETS]
+    if bad or not targets:
+        raise ValueError(f"targets: unknown {bad or targets!r}; choose any of {list(TARGETS)}.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: unknown {precision!r}; choose one of {list(PRECISIONS)}.")
+    return list(dict.fromkeys(targets))
+
+
+def source_weights(source: Source) -> dict[str, npt.NDArray[np.float32]]:
+    """Weights of the source's weighted layers, output channel first, keyed like a QuantSpec's layer names.
+
+    torch: module path → ``module.weight`` (Conv OIHW, Linear (out, in)). Keras: layer name → kernel
+    transposed to OIHW / (out, in) (a depthwise kernel (kh, kw, C, m) becomes (C*m, 1, kh, kw)).
+    """
+    out: dict[str, npt.NDArray[np.float32]] = {}
+    if source.framework == "torch":
+        import torch
+
+        for name, mod in source.model.named_modules():
+            if isinstance(mod, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)):
+                out[name] = as_numpy(mod.weight)
+    elif source.framework in ("keras", "tf_keras"):
+        for layer in source.model.layers:
+            kernel = getattr(layer, "depthwise_kernel", None)
+            if kernel is not None:
+                k = as_numpy(kernel)
+                out[layer.name] = np.ascontiguousarray(k.transpose(2, 3, 0, 1).reshape(-1, 1, k.shape[0], k.shape[1]))
+                continue
+            kernel = getattr(layer, "kernel", None)
+            if kernel is None:
+                continue
+            k = as_numpy(kernel)
+            perm = (k.ndim - 1, k.ndim - 2, *range(k.ndim - 2))
+            out[layer.name] = np.ascontiguousarray(k.transpose(perm))
+    return out
+
+
+def _example(source: Source, example_input: Any, calib: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32]:
+    if example_input is not None:
+        x = as_numpy(example_input)
+        declared = source.input_shape()
+        if declared is not None and x.ndim == len(declared) - 1:
+            x = x[None]
+        return x
+    if calib is not None:
+        return calib[:1]
+    shape = source.input_shape()
+    if shape is not None and all(d is not None for d in shape[1:]):
+        return np.random.default_rng(0).random((1, *(int(d) for d in shape[1:] if d is not None)), dtype=np.float32)
+    raise ValueError(
+        "example_input: needed to trace this model (its input shape is not declared). Pass one input batch, "
+        "e.g. example_input=x[:1], or calibration batches."
+    )
+
+
+def prepare_job(
+    model: Any,
+    precision: str,
+    directory: str | os.PathLike[str],
+    workdir: str | os.PathLike[str],
+    example_input: Any = None,
+    calibration: Iterable[Any] | npt.ArrayLike | None = None,
+    quant_spec: QuantSpec | None = None,
+    verify: bool = True,
+    threads: int = 2,
+    samples: npt.ArrayLike | None = None,
+) -> ExportJob:
+    """Build the shared pieces every target uses: source, ONNX hub, verification samples, int8 scales.
+
+    Raises:
+        ValueError: int8 without ``calibration`` or ``quant_spec``; a QuantSpec that does not fit the model.
+    """
+    from exporters.onnx_export import to_onnx
+
+    source = Source.from_model(model)
+    calib: npt.NDArray[np.float32] | None = None
+    if calibration is not None:
+        calib = as_numpy(calibration) if isinstance(calibration, np.ndarray) else batches_to_numpy(calibration, limit=1024)
+    if precision == "int8" and calib is None and quant_spec is None:
+        raise ValueError(
+            "calibration: int8 export needs calibration batches (a few hundred real inputs) or a quant_spec "
+            "learned by QuantizationAware; pass one of them."
+        )
+    example = _example(source, example_input, calib)
+    work = Path(workdir)
+    onnx_path, notes = to_onnx(source, work / "shared.onnx", example)
+    if samples is not None:
+        x = as_numpy(samples)
+    elif calib is not None:
+        x = calib[:MAX_SAMPLES]
+    else:
+        # random inputs over the example's value range, plus the example itself
+        rng = np.random.default_rng(0)
+        lo, hi = float(example.min()), float(example.max())
+        if hi <= lo:
+            lo, hi = 0.0, 1.0
+        x = np.concatenate([example, rng.uniform(lo, hi, size=(7, *example.shape[1:])).astype(np.float32)])
+    reference = source.predict(x)
+    shape = tuple(int(d) for d in (example.shape if source.layout == "NCHW" or example.ndim != 4 else example.transpose(0, 3, 1, 2).shape))
+    table: QuantTable | None = None
+    if precision == "int8":
+        if quant_spec is not None:
+            table = table_from_spec(onnx_path, quant_spec, source_weights(source))
+        else:
+            assert calib is not None
+            nchw = calib if source.layout == "NCHW" or calib.ndim != 4 else np.ascontiguousarray(calib.transpose(0, 3, 1, 2))
+            table = calibrate(onnx_path, nchw)
+    return ExportJob(
+        source=source,
+        onnx_path=onnx_path,
+        input_shape=(1, *shape[1:]),
+        directory=Path(directory),
+        workdir=work,
+        precision=precision,
+        samples=x,
+        reference=reference,
+        quant=table,
+        calibration=calib,
+        verify=verify,
+        threads=threads,
+        notes=notes,
+    )
+
+
+def _target_fn(target: str) -> Callable[[ExportJob], TargetResult]:
+    module, fn, _extra = _TARGET_IMPL[target]
+    return getattr(importlib.import_module(module), fn)  # type: ignore[no-any-return]
+
+
+def export(
+    model: Any,
+    targets: Sequence[str] = ("onnx",),
+    example_input: Any = None,
+    calibration: Iterable[Any] | npt.ArrayLike | None = None,
+    precision: str = "fp32",
+    quant_spec: QuantSpec | None = None,
+    directory: str | os.PathLike[str] = "exports",
+    verify: bool = True,
+    threads: int = 2,
+    progress: Callable[[str], None] | None = None,
+) -> ExportReport:
+    """Export ``model`` to each target, verify every artifact in its runtime, and return the report.
+
+    A failing target becomes a ``failed`` row with its reason; the other targets are still produced, and
+    the model is never modified. Artifacts are written under temporary names and renamed when complete.
+
+    Args:
+        model: a ``torch.nn.Module``, a Keras 3 or tf-keras model, or a path to an ``.onnx`` file.
+        targets: any of ``"onnx"``, ``"ncnn"``, ``"tflite"``, ``"tensorrt"``.
+        example_input: one input batch in the model's layout (NCHW torch, NHWC Keras); needed for torch.
+        calibration: input batches (arrays, tensors, ``(x, y)`` tuples); required for int8 without a QuantSpec.
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        quant_spec: scales learned by QAT; int8 artifacts then use them and are not re-calibrated.
+        directory: where artifacts and ``report.json`` / ``report.md`` go.
+        verify: run each artifact in its runtime and compare with the model.
+        threads: runtime threads for verification and latency.
+        progress: called with a short message as each step starts.
+
+    Raises:
+        ValueError: unknown target, precision or model type; int8 without calibration or QuantSpec.
+    """
+    chosen = _check_args(targets, precision)
+    say = progress or (lambda msg: log.info("%s", msg))
+    out_dir = Path(directory)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".fitslim-", dir=out_dir))
+    try:
+        say("building the shared ONNX")
+        job = prepare_job(
+            model, precision, out_dir, work, example_input, calibration, quant_spec, verify=verify, threads=threads
+        )
+        report = ExportReport(source=job.source.description, directory=str(out_dir))
+        for target in chosen:
+            say(f"exporting {target} ({precision})")
+            try:
+                result = _target_fn(target)(job)
+            except ImportError as err:
+                extra = _TARGET_IMPL[target][2]
+                result = TargetResult(
+                    target, precision, status="failed", reason=f"{err}. Install it with: pip install 'fitslim[{extra}]'"
+                )
+            except Exception as err:  # one target failing must not lose the others
+                log.exception("export to %s failed", target)
+                result = TargetResult(target, precision, status="failed", reason=f"{type(err).__name__}: {err}")
+            if job.quant is not None and not result.scales and result.status == "ok":
+                result.scales = job.quant.describe()
+            report.results.append(result)
+        if job.notes and report.results:
+            report.results[0].notes.extend(job.notes)
+        if job.quant is not None:
+            job.quant.spec.save(out_dir / "quant_spec.json")
+        report.save(out_dir)
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,194 @@
+"""The model being exported, whatever framework it comes from, behind one small interface.
+
+The one place that branches on the source framework: torch ``nn.Module``, Keras 3 model, tf-keras
+(Keras 2) model, or an ``.onnx`` file. Everything downstream asks a :class:`Source` for predictions in
+NumPy and for its layout.
+
+Example:
+    >>> # src = Source.from_model(torch_module)
+    >>> # src.framework, src.layout  ->  ('torch', 'NCHW')
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["FRAMEWORKS", "Source", "as_numpy", "batches_to_numpy", "detect_framework"]
+
+FRAMEWORKS = ("torch", "keras", "tf_keras", "onnx")
+
+_INPUT_KEYS = ("x", "input", "inputs", "image", "images")
+
+
+def detect_framework(model: Any) -> str:
+    """Name the framework of ``model``: ``torch``, ``keras`` (Keras 3), ``tf_keras`` (Keras 2) or ``onnx``.
+
+    Raises:
+        ValueError: the type is none of those, naming the type and the accepted ones.
+        FileNotFoundError: an ``.onnx`` path that does not exist.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if path.suffix.lower() != ".onnx":
+            raise ValueError(f"model: a path must name an .onnx file; got {str(path)!r}.")
+        if not path.is_file():
+            raise FileNotFoundError(f"model: ONNX file {str(path)!r} does not exist.")
+        return "onnx"
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        return "torch"
+    for cls in type(model).__mro__:
+        mod = cls.__module__ or ""
+        if mod.startswith("tf_keras") or mod.startswith("keras.src.engine") or mod.startswith("keras.engine"):
+            return "tf_keras"
+        if mod.startswith("keras"):
+            return "keras"
+    raise ValueError(
+        f"model: unsupported type {type(model).__module__}.{type(model).__qualname__}. Pass a torch.nn.Module, "
+        "a Keras 3 model, a tf-keras model, or a path to an .onnx file."
+    )
+
+
+def as_numpy(x: Any) -> npt.NDArray[np.float32]:
+    """A float32 NumPy array from a NumPy array, torch tensor, TF/Keras tensor or nested list."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch
+        x = x.detach().cpu().numpy()
+    elif hasattr(x, "numpy") and not isinstance(x, np.ndarray):  # tf
+        x = x.numpy()
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+
+
+def _batch_input(batch: Any) -> Any:
+    if isinstance(batch, Mapping):
+        for key in _INPUT_KEYS:
+            if key in batch:
+                return batch[key]
+        raise ValueError(
+            f"calibration: a dict batch needs one of the keys {list(_INPUT_KEYS)}; got {sorted(map(str, batch))}. "
+            "Pass the input arrays themselves."
+        )
+    if isinstance(batch, (tuple, list)) and batch and hasattr(batch[0], "shape"):
+        return batch[0]  # (x, y) or [x, ...]: the input comes first
+    return batch
+
+
+def batches_to_numpy(batches: Iterable[Any], limit: int | None = None) -> npt.NDArray[np.float32]:
+    """Stack input batches (arrays, tensors, ``(x, y)`` tuples or dicts) into one float32 array.
+
+    Args:
+        batches: the iterable of batches.
+        limit: stop after this many samples.
+
+    Raises:
+        ValueError: no batch, or batches whose sample shapes differ.
+    """
+    arrays: list[npt.NDArray[np.float32]] = []
+    total = 0
+    for batch in batches:
+        a = as_numpy(_batch_input(batch))
+        arrays.append(a)
+        total += len(a)
+        if limit is not None and total >= limit:
+            break
+    if not arrays:
+        raise ValueError("calibration: the iterable gave no batch. Pass a few batches of real inputs.")
+    shapes = {a.shape[1:] for a in arrays}
+    if len(shapes) > 1:
+        raise ValueError(f"calibration: batches have different sample shapes {sorted(shapes)}.")
+    out = np.concatenate(arrays)
+    return out[:limit] if limit is not None else out
+
+
+@dataclass
+class Source:
+    """A model to export and a uniform way to run it on NumPy inputs.
+
+    Args:
+        model: the torch module, Keras model, or ONNX path.
+        framework: one of :data:`FRAMEWORKS`.
+    """
+
+    model: Any
+    framework: str
+
+    @classmethod
+    def from_model(cls, model: Any) -> Source:
+        """Wrap ``model``, detecting its framework."""
+        return cls(model, detect_framework(model))
+
+    @property
+    def layout(self) -> str:
+        """``NCHW`` for torch and ONNX, ``NHWC`` for Keras (channels-last image inputs)."""
+        return "NHWC" if self.framework in ("keras", "tf_keras") else "NCHW"
+
+    @property
+    def description(self) -> str:
+        """A short human description, e.g. ``torch DigitsCNN``."""
+        if self.framework == "onnx":
+            return f"onnx {Path(self.model).name}"
+        name = getattr(self.model, "name", None) if self.framework != "torch" else None
+        return f"{self.framework} {name or type(self.model).__name__}"
+
+    def input_shape(self) -> tuple[int | None, ...] | None:
+        """The declared input shape (batch dim None) when the model declares one, else None."""
+        if self.framework in ("keras", "tf_keras"):
+            shape = getattr(self.model, "input_shape", None)
+            if isinstance(shape, list):
+                shape = shape[0]
+            return tuple(shape) if shape is not None else None
+        if self.framework == "onnx":
+            import onnx
+
+            m = onnx.load(str(self.model), load_external_data=False)
+            init = {i.name for i in m.graph.initializer}
+            first = next(i for i in m.graph.input if i.name not in init)
+            dims = first.type.tensor_type.shape.dim
+            return tuple((d.dim_value if d.HasField("dim_value") else None) for d in dims)
+        return None
+
+    def predict(self, x: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """Run the source model on ``x`` (in :attr:`layout`) in inference mode; returns float32 NumPy."""
+        a = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+        if self.framework == "torch":
+            return self._predict_torch(a)
+        if self.framework in ("keras", "tf_keras"):
+            out = self.model(a, training=False)
+            if isinstance(out, (list, tuple)):
+                out = out[0]
+            return as_numpy(out)
+        return self._predict_onnx(a)
+
+    def _predict_torch(self, a: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        import torch
+
+        model = self.model
+        was_training = model.training
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(torch.from_numpy(a).to(device))
+        finally:
+            model.train(was_training)
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        return as_numpy(out)
+
+    def _predict_onnx(self, a: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        import onnxruntime as ort
+
+        sess = getattr(self, "_ort", None)
+        if sess is None:
+            sess = ort.InferenceSession(str(self.model), providers=["CPUExecutionProvider"])
+            self._ort = sess
+        name = sess.get_inputs()[0].name
+        return np.asarray(sess.run(None, {name: a})[0], dtype=np.float32)

@@ -1,0 +1,79 @@
+"""Shared fixtures: the bundled digits and small trained reference models (trained once per session)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from fitslim.data import Digits, digits  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits_nchw() -> Digits:
+    return digits(size=8, layout="NCHW")
+
+
+@pytest.fixture(scope="session")
+def digits_nhwc() -> Digits:
+    return digits(size=8, layout="NHWC")
+
+
+@pytest.fixture(scope="session")
+def trained_torch_digits(digits_nchw: Digits) -> Any:
+    """The reference digits CNN trained for a few epochs with a plain torch loop (eval mode)."""
+    torch = pytest.importorskip("torch", reason="torch not installed")
+    from fitslim.models import torch_model
+
+    torch.manual_seed(0)
+    model = torch_model("digits_cnn", width=1.0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.from_numpy(digits_nchw.x_train), torch.from_numpy(digits_nchw.y_train)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        for idx in torch.randperm(len(x), generator=gen).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(torch.from_numpy(digits_nchw.x_test)).argmax(1).numpy() == digits_nchw.y_test).mean()
+    assert acc > 0.9, f"fixture model did not train (test accuracy {acc:.3f})"
+    return model
+
+
+@pytest.fixture(scope="session")
+def trained_keras_digits(digits_nhwc: Digits) -> Any:
+    """The Keras twin of the digits CNN trained for a few epochs with model.fit."""
+    keras = pytest.importorskip("keras", reason="keras not installed")
+    from keras_callbacks.reference import build_digits_classifier, evaluate_accuracy
+
+    keras.utils.set_random_seed(0)
+    model = build_digits_classifier(width=1.0, size=8)
+    model.fit(digits_nhwc.x_train, digits_nhwc.y_train, batch_size=64, epochs=8, verbose=0)
+    acc = evaluate_accuracy(model, digits_nhwc.x_test, digits_nhwc.y_test)
+    assert acc > 0.9, f"fixture model did not train (test accuracy {acc:.3f})"
+    return model
+
+
+def random_bn_stats(model: Any, seed: int = 0) -> Any:
+    """Give every BatchNorm of a torch model non-trivial statistics, so BN folding is really exercised."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            n = mod.num_features
+            mod.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            mod.weight.data.copy_(torch.rand(n, generator=gen) * 2 - 1)
+            mod.bias.data.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
+    return model.eval()
+
+
+np.set_printoptions(precision=4, suppress=True)
