@@ -1,8 +1,14 @@
 """fitslim's shared exporters: ONNX hub to ncnn, TFLite (LiteRT) and TensorRT, each verified in its runtime.
 
-The public ``export`` function arrives with its issue.
+Example:
+    >>> from exporters import export
+    >>> # report = export(model, ["onnx", "ncnn", "tflite", "tensorrt"], example_input=x,
+    >>> #                 calibration=batches, precision="int8", directory="exports")
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from exporters.export import PRECISIONS, TARGETS, export
+from exporters.report import ExportReport, TargetResult
+
+__all__ = ["PRECISIONS", "TARGETS", "ExportReport", "TargetResult", "export"]

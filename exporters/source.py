@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FRAMEWORKS", "Source", "as_numpy", "batches_to_numpy", "detect_framework"]
+__all__ = ["FRAMEWORKS", "Source", "as_numpy", "batch_input", "batches_to_numpy", "detect_framework"]
 
 FRAMEWORKS = ("torch", "keras", "tf_keras", "onnx")
 
@@ -66,7 +66,8 @@ def as_numpy(x: Any) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
 
 
-def _batch_input(batch: Any) -> Any:
+def batch_input(batch: Any) -> Any:
+    """The model input of a batch: the batch itself, its first element, or its x/input/image entry."""
     if isinstance(batch, Mapping):
         for key in _INPUT_KEYS:
             if key in batch:
@@ -93,7 +94,7 @@ def batches_to_numpy(batches: Iterable[Any], limit: int | None = None) -> npt.ND
     arrays: list[npt.NDArray[np.float32]] = []
     total = 0
     for batch in batches:
-        a = as_numpy(_batch_input(batch))
+        a = as_numpy(batch_input(batch))
         arrays.append(a)
         total += len(a)
         if limit is not None and total >= limit:

@@ -6,4 +6,6 @@ issues; today the package provides the reference Keras training used by the demo
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from keras_callbacks.export import Export
+
+__all__ = ["Export"]

@@ -7,4 +7,6 @@ package provides the reference Lightning module used by the demo.
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from lightning_plugins.export import Export
+
+__all__ = ["Export"]

@@ -1,0 +1,77 @@
+"""The validated arguments of the ``Export`` callbacks, shared by the Lightning and Keras sides.
+
+Example:
+    >>> s = ExportSettings(targets=["onnx", "ncnn"], precision="int8", calibration_batches=4)
+    >>> s.targets, s.directory
+    (['onnx', 'ncnn'], 'exports')
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fitslim.quantspec import QuantSpec
+from fitslim.recipe import EXPORT_TARGETS, PRECISIONS
+
+__all__ = ["ExportSettings"]
+
+
+@dataclass
+class ExportSettings:
+    """What to export at fit end, and how.
+
+    Args:
+        targets: any of ``onnx``, ``ncnn``, ``tflite``, ``tensorrt``.
+        directory: output folder.
+        precision: ``fp32``, ``fp16`` or ``int8``.
+        example_input: one input batch; taken from the training data when None.
+        calibration: input batches for int8; taken from the training data when None.
+        calibration_batches: how many training batches to take for calibration and verification.
+        quant_spec: learned int8 scales; found on a ``QuantizationAware`` callback when None.
+        verify: verify every artifact in its runtime.
+        threads: runtime threads for verification and latency.
+        input_fn: extracts the model input from a batch (default: first element, or x/input/image key).
+
+    Raises:
+        ValueError: an unknown target or precision, or a non-positive count.
+        TypeError: a quant_spec that is not a ``fitslim.QuantSpec``, or an input_fn that is not callable.
+    """
+
+    targets: Sequence[str] = ("onnx",)
+    directory: str | os.PathLike[str] = "exports"
+    precision: str = "fp32"
+    example_input: Any = None
+    calibration: Any = None
+    calibration_batches: int = 8
+    quant_spec: QuantSpec | None = None
+    verify: bool = True
+    threads: int = 2
+    input_fn: Callable[[Any], Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        targets = [self.targets] if isinstance(self.targets, str) else list(self.targets)
+        bad = [t for t in targets if t not in EXPORT_TARGETS]
+        if bad or not targets:
+            raise ValueError(
+                f"Export(targets=...): unknown {bad or targets!r}. HINT: choose any of {list(EXPORT_TARGETS)}."
+            )
+        self.targets = list(dict.fromkeys(targets))
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Export(precision=...): unknown {self.precision!r}. HINT: choose one of {list(PRECISIONS)}.")
+        for name in ("calibration_batches", "threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Export({name}=...): must be a positive integer; got {value!r}.")
+        if self.quant_spec is not None and not isinstance(self.quant_spec, QuantSpec):
+            raise TypeError(
+                f"Export(quant_spec=...): expected a fitslim.QuantSpec; got {type(self.quant_spec).__name__}. "
+                "HINT: load one with fitslim.QuantSpec.load(path)."
+            )
+        if self.input_fn is not None and not callable(self.input_fn):
+            raise TypeError(f"Export(input_fn=...): expected a callable batch -> input; got {self.input_fn!r}.")
+        if not str(self.directory):
+            raise ValueError("Export(directory=...): must not be empty. HINT: e.g. directory='exports'.")

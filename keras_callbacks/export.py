@@ -1,0 +1,147 @@
+"""Keras ``Export``: at the end of ``model.fit``, write verified deployment artifacts.
+
+Example:
+    >>> from keras_callbacks import Export
+    >>> cb = Export(targets=["onnx", "tflite"], directory="exports")
+    >>> # model.fit(x, y, epochs=5, callbacks=[cb]); print(cb.report)
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Callable, Sequence
+from itertools import islice
+from typing import Any
+
+import keras
+import numpy as np
+from typing_extensions import override
+
+from exporters.report import ExportReport, TargetResult
+from exporters.settings import ExportSettings
+from exporters.source import as_numpy, batch_input
+from fitslim.quantspec import QuantSpec
+
+__all__ = ["Export"]
+
+log = logging.getLogger(__name__)
+
+
+def _fit_inputs(model: Any) -> Any:
+    """The ``x`` that was passed to the running ``model.fit``, found on the call stack, or None.
+
+    Keras gives callbacks no handle on the training data; the frame of ``fit`` still holds it.
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
+                return frame.f_locals.get("x")
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
+
+
+def _batches_from(x: Any, batch_size: int, count: int, get: Callable[[Any], Any]) -> list[np.ndarray]:
+    if x is None:
+        return []
+    if isinstance(x, np.ndarray) or hasattr(x, "__array__") and not hasattr(x, "element_spec"):
+        arr = as_numpy(x)
+        return [arr[i : i + batch_size] for i in range(0, min(len(arr), batch_size * count), batch_size)]
+    if hasattr(x, "element_spec") or hasattr(x, "__iter__") or hasattr(x, "__getitem__"):
+        it = iter(x) if hasattr(x, "__iter__") else (x[i] for i in range(len(x)))
+        return [as_numpy(get(b)) for b in islice(it, count)]
+    return []
+
+
+class Export(keras.callbacks.Callback):  # type: ignore[misc]
+    """Export the trained Keras model to ONNX, ncnn, TFLite and TensorRT when ``fit`` ends.
+
+    Runs on ``on_train_end``. An export failure is logged and recorded in :attr:`report`; it never
+    raises out of ``fit`` and never touches the trained weights.
+
+    Args:
+        targets: any of ``"onnx"``, ``"ncnn"``, ``"tflite"``, ``"tensorrt"``.
+        directory: output folder for artifacts and ``report.json`` / ``report.md``.
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        example_input: one input batch (NHWC); the first batch of the data given to ``fit`` when None.
+        calibration: input batches for int8 and verification; the first ``calibration_batches`` batches
+            of the data given to ``fit`` when None.
+        calibration_batches: how many batches to take from the training data.
+        quant_spec: learned int8 scales; taken from a ``QuantizationAware`` callback when None.
+        verify: run each artifact in its runtime and compare with the model.
+        threads: runtime threads for verification and latency.
+        input_fn: ``batch -> input`` for datasets whose elements are not ``(x, y)`` tuples.
+        batch_size: batch size used to slice array inputs given to ``fit``.
+
+    Raises:
+        ValueError: unknown target or precision.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[str] = ("onnx",),
+        directory: str | os.PathLike[str] = "exports",
+        precision: str = "fp32",
+        example_input: Any = None,
+        calibration: Any = None,
+        calibration_batches: int = 8,
+        quant_spec: QuantSpec | None = None,
+        verify: bool = True,
+        threads: int = 2,
+        input_fn: Callable[[Any], Any] | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        super().__init__()
+        self.settings = ExportSettings(
+            targets, directory, precision, example_input, calibration, calibration_batches, quant_spec, verify,
+            threads, input_fn,
+        )
+        self.batch_size = batch_size
+        self.report: ExportReport | None = None
+        self._fit_x: Any = None
+
+    @override
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        s = self.settings
+        if s.calibration is None or s.example_input is None:
+            self._fit_x = _fit_inputs(self.model)
+
+    @override
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        from exporters.export import export
+
+        s = self.settings
+        try:
+            batches = _batches_from(self._fit_x, self.batch_size, s.calibration_batches, s.input_fn or batch_input)
+            calibration = s.calibration if s.calibration is not None else (batches or None)
+            example = s.example_input if s.example_input is not None else (batches[0][:1] if batches else None)
+            spec = s.quant_spec
+            if spec is None and s.precision == "int8":
+                # keras_callbacks.QuantizationAware leaves its spec on the model at train end
+                found = getattr(self.model, "_fitslim_quant_spec", None)
+                spec = found if isinstance(found, QuantSpec) else None
+            self.report = export(
+                self.model,
+                s.targets,
+                example_input=example,
+                calibration=calibration,
+                precision=s.precision,
+                quant_spec=spec,
+                directory=s.directory,
+                verify=s.verify,
+                threads=s.threads,
+            )
+        except Exception as err:  # the trained model must survive any export problem
+            log.exception("fitslim Export failed; the trained weights are untouched")
+            self.report = ExportReport(
+                [TargetResult(t, s.precision, status="failed", reason=f"{type(err).__name__}: {err}") for t in s.targets],
+                source=getattr(self.model, "name", "keras model"),
+                directory=str(s.directory),
+            )
+        finally:
+            self._fit_x = None
+        log.info("fitslim export report:\n%s", self.report)

@@ -1,0 +1,122 @@
+"""Lightning ``Export``: at fit end, on global rank zero, write verified deployment artifacts.
+
+Example:
+    >>> from lightning_plugins import Export
+    >>> cb = Export(targets=["onnx", "ncnn"], directory="exports")
+    >>> # Trainer(callbacks=[cb]).fit(module, datamodule); print(cb.report)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from itertools import islice
+from typing import Any
+
+from typing_extensions import override
+
+from exporters.report import ExportReport, TargetResult
+from exporters.settings import ExportSettings
+from exporters.source import as_numpy, batch_input
+from fitslim.quantspec import QuantSpec
+from lightning_plugins._compat import pl
+
+__all__ = ["Export"]
+
+log = logging.getLogger(__name__)
+
+
+def _find_quant_spec(trainer: Any, pl_module: Any) -> QuantSpec | None:
+    """A QuantSpec left by a QAT callback (duck-typed: any callback with a ``quant_spec``) or on the module."""
+    for cb in getattr(trainer, "callbacks", []):
+        spec = getattr(cb, "quant_spec", None)
+        if isinstance(spec, QuantSpec):
+            return spec
+    spec = getattr(pl_module, "quant_spec", None)
+    return spec if isinstance(spec, QuantSpec) else None
+
+
+class Export(pl.Callback):  # type: ignore[name-defined]
+    """Export the trained module to ONNX, ncnn, TFLite and TensorRT when ``fit`` ends.
+
+    Runs on global rank zero only, after the last checkpoint is written. An export failure is logged and
+    recorded in :attr:`report`; it never raises out of ``fit`` and never touches the trained weights.
+
+    Args:
+        targets: any of ``"onnx"``, ``"ncnn"``, ``"tflite"``, ``"tensorrt"``.
+        directory: output folder for artifacts and ``report.json`` / ``report.md``.
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        example_input: one input batch; the first training batch when None.
+        calibration: input batches for int8 and verification; the first ``calibration_batches`` training
+            batches when None.
+        calibration_batches: how many training batches to take.
+        quant_spec: learned int8 scales; taken from a ``QuantizationAware`` callback when None.
+        verify: run each artifact in its runtime and compare with the module.
+        threads: runtime threads for verification and latency.
+        input_fn: ``batch -> input`` when batches are not ``(x, y)`` tuples or dicts with ``x``/``input``/``image``.
+
+    Raises:
+        ValueError: unknown target or precision.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[str] = ("onnx",),
+        directory: str | os.PathLike[str] = "exports",
+        precision: str = "fp32",
+        example_input: Any = None,
+        calibration: Any = None,
+        calibration_batches: int = 8,
+        quant_spec: QuantSpec | None = None,
+        verify: bool = True,
+        threads: int = 2,
+        input_fn: Callable[[Any], Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = ExportSettings(
+            targets, directory, precision, example_input, calibration, calibration_batches, quant_spec, verify,
+            threads, input_fn,
+        )
+        self.report: ExportReport | None = None
+
+    def _training_batches(self, trainer: Any) -> list[Any]:
+        loader = getattr(trainer, "train_dataloader", None)
+        if loader is None and getattr(trainer, "datamodule", None) is not None:
+            loader = trainer.datamodule.train_dataloader()
+        if loader is None:
+            return []
+        get = self.settings.input_fn or batch_input
+        return [as_numpy(get(b)) for b in islice(iter(loader), self.settings.calibration_batches)]
+
+    @override
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        from exporters.export import export
+
+        s = self.settings
+        try:
+            batches = self._training_batches(trainer) if s.calibration is None or s.example_input is None else []
+            calibration = s.calibration if s.calibration is not None else (batches or None)
+            example = s.example_input if s.example_input is not None else (batches[0][:1] if batches else None)
+            spec = s.quant_spec or (_find_quant_spec(trainer, pl_module) if s.precision == "int8" else None)
+            self.report = export(
+                pl_module,
+                s.targets,
+                example_input=example,
+                calibration=calibration,
+                precision=s.precision,
+                quant_spec=spec,
+                directory=s.directory,
+                verify=s.verify,
+                threads=s.threads,
+            )
+        except Exception as err:  # the trained model and its checkpoints must survive any export problem
+            log.exception("fitslim Export failed; the trained weights and checkpoints are untouched")
+            self.report = ExportReport(
+                [TargetResult(t, s.precision, status="failed", reason=f"{type(err).__name__}: {err}") for t in s.targets],
+                source=type(pl_module).__name__,
+                directory=str(s.directory),
+            )
+        log.info("fitslim export report:\n%s", self.report)

@@ -1,0 +1,162 @@
+"""The export orchestrator and the ONNX hub: argument errors, verification, failures that lose nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="torch not installed")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+
+import torch  # noqa: E402
+
+from exporters import ExportReport, export  # noqa: E402
+from exporters.onnx_export import fold_batchnorm, ort_session, to_onnx  # noqa: E402
+from exporters.source import Source, batches_to_numpy, detect_framework  # noqa: E402
+from fitslim.models import torch_model  # noqa: E402
+from tests.conftest import random_bn_stats  # noqa: E402
+
+
+class FullyConv(torch.nn.Module):
+    """Conv-BN-ReLU, depthwise, residual: output keeps the spatial layout, so layout bugs show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv(x)))
+        return self.pw(torch.relu(self.dw(h)) + h)
+
+
+def test_onnx_target_matches_torch_on_digits(trained_torch_digits: Any, digits_nchw: Any, tmp_path: Path) -> None:
+    report = export(
+        trained_torch_digits, ["onnx"], example_input=digits_nchw.x_test[:1],
+        calibration=[digits_nchw.x_test[:128], digits_nchw.x_test[128:]], directory=tmp_path,
+    )
+    r = report["onnx"]
+    assert r.ok, r.reason
+    assert r.max_rel_error is not None and r.max_rel_error <= 1e-4
+    assert r.top1_agreement == 1.0 and r.samples == 256
+    assert r.latency_ms is not None and r.latency_ms > 0 and r.threads == 2
+    assert (tmp_path / "model.onnx").stat().st_size == r.size_bytes
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["results"][0]["target"] == "onnx"
+    assert ExportReport.load(tmp_path).results[0].max_rel_error == r.max_rel_error
+    assert "| onnx | fp32 | ok |" in (tmp_path / "report.md").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch or partial files left
+    assert "model.onnx" in str(report) and "max rel err" in str(report)
+
+
+def test_onnx_odd_input_size_layout_and_sensitivity(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = random_bn_stats(FullyConv())
+    x = np.random.default_rng(0).random((2, 3, 17, 23), dtype=np.float32)
+    path, notes = to_onnx(Source.from_model(model), tmp_path / "m.onnx", x)
+    sess = ort_session(path)
+    out = sess.run(None, {"input": x})[0]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert out.shape == (2, 4, 17, 23)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    other = sess.run(None, {"input": x[::-1].copy()})[0]
+    assert not np.allclose(other, out)  # different inputs give different outputs
+    # dynamic batch: a batch of 5 runs on the same file
+    assert sess.run(None, {"input": np.concatenate([x, x, x[:1]])})[0].shape[0] == 5
+
+
+def test_batchnorm_is_folded_into_conv(tmp_path: Path) -> None:
+    import onnx
+
+    model = random_bn_stats(torch_model("digits_cnn"))
+    x = np.random.default_rng(1).random((1, 1, 8, 8), dtype=np.float32)
+    path, _ = to_onnx(Source.from_model(model), tmp_path / "d.onnx", x)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "BatchNormalization" not in ops and ops.count("Conv") == 4
+
+
+def test_fold_batchnorm_pass_on_unfolded_graph(tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    scale, bias = rng.normal(size=4).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    mean, var = rng.normal(size=4).astype(np.float32), rng.random(4).astype(np.float32) + 0.5
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (scale, "s"), (bias, "b"), (mean, "m"), (var, "v"))]
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["y"], name="bn", epsilon=1e-3)],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 9, 7])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.random((1, 3, 9, 7), dtype=np.float32)
+    before = ort_session_from(m).run(None, {"x": x})[0]
+    assert fold_batchnorm(m) == 1
+    assert [n.op_type for n in m.graph.node] == ["Conv"]
+    after = ort_session_from(m).run(None, {"x": x})[0]
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+
+
+def ort_session_from(model: Any) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_bad_arguments_name_themselves(trained_torch_digits: Any, tmp_path: Path) -> None:
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    with pytest.raises(ValueError, match=r"targets: unknown \['coreml'\]; choose any of \['onnx', 'ncnn'"):
+        export(trained_torch_digits, ["coreml"], example_input=x, directory=tmp_path)
+    with pytest.raises(ValueError, match=r"precision: unknown 'int4'"):
+        export(trained_torch_digits, ["onnx"], example_input=x, precision="int4", directory=tmp_path)
+    with pytest.raises(ValueError, match="calibration: int8 export needs calibration"):
+        export(trained_torch_digits, ["onnx"], example_input=x, precision="int8", directory=tmp_path)
+    with pytest.raises(ValueError, match="model: unsupported type builtins.dict"):
+        export({"not": "a model"}, ["onnx"], directory=tmp_path)
+    with pytest.raises(ValueError, match="example_input: needed to trace"):
+        export(trained_torch_digits, ["onnx"], directory=tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        detect_framework(tmp_path / "missing.onnx")
+
+
+def _broken_target(job: Any) -> Any:
+    (job.directory / ".model.broken.partial").unlink(missing_ok=True)
+    raise RuntimeError("converter crashed on layer 'block.dw_conv'")
+
+
+def test_failed_target_is_reported_and_others_still_produced(
+    trained_torch_digits: Any, digits_nchw: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    impl = sys.modules["exporters.export"]._TARGET_IMPL
+    monkeypatch.setitem(impl, "ncnn", (__name__, "_broken_target", "export"))
+    before = {k: v.clone() for k, v in trained_torch_digits.state_dict().items()}
+    report = export(trained_torch_digits, ["ncnn", "onnx"], example_input=digits_nchw.x_test[:1], directory=tmp_path)
+    assert report["ncnn"].status == "failed" and "block.dw_conv" in report["ncnn"].reason
+    assert report["onnx"].ok and (tmp_path / "model.onnx").is_file()
+    assert not report.ok and [r.target for r in report.failures] == ["ncnn"]
+    assert "ncnn (fp32) failed: RuntimeError: converter crashed" in str(report)
+    after = trained_torch_digits.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the trained model is untouched
+    assert trained_torch_digits.training is False
+
+
+def test_onnx_path_source_and_batches(tmp_path: Path, trained_torch_digits: Any, digits_nchw: Any) -> None:
+    path, _ = to_onnx(Source.from_model(trained_torch_digits), tmp_path / "src.onnx", digits_nchw.x_test[:1])
+    out = tmp_path / "out"
+    report = export(path, ["onnx"], calibration=[(digits_nchw.x_test[:64], digits_nchw.y_test[:64])], directory=out)
+    assert report["onnx"].ok and report["onnx"].max_abs_error == 0.0
+    assert report.source == "onnx src.onnx"
+    stacked = batches_to_numpy([{"image": digits_nchw.x_test[:3]}, (torch.from_numpy(digits_nchw.x_test[3:5]), None)])
+    assert stacked.shape == (5, 1, 8, 8)
+    with pytest.raises(ValueError, match="dict batch needs one of the keys"):
+        batches_to_numpy([{"pixels": digits_nchw.x_test[:3]}])
