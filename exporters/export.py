@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -126,7 +126,10 @@ def prepare_job(
     source = Source.from_model(model)
     calib: npt.NDArray[np.float32] | None = None
     if calibration is not None:
-        calib = as_numpy(calibration) if isinstance(calibration, np.ndarray) else batches_to_numpy(calibration, limit=1024)
+        if isinstance(calibration, np.ndarray):
+            calib = as_numpy(calibration)
+        else:
+            calib = batches_to_numpy(cast(Iterable[Any], calibration), limit=1024)
     if precision == "int8" and calib is None and quant_spec is None:
         raise ValueError(
             "calibration: int8 export needs calibration batches (a few hundred real inputs) or a quant_spec "
@@ -147,14 +150,23 @@ def prepare_job(
             lo, hi = 0.0, 1.0
         x = np.concatenate([example, rng.uniform(lo, hi, size=(7, *example.shape[1:])).astype(np.float32)])
     reference = source.predict(x)
-    shape = tuple(int(d) for d in (example.shape if source.layout == "NCHW" or example.ndim != 4 else example.transpose(0, 3, 1, 2).shape))
+    shape = tuple(
+        int(d)
+        for d in (
+            example.shape if source.layout == "NCHW" or example.ndim != 4 else example.transpose(0, 3, 1, 2).shape
+        )
+    )
     table: QuantTable | None = None
     if precision == "int8":
         if quant_spec is not None:
             table = table_from_spec(onnx_path, quant_spec, source_weights(source))
         else:
             assert calib is not None
-            nchw = calib if source.layout == "NCHW" or calib.ndim != 4 else np.ascontiguousarray(calib.transpose(0, 3, 1, 2))
+            nchw = (
+                calib
+                if source.layout == "NCHW" or calib.ndim != 4
+                else np.ascontiguousarray(calib.transpose(0, 3, 1, 2))
+            )
             table = calibrate(onnx_path, nchw)
     return ExportJob(
         source=source,
@@ -175,7 +187,8 @@ def prepare_job(
 
 def _target_fn(target: str) -> Callable[[ExportJob], TargetResult]:
     module, fn, _extra = _TARGET_IMPL[target]
-    return getattr(importlib.import_module(module), fn)  # type: ignore[no-any-return]
+    impl: Callable[[ExportJob], TargetResult] = getattr(importlib.import_module(module), fn)
+    return impl
 
 
 def export(
@@ -218,7 +231,15 @@ def export(
     try:
         say("building the shared ONNX")
         job = prepare_job(
-            model, precision, out_dir, work, example_input, calibration, quant_spec, verify=verify, threads=threads
+            model,
+            precision,
+            out_dir,
+            work,
+            example_input,
+            calibration,
+            quant_spec,
+            verify=verify,
+            threads=threads,
         )
         report = ExportReport(source=job.source.description, directory=str(out_dir))
         for target in chosen:
@@ -226,10 +247,12 @@ def export(
             try:
                 result = _target_fn(target)(job)
             except ImportError as err:
-                extra = _TARGET_IMPL[target][2]
-                result = TargetResult(
-                    target, precision, status="failed", reason=f"{err}. Install it with: pip install 'fitslim[{extra}]'"
+                hint = (
+                    ""
+                    if (err.name or "").startswith("exporters")
+                    else f". Install it with: pip install 'fitslim[{_TARGET_IMPL[target][2]}]'"
                 )
+                result = TargetResult(target, precision, status="failed", reason=f"{err}{hint}")
             except Exception as err:  # one target failing must not lose the others
                 log.exception("export to %s failed", target)
                 result = TargetResult(target, precision, status="failed", reason=f"{type(err).__name__}: {err}")

@@ -128,7 +128,11 @@ def fold_batchnorm(model: Any) -> int:
         scale, bias, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
         eps = next((helper.get_attribute_value(a) for a in bn.attribute if a.name == "epsilon"), 1e-5)
         w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
-        b = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 else np.zeros(w.shape[0])
+        b = (
+            numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+            if len(conv.input) > 2
+            else np.zeros(w.shape[0])
+        )
         factor = scale / np.sqrt(var + eps)
         w_new = (w * factor.reshape(-1, *([1] * (w.ndim - 1)))).astype(np.float32)
         b_new = ((b - mean) * factor + bias).astype(np.float32)
@@ -198,19 +202,23 @@ def ort_session(path: str | Path, threads: int = 2) -> Any:
 def export_onnx(job: ExportJob) -> TargetResult:
     """The ``onnx`` target: copy the shared fp32 ONNX into the export directory and verify it in onnxruntime.
 
-    Raises:
-        ValueError: a precision other than fp32 (the int8 ONNX is the ``tensorrt`` target).
+    The ONNX artifact is always fp32: at other precisions it is the float reference next to the
+    ncnn / TFLite artifacts, and the int8 Q/DQ ONNX is the ``tensorrt`` target.
     """
     import onnxruntime as ort
 
-    if job.precision != "fp32":
-        raise ValueError(
-            f"target 'onnx' writes fp32 only; got precision {job.precision!r}. The int8 Q/DQ ONNX is the 'tensorrt' target."
-        )
     final = job.artifact(".onnx")
     with atomic_path(final) as tmp:
         shutil.copyfile(job.onnx_path, tmp)
-    result = TargetResult("onnx", "fp32", files=[final.name], size_bytes=final.stat().st_size, runtime=f"onnxruntime {ort.__version__}")
+    result = TargetResult(
+        "onnx",
+        "fp32",
+        files=[final.name],
+        size_bytes=final.stat().st_size,
+        runtime=f"onnxruntime {ort.__version__}",
+    )
+    if job.precision != "fp32":
+        result.notes.append(f"written in fp32 (requested {job.precision}); the int8 Q/DQ ONNX is the tensorrt target")
     if job.verify:
         sess = ort_session(final, job.threads)
         name = sess.get_inputs()[0].name

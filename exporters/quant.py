@@ -91,7 +91,9 @@ def weighted_nodes(model: Any) -> list[WeightedNode]:
                 continue
             trans_b = int(_attr(n, "transB", 0)) if n.op_type == "Gemm" else 0
             w_out_first = w if trans_b else w.T
-            out.append(WeightedNode(name, n.op_type, "linear", n.input[0], n.input[1], np.ascontiguousarray(w_out_first), 1))
+            out.append(
+                WeightedNode(name, n.op_type, "linear", n.input[0], n.input[1], np.ascontiguousarray(w_out_first), 1)
+            )
     return out
 
 
@@ -137,7 +139,9 @@ class QuantTable:
         w = np.asarray(weight, dtype=np.float32)
         for q in self.nodes:
             ref = q.node.weight
-            if ref.size == w.size and np.allclose(ref.reshape(w.shape) if ref.shape != w.shape else ref, w, atol=atol, rtol=1e-4):
+            if ref.size == w.size and np.allclose(
+                ref.reshape(w.shape) if ref.shape != w.shape else ref, w, atol=atol, rtol=1e-4
+            ):
                 return q
         raise KeyError(f"no weighted ONNX node has a weight equal to the given one of shape {w.shape}")
 
@@ -145,7 +149,8 @@ class QuantTable:
         """One line for the report: where the scales came from."""
         if self.origin == "qat":
             return f"learned QuantSpec ({len(self.nodes)} layers) used exactly"
-        return f"calibrated on {self.spec.metadata.get('samples', '?')} samples ({self.spec.metadata.get('method', 'absmax')})"
+        meta = self.spec.metadata
+        return f"calibrated on {meta.get('samples', '?')} samples ({meta.get('method', 'absmax')})"
 
 
 def _channel_cosines(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
@@ -189,7 +194,9 @@ def table_from_spec(
             match = [
                 n
                 for n in nodes
-                if n.node not in taken and n.weight.shape[0] == w.shape[0] and n.weight.size == w.size
+                if n.node not in taken
+                and n.weight.shape[0] == w.shape[0]
+                and n.weight.size == w.size
                 and bool(np.all(_channel_cosines(n.weight, w.reshape(n.weight.shape)) > 0.999))
             ]
         if not match:
@@ -204,8 +211,9 @@ def table_from_spec(
         taken[match[0].node] = layer
     missing = [n for n in nodes if n.node not in taken]
     if missing:
+        names = [(n.node, n.op, n.weight.shape) for n in missing]
         raise ValueError(
-            f"the exported graph has weighted nodes without learned scales: {[(n.node, n.op, n.weight.shape) for n in missing]}; "
+            f"the exported graph has weighted nodes without learned scales: {names}; "
             "they would stay float. Quantize those layers in QAT, or export with calibration instead of quant_spec."
         )
     out = [
@@ -276,6 +284,8 @@ def calibrate(
         s_w = absmax_scale(n.weight, axis=0)
         layers.append(LayerQuant(n.node, n.kind, n.weight.shape, s_w.tolist(), float(s_in), groups=n.groups))
         out.append(QuantizedNode(n, s_w, float(s_in), n.node))
-    spec = QuantSpec(layers, source="calibration", framework="onnx", metadata={"samples": int(len(x)), "method": method})
+    spec = QuantSpec(
+        layers, source="calibration", framework="onnx", metadata={"samples": int(len(x)), "method": method}
+    )
     log.info("calibrated %d layers on %d samples (%s)", len(out), len(x), method)
     return QuantTable(out, spec, "calibration")

@@ -125,7 +125,17 @@ class ExportReport:
 
     def rows(self) -> list[list[str]]:
         """Header and rows of the table, as strings."""
-        head = ["target", "precision", "status", "file", "size", "max abs err", "max rel err", "top-1", "latency"]
+        head = [
+            "target",
+            "precision",
+            "status",
+            "file",
+            "size",
+            "max abs err",
+            "max rel err",
+            "top-1",
+            "latency",
+        ]
         out = [head]
         for r in self.results:
             latency = "-" if r.latency_ms is None else f"{r.latency_ms:.3f} ms ({r.threads} thr)"
@@ -181,7 +191,11 @@ class ExportReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {"source": self.source, "directory": self.directory, "results": [r.to_dict() for r in self.results]}
+        return {
+            "source": self.source,
+            "directory": self.directory,
+            "results": [r.to_dict() for r in self.results],
+        }
 
     def to_json(self) -> str:
         """The report as JSON text."""
@@ -209,4 +223,6 @@ class ExportReport:
     def save(self, directory: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
         """Write ``report.json`` and ``report.md`` atomically; returns both paths."""
         d = Path(directory if directory is not None else self.directory)
-        return atomic_write_text(d / "report.json", self.to_json()), atomic_write_text(d / "report.md", self.to_markdown())
+        return atomic_write_text(d / "report.json", self.to_json()), atomic_write_text(
+            d / "report.md", self.to_markdown()
+        )

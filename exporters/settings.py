@@ -61,7 +61,9 @@ class ExportSettings:
             )
         self.targets = list(dict.fromkeys(targets))
         if self.precision not in PRECISIONS:
-            raise ValueError(f"Export(precision=...): unknown {self.precision!r}. HINT: choose one of {list(PRECISIONS)}.")
+            raise ValueError(
+                f"Export(precision=...): unknown {self.precision!r}. HINT: choose one of {list(PRECISIONS)}."
+            )
         for name in ("calibration_batches", "threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -72,6 +74,8 @@ class ExportSettings:
                 "HINT: load one with fitslim.QuantSpec.load(path)."
             )
         if self.input_fn is not None and not callable(self.input_fn):
-            raise TypeError(f"Export(input_fn=...): expected a callable batch -> input; got {self.input_fn!r}.")
+            raise TypeError(
+                f"Export(input_fn=...): expected a callable batch -> input; got {self.input_fn!r}."
+            )
         if not str(self.directory):
             raise ValueError("Export(directory=...): must not be empty. HINT: e.g. directory='exports'.")

@@ -34,7 +34,72 @@ def _parser() -> argparse.ArgumentParser:
         choices=["lightning", "keras"],
         help="which frameworks to run (default: both)",
     )
+    exp = sub.add_parser(
+        "export", help="export an .onnx model to ncnn, TFLite and TensorRT, verified in each runtime"
+    )
+    exp.add_argument("model", help="path to an .onnx file")
+    exp.add_argument(
+        "--to", nargs="+", required=True, metavar="TARGET", help="any of onnx ncnn tflite tensorrt"
+    )
+    exp.add_argument(
+        "--input-shape", default=None, help="e.g. 1,3,160,160 (needed when the ONNX input is dynamic)"
+    )
+    exp.add_argument("--calibration", default=None, help=".npy file of calibration inputs (N, C, H, W)")
+    exp.add_argument("--precision", default="fp32", help="fp32, fp16 or int8 (default: %(default)s)")
+    exp.add_argument("--quant-spec", default=None, help="a quant_spec.json learned by QAT")
+    exp.add_argument("--output", default="exports", help="output folder (default: %(default)s)")
+    exp.add_argument("--threads", type=int, default=2)
+    exp.add_argument("--no-verify", action="store_true", help="skip running each artifact in its runtime")
+    rep = sub.add_parser("report", help="print the report of an earlier export")
+    rep.add_argument("directory", nargs="?", default="exports")
     return parser
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(","))
+    except ValueError:
+        raise ValueError(f"--input-shape: expected integers like 1,3,160,160; got {text!r}.") from None
+    if not dims or any(d < 1 for d in dims):
+        raise ValueError(f"--input-shape: every dimension must be >= 1; got {text!r}.")
+    return dims
+
+
+def _export(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from exporters import export
+    from fitslim.quantspec import QuantSpec
+
+    example = None
+    if args.input_shape:
+        example = np.random.default_rng(0).random(_shape(args.input_shape), dtype=np.float32)
+    calibration = None
+    if args.calibration:
+        calibration = np.load(args.calibration).astype(np.float32)
+        if example is None:
+            example = calibration[:1]
+    spec = QuantSpec.load(args.quant_spec) if args.quant_spec else None
+    steps = iter(range(1, 100))
+
+    def progress(msg: str) -> None:
+        print(f"[{next(steps)}/{len(args.to) + 1}] {msg} ...", flush=True)
+
+    report = export(
+        args.model,
+        args.to,
+        example_input=example,
+        calibration=calibration,
+        precision=args.precision,
+        quant_spec=spec,
+        directory=args.output,
+        verify=not args.no_verify,
+        threads=args.threads,
+        progress=progress,
+    )
+    print()
+    print(report)
+    return 0 if report.ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,6 +125,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print("Reference digits CNN, test split (bundled scikit-learn digits):")
         print(format_results(results))
+        return 0
+    if args.command == "export":
+        try:
+            return _export(args)
+        except (ValueError, FileNotFoundError, ImportError) as err:
+            print(f"fitslim export: {err}", file=sys.stderr)
+            return 2
+    if args.command == "report":
+        from exporters.report import ExportReport
+
+        try:
+            print(ExportReport.load(args.directory))
+        except FileNotFoundError as err:
+            print(f"fitslim report: {err}", file=sys.stderr)
+            return 2
         return 0
     return 2  # pragma: no cover - argparse enforces the choices
 

@@ -57,7 +57,7 @@ def _batches_from(x: Any, batch_size: int, count: int, get: Callable[[Any], Any]
     return []
 
 
-class Export(keras.callbacks.Callback):  # type: ignore[misc]
+class Export(keras.callbacks.Callback):
     """Export the trained Keras model to ONNX, ncnn, TFLite and TensorRT when ``fit`` ends.
 
     Runs on ``on_train_end``. An export failure is logged and recorded in :attr:`report`; it never
@@ -97,8 +97,16 @@ class Export(keras.callbacks.Callback):  # type: ignore[misc]
     ) -> None:
         super().__init__()
         self.settings = ExportSettings(
-            targets, directory, precision, example_input, calibration, calibration_batches, quant_spec, verify,
-            threads, input_fn,
+            targets,
+            directory,
+            precision,
+            example_input,
+            calibration,
+            calibration_batches,
+            quant_spec,
+            verify,
+            threads,
+            input_fn,
         )
         self.batch_size = batch_size
         self.report: ExportReport | None = None
@@ -116,9 +124,13 @@ class Export(keras.callbacks.Callback):  # type: ignore[misc]
 
         s = self.settings
         try:
-            batches = _batches_from(self._fit_x, self.batch_size, s.calibration_batches, s.input_fn or batch_input)
+            batches = _batches_from(
+                self._fit_x, self.batch_size, s.calibration_batches, s.input_fn or batch_input
+            )
             calibration = s.calibration if s.calibration is not None else (batches or None)
-            example = s.example_input if s.example_input is not None else (batches[0][:1] if batches else None)
+            example = (
+                s.example_input if s.example_input is not None else (batches[0][:1] if batches else None)
+            )
             spec = s.quant_spec
             if spec is None and s.precision == "int8":
                 # keras_callbacks.QuantizationAware leaves its spec on the model at train end
@@ -138,7 +150,10 @@ class Export(keras.callbacks.Callback):  # type: ignore[misc]
         except Exception as err:  # the trained model must survive any export problem
             log.exception("fitslim Export failed; the trained weights are untouched")
             self.report = ExportReport(
-                [TargetResult(t, s.precision, status="failed", reason=f"{type(err).__name__}: {err}") for t in s.targets],
+                [
+                    TargetResult(t, s.precision, status="failed", reason=f"{type(err).__name__}: {err}")
+                    for t in s.targets
+                ],
                 source=getattr(self.model, "name", "keras model"),
                 directory=str(s.directory),
             )

@@ -75,8 +75,16 @@ class Export(pl.Callback):  # type: ignore[name-defined]
     ) -> None:
         super().__init__()
         self.settings = ExportSettings(
-            targets, directory, precision, example_input, calibration, calibration_batches, quant_spec, verify,
-            threads, input_fn,
+            targets,
+            directory,
+            precision,
+            example_input,
+            calibration,
+            calibration_batches,
+            quant_spec,
+            verify,
+            threads,
+            input_fn,
         )
         self.report: ExportReport | None = None
 
@@ -97,9 +105,13 @@ class Export(pl.Callback):  # type: ignore[name-defined]
 
         s = self.settings
         try:
-            batches = self._training_batches(trainer) if s.calibration is None or s.example_input is None else []
+            batches = (
+                self._training_batches(trainer) if s.calibration is None or s.example_input is None else []
+            )
             calibration = s.calibration if s.calibration is not None else (batches or None)
-            example = s.example_input if s.example_input is not None else (batches[0][:1] if batches else None)
+            example = (
+                s.example_input if s.example_input is not None else (batches[0][:1] if batches else None)
+            )
             spec = s.quant_spec or (_find_quant_spec(trainer, pl_module) if s.precision == "int8" else None)
             self.report = export(
                 pl_module,
@@ -115,7 +127,10 @@ class Export(pl.Callback):  # type: ignore[name-defined]
         except Exception as err:  # the trained model and its checkpoints must survive any export problem
             log.exception("fitslim Export failed; the trained weights and checkpoints are untouched")
             self.report = ExportReport(
-                [TargetResult(t, s.precision, status="failed", reason=f"{type(err).__name__}: {err}") for t in s.targets],
+                [
+                    TargetResult(t, s.precision, status="failed", reason=f"{type(err).__name__}: {err}")
+                    for t in s.targets
+                ],
                 source=type(pl_module).__name__,
                 directory=str(s.directory),
             )

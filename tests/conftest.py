@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from fitslim.data import Digits, digits  # noqa: E402
+from fitslim.data import Digits, digits
 
 
 @pytest.fixture(scope="session")

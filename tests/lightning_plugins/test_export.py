@@ -12,18 +12,25 @@ import pytest
 
 pytest.importorskip("lightning", reason="lightning not installed")
 
-import torch  # noqa: E402
+import torch
 
-from fitslim.quantspec import QuantSpec  # noqa: E402
-from lightning_plugins import Export  # noqa: E402
-from lightning_plugins._compat import pl  # noqa: E402
-from lightning_plugins.reference import DigitsClassifier, DigitsDataModule  # noqa: E402
+from fitslim.quantspec import QuantSpec
+from lightning_plugins import Export
+from lightning_plugins._compat import pl
+from lightning_plugins.reference import DigitsClassifier, DigitsDataModule
 
 
 def _trainer(tmp_path: Path, callbacks: list[Any], **kw: Any) -> Any:
     return pl.Trainer(
-        max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=str(tmp_path), callbacks=callbacks, **kw,
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        callbacks=callbacks,
+        **kw,
     )
 
 
@@ -49,7 +56,9 @@ def test_fit_end_export_uses_training_batches(tmp_path: Path) -> None:
     pl.seed_everything(0)
     cb = Export(targets=["onnx"], directory=tmp_path / "exports", calibration_batches=3)
     module = DigitsClassifier()
-    _trainer(tmp_path, [cb], limit_train_batches=5, limit_val_batches=1).fit(module, DigitsDataModule(batch_size=16))
+    _trainer(tmp_path, [cb], limit_train_batches=5, limit_val_batches=1).fit(
+        module, DigitsDataModule(batch_size=16)
+    )
     assert cb.report is not None and cb.report.ok, cb.report
     r = cb.report["onnx"]
     assert r.samples == 48  # 3 training batches of 16
@@ -60,7 +69,9 @@ def test_fit_end_export_uses_training_batches(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_export_failure_never_breaks_fit_or_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_failure_never_breaks_fit_or_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import exporters.onnx_export as onnx_export
 
     def boom(*args: Any, **kwargs: Any) -> Any:
@@ -117,11 +128,18 @@ def test_pytorch_lightning_namespace_trainer_runs_the_callback(tmp_path: Path) -
 
     d = digits()
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(torch.from_numpy(d.x_train[:64]), torch.from_numpy(d.y_train[:64])), batch_size=32
+        torch.utils.data.TensorDataset(torch.from_numpy(d.x_train[:64]), torch.from_numpy(d.y_train[:64])),
+        batch_size=32,
     )
     cb = Export(targets=["onnx"], directory=tmp_path / "exports", calibration_batches=2)
-    trainer = ptl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                          enable_checkpointing=False, callbacks=[cb])
+    trainer = ptl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        callbacks=[cb],
+    )
     trainer.fit(Plain(), loader)
     assert cb.report is not None and cb.report["onnx"].ok and cb.report["onnx"].samples == 64
 
@@ -130,8 +148,16 @@ def test_pytorch_lightning_namespace_trainer_runs_the_callback(tmp_path: Path) -
 def test_ddp_spawn_exports_once_on_rank_zero(tmp_path: Path) -> None:
     cb = Export(targets=["onnx"], directory=tmp_path / "exports", calibration_batches=1)
     trainer = pl.Trainer(
-        max_epochs=1, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_progress_bar=False,
-        enable_checkpointing=False, enable_model_summary=False, limit_train_batches=2, limit_val_batches=1,
+        max_epochs=1,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_train_batches=2,
+        limit_val_batches=1,
         callbacks=[cb],
     )
     trainer.fit(DigitsClassifier(), DigitsDataModule(batch_size=8))
