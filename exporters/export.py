@@ -202,6 +202,7 @@ def export(
     verify: bool = True,
     threads: int = 2,
     progress: Callable[[str], None] | None = None,
+    samples: npt.ArrayLike | None = None,
 ) -> ExportReport:
     """Export ``model`` to each target, verify every artifact in its runtime, and return the report.
 
@@ -219,6 +220,8 @@ def export(
         verify: run each artifact in its runtime and compare with the model.
         threads: runtime threads for verification and latency.
         progress: called with a short message as each step starts.
+        samples: verification inputs (e.g. a test split); default: the calibration inputs (at most 256),
+            else random inputs over the example's value range.
 
     Raises:
         ValueError: unknown target, precision or model type; int8 without calibration or QuantSpec.
@@ -240,6 +243,7 @@ def export(
             quant_spec,
             verify=verify,
             threads=threads,
+            samples=samples,
         )
         report = ExportReport(source=job.source.description, directory=str(out_dir))
         for target in chosen:

@@ -16,10 +16,10 @@ group. Weights are stored pre-quantized (int8 tag) with :func:`fitslim.int8.quan
 rounding (half away from zero), so the file is about a quarter of the fp32 one and ncnn runs exactly the
 integers the NumPy reference computes with. ncnn's multipliers are ``1 / scale``.
 
-Where an int8 Convolution/ConvolutionDepthWise feeds only int8 Convolution/ConvolutionDepthWise layers
-(directly, or through a Split whose every branch is one, all with the same input scale) the
-requantize is fused as ``ncnn2int8`` does: ``8=102``/``101`` and the consumer's input multiplier appended
-as the top-blob scale, so the int32 accumulator goes straight to int8 without a float round trip.
+Where an int8 Convolution/ConvolutionDepthWise feeds only int8 layers (directly, or through a Split
+whose every branch is one, all with the same input scale) the requantize is fused as ``ncnn2int8``
+does: ``8=102``/``101`` and the consumer's input multiplier appended as the top-blob scale, so the
+int32 accumulator goes straight to int8 without a float round trip.
 
 Example:
     >>> # summary = write_int8("fp32.param", "fp32.bin", "int8.param", "int8.bin", job.quant)
@@ -67,8 +67,11 @@ TAG_FP32_RAW = 0x0002C056
 
 #: Layers this writer quantizes.
 QUANTIZED_TYPES = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
-#: Layers that may take an int8 blob from a fused requantize (ncnn2int8's ``fuse_requantize`` set).
-_FUSE_CONSUMERS = ("Convolution", "ConvolutionDepthWise")
+#: Layers that can requantize their output to int8 (ncnn reads a top-blob scale only for these).
+_FUSE_PRODUCERS = ("Convolution", "ConvolutionDepthWise")
+#: Layers that take an int8 blob as it is (their x86 kernels skip quantizing an 8-bit input). ncnn2int8
+#: fuses only into convolutions; an InnerProduct consumer was checked to give the same outputs as unfused.
+_FUSE_CONSUMERS = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
 #: Layers whose .bin data stays float: copied byte for byte (they are not weighted compute layers).
 _COPIED_TYPES = (
     "BatchNorm",
@@ -142,7 +145,9 @@ class NcnnLayer:
             try:
                 return int(float(value))
             except ValueError as err:
-                raise ValueError(f"layer {self.name!r} ({self.type}): parameter {key}={value!r} is not a number") from err
+                raise ValueError(
+                    f"layer {self.name!r} ({self.type}): parameter {key}={value!r} is not a number"
+                ) from err
 
     def set(self, key: int, value: int | float | str) -> None:
         """Set parameter ``key`` (appended after the existing ones when new)."""
@@ -181,7 +186,9 @@ class NcnnParam:
         except (IndexError, ValueError) as err:
             raise ValueError(f"{source}: second line must be '<layer count> <blob count>'.") from err
         if len(lines) - 2 != layer_count:
-            raise ValueError(f"{source}: header says {layer_count} layers, the file has {len(lines) - 2} layer lines.")
+            raise ValueError(
+                f"{source}: header says {layer_count} layers, the file has {len(lines) - 2} layer lines."
+            )
         layers = []
         for number, ln in enumerate(lines[2:], start=3):
             tok = _TOKEN.findall(ln)
@@ -198,7 +205,9 @@ class NcnnParam:
                     int(key)
                     params[key] = value
             except (IndexError, ValueError) as err:
-                raise ValueError(f"{source} line {number}: malformed layer line ({err}): {ln.strip()!r}") from err
+                raise ValueError(
+                    f"{source} line {number}: malformed layer line ({err}): {ln.strip()!r}"
+                ) from err
             layers.append(NcnnLayer(tok[0], tok[1], blobs[:nb], blobs[nb:], params))
         return cls(layers, blob_count)
 
@@ -369,8 +378,9 @@ def _reads(layer: NcnnLayer) -> list[tuple[str, bool, int]]:
         return []
     if t == "Gemm" or t in _UNSUPPORTED_WEIGHTED:
         raise ValueError(
-            f"{where} holds weights the ncnn int8 writer cannot quantize (it handles {', '.join(QUANTIZED_TYPES)}); "
-            "it would stay float in an int8 model. Export this model in fp32/fp16 for ncnn, or replace the layer."
+            f"{where} holds weights the ncnn int8 writer cannot quantize "
+            f"(it handles {', '.join(QUANTIZED_TYPES)}); it would stay float in an int8 model. "
+            "Export this model in fp32/fp16 for ncnn, or replace the layer."
         )
     return []
 
@@ -432,7 +442,9 @@ class Int8Summary:
         """One line for the report, e.g. ``7 layers int8, 3 requantize fusions``."""
         text = f"{len(self.layers)} layers int8, {len(self.fused)} requantize fusions"
         if self.kept_float:
-            text += f", {len(self.kept_float)} weight-holding layers kept float ({', '.join(self.kept_float)})"
+            text += (
+                f", {len(self.kept_float)} weight-holding layers kept float ({', '.join(self.kept_float)})"
+            )
         return text
 
 
@@ -453,19 +465,23 @@ def _same_weight(ref: npt.NDArray[np.float32], w: npt.NDArray[np.float32]) -> bo
     return ref.size == w.size and bool(np.allclose(ref.reshape(w.shape), w, atol=1e-5, rtol=1e-4))
 
 
-def _match(table: QuantTable, w: npt.NDArray[np.float32], used: dict[str, str], layer: NcnnLayer) -> QuantizedNode:
+def _match(
+    table: QuantTable, w: npt.NDArray[np.float32], used: dict[str, str], layer: NcnnLayer
+) -> QuantizedNode:
     try:
         entry: QuantizedNode | None = table.match_weight(w)
     except KeyError:
         entry = None
     if entry is not None and entry.node.node in used:
         # two layers with equal weights (e.g. both still at their initial values): take the next unused one
-        entry = next((q for q in table.nodes if q.node.node not in used and _same_weight(q.node.weight, w)), None)
+        entry = next(
+            (q for q in table.nodes if q.node.node not in used and _same_weight(q.node.weight, w)), None
+        )
     if entry is None:
         raise ValueError(
-            f"ncnn layer {layer.name!r} ({layer.type}, weight {w.shape}) has no entry in the QuantTable: no weighted "
-            f"ONNX node has equal weights (table nodes: {[q.node.node for q in table.nodes]}). It would stay float; "
-            "the converter changed its weights or the table belongs to another model."
+            f"ncnn layer {layer.name!r} ({layer.type}, weight {w.shape}) has no entry in the QuantTable: "
+            f"no weighted ONNX node has equal weights (table nodes: {[q.node.node for q in table.nodes]}). "
+            "It would stay float; the converter changed its weights or the table belongs to another model."
         )
     return entry
 
@@ -488,10 +504,15 @@ def _quantize_layer(data: LayerData, table: QuantTable, used: dict[str, str], no
     scales = np.asarray(entry.weight_scales, dtype=np.float32).reshape(-1)
     if scales.size != num_output:
         raise ValueError(
-            f"{where}: the table entry {entry.node.node!r} has {scales.size} weight scales for {num_output} output channels."
+            f"{where}: the table entry {entry.node.node!r} has {scales.size} weight scales "
+            f"for {num_output} output channels."
         )
-    if not np.all(np.isfinite(scales) & (scales > 0)) or not (np.isfinite(entry.input_scale) and entry.input_scale > 0):
-        raise ValueError(f"{where}: the table entry {entry.node.node!r} has a zero, negative or non-finite scale.")
+    if not np.all(np.isfinite(scales) & (scales > 0)) or not (
+        np.isfinite(entry.input_scale) and entry.input_scale > 0
+    ):
+        raise ValueError(
+            f"{where}: the table entry {entry.node.node!r} has a zero, negative or non-finite scale."
+        )
     if layer.type == "ConvolutionDepthWise":
         group = layer.get_int(7, 1)
         if group <= 0 or num_output % group:
@@ -500,7 +521,9 @@ def _quantize_layer(data: LayerData, table: QuantTable, used: dict[str, str], no
             # ncnn's ConvolutionDepthWise has one weight scale per group: a grouped (not depthwise)
             # convolution gets the largest of its channels' scales, so no weight is clipped
             scales = np.repeat(scales.reshape(group, -1).max(axis=1), num_output // group).astype(np.float32)
-            notes.append(f"{layer.name}: grouped convolution ({group} groups) uses one weight scale per group")
+            notes.append(
+                f"{layer.name}: grouped convolution ({group} groups) uses one weight scale per group"
+            )
         multipliers = ncnn_multiplier(scales[:: num_output // group])
         term = 1
     else:
@@ -521,9 +544,9 @@ def _quantize_layer(data: LayerData, table: QuantTable, used: dict[str, str], no
 def _fuse(net: NcnnParam, quantized: dict[int, _Quantized], summary: Int8Summary) -> None:
     """Mark requantize fusions: an int8 conv whose output only feeds int8 convs with one input scale."""
     consumers = net.consumers()
-    for i, q in quantized.items():
+    for q in quantized.values():
         layer = q.layer
-        if layer.type not in _FUSE_CONSUMERS or len(layer.tops) != 1:
+        if layer.type not in _FUSE_PRODUCERS or len(layer.tops) != 1:
             continue
         users = consumers.get(layer.tops[0], [])
         if len(users) != 1:
@@ -537,7 +560,8 @@ def _fuse(net: NcnnParam, quantized: dict[int, _Quantized], summary: Int8Summary
         else:
             targets = [users[0]]
         ok = all(
-            t in quantized and net.layers[t].type in _FUSE_CONSUMERS and len(net.layers[t].bottoms) == 1 for t in targets
+            t in quantized and net.layers[t].type in _FUSE_CONSUMERS and len(net.layers[t].bottoms) == 1
+            for t in targets
         )
         if not ok:
             continue
@@ -604,11 +628,12 @@ def write_int8(
     if missing:
         raise ValueError(
             f"QuantTable nodes {missing} have no int8 layer in the ncnn graph (ncnn weighted layers: "
-            f"{[q.layer.name for q in quantized.values()]}); pnnx merged or rewrote them, so their scales cannot be applied."
+            f"{[q.layer.name for q in quantized.values()]}); pnnx merged or rewrote them, so their scales "
+            "cannot be applied."
         )
     if fuse:
         _fuse(net, quantized, summary)
-    out = []
+    out: list[bytes] = []
     for i, ld in enumerate(walked):
         q = quantized.get(i)
         if q is None:

@@ -1,0 +1,140 @@
+"""ncnn int8 against ncnn fp32 on MobileNetV2: file size and latency, with and without requantize fusion.
+
+Builds ``torch_model("mobilenet_v2", width_multiplier=1.0, num_classes=1000, input_size=160)`` with random
+BatchNorm statistics (so folding is exercised), calibrates int8 scales on random uniform inputs, converts
+with pnnx, writes two int8 models with :func:`exporters.ncnn_int8.write_int8` (requantize fused and not),
+and times single 1x3x160x160 extractions in ncnn (median after a warm-up). Prints one table.
+
+Run:
+    .venv/bin/python benchmarks/ncnn_int8.py [--threads 2] [--repeats 50] [--width 1.0] [--size 160]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("benchmarks.ncnn_int8")
+
+
+def random_bn_stats(model: Any, seed: int = 0) -> Any:
+    """Non-trivial BatchNorm statistics (the same recipe as ``tests/conftest.py``)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            n = mod.num_features
+            mean, var = mod.running_mean, mod.running_var
+            if mean is None or var is None:
+                continue
+            mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            var.copy_(torch.rand(n, generator=gen) + 0.5)
+            mod.weight.data.copy_(torch.rand(n, generator=gen) * 2 - 1)
+            mod.bias.data.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Run the benchmark and return (and log) the table.
+
+    Args:
+        argv: command-line arguments (``sys.argv[1:]`` when None).
+    """
+    import torch
+
+    from exporters.export import prepare_job
+    from exporters.ncnn import NcnnModel, run_pnnx
+    from exporters.ncnn_int8 import write_int8
+    from exporters.verify import median_latency_ms
+    from fitslim.models import torch_model
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--size", type=int, default=160)
+    parser.add_argument("--calibration", type=int, default=32, help="random calibration inputs")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    model = random_bn_stats(
+        torch_model(
+            "mobilenet_v2", width_multiplier=args.width, num_classes=1000, in_channels=3, input_size=args.size
+        )
+    )
+    rng = np.random.default_rng(0)
+    calib = rng.uniform(0.0, 1.0, size=(args.calibration, 3, args.size, args.size)).astype(np.float32)
+    work = Path(tempfile.mkdtemp(prefix="fitslim-ncnn-bench-"))
+    try:
+        job = prepare_job(
+            model,
+            "int8",
+            work / "out",
+            work / "job",
+            example_input=calib[:1],
+            calibration=calib,
+            samples=calib[:4],
+        )
+        if job.quant is None:
+            raise RuntimeError("prepare_job returned no int8 scales")
+        fp32_param, fp32_bin = run_pnnx(job.onnx_path, job.input_shape, work / "pnnx", fp16=False)
+        variants: dict[str, tuple[Path, Path, str]] = {"fp32": (fp32_param, fp32_bin, "fp32")}
+        fusions = {}
+        for label, fuse in (("int8 (no fusion)", False), ("int8 + requantize fusion", True)):
+            stem = work / ("int8_fused" if fuse else "int8_plain")
+            summary = write_int8(
+                fp32_param,
+                fp32_bin,
+                stem.with_suffix(".param"),
+                stem.with_suffix(".bin"),
+                job.quant,
+                fuse=fuse,
+            )
+            variants[label] = (stem.with_suffix(".param"), stem.with_suffix(".bin"), "int8")
+            fusions[label] = summary.describe()
+        x = calib[0]
+        rows = []
+        base_size = base_ms = 0.0
+        base_out = None
+        for label, (param, binary, precision) in variants.items():
+            net = NcnnModel(param, binary, precision, args.threads)
+            out = net(x)
+
+            def once(net: NcnnModel = net) -> None:
+                net(x)
+
+            ms = median_latency_ms(once, warmup=10, repeats=args.repeats)
+            size = float(param.stat().st_size + binary.stat().st_size)
+            if base_out is None:
+                base_size, base_ms, base_out = size, ms, out
+            rel = float(np.max(np.abs(out - base_out)) / np.max(np.abs(base_out)))
+            rows.append((label, size, size / base_size, ms, ms / base_ms, rel))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    head = (
+        f"ncnn MobileNetV2 alpha={args.width} {args.size}x{args.size}, 1000 classes, random BN stats, "
+        f"{args.threads} threads, median of {args.repeats} single extractions"
+    )
+    lines = [
+        head,
+        f"{'variant':<26} {'size':>10} {'size/fp32':>10} {'latency':>11} {'lat/fp32':>9} {'rel err':>9}",
+    ]
+    for label, size, sr, ms, lr, rel in rows:
+        lines.append(f"{label:<26} {size / 2**20:>7.2f} MB {sr:>10.3f} {ms:>8.2f} ms {lr:>9.2f} {rel:>9.3f}")
+    lines.extend(f"{k}: {v}" for k, v in fusions.items())
+    table = "\n".join(lines)
+    log.info("\n%s", table)
+    return table
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main()

@@ -1,0 +1,323 @@
+"""The ``ncnn`` target: pnnx converts the shared ONNX, ncnn's Python bindings verify the artifact.
+
+fp32 and fp16 come straight from the ``pnnx`` binary (``fp16=0`` / ``fp16=1``, which stores the weights
+as fp16 in the ``.bin``); int8 is written by :mod:`exporters.ncnn_int8` from pnnx's fp32 pair and the
+job's :class:`~exporters.quant.QuantTable`. Artifacts are ``model.ncnn.param``/``.bin``,
+``model.fp16.ncnn.param``/``.bin`` and ``model.int8.ncnn.param``/``.bin``; each pair is installed
+together (temporary names, then renames; a failed second rename removes the first), so the export
+directory never holds half a model.
+
+Example:
+    >>> # result = export_ncnn(job)      # job from exporters.export.prepare_job(...)
+    >>> # result.files  ->  ['model.int8.ncnn.param', 'model.int8.ncnn.bin']
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from exporters.job import ExportJob
+from exporters.ncnn_int8 import NcnnParam, write_int8
+from exporters.report import TargetResult
+from exporters.verify import compare, fill_agreement, median_latency_ms
+
+__all__ = ["PRECISION_SUFFIX", "NcnnModel", "export_ncnn", "run_pnnx"]
+
+log = logging.getLogger(__name__)
+
+#: precision → artifact suffix (before ``.param`` / ``.bin``)
+PRECISION_SUFFIX = {"fp32": ".ncnn", "fp16": ".fp16.ncnn", "int8": ".int8.ncnn"}
+
+#: largest relative error expected per precision (CONVENTIONS: fp32 1e-4, fp16 1e-2)
+_EXPECTED_REL_ERROR = {"fp32": 1e-4, "fp16": 1e-2}
+
+_INSTALL_HINT = "pip install 'fitslim[export]'"
+
+#: seconds pnnx may take on one model
+PNNX_TIMEOUT_S = 900
+
+
+def _ncnn() -> Any:
+    try:
+        import ncnn
+    except ImportError as err:
+        raise ImportError(
+            f"the ncnn target needs the ncnn Python bindings (ncnn==1.0.20261020): {_INSTALL_HINT}"
+        ) from err
+    return ncnn
+
+
+def _pnnx_exec() -> str:
+    try:
+        import pnnx
+    except ImportError as err:
+        raise ImportError(
+            f"the ncnn target needs the pnnx converter (pnnx==20261020): {_INSTALL_HINT}"
+        ) from err
+    path = str(getattr(pnnx, "EXEC_PATH", ""))
+    if not path or not os.path.isfile(path):
+        raise ImportError(
+            f"the pnnx package has no converter binary (EXEC_PATH={path!r}); reinstall it: {_INSTALL_HINT}"
+        )
+    return path
+
+
+def _tail(text: str, lines: int = 25) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def run_pnnx(
+    onnx_path: str | os.PathLike[str],
+    input_shape: tuple[int, ...],
+    scratch: str | os.PathLike[str],
+    fp16: bool,
+) -> tuple[Path, Path]:
+    """Convert an ONNX file with the ``pnnx`` binary; every side file stays in ``scratch``.
+
+    Args:
+        onnx_path: the ONNX model (copied into ``scratch`` first, so pnnx's ``*.pnnxsim.onnx`` lands there).
+        input_shape: the input shape with batch 1, e.g. ``(1, 3, 160, 160)``.
+        scratch: an empty-or-new working folder.
+        fp16: store weights as fp16 (``fp16=1``).
+
+    Returns:
+        The ``.param`` and ``.bin`` paths inside ``scratch``.
+
+    Raises:
+        ImportError: pnnx is not installed.
+        RuntimeError: pnnx exited with an error or wrote no model (with the last lines of its output).
+    """
+    exe = _pnnx_exec()
+    work = Path(scratch)
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_path, work / "model.onnx")
+    param, binary = work / "model.ncnn.param", work / "model.ncnn.bin"
+    cmd = [
+        exe,
+        "model.onnx",
+        f"inputshape=[{','.join(str(int(d)) for d in input_shape)}]",
+        f"fp16={int(fp16)}",
+        f"ncnnparam={param.name}",
+        f"ncnnbin={binary.name}",
+        "ncnnpy=model_ncnn.py",
+        "pnnxparam=model.pnnx.param",
+        "pnnxbin=model.pnnx.bin",
+        "pnnxpy=model_pnnx.py",
+        "pnnxonnx=model.pnnx.onnx",
+    ]
+    log.info("running pnnx on %s (input %s, fp16=%d)", onnx_path, list(input_shape), int(fp16))
+    try:
+        proc = subprocess.run(
+            cmd, cwd=work, capture_output=True, text=True, errors="replace", timeout=PNNX_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(f"pnnx did not finish within {PNNX_TIMEOUT_S} s on {onnx_path}") from err
+    output = (proc.stdout or "") + (proc.stderr or "")
+    if proc.returncode != 0:
+        how = f"exit code {proc.returncode}"
+        if proc.returncode < 0:
+            try:
+                how = f"signal {signal.Signals(-proc.returncode).name}"
+            except ValueError:
+                how = f"signal {-proc.returncode}"
+        raise RuntimeError(f"pnnx failed ({how}) on {onnx_path}; its last output:\n{_tail(output)}")
+    if not param.is_file() or not binary.is_file() or param.stat().st_size == 0:
+        raise RuntimeError(
+            f"pnnx exited 0 but wrote no ncnn model for {onnx_path}; its last output:\n{_tail(output)}"
+        )
+    return param, binary
+
+
+def _install_pair(pairs: list[tuple[Path, Path]]) -> None:
+    """Copy each ``(source, destination)`` beside its destination, then rename all; all or nothing."""
+    umask = os.umask(0)
+    os.umask(umask)
+    staged: list[Path] = []
+    done: list[Path] = []
+    try:
+        for src, dst in pairs:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent)
+            os.close(fd)
+            staged.append(Path(name))
+            shutil.copyfile(src, name)
+            os.chmod(name, 0o666 & ~umask)
+        for tmp, (_, dst) in zip(staged, pairs, strict=True):
+            os.replace(tmp, dst)
+            done.append(dst)
+    except BaseException:
+        for dst in done:  # never leave half a model under its final name
+            dst.unlink(missing_ok=True)
+        raise
+    finally:
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)
+
+
+class NcnnModel:
+    """An ncnn ``Net`` loaded for verification: one single-sample extraction per input.
+
+    Args:
+        param: the ``.param`` path.
+        bin_path: the ``.bin`` path.
+        precision: ``fp32`` (fp16 storage/arithmetic off, so fp32 is exact), ``fp16`` or ``int8``.
+        threads: ``opt.num_threads``.
+        options: further ``ncnn.Option`` fields to set, e.g. ``{"use_packing_layout": False}``.
+
+    Raises:
+        ImportError: ncnn is not installed.
+        ValueError: an unknown option.
+        RuntimeError: ncnn cannot load the files.
+    """
+
+    def __init__(
+        self,
+        param: str | os.PathLike[str],
+        bin_path: str | os.PathLike[str],
+        precision: str,
+        threads: int,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        ncnn = _ncnn()
+        self._ncnn = ncnn
+        graph = NcnnParam.parse(Path(param).read_text(encoding="utf-8"), str(param))
+        self.input_name = graph.input_blob()
+        self.output_name = graph.output_blob()
+        net = ncnn.Net()
+        fp16 = precision == "fp16"
+        # options before loading: pipelines (e.g. gemm tiling by thread count) are built at load time
+        net.opt.num_threads = int(threads)
+        net.opt.use_vulkan_compute = False
+        net.opt.use_fp16_storage = fp16
+        net.opt.use_fp16_packed = fp16
+        net.opt.use_fp16_arithmetic = fp16
+        net.opt.use_bf16_storage = False
+        net.opt.use_int8_inference = precision == "int8"
+        for key, value in (options or {}).items():
+            if not hasattr(net.opt, key):
+                raise ValueError(f"options: ncnn.Option has no field {key!r}")
+            setattr(net.opt, key, value)
+        if net.load_param(str(param)) != 0:
+            raise RuntimeError(f"ncnn could not load {param}")
+        if net.load_model(str(bin_path)) != 0:
+            raise RuntimeError(f"ncnn could not load the weights {bin_path} for {param}")
+        self.net = net
+
+    def __call__(self, sample: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Run one sample without its batch axis (CHW for images); returns ncnn's output as an array.
+
+        Raises:
+            RuntimeError: ncnn reports an error.
+        """
+        x = np.ascontiguousarray(sample, dtype=np.float32)
+        ex = self.net.create_extractor()
+        if ex.input(self.input_name, self._ncnn.Mat(x)) != 0:
+            raise RuntimeError(f"ncnn rejected input blob {self.input_name!r} of shape {x.shape}")
+        ret, mat = ex.extract(self.output_name)
+        if ret != 0:
+            raise RuntimeError(f"ncnn failed to extract {self.output_name!r} (code {ret})")
+        return np.array(mat, dtype=np.float32, copy=True)
+
+    def predict(self, x: npt.NDArray[np.float32], sample_shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
+        """Run every sample of ``x`` (batch first) and stack the outputs as ``(N, *sample_shape)``.
+
+        Raises:
+            ValueError: an output's element count differs from ``sample_shape``.
+        """
+        outs = []
+        for i, sample in enumerate(x):
+            out = self(sample)
+            if out.shape != sample_shape:
+                # ncnn drops the batch axis and unit axes (a (1, 10) output comes back as (10,));
+                # the element order is the same C-major order, so only the shape is restored
+                if out.size != int(np.prod(sample_shape)):
+                    raise ValueError(
+                        f"ncnn output {i} has shape {out.shape}; the source model's is {sample_shape}"
+                    )
+                out = out.reshape(sample_shape)
+            outs.append(out)
+        return np.stack(outs)
+
+
+def export_ncnn(job: ExportJob) -> TargetResult:
+    """The ``ncnn`` target at ``job.precision`` (fp32, fp16 or int8), verified in ncnn.
+
+    Args:
+        job: the shared export job (``job.quant`` is required for int8).
+
+    Raises:
+        ImportError: pnnx or ncnn is missing (with the pip extra to install).
+        ValueError: an unknown precision, int8 without scales, or a model the int8 writer cannot quantize.
+        RuntimeError: pnnx fails (with its output) or ncnn cannot load or run the artifact.
+    """
+    if job.precision not in PRECISION_SUFFIX:
+        raise ValueError(f"precision: ncnn writes {list(PRECISION_SUFFIX)}; got {job.precision!r}.")
+    if job.precision == "int8" and job.quant is None:
+        raise ValueError(
+            "precision 'int8' needs int8 scales (job.quant); pass calibration batches or a quant_spec."
+        )
+    _ncnn()  # fail before converting when the runtime is missing
+    job.workdir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="ncnn-", dir=job.workdir))
+    try:
+        return _export(job, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _export(job: ExportJob, scratch: Path) -> TargetResult:
+    import ncnn
+
+    param, binary = run_pnnx(job.onnx_path, job.input_shape, scratch / "pnnx", fp16=job.precision == "fp16")
+    result = TargetResult("ncnn", job.precision, runtime=f"ncnn {ncnn.__version__}")
+    if job.precision == "int8" and job.quant is not None:
+        fp32_size = param.stat().st_size + binary.stat().st_size
+        src_param, src_bin = param, binary
+        param, binary = scratch / "model.int8.ncnn.param", scratch / "model.int8.ncnn.bin"
+        summary = write_int8(src_param, src_bin, param, binary, job.quant)
+        result.scales = job.quant.describe()
+        result.notes.append(summary.describe())
+        result.notes.extend(summary.notes)
+        int8_size = param.stat().st_size + binary.stat().st_size
+        ratio = int8_size / fp32_size
+        result.notes.append(
+            f"size {fp32_size / 1024:.1f} KB fp32 → {int8_size / 1024:.1f} KB int8 ({ratio:.2f}x)"
+        )
+    suffix = PRECISION_SUFFIX[job.precision]
+    final_param, final_bin = job.artifact(f"{suffix}.param"), job.artifact(f"{suffix}.bin")
+    _install_pair([(param, final_param), (binary, final_bin)])
+    result.files = [final_param.name, final_bin.name]
+    result.size_bytes = final_param.stat().st_size + final_bin.stat().st_size
+    log.info(
+        "ncnn %s written: %s (%.1f KB)", job.precision, ", ".join(result.files), result.size_bytes / 1024
+    )
+    if job.verify:
+        _verify(job, result, final_param, final_bin)
+    return result
+
+
+def _verify(job: ExportJob, result: TargetResult, param: Path, binary: Path) -> None:
+    model = NcnnModel(param, binary, job.precision, job.threads)
+    x = job.samples_nchw()
+    reference = np.asarray(job.reference)
+    out = model.predict(x, tuple(reference.shape[1:]))
+    fill_agreement(result, compare(reference, out))
+    one = x[0]
+    result.latency_ms = median_latency_ms(lambda: model(one))
+    result.threads = job.threads
+    bound = _EXPECTED_REL_ERROR.get(job.precision)
+    if bound is not None and result.max_rel_error is not None and result.max_rel_error > bound:
+        msg = f"max relative error {result.max_rel_error:.2e} exceeds the {job.precision} bound {bound:.0e}"
+        log.warning("ncnn %s: %s", job.precision, msg)
+        result.notes.append(msg)

@@ -1,0 +1,313 @@
+"""The TFLite (LiteRT) target: ``.tflite`` files from Keras and torch models, verified in LiteRT.
+
+Keras 3 and tf-keras models convert with ``tf.lite.TFLiteConverter.from_keras_model`` (NHWC input);
+torch models with litert-torch (:mod:`exporters.tflite_torch`, NCHW input, the torch layout kept at
+the model interface). Every artifact has float32 inputs and outputs; at ``int8`` every ``CONV_2D``,
+``DEPTHWISE_CONV_2D`` and ``FULLY_CONNECTED`` must run on int8 inputs and weights, or the export fails
+naming the op that stayed float. Files are ``model.tflite``, ``model.fp16.tflite`` and
+``model.int8.tflite`` in the export directory, written under a temporary name and renamed only once
+they load in LiteRT and pass the int8 check.
+
+Example:
+    >>> # from exporters import export
+    >>> # report = export(model, ["tflite"], example_input=x, calibration=batches, precision="int8")
+    >>> # report["tflite"].notes  ->  ['int8 kernels: 3 CONV_2D, 2 DEPTHWISE_CONV_2D, 1 FULLY_CONNECTED']
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from exporters.job import ExportJob
+from exporters.report import TargetResult
+from exporters.verify import compare, fill_agreement, median_latency_ms
+from fitslim.fileio import atomic_path
+
+__all__ = ["KERNEL_OPS", "REPRESENTATIVE_LIMIT", "SUFFIXES", "export_tflite", "kernel_summary", "tflite_runtime"]
+
+log = logging.getLogger(__name__)
+
+#: artifact suffix per precision
+SUFFIXES = {"fp32": ".tflite", "fp16": ".fp16.tflite", "int8": ".int8.tflite"}
+
+#: the ops that must run on int8 inputs and weights in an int8 artifact
+KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+#: at most this many calibration inputs feed the TFLite converter's representative data set
+REPRESENTATIVE_LIMIT = 512
+
+_QAT_WITHOUT_FAKE_QUANT = (
+    "re-calibrated by the TFLite converter: the model has no fake-quant layers; learned scales are carried "
+    "only by models trained with keras_callbacks.QuantizationAware"
+)
+
+
+@dataclass
+class _Conversion:
+    content: bytes
+    scales: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def tflite_runtime() -> str:
+    """The runtime that verifies the artifacts, e.g. ``LiteRT 2.3.0``."""
+    try:
+        return f"LiteRT {importlib.metadata.version('ai-edge-litert')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "LiteRT"
+
+
+def _interpreter_class() -> Any:
+    try:
+        return importlib.import_module("ai_edge_litert.interpreter").Interpreter
+    except ImportError as err:
+        raise ImportError(f"target tflite: verifying needs the LiteRT interpreter ({err}): pip install ai-edge-litert") from err
+
+
+# ----------------------------------------------------------------------------------------------- Keras
+
+
+def _keras_input_spec(job: ExportJob) -> Any:
+    import tensorflow as tf
+
+    model = job.source.model
+    inputs = getattr(model, "inputs", None)
+    if inputs:
+        shape = tuple(inputs[0].shape)
+    else:
+        shape = (None, *job.samples_nhwc().shape[1:])
+    return tf.TensorSpec(shape, tf.float32)
+
+
+def _fake_quant_ops(job: ExportJob) -> int:
+    """How many ``FakeQuantWithMinMax*`` ops the model's inference graph holds (learned ranges the converter keeps)."""
+    import tensorflow as tf
+
+    model = job.source.model
+    fn = tf.function(lambda x: model(x, training=False))
+    graph = fn.get_concrete_function(_keras_input_spec(job)).graph
+    types = [op.type for op in graph.get_operations()]
+    for f in graph.as_graph_def().library.function:
+        types.extend(n.op for n in f.node_def)
+    return sum(t.startswith("FakeQuantWithMinMax") for t in types)
+
+
+def _representative(data: npt.NDArray[np.float32]) -> Any:
+    def gen() -> Iterator[list[npt.NDArray[np.float32]]]:
+        for i in range(min(len(data), REPRESENTATIVE_LIMIT)):
+            yield [np.ascontiguousarray(data[i : i + 1], dtype=np.float32)]
+
+    return gen
+
+
+def _convert_keras(job: ExportJob) -> _Conversion:
+    """Convert a Keras 3 (TensorFlow backend) or tf-keras model with ``tf.lite.TFLiteConverter``.
+
+    Raises:
+        ValueError: a Keras 3 model on another backend; int8 with no way to get scales.
+    """
+    if job.source.framework == "keras":
+        import keras
+
+        backend = keras.backend.backend()
+        if backend != "tensorflow":
+            raise ValueError(
+                f"target tflite: this Keras 3 model runs on the {backend!r} backend, and the TFLite converter "
+                "needs TensorFlow graphs; run the export with KERAS_BACKEND=tensorflow (same weights)."
+            )
+    try:
+        import tensorflow as tf
+    except ImportError as err:
+        raise ImportError(f"target tflite: converting a Keras model needs tensorflow ({err}): pip install 'fitslim[keras]'") from err
+    from exporters.tflite_torch import _quiet
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(job.source.model)
+    out = _Conversion(b"")
+    if job.precision == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+        out.notes.append("fp16 weights (TFLite float16 quantization), dequantized to float32 at load; float32 math")
+    elif job.precision == "int8":
+        calib = job.calibration_nhwc()
+        fake = _fake_quant_ops(job)
+        qat = job.quant is not None and job.quant.origin == "qat"
+        if fake == 0 and calib is None:
+            raise ValueError(
+                "target tflite: the model has no fake-quant layers, so the TFLite converter must calibrate it, "
+                "and there is no calibration data: pass calibration= (a few hundred real inputs) to export(), "
+                "or train with keras_callbacks.QuantizationAware so the model carries its learned scales."
+            )
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        used = 0
+        if calib is not None:
+            converter.representative_dataset = _representative(calib)
+            used = min(len(calib), REPRESENTATIVE_LIMIT)
+        if fake:
+            out.scales = f"learned: the ranges of the model's {fake} fake-quant ops, kept by the TFLite converter"
+            if used:
+                out.scales += f"; tensors without one calibrated on {used} samples"
+        elif qat:
+            out.scales = f"{_QAT_WITHOUT_FAKE_QUANT} (calibrated on {used} samples)"
+        else:
+            out.scales = f"calibrated by the TFLite converter on {used} samples (its own min/max ranges)"
+    elif job.precision != "fp32":
+        raise ValueError(f"target tflite: precision {job.precision!r} is not one of fp32, fp16, int8.")
+    with _quiet():
+        out.content = bytes(converter.convert())
+    return out
+
+
+def _convert_torch(job: ExportJob) -> _Conversion:
+    from exporters.tflite_torch import convert_torch
+
+    conv = convert_torch(job)
+    return _Conversion(conv.content, conv.scales, conv.notes)
+
+
+# ------------------------------------------------------------------------------------------- verifying
+
+
+def kernel_summary(interpreter: Any, require_int8: bool = False) -> str:
+    """Count the conv/FC kernels of a loaded model by the dtype they run on, e.g. ``int8 kernels: 4 CONV_2D``.
+
+    Args:
+        interpreter: a LiteRT ``Interpreter`` after ``allocate_tensors()``.
+        require_int8: raise unless every op of :data:`KERNEL_OPS` has int8 inputs and weights.
+
+    Raises:
+        RuntimeError: ``require_int8`` and an op stayed float, named with its index and dtypes.
+    """
+    counts: dict[str, Counter[str]] = {}
+    for op in interpreter._get_ops_details():
+        name = op["op_name"]
+        if name not in KERNEL_OPS:
+            continue
+        inputs = [int(i) for i in op["inputs"]]
+        dtypes = [np.dtype(interpreter._get_tensor_details(i, 0)["dtype"]).name if i >= 0 else "none" for i in inputs[:2]]
+        kind = dtypes[0] if len(set(dtypes)) == 1 else "/".join(dtypes)
+        if require_int8 and (len(dtypes) < 2 or dtypes[0] != "int8" or dtypes[1] != "int8"):
+            raise RuntimeError(
+                f"target tflite int8: {name} (op #{op['index']}) runs on {dtypes[0]} inputs and "
+                f"{dtypes[1] if len(dtypes) > 1 else 'no'} weights; the converter left it in float."
+            )
+        counts.setdefault(kind, Counter())[name] += 1
+    if not counts:
+        return "no CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED kernels"
+    parts = []
+    for kind, c in sorted(counts.items()):
+        body = ", ".join(f"{c[n]} {n}" for n in KERNEL_OPS if c[n])
+        parts.append(f"{kind} kernels: {body}")
+    return "; ".join(parts)
+
+
+def _quantize(x: npt.NDArray[np.float32], detail: dict[str, Any]) -> npt.NDArray[Any]:
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return x.astype(dtype)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: npt.NDArray[Any], detail: dict[str, Any]) -> npt.NDArray[np.float32]:
+    if np.dtype(detail["dtype"]).kind == "f":
+        return np.asarray(y, dtype=np.float32)
+    scale, zero = detail["quantization"]
+    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+def _prepare_single(interpreter: Any, sample_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Fix the input to one sample of ``sample_shape``, checking the layout against the model's."""
+    detail = interpreter.get_input_details()[0]
+    signature = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
+    want = (1, *sample_shape)
+    fits = len(signature) == len(want) and all(s in (-1, w) for s, w in zip(signature, want, strict=True))
+    if not fits:
+        raise ValueError(
+            f"target tflite: the model's input shape {list(signature)} does not fit one sample of shape "
+            f"{list(want)} (a layout mismatch between the artifact and the source)."
+        )
+    if tuple(int(d) for d in detail["shape"]) != want:
+        interpreter.resize_tensor_input(detail["index"], list(want))
+    interpreter.allocate_tensors()
+    return dict(interpreter.get_input_details()[0])
+
+
+def _run_samples(interpreter: Any, samples: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], float]:
+    """Run every sample one at a time; returns the stacked outputs and the median single-sample latency."""
+    inp = _prepare_single(interpreter, tuple(samples.shape[1:]))
+    out = interpreter.get_output_details()[0]
+    outputs = []
+    for i in range(len(samples)):
+        interpreter.set_tensor(inp["index"], _quantize(samples[i : i + 1], inp))
+        interpreter.invoke()
+        outputs.append(_dequantize(interpreter.get_tensor(out["index"]), out))
+    interpreter.set_tensor(inp["index"], _quantize(samples[:1], inp))
+    latency = median_latency_ms(interpreter.invoke)
+    return np.concatenate(outputs), latency
+
+
+# -------------------------------------------------------------------------------------------- the target
+
+
+def export_tflite(job: ExportJob) -> TargetResult:
+    """Convert, write atomically, check the int8 kernels, and verify the artifact in LiteRT.
+
+    Args:
+        job: the export job; its precision picks fp32, fp16 weights or full-integer int8.
+
+    Returns:
+        The report row: file, size, agreement with the source, latency, scale origin and kernel summary.
+
+    Raises:
+        ImportError: tensorflow (Keras) or litert-torch (torch) is missing, naming the extra to install.
+        ValueError: an ONNX source, an unknown precision, int8 without a way to get scales, or a layout
+            mismatch between the artifact and the samples.
+        RuntimeError: an int8 artifact where a conv/FC kernel stayed float (no file is left behind).
+    """
+    framework = job.source.framework
+    if job.precision not in SUFFIXES:
+        raise ValueError(f"target tflite: precision {job.precision!r} is not one of {list(SUFFIXES)}.")
+    if framework in ("keras", "tf_keras"):
+        conversion, samples = _convert_keras(job), job.samples_nhwc()
+    elif framework == "torch":
+        conversion, samples = _convert_torch(job), job.samples_nchw()
+    else:
+        raise ValueError(
+            f"target tflite: a {framework} source cannot be converted here (onnx2tf needs Python 3.12); "
+            "export the torch or Keras model itself."
+        )
+    interpreter_cls = _interpreter_class()
+    path: Path = job.artifact(SUFFIXES[job.precision])
+    result = TargetResult("tflite", job.precision, files=[path.name], threads=job.threads, runtime=tflite_runtime())
+    result.scales = conversion.scales
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(conversion.content)
+        interpreter = interpreter_cls(model_path=str(tmp), num_threads=job.threads)
+        interpreter.allocate_tensors()
+        result.notes.append(kernel_summary(interpreter, require_int8=job.precision == "int8"))
+        if job.verify:
+            outputs, latency = _run_samples(interpreter, samples)
+            fill_agreement(result, compare(job.reference, outputs))
+            result.latency_ms = latency
+    result.notes.extend(conversion.notes)
+    result.size_bytes = path.stat().st_size
+    log.info(
+        "tflite %s: %s (%.1f KB)%s",
+        job.precision,
+        path.name,
+        result.size_bytes / 1024,
+        "" if result.max_rel_error is None else f", max rel error {result.max_rel_error:.2e}",
+    )
+    return result

@@ -1,0 +1,437 @@
+"""torch → TFLite (LiteRT) with litert-torch: fp32, fp16 weights, and int8 kernels through its PT2E path.
+
+int8 follows litert-torch's PT2E recipe: ``torch.export`` → ``prepare_pt2e`` with litert-torch's
+``PT2EQuantizer`` → observe → ``convert_pt2e`` → ``litert_torch.convert(..., quant_config=QuantConfig(
+pt2e_quantizer=q))``. The observers are *pinnable*: the input activation and per-channel weight scales
+of every convolution and linear layer are set from the job's :class:`~exporters.quant.QuantTable`
+(the learned QuantSpec, or the calibration the other int8 targets share), so those scales reach the
+int8 ``CONV_2D`` / ``DEPTHWISE_CONV_2D`` / ``FULLY_CONNECTED`` kernels exactly. Tensors the table does
+not describe (residual sums, the logits) are observed min/max on the calibration inputs.
+
+litert-torch's static int8 conversion gives the model int8 inputs and outputs; fitslim adds a
+``QUANTIZE`` at the input and a ``DEQUANTIZE`` at the output so users feed and read float32, like the
+Keras path.
+
+Example:
+    >>> # content, scales, notes = convert_torch(job)     # bytes of a .tflite file
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import io
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from exporters.job import ExportJob
+from exporters.quant import QuantizedNode, QuantTable
+
+__all__ = ["TorchConversion", "convert_torch", "pt2e_quantize"]
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'fitslim[tflite-torch]'"
+
+#: ops through which a tensor keeps its int8 scale (TFLite requires equal input and output scales)
+_SCALE_PRESERVING = (
+    "max_pool2d",
+    "max_pool1d",
+    "flatten",
+    "view",
+    "reshape",
+    "squeeze",
+    "unsqueeze",
+    "permute",
+)
+_WEIGHTED = ("conv1d", "conv2d", "linear")
+_CALIB_BATCH = 32
+_AVERAGING = ("adaptive_avg_pool2d", "_adaptive_avg_pool2d", "avg_pool2d", "mean")
+
+
+@dataclass
+class TorchConversion:
+    """What :func:`convert_torch` produced.
+
+    Args:
+        content: the ``.tflite`` flatbuffer.
+        scales: for int8, where the scales came from (for the report).
+        notes: anything else worth reporting.
+    """
+
+    content: bytes
+    scales: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _litert() -> Any:
+    """Import litert-torch quietly (no progress bars), or fail naming the extra to install."""
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    try:
+        return importlib.import_module("litert_torch")
+    except ImportError as err:
+        raise ImportError(
+            f"target tflite: converting a torch model needs litert-torch ({err}): {INSTALL_HINT}"
+        ) from err
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Route the converters' prints and progress bars to the debug log instead of the user's console."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        yield
+    text = (out.getvalue() + err.getvalue()).strip()
+    if text:
+        log.debug("converter output:\n%s", text)
+
+
+def _pinnable_observers() -> tuple[type, type]:
+    """Observer classes that observe min/max like torchao's, or return scales set on them exactly.
+
+    A histogram observer would shift injected ranges slightly; these return ``(scale, 0)`` verbatim
+    once ``pin`` was called, which is what keeps learned QAT scales exact in the artifact.
+    """
+    import torch
+    from torchao.quantization.pt2e.observer import MinMaxObserver, PerChannelMinMaxObserver
+
+    class PinnableMinMaxObserver(MinMaxObserver):  # type: ignore[misc]
+        """Per-tensor min/max observer whose qparams can be pinned to a symmetric scale."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.register_buffer("pinned_scale", torch.empty(0, dtype=torch.float32))
+
+        def pin(self, scale: float) -> None:
+            """Return ``(scale, 0)`` from now on, whatever was observed."""
+            self.pinned_scale = torch.tensor([scale], dtype=torch.float32)
+
+        def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+            if self.pinned_scale.numel():
+                return self.pinned_scale.clone(), torch.zeros(1, dtype=torch.int32)
+            return super().calculate_qparams()  # type: ignore[no-any-return]
+
+    class PinnablePerChannelObserver(PerChannelMinMaxObserver):  # type: ignore[misc]
+        """Per-channel symmetric weight observer whose scales can be pinned."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.register_buffer("pinned_scale", torch.empty(0, dtype=torch.float32))
+
+        def pin(self, scales: npt.NDArray[np.float32]) -> None:
+            """Return ``(scales, 0)`` from now on."""
+            self.pinned_scale = torch.from_numpy(np.asarray(scales, dtype=np.float32).copy())
+
+        def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+            if self.pinned_scale.numel():
+                n = self.pinned_scale.numel()
+                return self.pinned_scale.clone(), torch.zeros(n, dtype=torch.int64)
+            return super().calculate_qparams()  # type: ignore[no-any-return]
+
+    return PinnableMinMaxObserver, PinnablePerChannelObserver
+
+
+def _quantizer(pinnable: bool) -> Any:
+    """litert-torch's PT2EQuantizer with per-channel symmetric weights.
+
+    Args:
+        pinnable: use :func:`_pinnable_observers` (exact scales can be set) instead of litert-torch's
+            own observers (histogram for activations), which calibrate better on their own.
+    """
+    import dataclasses
+
+    from litert_torch.quantize import pt2e_quantizer as pq
+
+    base = pq.get_symmetric_quantization_config(is_per_channel=True)
+    act = base.input_activation
+    config = base
+    if pinnable:
+        act_obs, weight_obs = _pinnable_observers()
+        act = dataclasses.replace(act, observer_or_fake_quant_ctr=act_obs.with_args(eps=2**-12))
+        weight = dataclasses.replace(base.weight, observer_or_fake_quant_ctr=weight_obs.with_args(eps=2**-12))
+        config = dataclasses.replace(base, input_activation=act, output_activation=act, weight=weight)
+
+    class Quantizer(pq.PT2EQuantizer):  # type: ignore[misc]
+        """litert-torch's quantizer, but an average pool's output gets its own observer.
+
+        litert-torch makes a global average pool share its input's scale; the pooled values span a
+        much smaller range, and when the classifier's learned input scale is pinned on the shared
+        observer the feature map before the pool is clipped to it. TFLite's int8 MEAN rescales, so
+        the output can have its own scale.
+        """
+
+        def annotate(self, model: Any) -> Any:
+            from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+            model = super().annotate(model)
+            for node in model.graph.nodes:
+                ann = node.meta.get("quantization_annotation")
+                if (
+                    node.op == "call_function"
+                    and _op_name(node) in _AVERAGING
+                    and ann is not None
+                    and isinstance(ann.output_qspec, SharedQuantizationSpec)
+                ):
+                    ann.output_qspec = act
+            return model
+
+    return Quantizer().set_global(config)
+
+
+def _export_for_calibration(model: Any, example: Any) -> tuple[Any, int]:
+    """``torch.export`` with a dynamic batch (calibrate in batches), or batch 1 when the model forbids it."""
+    import torch
+
+    try:
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        two = torch.cat([example, example])
+        return torch.export.export(model, (two,), dynamic_shapes=({0: batch},)).module(), _CALIB_BATCH
+    except Exception as err:  # a model whose code fixes the batch size: calibrate one sample at a time
+        log.debug("dynamic-batch export failed (%s); calibrating one sample at a time", err)
+        return torch.export.export(model, (example,)).module(), 1
+
+
+def _op_name(node: Any) -> str:
+    target = getattr(node, "target", None)
+    name = getattr(target, "__name__", str(target))
+    return str(name).split(".")[0]
+
+
+def _module_path(node: Any) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = str(list(stack.values())[-1][0])
+    return path.removeprefix("L['self'].").removeprefix("L__self__.")
+
+
+def _attr(module: Any, target: str) -> Any:
+    obj = module
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _observer(module: Any, node: Any) -> Any:
+    if getattr(node, "op", None) == "call_module":
+        obs = _attr(module, node.target)
+        if hasattr(obs, "pin"):
+            return obs
+    return None
+
+
+def _match(table: QuantTable, path: str, weight: npt.NDArray[np.float32]) -> QuantizedNode | None:
+    for q in table.nodes:
+        if q.spec_layer == path and q.node.weight.size == weight.size:
+            return q
+    try:
+        return table.match_weight(weight)
+    except KeyError:
+        return None
+
+
+def _pin_scales(prepared: Any, table: QuantTable) -> tuple[int, list[str]]:
+    """Pin the table's scales on the observers of every conv/linear; returns (layers pinned, notes)."""
+    pinned: dict[int, float] = {}
+    notes: list[str] = []
+    count = 0
+    for node in prepared.graph.nodes:
+        if node.op != "call_function" or _op_name(node) not in _WEIGHTED or len(node.args) < 2:
+            continue
+        act_obs, weight_obs = _observer(prepared, node.args[0]), _observer(prepared, node.args[1])
+        path = _module_path(node)
+        if act_obs is None or weight_obs is None or node.args[1].args[0].op != "get_attr":
+            notes.append(f"layer {path or node.name}: not annotated for int8 by litert-torch")
+            continue
+        weight = _attr(prepared, node.args[1].args[0].target).detach().cpu().numpy().astype(np.float32)
+        q = _match(table, path, weight)
+        if q is None:
+            notes.append(f"layer {path or node.name}: no int8 scales in the table; observed on calibration data")
+            continue
+        weight_obs.pin(q.weight_scales)
+        scale = float(q.input_scale)
+        previous = pinned.get(id(act_obs))
+        if previous is not None and previous != scale:
+            scale = max(previous, scale)
+            notes.append(f"layer {path}: input shared with another layer of a different scale; used the larger, {scale:.6g}")
+        _pin_through(prepared, node.args[0], act_obs, scale, pinned)
+        count += 1
+    return count, notes
+
+
+def _pin_through(prepared: Any, obs_node: Any, obs: Any, scale: float, pinned: dict[int, float]) -> None:
+    """Pin ``obs`` and, back through scale-preserving ops (max pool, flatten), the observers feeding it."""
+    obs.pin(scale)
+    pinned[id(obs)] = scale
+    producer = obs_node.args[0] if obs_node.args else None
+    while producer is not None and getattr(producer, "op", None) == "call_function":
+        if _op_name(producer) not in _SCALE_PRESERVING or not producer.args:
+            return
+        upstream = _observer(prepared, producer.args[0])
+        if upstream is not None:
+            if id(upstream) not in pinned:
+                upstream.pin(scale)
+                pinned[id(upstream)] = scale
+            return
+        producer = producer.args[0]
+
+
+def pt2e_quantize(
+    model: Any,
+    example: Any,
+    data: npt.NDArray[np.float32],
+    table: QuantTable | None,
+    data_label: str = "calibration",
+) -> tuple[Any, Any, str, list[str]]:
+    """Quantize ``model`` with litert-torch's PT2E quantizer; returns (converted module, quantizer, scales, notes).
+
+    Args:
+        model: an eval-mode copy of the user's module (it is exported, not modified).
+        example: one NCHW input tensor of batch 1.
+        data: NCHW inputs observed for the activations the table does not pin (all of them without a table).
+        table: int8 scales to pin on every conv/linear (None: observe everything).
+        data_label: what ``data`` is, for the report.
+    """
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    pin = table is not None and table.origin == "qat"
+    exported, batch = _export_for_calibration(model, example)
+    quantizer = _quantizer(pinnable=pin)
+    prepared = prepare_pt2e(exported, quantizer)
+    notes: list[str] = []
+    pinned = 0
+    if pin and table is not None:
+        pinned, notes = _pin_scales(prepared, table)
+    with torch.no_grad():
+        for i in range(0, len(data), batch):
+            prepared(torch.from_numpy(np.ascontiguousarray(data[i : i + batch])))
+    converted = convert_pt2e(prepared, fold_quantize=False)
+    if not pin:
+        scales = f"calibrated by litert-torch's PT2E observers (histogram) on {len(data)} {data_label} samples"
+        if table is not None:
+            scales += "; the other int8 targets use fitslim's absmax table"
+    else:
+        scales = (
+            f"learned QuantSpec ({pinned} layers) used exactly for the inputs and weights of the int8 "
+            f"conv/FC kernels; other activations (residual sums, outputs) observed min/max on {len(data)} "
+            f"{data_label} samples"
+        )
+    return converted, quantizer, scales, notes
+
+
+def _float_io(content: bytes) -> bytes:
+    """Give an int8-I/O model float32 I/O: QUANTIZE after each int8 input, DEQUANTIZE before each int8 output."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    model = fbu.read_model_from_bytearray(bytearray(content))
+    quantized = (fb.TensorType.INT8, fb.TensorType.UINT8)
+
+    def opcode(code: int, version: int) -> int:
+        for i, oc in enumerate(model.operatorCodes):
+            if max(oc.builtinCode, oc.deprecatedBuiltinCode) == code:
+                return i
+        oc = fb.OperatorCodeT()
+        oc.builtinCode = code
+        oc.deprecatedBuiltinCode = min(code, fb.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
+        oc.version = version
+        model.operatorCodes.append(oc)
+        return len(model.operatorCodes) - 1
+
+    def float_twin(sub: Any, index: int) -> int:
+        old = sub.tensors[index]
+        new = fb.TensorT()
+        new.shape = copy.copy(old.shape)
+        new.shapeSignature = copy.copy(old.shapeSignature)
+        new.type = fb.TensorType.FLOAT32
+        new.name = old.name
+        old.name = (old.name or b"") + (b"_int8" if isinstance(old.name, bytes) else "_int8")
+        model.buffers.append(fb.BufferT())
+        new.buffer = len(model.buffers) - 1
+        sub.tensors.append(new)
+        return len(sub.tensors) - 1
+
+    def op(code: int, version: int, options_type: int, options: Any, src: int, dst: int) -> Any:
+        o = fb.OperatorT()
+        o.opcodeIndex = opcode(code, version)
+        o.inputs = np.array([src], dtype=np.int32)
+        o.outputs = np.array([dst], dtype=np.int32)
+        o.builtinOptionsType = options_type
+        o.builtinOptions = options
+        return o
+
+    remap: dict[tuple[int, int], int] = {}
+    for s, sub in enumerate(model.subgraphs):
+        inputs, outputs = list(sub.inputs), list(sub.outputs)
+        for k, t in enumerate(inputs):
+            if sub.tensors[t].type in quantized:
+                f = float_twin(sub, t)
+                q = op(fb.BuiltinOperator.QUANTIZE, 1, fb.BuiltinOptions.QuantizeOptions, fb.QuantizeOptionsT(), f, t)
+                sub.operators.insert(0, q)
+                inputs[k] = remap[(s, t)] = f
+        for k, t in enumerate(outputs):
+            if sub.tensors[t].type in quantized:
+                f = float_twin(sub, t)
+                dq = op(fb.BuiltinOperator.DEQUANTIZE, 2, fb.BuiltinOptions.DequantizeOptions, fb.DequantizeOptionsT(), t, f)
+                sub.operators.append(dq)
+                outputs[k] = remap[(s, t)] = f
+        sub.inputs = np.array(inputs, dtype=np.int32)
+        sub.outputs = np.array(outputs, dtype=np.int32)
+    for sig in model.signatureDefs or []:
+        for tmap in list(sig.inputs or []) + list(sig.outputs or []):
+            tmap.tensorIndex = remap.get((sig.subgraphIndex, tmap.tensorIndex), tmap.tensorIndex)
+    return bytes(fbu.convert_object_to_bytearray(model))
+
+
+def convert_torch(job: ExportJob) -> TorchConversion:
+    """Convert the job's torch model to a ``.tflite`` flatbuffer at ``job.precision``.
+
+    The user's module is neither switched to eval mode nor modified: a CPU copy is converted.
+
+    Raises:
+        ImportError: litert-torch is missing (names the extra to install).
+        ValueError: int8 without a scale table or calibration inputs.
+    """
+    litert_torch = _litert()
+    import torch
+
+    model = copy.deepcopy(job.source.model).cpu().eval()
+    samples = job.samples_nchw()
+    example = torch.from_numpy(np.ascontiguousarray(samples[:1]))
+    notes: list[str] = []
+    with _quiet():
+        if job.precision == "fp32":
+            edge = litert_torch.convert(model, (example,))
+            return TorchConversion(bytes(edge.model_content()))
+        if job.precision == "fp16":
+            from litert_torch.generative.quantize import quant_recipes
+
+            edge = litert_torch.convert(model, (example,), quant_config=quant_recipes.full_fp16_recipe())
+            notes.append("fp16 weights (ai-edge-quantizer FLOAT_CAST), dequantized to float32 at load; float32 math")
+            return TorchConversion(bytes(edge.model_content()), notes=notes)
+        if job.precision != "int8":
+            raise ValueError(f"target tflite: precision {job.precision!r} is not one of fp32, fp16, int8.")
+        from litert_torch.quantize.quant_config import QuantConfig
+
+        calib = job.calibration_nchw()
+        if job.quant is None and calib is None:
+            raise ValueError(
+                "target tflite: int8 from torch needs calibration inputs or a QuantSpec; pass calibration= "
+                "or quant_spec= to export()."
+            )
+        # without calibration data the activations a QuantSpec does not cover are observed on the
+        # verification samples, the only inputs the job has
+        data, label = (calib, "calibration") if calib is not None else (samples, "verification")
+        converted, quantizer, scales, pin_notes = pt2e_quantize(model, example, data, job.quant, label)
+        notes.extend(pin_notes)
+        edge = litert_torch.convert(converted, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+        content = _float_io(bytes(edge.model_content()))
+    return TorchConversion(content, scales, notes)
