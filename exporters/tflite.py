@@ -16,8 +16,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
+import io
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -33,7 +35,7 @@ from exporters.report import TargetResult
 from exporters.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
 
-__all__ = ["KERNEL_OPS", "REPRESENTATIVE_LIMIT", "SUFFIXES", "export_tflite", "kernel_summary", "tflite_runtime"]
+__all__ = ["CALIBRATION_LIMIT", "KERNEL_OPS", "SUFFIXES", "export_tflite", "kernel_summary", "quiet", "tflite_runtime"]
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,8 @@ SUFFIXES = {"fp32": ".tflite", "fp16": ".fp16.tflite", "int8": ".int8.tflite"}
 #: the ops that must run on int8 inputs and weights in an int8 artifact
 KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
-#: at most this many calibration inputs feed the TFLite converter's representative data set
-REPRESENTATIVE_LIMIT = 512
+#: at most this many calibration inputs are used (the TFLite converter's representative data set, PT2E observers)
+CALIBRATION_LIMIT = 512
 
 _QAT_WITHOUT_FAKE_QUANT = (
     "re-calibrated by the TFLite converter: the model has no fake-quant layers; learned scales are carried "
@@ -57,6 +59,19 @@ class _Conversion:
     content: bytes
     scales: str = ""
     notes: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Route the converters' prints and progress bars to the debug log instead of the user's console."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    finally:
+        text = (out.getvalue() + err.getvalue()).strip()
+        if text:
+            log.debug("converter output:\n%s", text)
 
 
 def tflite_runtime() -> str:
@@ -104,7 +119,7 @@ def _fake_quant_ops(job: ExportJob) -> int:
 
 def _representative(data: npt.NDArray[np.float32]) -> Any:
     def gen() -> Iterator[list[npt.NDArray[np.float32]]]:
-        for i in range(min(len(data), REPRESENTATIVE_LIMIT)):
+        for i in range(min(len(data), CALIBRATION_LIMIT)):
             yield [np.ascontiguousarray(data[i : i + 1], dtype=np.float32)]
 
     return gen
@@ -129,8 +144,6 @@ def _convert_keras(job: ExportJob) -> _Conversion:
         import tensorflow as tf
     except ImportError as err:
         raise ImportError(f"target tflite: converting a Keras model needs tensorflow ({err}): pip install 'fitslim[keras]'") from err
-    from exporters.tflite_torch import _quiet
-
     converter = tf.lite.TFLiteConverter.from_keras_model(job.source.model)
     out = _Conversion(b"")
     if job.precision == "fp16":
@@ -147,23 +160,25 @@ def _convert_keras(job: ExportJob) -> _Conversion:
                 "and there is no calibration data: pass calibration= (a few hundred real inputs) to export(), "
                 "or train with keras_callbacks.QuantizationAware so the model carries its learned scales."
             )
+        # full-integer conversion needs a representative data set even when fake-quant ops carry the
+        # ranges; without calibration data the verification samples fill the tensors they do not cover
+        data, label = (calib, "calibration") if calib is not None else (job.samples_nhwc(), "verification")
+        used = min(len(data), CALIBRATION_LIMIT)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        used = 0
-        if calib is not None:
-            converter.representative_dataset = _representative(calib)
-            used = min(len(calib), REPRESENTATIVE_LIMIT)
+        converter.representative_dataset = _representative(data)
         if fake:
-            out.scales = f"learned: the ranges of the model's {fake} fake-quant ops, kept by the TFLite converter"
-            if used:
-                out.scales += f"; tensors without one calibrated on {used} samples"
+            out.scales = (
+                f"learned: the ranges of the model's {fake} fake-quant ops, kept by the TFLite converter; "
+                f"tensors without one calibrated on {used} {label} samples"
+            )
         elif qat:
-            out.scales = f"{_QAT_WITHOUT_FAKE_QUANT} (calibrated on {used} samples)"
+            out.scales = f"{_QAT_WITHOUT_FAKE_QUANT} (on {used} calibration samples)"
         else:
-            out.scales = f"calibrated by the TFLite converter on {used} samples (its own min/max ranges)"
+            out.scales = f"calibrated by the TFLite converter on {used} calibration samples (its own min/max ranges)"
     elif job.precision != "fp32":
         raise ValueError(f"target tflite: precision {job.precision!r} is not one of fp32, fp16, int8.")
-    with _quiet():
+    with quiet():
         out.content = bytes(converter.convert())
     return out
 

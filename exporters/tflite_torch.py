@@ -18,13 +18,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
-import io
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +30,7 @@ import numpy.typing as npt
 
 from exporters.job import ExportJob
 from exporters.quant import QuantizedNode, QuantTable
+from exporters.tflite import CALIBRATION_LIMIT, quiet
 
 __all__ = ["TorchConversion", "convert_torch", "pt2e_quantize"]
 
@@ -80,17 +78,6 @@ def _litert() -> Any:
         raise ImportError(
             f"target tflite: converting a torch model needs litert-torch ({err}): {INSTALL_HINT}"
         ) from err
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Route the converters' prints and progress bars to the debug log instead of the user's console."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        yield
-    text = (out.getvalue() + err.getvalue()).strip()
-    if text:
-        log.debug("converter output:\n%s", text)
 
 
 def _pinnable_observers() -> tuple[type, type]:
@@ -314,6 +301,9 @@ def pt2e_quantize(
         for i in range(0, len(data), batch):
             prepared(torch.from_numpy(np.ascontiguousarray(data[i : i + batch])))
     converted = convert_pt2e(prepared, fold_quantize=False)
+    for mod in converted.modules():
+        # exported in eval mode (BatchNorm folded, dropout gone); only the flag litert-torch warns about is stale
+        mod.training = False
     if not pin:
         scales = f"calibrated by litert-torch's PT2E observers (histogram) on {len(data)} {data_label} samples"
         if table is not None:
@@ -407,7 +397,7 @@ def convert_torch(job: ExportJob) -> TorchConversion:
     samples = job.samples_nchw()
     example = torch.from_numpy(np.ascontiguousarray(samples[:1]))
     notes: list[str] = []
-    with _quiet():
+    with quiet():
         if job.precision == "fp32":
             edge = litert_torch.convert(model, (example,))
             return TorchConversion(bytes(edge.model_content()))
@@ -430,6 +420,7 @@ def convert_torch(job: ExportJob) -> TorchConversion:
         # without calibration data the activations a QuantSpec does not cover are observed on the
         # verification samples, the only inputs the job has
         data, label = (calib, "calibration") if calib is not None else (samples, "verification")
+        data = data[:CALIBRATION_LIMIT]
         converted, quantizer, scales, pin_notes = pt2e_quantize(model, example, data, job.quant, label)
         notes.extend(pin_notes)
         edge = litert_torch.convert(converted, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
