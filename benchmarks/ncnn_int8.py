@@ -3,7 +3,8 @@
 Builds ``torch_model("mobilenet_v2", width_multiplier=1.0, num_classes=1000, input_size=160)`` with random
 BatchNorm statistics (so folding is exercised), calibrates int8 scales on random uniform inputs, converts
 with pnnx, writes two int8 models with :func:`exporters.ncnn_int8.write_int8` (requantize fused and not),
-and times single 1x3x160x160 extractions in ncnn (median after a warm-up). Prints one table.
+and times single 1x3x160x160 extractions in ncnn (warm-up, then rounds that time every variant once;
+medians). Prints one table.
 
 Run:
     .venv/bin/python benchmarks/ncnn_int8.py [--threads 2] [--repeats 50] [--width 1.0] [--size 160]
@@ -14,7 +15,9 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +55,6 @@ def main(argv: list[str] | None = None) -> str:
     from exporters.export import prepare_job
     from exporters.ncnn import NcnnModel, run_pnnx
     from exporters.ncnn_int8 import write_int8
-    from exporters.verify import median_latency_ms
     from fitslim.models import torch_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -65,9 +67,7 @@ def main(argv: list[str] | None = None) -> str:
 
     torch.manual_seed(0)
     model = random_bn_stats(
-        torch_model(
-            "mobilenet_v2", width_multiplier=args.width, num_classes=1000, in_channels=3, input_size=args.size
-        )
+        torch_model("mobilenet_v2", width_multiplier=args.width, num_classes=1000, in_channels=3, input_size=args.size)
     )
     rng = np.random.default_rng(0)
     calib = rng.uniform(0.0, 1.0, size=(args.calibration, 3, args.size, args.size)).astype(np.float32)
@@ -100,35 +100,41 @@ def main(argv: list[str] | None = None) -> str:
             variants[label] = (stem.with_suffix(".param"), stem.with_suffix(".bin"), "int8")
             fusions[label] = summary.describe()
         x = calib[0]
-        rows = []
-        base_size = base_ms = 0.0
-        base_out = None
-        for label, (param, binary, precision) in variants.items():
-            net = NcnnModel(param, binary, precision, args.threads)
-            out = net(x)
-
-            def once(net: NcnnModel = net) -> None:
+        nets = {label: NcnnModel(p, b, prec, args.threads) for label, (p, b, prec) in variants.items()}
+        outs = {label: net(x) for label, net in nets.items()}
+        for _ in range(10):  # warm-up
+            for net in nets.values():
                 net(x)
-
-            ms = median_latency_ms(once, warmup=10, repeats=args.repeats)
+        # interleaved: every round times each variant once, so load changes on a shared machine hit all alike
+        times: dict[str, list[float]] = {label: [] for label in nets}
+        for _ in range(args.repeats):
+            for label, net in nets.items():
+                t0 = time.perf_counter()
+                net(x)
+                times[label].append((time.perf_counter() - t0) * 1e3)
+        base = "fp32"
+        base_size = sum(f.stat().st_size for f in variants[base][:2])
+        base_ms = statistics.median(times[base])
+        base_min = min(times[base])
+        rows = []
+        for label, (param, binary, _) in variants.items():
             size = float(param.stat().st_size + binary.stat().st_size)
-            if base_out is None:
-                base_size, base_ms, base_out = size, ms, out
-            rel = float(np.max(np.abs(out - base_out)) / np.max(np.abs(base_out)))
-            rows.append((label, size, size / base_size, ms, ms / base_ms, rel))
+            ms = statistics.median(times[label])
+            rel = float(np.max(np.abs(outs[label] - outs[base])) / np.max(np.abs(outs[base])))
+            rows.append((label, size, size / base_size, ms, ms / base_ms, min(times[label]) / base_min, rel))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     head = (
         f"ncnn MobileNetV2 alpha={args.width} {args.size}x{args.size}, 1000 classes, random BN stats, "
-        f"{args.threads} threads, median of {args.repeats} single extractions"
+        f"{args.threads} threads, median of {args.repeats} interleaved single extractions"
     )
     lines = [
         head,
-        f"{'variant':<26} {'size':>10} {'size/fp32':>10} {'latency':>11} {'lat/fp32':>9} {'rel err':>9}",
+        f"{'variant':<26} {'size':>10} {'size/fp32':>10} {'median':>11} {'lat/fp32':>9} {'min/fp32':>9} {'rel err':>8}",
     ]
-    for label, size, sr, ms, lr, rel in rows:
-        lines.append(f"{label:<26} {size / 2**20:>7.2f} MB {sr:>10.3f} {ms:>8.2f} ms {lr:>9.2f} {rel:>9.3f}")
+    for label, size, sr, ms, lr, mr, rel in rows:
+        lines.append(f"{label:<26} {size / 2**20:>7.2f} MB {sr:>10.3f} {ms:>8.2f} ms {lr:>9.2f} {mr:>9.2f} {rel:>8.3f}")
     lines.extend(f"{k}: {v}" for k, v in fusions.items())
     table = "\n".join(lines)
     log.info("\n%s", table)

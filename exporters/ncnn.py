@@ -3,9 +3,10 @@
 fp32 and fp16 come straight from the ``pnnx`` binary (``fp16=0`` / ``fp16=1``, which stores the weights
 as fp16 in the ``.bin``); int8 is written by :mod:`exporters.ncnn_int8` from pnnx's fp32 pair and the
 job's :class:`~exporters.quant.QuantTable`. Artifacts are ``model.ncnn.param``/``.bin``,
-``model.fp16.ncnn.param``/``.bin`` and ``model.int8.ncnn.param``/``.bin``; each pair is installed
-together (temporary names, then renames; a failed second rename removes the first), so the export
-directory never holds half a model.
+``model.fp16.ncnn.param``/``.bin`` and ``model.int8.ncnn.param``/``.bin``. Each pair is built and
+verified in a scratch folder under ``job.workdir``, then installed together (temporary names beside the
+destination, then renames; a failed second rename removes the first), so the export directory never
+holds half a model or one ncnn could not run.
 
 Example:
     >>> # result = export_ncnn(job)      # job from exporters.export.prepare_job(...)
@@ -62,9 +63,7 @@ def _pnnx_exec() -> str:
     try:
         import pnnx
     except ImportError as err:
-        raise ImportError(
-            f"the ncnn target needs the pnnx converter (pnnx==20261020): {_INSTALL_HINT}"
-        ) from err
+        raise ImportError(f"the ncnn target needs the pnnx converter (pnnx==20261020): {_INSTALL_HINT}") from err
     path = str(getattr(pnnx, "EXEC_PATH", ""))
     if not path or not os.path.isfile(path):
         raise ImportError(
@@ -118,9 +117,7 @@ def run_pnnx(
     ]
     log.info("running pnnx on %s (input %s, fp16=%d)", onnx_path, list(input_shape), int(fp16))
     try:
-        proc = subprocess.run(
-            cmd, cwd=work, capture_output=True, text=True, errors="replace", timeout=PNNX_TIMEOUT_S
-        )
+        proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, errors="replace", timeout=PNNX_TIMEOUT_S)
     except subprocess.TimeoutExpired as err:
         raise RuntimeError(f"pnnx did not finish within {PNNX_TIMEOUT_S} s on {onnx_path}") from err
     output = (proc.stdout or "") + (proc.stderr or "")
@@ -133,14 +130,16 @@ def run_pnnx(
                 how = f"signal {-proc.returncode}"
         raise RuntimeError(f"pnnx failed ({how}) on {onnx_path}; its last output:\n{_tail(output)}")
     if not param.is_file() or not binary.is_file() or param.stat().st_size == 0:
-        raise RuntimeError(
-            f"pnnx exited 0 but wrote no ncnn model for {onnx_path}; its last output:\n{_tail(output)}"
-        )
+        raise RuntimeError(f"pnnx exited 0 but wrote no ncnn model for {onnx_path}; its last output:\n{_tail(output)}")
     return param, binary
 
 
 def _install_pair(pairs: list[tuple[Path, Path]]) -> None:
-    """Copy each ``(source, destination)`` beside its destination, then rename all; all or nothing."""
+    """Copy each ``(source, destination)`` beside its destination, then rename all: all or nothing.
+
+    When a rename fails after another succeeded, every destination is removed, so a new ``.param`` never
+    sits beside an old ``.bin``; when the first rename fails, whatever was there stays untouched.
+    """
     umask = os.umask(0)
     os.umask(umask)
     staged: list[Path] = []
@@ -157,8 +156,9 @@ def _install_pair(pairs: list[tuple[Path, Path]]) -> None:
             os.replace(tmp, dst)
             done.append(dst)
     except BaseException:
-        for dst in done:  # never leave half a model under its final name
-            dst.unlink(missing_ok=True)
+        if done:  # never leave half a model under its final names (nor an older file beside a new one)
+            for _, dst in pairs:
+                dst.unlink(missing_ok=True)
         raise
     finally:
         for tmp in staged:
@@ -242,9 +242,7 @@ class NcnnModel:
                 # ncnn drops the batch axis and unit axes (a (1, 10) output comes back as (10,));
                 # the element order is the same C-major order, so only the shape is restored
                 if out.size != int(np.prod(sample_shape)):
-                    raise ValueError(
-                        f"ncnn output {i} has shape {out.shape}; the source model's is {sample_shape}"
-                    )
+                    raise ValueError(f"ncnn output {i} has shape {out.shape}; the source model's is {sample_shape}")
                 out = out.reshape(sample_shape)
             outs.append(out)
         return np.stack(outs)
@@ -264,9 +262,7 @@ def export_ncnn(job: ExportJob) -> TargetResult:
     if job.precision not in PRECISION_SUFFIX:
         raise ValueError(f"precision: ncnn writes {list(PRECISION_SUFFIX)}; got {job.precision!r}.")
     if job.precision == "int8" and job.quant is None:
-        raise ValueError(
-            "precision 'int8' needs int8 scales (job.quant); pass calibration batches or a quant_spec."
-        )
+        raise ValueError("precision 'int8' needs int8 scales (job.quant); pass calibration batches or a quant_spec.")
     _ncnn()  # fail before converting when the runtime is missing
     job.workdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="ncnn-", dir=job.workdir))
@@ -291,19 +287,16 @@ def _export(job: ExportJob, scratch: Path) -> TargetResult:
         result.notes.extend(summary.notes)
         int8_size = param.stat().st_size + binary.stat().st_size
         ratio = int8_size / fp32_size
-        result.notes.append(
-            f"size {fp32_size / 1024:.1f} KB fp32 → {int8_size / 1024:.1f} KB int8 ({ratio:.2f}x)"
-        )
+        result.notes.append(f"size {fp32_size / 1024:.1f} KB fp32 → {int8_size / 1024:.1f} KB int8 ({ratio:.2f}x)")
+    if job.verify:
+        # verified before it is installed: a model ncnn cannot load or run never reaches the directory
+        _verify(job, result, param, binary)
     suffix = PRECISION_SUFFIX[job.precision]
     final_param, final_bin = job.artifact(f"{suffix}.param"), job.artifact(f"{suffix}.bin")
     _install_pair([(param, final_param), (binary, final_bin)])
     result.files = [final_param.name, final_bin.name]
     result.size_bytes = final_param.stat().st_size + final_bin.stat().st_size
-    log.info(
-        "ncnn %s written: %s (%.1f KB)", job.precision, ", ".join(result.files), result.size_bytes / 1024
-    )
-    if job.verify:
-        _verify(job, result, final_param, final_bin)
+    log.info("ncnn %s written: %s (%.1f KB)", job.precision, ", ".join(result.files), result.size_bytes / 1024)
     return result
 
 

@@ -186,9 +186,7 @@ class NcnnParam:
         except (IndexError, ValueError) as err:
             raise ValueError(f"{source}: second line must be '<layer count> <blob count>'.") from err
         if len(lines) - 2 != layer_count:
-            raise ValueError(
-                f"{source}: header says {layer_count} layers, the file has {len(lines) - 2} layer lines."
-            )
+            raise ValueError(f"{source}: header says {layer_count} layers, the file has {len(lines) - 2} layer lines.")
         layers = []
         for number, ln in enumerate(lines[2:], start=3):
             tok = _TOKEN.findall(ln)
@@ -205,9 +203,7 @@ class NcnnParam:
                     int(key)
                     params[key] = value
             except (IndexError, ValueError) as err:
-                raise ValueError(
-                    f"{source} line {number}: malformed layer line ({err}): {ln.strip()!r}"
-                ) from err
+                raise ValueError(f"{source} line {number}: malformed layer line ({err}): {ln.strip()!r}") from err
             layers.append(NcnnLayer(tok[0], tok[1], blobs[:nb], blobs[nb:], params))
         return cls(layers, blob_count)
 
@@ -442,9 +438,7 @@ class Int8Summary:
         """One line for the report, e.g. ``7 layers int8, 3 requantize fusions``."""
         text = f"{len(self.layers)} layers int8, {len(self.fused)} requantize fusions"
         if self.kept_float:
-            text += (
-                f", {len(self.kept_float)} weight-holding layers kept float ({', '.join(self.kept_float)})"
-            )
+            text += f", {len(self.kept_float)} weight-holding layers kept float ({', '.join(self.kept_float)})"
         return text
 
 
@@ -465,18 +459,14 @@ def _same_weight(ref: npt.NDArray[np.float32], w: npt.NDArray[np.float32]) -> bo
     return ref.size == w.size and bool(np.allclose(ref.reshape(w.shape), w, atol=1e-5, rtol=1e-4))
 
 
-def _match(
-    table: QuantTable, w: npt.NDArray[np.float32], used: dict[str, str], layer: NcnnLayer
-) -> QuantizedNode:
+def _match(table: QuantTable, w: npt.NDArray[np.float32], used: dict[str, str], layer: NcnnLayer) -> QuantizedNode:
     try:
         entry: QuantizedNode | None = table.match_weight(w)
     except KeyError:
         entry = None
     if entry is not None and entry.node.node in used:
         # two layers with equal weights (e.g. both still at their initial values): take the next unused one
-        entry = next(
-            (q for q in table.nodes if q.node.node not in used and _same_weight(q.node.weight, w)), None
-        )
+        entry = next((q for q in table.nodes if q.node.node not in used and _same_weight(q.node.weight, w)), None)
     if entry is None:
         raise ValueError(
             f"ncnn layer {layer.name!r} ({layer.type}, weight {w.shape}) has no entry in the QuantTable: "
@@ -507,12 +497,8 @@ def _quantize_layer(data: LayerData, table: QuantTable, used: dict[str, str], no
             f"{where}: the table entry {entry.node.node!r} has {scales.size} weight scales "
             f"for {num_output} output channels."
         )
-    if not np.all(np.isfinite(scales) & (scales > 0)) or not (
-        np.isfinite(entry.input_scale) and entry.input_scale > 0
-    ):
-        raise ValueError(
-            f"{where}: the table entry {entry.node.node!r} has a zero, negative or non-finite scale."
-        )
+    if not np.all(np.isfinite(scales) & (scales > 0)) or not (np.isfinite(entry.input_scale) and entry.input_scale > 0):
+        raise ValueError(f"{where}: the table entry {entry.node.node!r} has a zero, negative or non-finite scale.")
     if layer.type == "ConvolutionDepthWise":
         group = layer.get_int(7, 1)
         if group <= 0 or num_output % group:
@@ -521,9 +507,7 @@ def _quantize_layer(data: LayerData, table: QuantTable, used: dict[str, str], no
             # ncnn's ConvolutionDepthWise has one weight scale per group: a grouped (not depthwise)
             # convolution gets the largest of its channels' scales, so no weight is clipped
             scales = np.repeat(scales.reshape(group, -1).max(axis=1), num_output // group).astype(np.float32)
-            notes.append(
-                f"{layer.name}: grouped convolution ({group} groups) uses one weight scale per group"
-            )
+            notes.append(f"{layer.name}: grouped convolution ({group} groups) uses one weight scale per group")
         multipliers = ncnn_multiplier(scales[:: num_output // group])
         term = 1
     else:

@@ -181,6 +181,8 @@ def to_onnx(source: Source, path: str | Path, example_input: npt.ArrayLike) -> t
         finally:
             raw.unlink(missing_ok=True)
             Path(str(raw) + ".data").unlink(missing_ok=True)
+        for node in model.graph.node:  # the torch exporter's per-node debug info (stack traces) is not needed
+            del node.metadata_props[:]
         n = fold_batchnorm(model)
         if n:
             notes.append(f"folded {n} BatchNormalization node(s) into the preceding Conv")

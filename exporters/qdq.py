@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.quant import WEIGHTED_OPS, QuantizedNode, QuantTable
+from exporters.quant import WEIGHTED_OPS, QuantizedNode, QuantTable, activation_values
 from fitslim.int8 import absmax_scale, quantize
 
 if TYPE_CHECKING:
@@ -99,6 +99,8 @@ class ResidualInput:
         role: ``"skip"`` (the identity/shortcut input) or ``"main"`` (straight from the Conv).
         scale: the per-tensor int8 scale.
         source: how the scale was chosen, for the report.
+        origin: ``"reused"`` (a quantized layer reads the tensor), ``"calibration"`` (measured) or
+            ``"downstream"`` (the input scale of the next quantized layer after the Add).
     """
 
     add: str
@@ -107,6 +109,7 @@ class ResidualInput:
     role: str
     scale: float
     source: str
+    origin: str
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -209,9 +212,8 @@ def _residual_adds(graph: Any, weighted: set[int]) -> list[tuple[int, int, int]]
         if not any(is_w):
             continue
         if all(is_w):
-            p0, p1 = prod[0], prod[1]
-            assert p0 is not None and p1 is not None  # narrowed by is_w
-            main = 0 if depth[p0] >= depth[p1] else 1
+            d0, d1 = (depth[p] if p is not None else -1 for p in prod)
+            main = 0 if d0 >= d1 else 1
         else:
             main = 0 if is_w[0] else 1
         out.append((i, main, 1 - main))
@@ -255,25 +257,8 @@ def _activation_absmax(
     model: Any, names: Sequence[str], data: npt.NDArray[np.float32], batch: int = 32
 ) -> dict[str, float]:
     """Largest ``|value|`` of each named tensor of the fp32 graph over ``data`` (onnxruntime)."""
-    import onnx
-    import onnxruntime as ort
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    present = {o.name for o in m.graph.output}
-    for name in names:
-        if name not in present:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    feed = sess.get_inputs()[0].name
-    out = dict.fromkeys(names, 0.0)
-    for start in range(0, len(data), batch):
-        values = sess.run(list(names), {feed: data[start : start + batch]})
-        for name, v in zip(names, values, strict=True):
-            out[name] = max(out[name], float(np.max(np.abs(v))) if np.size(v) else 0.0)
-    return out
+    values = activation_values(model, list(names), data, batch)
+    return {n: max((float(v.max()) for v in values[n] if v.size), default=0.0) for n in names}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -331,7 +316,7 @@ def residual_add_scales(
             tensor = str(add.input[index])
             if reads.get(tensor):
                 layer, scale = max(reads[tensor], key=lambda r: r[1])
-                chosen.append(ResidualInput(name, index, tensor, role, scale, f"input scale of {layer} (reused)"))
+                chosen.append(ResidualInput(name, index, tensor, role, scale, f"input scale of {layer}", "reused"))
             elif calibration is not None:
                 pending.append((name, index, tensor, role))
             else:
@@ -342,7 +327,9 @@ def residual_add_scales(
                         "layer follows the Add, so it has no int8 scale; pass calibration data."
                     )
                 chosen.append(
-                    ResidualInput(name, index, tensor, role, found[1], f"input scale of {found[0]} after the Add")
+                    ResidualInput(
+                        name, index, tensor, role, found[1], f"input scale of {found[0]} after the Add", "downstream"
+                    )
                 )
     if pending:
         data = np.ascontiguousarray(np.asarray(calibration, dtype=np.float32))
@@ -350,7 +337,9 @@ def residual_add_scales(
         for name, index, tensor, role in pending:
             scale = float(absmax_scale(np.float32(ranges[tensor])))
             chosen.append(
-                ResidualInput(name, index, tensor, role, scale, f"absmax over {len(data)} calibration inputs")
+                ResidualInput(
+                    name, index, tensor, role, scale, f"absmax over {len(data)} calibration inputs", "calibration"
+                )
             )
     chosen.sort(key=lambda r: (r.add, r.index))
     return chosen
@@ -497,9 +486,13 @@ def to_qdq(
     del g.node[:]
     g.node.extend(nodes_out)
     used = {t for n in g.node for t in n.input}
+    dropped = {init.name for init in g.initializer if init.name not in used}
     keep = [init for init in g.initializer if init.name in used]
     del g.initializer[:]
     g.initializer.extend(keep + new_inits)
+    inputs = [v for v in g.input if v.name not in dropped]  # IR < 4 lists initializers as inputs too
+    del g.input[:]
+    g.input.extend(inputs)
 
     meta = {
         "scales": table.describe(),

@@ -24,7 +24,15 @@ import numpy.typing as npt
 from fitslim.int8 import absmax_scale, percentile_scale
 from fitslim.quantspec import LayerQuant, QuantSpec
 
-__all__ = ["QuantTable", "QuantizedNode", "WeightedNode", "calibrate", "table_from_spec", "weighted_nodes"]
+__all__ = [
+    "QuantTable",
+    "QuantizedNode",
+    "WeightedNode",
+    "activation_values",
+    "calibrate",
+    "table_from_spec",
+    "weighted_nodes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +231,10 @@ def table_from_spec(
     return QuantTable(out, spec, "qat")
 
 
-def _activation_ranges(model: Any, names: list[str], data: npt.NDArray[np.float32], batch: int) -> dict[str, list[Any]]:
+def activation_values(
+    model: Any, names: list[str], data: npt.NDArray[np.float32], batch: int = 32
+) -> dict[str, list[Any]]:
+    """``|value|`` of each named tensor of an ONNX graph over ``data`` (onnxruntime), flattened per batch."""
     import onnx
     import onnxruntime as ort
 
@@ -275,7 +286,7 @@ def calibrate(
     nodes = weighted_nodes(model)
     if not nodes:
         raise ValueError("the ONNX graph has no Conv/Gemm/MatMul with constant weights: nothing to quantize.")
-    ranges = _activation_ranges(model, sorted({n.input_name for n in nodes}), x, batch)
+    ranges = activation_values(model, sorted({n.input_name for n in nodes}), x, batch)
     layers: list[LayerQuant] = []
     out: list[QuantizedNode] = []
     for n in nodes:

@@ -27,6 +27,7 @@ import numpy.typing as npt
 from exporters.job import ExportJob
 from exporters.onnx_export import ort_session
 from exporters.qdq import lint_qdq, qdq_counts, residual_add_scales, to_qdq
+from exporters.quant import QuantTable
 from exporters.report import TargetResult
 from exporters.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
@@ -220,18 +221,15 @@ class EngineRunner:
         return np.concatenate(chunks)
 
 
-def _write_qdq(job: ExportJob, final: Path) -> list[str]:
+def _write_qdq(job: ExportJob, table: QuantTable, final: Path) -> list[str]:
+    """Write the Q/DQ model (checked and linted) atomically; return the report notes."""
     import onnx
 
-    if job.quant is None:
-        raise ValueError(
-            "precision 'int8' needs int8 scales (job.quant); build the job with calibration or a quant_spec."
-        )
     model = onnx.load(str(job.onnx_path))
-    residual = residual_add_scales(model, job.quant, job.calibration_nchw())
-    qdq = to_qdq(model, job.quant, residual_inputs=residual)
+    residual = residual_add_scales(model, table, job.calibration_nchw())
+    qdq = to_qdq(model, table, residual_inputs=residual)
     onnx.checker.check_model(qdq, full_check=True)
-    problems = lint_qdq(qdq, [q.node.node for q in job.quant.nodes])
+    problems = lint_qdq(qdq, [q.node.node for q in table.nodes])
     if problems:
         raise ValueError("the Q/DQ model breaks TensorRT's explicit-quantization rules: " + "; ".join(problems))
     with atomic_path(final) as tmp:
@@ -243,9 +241,13 @@ def _write_qdq(job: ExportJob, final: Path) -> list[str]:
         "symmetric int8, zero point 0, round half to even; bias fp32"
     ]
     if residual:
-        how = sorted({r.source.split(" (")[0] if "reused" in r.source else r.source for r in residual})
-        roles = ", ".join(r.role for r in residual)
-        notes.append(f"residual Adds: {len(residual)} input(s) quantized ({roles}); scales: {'; '.join(how)}")
+        words = {"reused": "reused from the layer reading the tensor", "calibration": "measured on calibration data"}
+        words["downstream"] = "the next quantized layer's input scale"
+        origins = {o: sum(r.origin == o for r in residual) for o in words}
+        how = ", ".join(f"{n} {words[o]}" for o, n in origins.items() if n)
+        roles = {role: sum(r.role == role for r in residual) for role in ("skip", "main")}
+        what = " and ".join(f"{n} {role}" for role, n in roles.items() if n)
+        notes.append(f"residual Adds: {what} input(s) quantized, scales {how}")
     return notes
 
 
@@ -264,9 +266,12 @@ def export_tensorrt(job: ExportJob) -> TargetResult:
     notes: list[str] = []
     scales = ""
     if job.precision == "int8":
+        if job.quant is None:
+            raise ValueError(
+                "precision 'int8' needs int8 scales (job.quant); build the job with calibration or a quant_spec."
+            )
         final = job.artifact(".int8.qdq.onnx")
-        notes += _write_qdq(job, final)
-        assert job.quant is not None  # checked in _write_qdq
+        notes += _write_qdq(job, job.quant, final)
         scales = job.quant.describe()
     else:
         final = job.artifact(".trt.onnx")
@@ -291,12 +296,21 @@ def export_tensorrt(job: ExportJob) -> TargetResult:
         one = x[:1]
         result.latency_ms = median_latency_ms(lambda: sess.run(None, {name: one}))
         result.threads = job.threads
-    _engine(job, final, result, x)
+    engine_ran = _engine(job, final, result, x)
+    if job.verify and job.precision == "int8" and not engine_ran:
+        result.notes.append(
+            "latency is onnxruntime's CPU run of the Q/DQ graph (it dequantizes and computes in float), "
+            "not a TensorRT int8 engine's"
+        )
     return result
 
 
-def _engine(job: ExportJob, onnx_file: Path, result: TargetResult, x: npt.NDArray[np.float32]) -> None:
-    """Build (and where torch has CUDA, run) the engine, or note the command that builds it on the target."""
+def _engine(job: ExportJob, onnx_file: Path, result: TargetResult, x: npt.NDArray[np.float32]) -> bool:
+    """Build (and where torch has CUDA, run) the engine, or note the command that builds it on the target.
+
+    Returns:
+        True when the engine ran and the result's errors and latency are the engine's.
+    """
     engine_file = job.artifact(f".{job.precision}.engine")
     input_name, dims = _input_spec(onnx_file)
     cmd = trtexec_command(job.precision, onnx_file.name, input_name, dims, job.input_shape, engine_file.name)
@@ -306,12 +320,12 @@ def _engine(job: ExportJob, onnx_file: Path, result: TargetResult, x: npt.NDArra
             f"TensorRT engine not built: tensorrt/CUDA not available here ({why}); build it on the target with: {cmd}"
         )
         log.info("TensorRT engine not built (%s)", why)
-        return
+        return False
     import tensorrt as trt
 
     if job.precision == "fp16" and getattr(trt.BuilderFlag, "FP16", None) is None:
         result.notes.append(f"TensorRT {trt.__version__} has no FP16 builder flag; build the fp16 engine with: {cmd}")
-        return
+        return False
     data = build_engine(onnx_file, job.precision, job.input_shape)
     with atomic_path(engine_file) as tmp:
         tmp.write_bytes(data)
@@ -320,13 +334,15 @@ def _engine(job: ExportJob, onnx_file: Path, result: TargetResult, x: npt.NDArra
     result.runtime = f"TensorRT {trt.__version__}"
     log.info("TensorRT engine written: %s (%d bytes)", engine_file.name, len(data))
     if not job.verify:
-        return
+        return False
     if importlib.util.find_spec("torch") is None:
         result.notes.append("engine built but not run here: running it needs torch with CUDA for the buffers")
-        return
+        return False
     onnx_err, onnx_top1 = result.max_abs_error, result.top1_agreement
     runner = EngineRunner(data)
     fill_agreement(result, compare(job.reference, runner(x)))
     result.notes.append(f"onnxruntime on {onnx_file.name}: max abs error {onnx_err}, top-1 agreement {onnx_top1}")
     one = x[:1]
     result.latency_ms = median_latency_ms(lambda: runner(one))
+    result.notes.append("engine latency includes the host-to-device and device-to-host copies")
+    return True

@@ -86,7 +86,9 @@ def _interpreter_class() -> Any:
     try:
         return importlib.import_module("ai_edge_litert.interpreter").Interpreter
     except ImportError as err:
-        raise ImportError(f"target tflite: verifying needs the LiteRT interpreter ({err}): pip install ai-edge-litert") from err
+        raise ImportError(
+            f"target tflite: verifying needs the LiteRT interpreter ({err}): pip install ai-edge-litert"
+        ) from err
 
 
 # ----------------------------------------------------------------------------------------------- Keras
@@ -143,7 +145,9 @@ def _convert_keras(job: ExportJob) -> _Conversion:
     try:
         import tensorflow as tf
     except ImportError as err:
-        raise ImportError(f"target tflite: converting a Keras model needs tensorflow ({err}): pip install 'fitslim[keras]'") from err
+        raise ImportError(
+            f"target tflite: converting a Keras model needs tensorflow ({err}): pip install 'fitslim[keras]'"
+        ) from err
     converter = tf.lite.TFLiteConverter.from_keras_model(job.source.model)
     out = _Conversion(b"")
     if job.precision == "fp16":
@@ -209,7 +213,9 @@ def kernel_summary(interpreter: Any, require_int8: bool = False) -> str:
         if name not in KERNEL_OPS:
             continue
         inputs = [int(i) for i in op["inputs"]]
-        dtypes = [np.dtype(interpreter._get_tensor_details(i, 0)["dtype"]).name if i >= 0 else "none" for i in inputs[:2]]
+        dtypes = [
+            np.dtype(interpreter._get_tensor_details(i, 0)["dtype"]).name if i >= 0 else "none" for i in inputs[:2]
+        ]
         kind = dtypes[0] if len(set(dtypes)) == 1 else "/".join(dtypes)
         if require_int8 and (len(dtypes) < 2 or dtypes[0] != "int8" or dtypes[1] != "int8"):
             raise RuntimeError(

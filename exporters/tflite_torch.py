@@ -80,7 +80,7 @@ def _litert() -> Any:
         ) from err
 
 
-def _pinnable_observers() -> tuple[type, type]:
+def _pinnable_observers() -> tuple[Any, Any]:
     """Observer classes that observe min/max like torchao's, or return scales set on them exactly.
 
     A histogram observer would shift injected ranges slightly; these return ``(scale, 0)`` verbatim
@@ -89,7 +89,7 @@ def _pinnable_observers() -> tuple[type, type]:
     import torch
     from torchao.quantization.pt2e.observer import MinMaxObserver, PerChannelMinMaxObserver
 
-    class PinnableMinMaxObserver(MinMaxObserver):  # type: ignore[misc]
+    class PinnableMinMaxObserver(MinMaxObserver):
         """Per-tensor min/max observer whose qparams can be pinned to a symmetric scale."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -103,9 +103,9 @@ def _pinnable_observers() -> tuple[type, type]:
         def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
             if self.pinned_scale.numel():
                 return self.pinned_scale.clone(), torch.zeros(1, dtype=torch.int32)
-            return super().calculate_qparams()  # type: ignore[no-any-return]
+            return super().calculate_qparams()
 
-    class PinnablePerChannelObserver(PerChannelMinMaxObserver):  # type: ignore[misc]
+    class PinnablePerChannelObserver(PerChannelMinMaxObserver):
         """Per-channel symmetric weight observer whose scales can be pinned."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -120,7 +120,7 @@ def _pinnable_observers() -> tuple[type, type]:
             if self.pinned_scale.numel():
                 n = self.pinned_scale.numel()
                 return self.pinned_scale.clone(), torch.zeros(n, dtype=torch.int64)
-            return super().calculate_qparams()  # type: ignore[no-any-return]
+            return super().calculate_qparams()
 
     return PinnableMinMaxObserver, PinnablePerChannelObserver
 
@@ -145,7 +145,7 @@ def _quantizer(pinnable: bool) -> Any:
         weight = dataclasses.replace(base.weight, observer_or_fake_quant_ctr=weight_obs.with_args(eps=2**-12))
         config = dataclasses.replace(base, input_activation=act, output_activation=act, weight=weight)
 
-    class Quantizer(pq.PT2EQuantizer):  # type: ignore[misc]
+    class Quantizer(pq.PT2EQuantizer):
         """litert-torch's quantizer, but an average pool's output gets its own observer.
 
         litert-torch makes a global average pool share its input's scale; the pooled values span a
@@ -247,7 +247,9 @@ def _pin_scales(prepared: Any, table: QuantTable) -> tuple[int, list[str]]:
         previous = pinned.get(id(act_obs))
         if previous is not None and previous != scale:
             scale = max(previous, scale)
-            notes.append(f"layer {path}: input shared with another layer of a different scale; used the larger, {scale:.6g}")
+            notes.append(
+                f"layer {path}: input shared with another layer of a different scale; used the larger, {scale:.6g}"
+            )
         _pin_through(prepared, node.args[0], act_obs, scale, pinned)
         count += 1
     return count, notes
@@ -343,7 +345,8 @@ def _float_io(content: bytes) -> bytes:
         new.shapeSignature = copy.copy(old.shapeSignature)
         new.type = fb.TensorType.FLOAT32
         new.name = old.name
-        old.name = (old.name or b"") + (b"_int8" if isinstance(old.name, bytes) else "_int8")
+        name = old.name if old.name is not None else b""
+        old.name = name + b"_int8" if isinstance(name, bytes) else f"{name}_int8"
         model.buffers.append(fb.BufferT())
         new.buffer = len(model.buffers) - 1
         sub.tensors.append(new)
@@ -370,7 +373,9 @@ def _float_io(content: bytes) -> bytes:
         for k, t in enumerate(outputs):
             if sub.tensors[t].type in quantized:
                 f = float_twin(sub, t)
-                dq = op(fb.BuiltinOperator.DEQUANTIZE, 2, fb.BuiltinOptions.DequantizeOptions, fb.DequantizeOptionsT(), t, f)
+                dq = op(
+                    fb.BuiltinOperator.DEQUANTIZE, 2, fb.BuiltinOptions.DequantizeOptions, fb.DequantizeOptionsT(), t, f
+                )
                 sub.operators.append(dq)
                 outputs[k] = remap[(s, t)] = f
         sub.inputs = np.array(inputs, dtype=np.int32)

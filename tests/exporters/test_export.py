@@ -37,9 +37,7 @@ class FullyConv(torch.nn.Module):
         return self.pw(torch.relu(self.dw(h)) + h)
 
 
-def test_onnx_target_matches_torch_on_digits(
-    trained_torch_digits: Any, digits_nchw: Any, tmp_path: Path
-) -> None:
+def test_onnx_target_matches_torch_on_digits(trained_torch_digits: Any, digits_nchw: Any, tmp_path: Path) -> None:
     report = export(
         trained_torch_digits,
         ["onnx"],
@@ -96,10 +94,7 @@ def test_fold_batchnorm_pass_on_unfolded_graph(tmp_path: Path) -> None:
     w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
     scale, bias = rng.normal(size=4).astype(np.float32), rng.normal(size=4).astype(np.float32)
     mean, var = rng.normal(size=4).astype(np.float32), rng.random(4).astype(np.float32) + 0.5
-    inits = [
-        numpy_helper.from_array(a, n)
-        for a, n in ((w, "w"), (scale, "s"), (bias, "b"), (mean, "m"), (var, "v"))
-    ]
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (scale, "s"), (bias, "b"), (mean, "m"), (var, "v"))]
     g = helper.make_graph(
         [
             helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
@@ -152,9 +147,7 @@ def test_failed_target_is_reported_and_others_still_produced(
     impl = sys.modules["exporters.export"]._TARGET_IMPL
     monkeypatch.setitem(impl, "ncnn", (__name__, "_broken_target", "export"))
     before = {k: v.clone() for k, v in trained_torch_digits.state_dict().items()}
-    report = export(
-        trained_torch_digits, ["ncnn", "onnx"], example_input=digits_nchw.x_test[:1], directory=tmp_path
-    )
+    report = export(trained_torch_digits, ["ncnn", "onnx"], example_input=digits_nchw.x_test[:1], directory=tmp_path)
     assert report["ncnn"].status == "failed" and "block.dw_conv" in report["ncnn"].reason
     assert report["onnx"].ok and (tmp_path / "model.onnx").is_file()
     assert not report.ok and [r.target for r in report.failures] == ["ncnn"]
@@ -167,14 +160,10 @@ def test_failed_target_is_reported_and_others_still_produced(
 def test_onnx_path_source_and_batches(tmp_path: Path, trained_torch_digits: Any, digits_nchw: Any) -> None:
     path, _ = to_onnx(Source.from_model(trained_torch_digits), tmp_path / "src.onnx", digits_nchw.x_test[:1])
     out = tmp_path / "out"
-    report = export(
-        path, ["onnx"], calibration=[(digits_nchw.x_test[:64], digits_nchw.y_test[:64])], directory=out
-    )
+    report = export(path, ["onnx"], calibration=[(digits_nchw.x_test[:64], digits_nchw.y_test[:64])], directory=out)
     assert report["onnx"].ok and report["onnx"].max_abs_error == 0.0
     assert report.source == "onnx src.onnx"
-    stacked = batches_to_numpy(
-        [{"image": digits_nchw.x_test[:3]}, (torch.from_numpy(digits_nchw.x_test[3:5]), None)]
-    )
+    stacked = batches_to_numpy([{"image": digits_nchw.x_test[:3]}, (torch.from_numpy(digits_nchw.x_test[3:5]), None)])
     assert stacked.shape == (5, 1, 8, 8)
     with pytest.raises(ValueError, match="dict batch needs one of the keys"):
         batches_to_numpy([{"pixels": digits_nchw.x_test[:3]}])

@@ -12,18 +12,20 @@ import pytest
 pytest.importorskip("ncnn", reason="ncnn not installed")
 pytest.importorskip("pnnx", reason="pnnx not installed")
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
-torch = pytest.importorskip("torch", reason="torch not installed")
+pytest.importorskip("torch", reason="torch not installed")
 
-from exporters import ncnn as ncnn_target  # noqa: E402
-from exporters.export import prepare_job  # noqa: E402
-from exporters.job import ExportJob  # noqa: E402
-from exporters.ncnn import NcnnModel, export_ncnn, run_pnnx  # noqa: E402
-from exporters.ncnn_int8 import TAG_FP16, TAG_FP32, read_model  # noqa: E402
-from tests.conftest import random_bn_stats  # noqa: E402
+import torch
+
+from exporters import ncnn as ncnn_target
+from exporters.export import prepare_job
+from exporters.job import ExportJob
+from exporters.ncnn import NcnnModel, export_ncnn, run_pnnx
+from exporters.ncnn_int8 import TAG_FP16, TAG_FP32, read_model
+from tests.conftest import random_bn_stats
 
 
 class TinyFCN(torch.nn.Module):
-    """Conv-BN-ReLU (stride 2), depthwise-BN-ReLU, pointwise-BN plus residual, ReLU, 1x1 head: fully convolutional."""
+    """Conv-BN-ReLU (stride 2), depthwise-BN-ReLU, pointwise-BN + residual, ReLU, 1x1 head (fully conv)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -180,5 +182,21 @@ def test_install_pair_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(ncnn_target.os, "replace", real_replace)
     ncnn_target._install_pair([(src / "a.param", dest / "m.param"), (src / "a.bin", dest / "m.bin")])
+    assert (dest / "m.param").read_text() == "param" and (dest / "m.bin").read_bytes() == b"bin"
+    assert sorted(p.name for p in dest.iterdir()) == ["m.bin", "m.param"]
+
+    # over an existing pair: a failing second rename leaves neither the new param nor the old bin
+    calls["n"] = 0
+    monkeypatch.setattr(ncnn_target.os, "replace", flaky_replace)
+    with pytest.raises(OSError, match="disk full"):
+        ncnn_target._install_pair([(src / "a.param", dest / "m.param"), (src / "a.bin", dest / "m.bin")])
+    assert list(dest.iterdir()) == []
+    # a failing first rename leaves the existing pair untouched
+    monkeypatch.setattr(ncnn_target.os, "replace", real_replace)
+    ncnn_target._install_pair([(src / "a.param", dest / "m.param"), (src / "a.bin", dest / "m.bin")])
+    calls["n"] = 1
+    monkeypatch.setattr(ncnn_target.os, "replace", flaky_replace)
+    with pytest.raises(OSError, match="disk full"):
+        ncnn_target._install_pair([(src / "a.bin", dest / "m.param"), (src / "a.param", dest / "m.bin")])
     assert (dest / "m.param").read_text() == "param" and (dest / "m.bin").read_bytes() == b"bin"
     assert sorted(p.name for p in dest.iterdir()) == ["m.bin", "m.param"]

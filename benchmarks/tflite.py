@@ -1,0 +1,199 @@
+"""TFLite (LiteRT) fp32 / fp16 / int8 on MobileNetV2 from Keras and from torch: file size and latency.
+
+Builds ``keras_model("mobilenet_v2", width_multiplier=1.0, num_classes=1000, input_size=160)`` (TensorFlow
+backend, random weights) and its torch twin (random BatchNorm statistics, so folding is exercised),
+exports each with :func:`exporters.export.export` at fp32, fp16 and int8 (int8 calibrated on random
+uniform inputs), then times single-sample invokes of every file in LiteRT (``Interpreter`` with
+``num_threads``, XNNPACK default delegate; warm-up, then the median of ``--repeats`` invokes). Prints one
+table with int8/fp32 and fp16/fp32 ratios side by side, plus each artifact's agreement with its source.
+
+Run:
+    .venv/bin/python benchmarks/tflite.py [--threads 2] [--repeats 50] [--width 1.0] [--size 160]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+log = logging.getLogger("benchmarks.tflite")
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class Row:
+    """One artifact's figures."""
+
+    source: str
+    precision: str
+    status: str
+    size: int = 0
+    latency_ms: float = 0.0
+    rel_error: float | None = None
+    top1: float | None = None
+    reason: str = ""
+
+
+def random_bn_stats(model: Any, seed: int = 0) -> Any:
+    """Non-trivial BatchNorm statistics (the same recipe as ``tests/conftest.py``)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            n = mod.num_features
+            mean, var = mod.running_mean, mod.running_var
+            if mean is None or var is None:
+                continue
+            mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            var.copy_(torch.rand(n, generator=gen) + 0.5)
+            mod.weight.data.copy_(torch.rand(n, generator=gen) * 2 - 1)
+            mod.bias.data.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
+    return model.eval()
+
+
+def time_tflite(path: Path, threads: int, repeats: int, sample: np.ndarray) -> float:
+    """Median single-sample invoke latency of a .tflite file in LiteRT, in milliseconds."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from exporters.verify import median_latency_ms
+
+    it = Interpreter(model_path=str(path), num_threads=threads)
+    inp = it.get_input_details()[0]
+    if list(inp["shape"]) != list(sample.shape):
+        it.resize_tensor_input(inp["index"], list(sample.shape))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], sample)
+    return median_latency_ms(it.invoke, warmup=10, repeats=repeats)
+
+
+def bench(source: str, model: Any, calib: np.ndarray, args: argparse.Namespace, work: Path) -> list[Row]:
+    """Export ``model`` at every precision, then time each file."""
+    from exporters.export import export
+
+    rows = []
+    for precision in PRECISIONS:
+        directory = work / f"{source}-{precision}"
+        report = export(
+            model,
+            ["tflite"],
+            example_input=calib[:1],
+            calibration=calib if precision == "int8" else None,
+            precision=precision,
+            directory=directory,
+            threads=args.threads,
+        )
+        r = report["tflite"]
+        if not r.ok:
+            rows.append(Row(source, precision, r.status, reason=r.reason))
+            continue
+        path = directory / r.files[0]
+        rows.append(
+            Row(
+                source,
+                precision,
+                "ok",
+                size=path.stat().st_size,
+                latency_ms=time_tflite(path, args.threads, args.repeats, calib[:1]),
+                rel_error=r.max_rel_error,
+                top1=r.top1_agreement,
+            )
+        )
+        log.info("%s %s: %s; %s", source, precision, r.scales or "-", "; ".join(r.notes))
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    """The rows as a text table with size and latency ratios against the same source's fp32."""
+    head = ["source", "precision", "size", "size/fp32", "latency", "lat/fp32", "max rel err", "top-1 vs src"]
+    out = [head]
+    for r in rows:
+        if r.status != "ok":
+            out.append([r.source, r.precision, r.status, r.reason[:60], "", "", "", ""])
+            continue
+        base = next((b for b in rows if b.source == r.source and b.precision == "fp32" and b.status == "ok"), None)
+        out.append(
+            [
+                r.source,
+                r.precision,
+                f"{r.size / 2**20:.2f} MB",
+                f"{r.size / base.size:.2f}x" if base else "-",
+                f"{r.latency_ms:.2f} ms",
+                f"{r.latency_ms / base.latency_ms:.2f}x" if base else "-",
+                "-" if r.rel_error is None else f"{r.rel_error:.1e}",
+                "-" if r.top1 is None else f"{r.top1 * 100:.0f}%",
+            ]
+        )
+    widths = [max(len(row[i]) for row in out) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in out]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Run the benchmark and return (and log) the table.
+
+    Args:
+        argv: command-line arguments (``sys.argv[1:]`` when None).
+    """
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--size", type=int, default=160)
+    parser.add_argument("--calibration", type=int, default=32, help="random calibration inputs")
+    parser.add_argument("--sources", nargs="+", default=["keras", "torch"], choices=["keras", "torch"])
+    args = parser.parse_args(argv)
+
+    from fitslim.models import keras_model, torch_model
+
+    rng = np.random.default_rng(0)
+    nhwc = rng.uniform(0.0, 1.0, size=(args.calibration, args.size, args.size, 3)).astype(np.float32)
+    work = Path(tempfile.mkdtemp(prefix="fitslim-tflite-bench-"))
+    rows: list[Row] = []
+    try:
+        if "keras" in args.sources:
+            import keras
+
+            keras.utils.set_random_seed(0)
+            model = keras_model(
+                "mobilenet_v2", width_multiplier=args.width, num_classes=1000, in_channels=3, input_size=args.size
+            )
+            rows += bench("keras", model, nhwc, args, work)
+        if "torch" in args.sources:
+            import torch
+
+            torch.manual_seed(0)
+            tmodel = random_bn_stats(
+                torch_model(
+                    "mobilenet_v2", width_multiplier=args.width, num_classes=1000, in_channels=3, input_size=args.size
+                )
+            )
+            rows += bench("torch", tmodel, np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2)), args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text = (
+        f"MobileNetV2 alpha {args.width} at {args.size}x{args.size}, LiteRT, {args.threads} threads, "
+        f"median of {args.repeats} single invokes\n" + table(rows)
+    )
+    log.info("\n%s", text)
+    return text
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("absl", "tensorflow", "tf2onnx", "onnx_ir", "exporters", "root", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    main()

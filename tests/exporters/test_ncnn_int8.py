@@ -1,0 +1,585 @@
+"""The ncnn int8 writer and the int8 ncnn target, against a NumPy/onnxruntime int8 reference."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+ncnn = pytest.importorskip("ncnn", reason="ncnn not installed")
+
+from exporters.ncnn import NcnnModel  # noqa: E402
+from exporters.ncnn_int8 import (  # noqa: E402
+    TAG_FP16,
+    TAG_FP32,
+    TAG_INT8,
+    NcnnParam,
+    read_model,
+    write_int8,
+)
+from exporters.quant import QuantizedNode, QuantTable, WeightedNode  # noqa: E402
+from fitslim.int8 import absmax_scale, fake_quant, ncnn_multiplier, quantize  # noqa: E402
+from fitslim.quantspec import QuantSpec  # noqa: E402
+
+NO_PACKING = {"use_packing_layout": False}
+
+
+# --------------------------------------------------------------------------------------------------
+# NumPy int8 reference: the fp32 ONNX with fake-quantized weights and fake-quantized weighted-node inputs
+# --------------------------------------------------------------------------------------------------
+
+
+def fake_quant_onnx(onnx_path: Path, table: QuantTable) -> bytes:
+    """A copy of the job's ONNX that computes what ncnn int8 computes, in float.
+
+    Weights become ``fitslim.int8.fake_quant`` of the folded weights (per output channel, half away from
+    zero). Each weighted node's input goes through ``clip(round_half_away(x * multiplier), ±127) * scale``
+    built from Mul/Abs/Floor/Sign/Clip rather than QuantizeLinear/DequantizeLinear, because ORT's
+    QuantizeLinear divides by the scale and rounds half to even, while ncnn multiplies by the float32
+    multiplier ``1/scale`` and rounds half away from zero; this way the rounding is ncnn's exactly.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    inits = {i.name: i for i in model.graph.initializer}
+    entries = {q.node.node: q for q in table.nodes}
+    nodes = []
+    for i, n in enumerate(model.graph.node):
+        q = entries.get(n.name or f"{n.op_type}_{i}")
+        if q is None:
+            nodes.append(n)
+            continue
+        w = fake_quant(q.node.weight, q.weight_scales, axis=0, rounding="half_away")
+        trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+        if n.op_type == "MatMul" or (n.op_type == "Gemm" and not trans_b):
+            w = w.T
+        shape = numpy_helper.to_array(inits[n.input[1]]).shape
+        inits[n.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w).reshape(shape), n.input[1]))
+        p = f"fq{i}_"
+        consts = {
+            "m": ncnn_multiplier(np.float32(q.input_scale)),
+            "s": q.input_scale,
+            "h": 0.5,
+            "lo": -127,
+            "hi": 127,
+        }
+        for k, v in consts.items():
+            model.graph.initializer.append(numpy_helper.from_array(np.asarray(v, np.float32), p + k))
+        nodes += [
+            helper.make_node("Mul", [n.input[0], p + "m"], [p + "v"]),
+            helper.make_node("Abs", [p + "v"], [p + "a"]),
+            helper.make_node("Add", [p + "a", p + "h"], [p + "ah"]),
+            helper.make_node("Floor", [p + "ah"], [p + "f"]),
+            helper.make_node("Sign", [p + "v"], [p + "sg"]),
+            helper.make_node("Mul", [p + "sg", p + "f"], [p + "r"]),
+            helper.make_node("Clip", [p + "r", p + "lo", p + "hi"], [p + "c"]),
+            helper.make_node("Mul", [p + "c", p + "s"], [p + "y"]),
+        ]
+        n.input[0] = p + "y"
+        nodes.append(n)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return bytes(model.SerializeToString())
+
+
+def run_onnx(model: bytes, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# A hand-written fp32 ncnn model (no pnnx, no torch): every layout the writer handles in one graph
+# --------------------------------------------------------------------------------------------------
+
+C, H, W = 3, 7, 9
+
+
+@dataclass
+class Handmade:
+    param: Path
+    bin: Path
+    table: QuantTable
+    x: np.ndarray
+
+
+def _tagged(values: np.ndarray, encoding: str) -> tuple[bytes, np.ndarray]:
+    """Bytes of a tagged array and the float values ncnn decodes from them."""
+    v = np.asarray(values, np.float32).ravel()
+    if encoding == "fp32":
+        return TAG_FP32.to_bytes(4, "little") + v.astype("<f4").tobytes(), v
+    if encoding == "fp16":
+        h = v.astype("<f2").tobytes()
+        return TAG_FP16.to_bytes(4, "little") + h + b"\0" * (-len(h) % 4), v.astype(np.float16).astype(np.float32)
+    # ncnn's 256-entry lookup table: any other non-zero tag, 1024 bytes of table, one index byte per value
+    lut = np.linspace(v.min(), v.max(), 256).astype(np.float32)
+    idx = np.abs(v[:, None] - lut[None, :]).argmin(1).astype(np.uint8)
+    body = lut.astype("<f4").tobytes() + idx.tobytes() + b"\0" * (-len(idx) % 4)
+    return (0x00000001).to_bytes(4, "little") + body, lut[idx]
+
+
+def _raw(values: Any) -> bytes:
+    return np.asarray(values, "<f4").ravel().tobytes()
+
+
+def _run_ncnn(param: Path, binary: Path, precision: str, x: np.ndarray, blob: str = "out0", **opts: Any) -> np.ndarray:
+    model = NcnnModel(param, binary, precision, 2, options=opts)
+    model.output_name = blob
+    return np.stack([model(s).ravel() for s in x])
+
+
+def make_handmade(directory: Path, seed: int = 0) -> Handmade:
+    """Input → Conv(+bias, ReLU; fp16 weights) → BatchNorm → Conv1x1(ReLU) → depthwise(ReLU) →
+    grouped conv (3 groups) → InnerProduct (lookup-table weights), with scales calibrated on its own
+    fp32 activations."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    w0 = rng.normal(size=(8, C, 3, 3)).astype(np.float32)
+    b0 = rng.normal(size=8).astype(np.float32) * 0.1
+    bn = np.stack(
+        [
+            rng.uniform(0.5, 1.5, 8),
+            rng.normal(size=8) * 0.1,
+            rng.uniform(0.5, 1.5, 8),
+            rng.normal(size=8) * 0.1,
+        ]
+    )
+    w1 = rng.normal(size=(12, 8, 1, 1)).astype(np.float32)
+    wd = rng.normal(size=(12, 1, 3, 3)).astype(np.float32)
+    bd = rng.normal(size=12).astype(np.float32) * 0.1
+    wg = rng.normal(size=(12, 4, 3, 3)).astype(np.float32) * 0.3
+    bg = rng.normal(size=12).astype(np.float32) * 0.1
+    wf = rng.normal(size=(10, 12 * H * W)).astype(np.float32) * 0.05
+    bf = rng.normal(size=10).astype(np.float32)
+    t0, w0 = _tagged(w0, "fp16")
+    tf, wf = _tagged(wf, "lut")
+    t1, w1 = _tagged(w1, "fp32")
+    td, wd = _tagged(wd, "fp32")
+    tg, wg = _tagged(wg, "fp32")
+    param = directory / "fp32.param"
+    param.write_text(
+        "7767517\n7 7\n"
+        f"Input in0 0 1 in0 0={W} 1={H} 2={C}\n"
+        f"Convolution conv0 1 1 in0 c0 0=8 1=3 11=3 4=1 14=1 5=1 6={w0.size} 9=1\n"
+        "BatchNorm bn0 1 1 c0 b0 0=8\n"
+        f"Convolution conv1 1 1 b0 c1 0=12 1=1 5=0 6={w1.size} 9=1\n"
+        f"ConvolutionDepthWise dw 1 1 c1 d1 0=12 1=3 4=1 5=1 6={wd.size} 7=12 9=1\n"
+        f"ConvolutionDepthWise gconv 1 1 d1 g1 0=12 1=3 4=1 5=1 6={wg.size} 7=3\n"
+        f"InnerProduct fc 1 1 g1 out0 0=10 1=1 2={wf.size}\n"
+    )
+    binary = directory / "fp32.bin"
+    binary.write_bytes(t0 + _raw(b0) + _raw(bn) + t1 + td + _raw(bd) + tg + _raw(bg) + tf + _raw(bf))
+    x = rng.uniform(-1, 1, size=(24, C, H, W)).astype(np.float32)
+    act = {b: np.abs(_run_ncnn(param, binary, "fp32", x, b)).max() / 127 for b in ("b0", "c1", "d1", "g1")}
+
+    def node(name: str, w: np.ndarray, shape: tuple[int, ...], s_in: float, kind: str, groups: int) -> QuantizedNode:
+        w = w.reshape(shape)
+        return QuantizedNode(
+            WeightedNode(name, "Conv", kind, "x", f"{name}.w", w, groups), absmax_scale(w, axis=0), s_in, name
+        )
+
+    table = QuantTable(
+        [
+            node("n_conv0", w0, (8, C, 3, 3), 1 / 127, "conv2d", 1),
+            node("n_conv1", w1, (12, 8, 1, 1), act["b0"], "conv2d", 1),
+            node("n_dw", wd, (12, 1, 3, 3), act["c1"], "depthwise_conv2d", 12),
+            node("n_gconv", wg, (12, 4, 3, 3), act["d1"], "conv2d", 3),
+            node("n_fc", wf, (10, 12 * H * W), act["g1"], "linear", 1),
+        ],
+        QuantSpec([], source="calibration"),
+        "calibration",
+    )
+    return Handmade(param, binary, table, x)
+
+
+@pytest.fixture
+def handmade(tmp_path: Path) -> Handmade:
+    return make_handmade(tmp_path / "hand")
+
+
+def test_handmade_int8_layout_fusions_and_copied_layers(handmade: Handmade, tmp_path: Path) -> None:
+    param, binary = tmp_path / "i8.param", tmp_path / "i8.bin"
+    summary = write_int8(handmade.param, handmade.bin, param, binary, handmade.table)
+
+    assert summary.layers == {
+        "conv0": "n_conv0",
+        "conv1": "n_conv1",
+        "dw": "n_dw",
+        "gconv": "n_gconv",
+        "fc": "n_fc",
+    }
+    assert summary.fused == [("conv1", "dw"), ("dw", "gconv"), ("gconv", "fc")]
+    assert summary.kept_float == ["bn0 (BatchNorm)"]
+    assert any("grouped" in n and "gconv" in n for n in summary.notes)
+    assert summary.describe().startswith("5 layers int8, 3 requantize fusions")
+
+    fp32 = {ld.layer.name: ld for ld in read_model(handmade.param, handmade.bin)}
+    int8 = {ld.layer.name: ld for ld in read_model(param, binary)}
+    terms = {name: ld.layer.get_int(8) for name, ld in int8.items() if ld.layer.type != "Input"}
+    assert terms == {"conv0": 2, "bn0": 0, "conv1": 102, "dw": 101, "gconv": 101, "fc": 2}
+    # BatchNorm is copied byte for byte
+    assert [c.data for c in int8["bn0"].chunks.values()] == [c.data for c in fp32["bn0"].chunks.values()]
+    entries = {q.node.node: q for q in handmade.table.nodes}
+    for name, node_name in summary.layers.items():
+        ld, q = int8[name], entries[node_name]
+        assert ld.chunks["weight"].tag == TAG_INT8
+        if name == "gconv":  # one scale per group: the largest of the group's channels
+            group_scales = q.weight_scales.reshape(3, 4).max(1)
+            np.testing.assert_array_equal(ld.chunks["weight_scales"].values(), ncnn_multiplier(group_scales))
+            expected = quantize(q.node.weight, np.repeat(group_scales, 4), axis=0)
+        else:
+            np.testing.assert_array_equal(ld.chunks["weight_scales"].values(), ncnn_multiplier(q.weight_scales))
+            expected = quantize(q.node.weight, q.weight_scales, axis=0, rounding="half_away")
+        np.testing.assert_array_equal(ld.chunks["weight"].values(), expected.ravel())
+        assert ld.chunks["input_scale"].values()[0] == ncnn_multiplier(np.float32(q.input_scale))
+        if "bias" in ld.chunks:
+            assert ld.chunks["bias"].data == fp32[name].chunks["bias"].data
+    # a fused producer carries its consumer's input multiplier as its top scale
+    assert int8["conv1"].chunks["top_scale"].values()[0] == int8["dw"].chunks["input_scale"].values()[0]
+    assert int8["gconv"].chunks["top_scale"].values()[0] == int8["fc"].chunks["input_scale"].values()[0]
+    assert "top_scale" not in int8["conv0"].chunks  # its consumer is a float BatchNorm
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_handmade_fused_equals_unfused_and_tracks_fp32(handmade: Handmade, tmp_path: Path, packing: bool) -> None:
+    """Fusing requantize changes where the rounding happens, not its result; int8 stays close to fp32."""
+    write_int8(handmade.param, handmade.bin, tmp_path / "f.param", tmp_path / "f.bin", handmade.table, fuse=True)
+    plain = write_int8(
+        handmade.param, handmade.bin, tmp_path / "p.param", tmp_path / "p.bin", handmade.table, fuse=False
+    )
+    assert plain.fused == [] and "8=1" in (tmp_path / "p.param").read_text()
+    assert all(ld.layer.get_int(8) < 100 for ld in read_model(tmp_path / "p.param", tmp_path / "p.bin"))
+    fused = _run_ncnn(tmp_path / "f.param", tmp_path / "f.bin", "int8", handmade.x, use_packing_layout=packing)
+    unfused = _run_ncnn(tmp_path / "p.param", tmp_path / "p.bin", "int8", handmade.x, use_packing_layout=packing)
+    fp32 = _run_ncnn(handmade.param, handmade.bin, "fp32", handmade.x)
+    np.testing.assert_allclose(fused, unfused, rtol=0, atol=1e-5 * np.abs(unfused).max())
+    assert np.abs(fused - fp32).max() / np.abs(fp32).max() < 0.05
+    assert np.mean(fused.argmax(1) == fp32.argmax(1)) >= 0.9
+    assert np.abs(fused[0] - fused[1]).max() > 0.05 * np.abs(fused).max()  # not a constant output
+
+
+def test_table_node_missing_from_graph_is_named(handmade: Handmade, tmp_path: Path) -> None:
+    ghost_w = np.random.default_rng(5).normal(size=(4, 3, 3, 3)).astype(np.float32)
+    ghost = QuantizedNode(
+        WeightedNode("ghost_conv", "Conv", "conv2d", "x", "g.w", ghost_w, 1),
+        absmax_scale(ghost_w, axis=0),
+        0.1,
+        "g",
+    )
+    table = QuantTable([*handmade.table.nodes, ghost], handmade.table.spec, "calibration")
+    with pytest.raises(ValueError, match=r"QuantTable nodes \['ghost_conv'\] have no int8 layer"):
+        write_int8(handmade.param, handmade.bin, tmp_path / "o.param", tmp_path / "o.bin", table)
+    assert not list(tmp_path.glob("o.*"))
+
+
+def test_graph_layer_without_table_entry_is_named(handmade: Handmade, tmp_path: Path) -> None:
+    table = QuantTable([q for q in handmade.table.nodes if q.node.node != "n_dw"], handmade.table.spec, "calibration")
+    with pytest.raises(ValueError, match=r"ncnn layer 'dw' \(ConvolutionDepthWise.*no entry in the QuantTable"):
+        write_int8(handmade.param, handmade.bin, tmp_path / "o.param", tmp_path / "o.bin", table)
+    assert not list(tmp_path.glob("o.*"))
+
+
+@pytest.mark.parametrize(
+    ("new_type", "extra"),
+    [
+        ("Deconvolution", ""),
+        ("Convolution1D", ""),
+        ("DeconvolutionDepthWise", ""),
+        ("Embed", ""),
+        ("LSTM", ""),
+        ("MultiHeadAttention", ""),
+        ("Gemm", " 5=1"),
+    ],
+)
+def test_unknown_weighted_layer_type_is_named(handmade: Handmade, tmp_path: Path, new_type: str, extra: str) -> None:
+    text = handmade.param.read_text().replace("Convolution conv1 ", f"{new_type} conv1 ")
+    text = text.replace(" 9=1\nConvolutionDepthWise dw", f" 9=1{extra}\nConvolutionDepthWise dw", 1)
+    edited = tmp_path / "edited.param"
+    edited.write_text(text)
+    with pytest.raises(ValueError, match=rf"layer 'conv1' \({new_type}\) holds weights the ncnn int8 writer cannot"):
+        write_int8(edited, handmade.bin, tmp_path / "o.param", tmp_path / "o.bin", handmade.table)
+    assert not list(tmp_path.glob("o.*"))
+
+
+def test_gemm_without_constants_holds_no_weights() -> None:
+    net = NcnnParam.parse("7767517\n2 3\nInput in0 0 1 in0\nGemm gemm 2 1 in0 in0 out0 3=1\n")
+    assert net.layers[1].type == "Gemm" and net.output_blob() == "out0" and net.input_blob() == "in0"
+
+
+def test_already_int8_input_is_rejected(handmade: Handmade, tmp_path: Path) -> None:
+    write_int8(handmade.param, handmade.bin, tmp_path / "a.param", tmp_path / "a.bin", handmade.table)
+    with pytest.raises(ValueError, match=r"'conv0' \(Convolution\) is already int8"):
+        write_int8(tmp_path / "a.param", tmp_path / "a.bin", tmp_path / "b.param", tmp_path / "b.bin", handmade.table)
+
+
+def test_mismatched_bin_is_rejected(handmade: Handmade, tmp_path: Path) -> None:
+    short = tmp_path / "short.bin"
+    short.write_bytes(handmade.bin.read_bytes()[:-8])
+    with pytest.raises(ValueError, match=r"ends at byte .* while reading layer 'fc' \(InnerProduct\)"):
+        write_int8(handmade.param, short, tmp_path / "o.param", tmp_path / "o.bin", handmade.table)
+    long = tmp_path / "long.bin"
+    long.write_bytes(handmade.bin.read_bytes() + b"\0" * 8)
+    with pytest.raises(ValueError, match="8 bytes left after the last layer"):
+        write_int8(handmade.param, long, tmp_path / "o.param", tmp_path / "o.bin", handmade.table)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("7767516\n0 0\n", "first line must be 7767517"),
+        ("7767517\n2 2\nInput in0 0 1 in0\n", "header says 2 layers"),
+        ("7767517\n1 1\nInput in0 0 2 in0\n", "malformed layer line"),
+        ("7767517\n1 1\nInput in0 0 1 in0 0:3\n", "not key=value"),
+    ],
+)
+def test_param_parse_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        NcnnParam.parse(text)
+
+
+def test_param_round_trip_keeps_arrays_and_quoted_strings() -> None:
+    text = '7767517\n2 2\nInput in0 0 1 in0 0=8\nReduction r 1 1 in0 out0 0=3 -23303=2,2,1 4=1 5="a b"\n'
+    net = NcnnParam.parse(text)
+    assert net.layers[1].params == {"0": "3", "-23303": "2,2,1", "4": "1", "5": '"a b"'}
+    again = NcnnParam.parse(net.dumps())
+    assert again == net
+
+
+# --------------------------------------------------------------------------------------------------
+# The int8 ncnn target on the trained digits CNN (pnnx + torch)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_int8(
+    trained_torch_digits: Any, digits_nchw: Any, tmp_path_factory: pytest.TempPathFactory
+) -> SimpleNamespace:
+    pytest.importorskip("pnnx", reason="pnnx not installed")
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    from exporters.export import prepare_job
+    from exporters.ncnn import export_ncnn, run_pnnx
+
+    tmp = tmp_path_factory.mktemp("ncnn_int8")
+    d = digits_nchw
+    job = prepare_job(
+        trained_torch_digits, "int8", tmp / "out", tmp / "work", example_input=d.x_test[:1],
+        calibration=d.x_train[:256], samples=d.x_test,
+    )  # fmt: skip
+    result = export_ncnn(job)
+    if job.quant is None:
+        raise AssertionError("an int8 job without scales")
+    fp32_param, fp32_bin = run_pnnx(job.onnx_path, job.input_shape, tmp / "pnnx", fp16=False)
+    return SimpleNamespace(
+        job=job,
+        result=result,
+        param=tmp / "out" / "model.int8.ncnn.param",
+        bin=tmp / "out" / "model.int8.ncnn.bin",
+        fp32_param=fp32_param,
+        fp32_bin=fp32_bin,
+        reference=run_onnx(fake_quant_onnx(job.onnx_path, job.quant), d.x_test),
+    )
+
+
+@pytest.mark.slow
+def test_int8_artifact_carries_int8_layers(digits_int8: SimpleNamespace) -> None:
+    r, table = digits_int8.result, digits_int8.job.quant
+    assert r.ok and r.files == ["model.int8.ncnn.param", "model.int8.ncnn.bin"]
+    assert r.scales == "calibrated on 256 samples (absmax)"
+    assert r.notes[0] == "5 layers int8, 1 requantize fusions"
+    fp32 = read_model(digits_int8.fp32_param, digits_int8.fp32_bin)
+    int8 = read_model(digits_int8.param, digits_int8.bin)
+    assert [ld.layer.name for ld in fp32] == [ld.layer.name for ld in int8]
+    seen = set()
+    for f, q in zip(fp32, int8, strict=True):
+        t, term = q.layer.type, q.layer.get_int(8)
+        if t not in ("Convolution", "ConvolutionDepthWise", "InnerProduct"):
+            assert term == 0 and not q.chunks
+            continue
+        assert term in ({1, 101} if t == "ConvolutionDepthWise" else {2, 102} if t == "Convolution" else {2})
+        assert q.chunks["weight"].tag == TAG_INT8
+        n = q.layer.get_int(0)
+        entry = table.match_weight(np.asarray(f.chunks["weight"].values()).reshape(n, -1))
+        seen.add(entry.node.node)
+        np.testing.assert_array_equal(
+            q.chunks["weight"].values(), quantize(entry.node.weight, entry.weight_scales, axis=0).ravel()
+        )
+        np.testing.assert_array_equal(q.chunks["weight_scales"].values(), ncnn_multiplier(entry.weight_scales))
+        assert q.chunks["input_scale"].values()[0] == ncnn_multiplier(np.float32(entry.input_scale))
+        assert ("top_scale" in q.chunks) == (term > 100)
+    assert seen == {q.node.node for q in table.nodes} and len(seen) == 5
+    assert sum(ld.layer.get_int(8) > 100 for ld in int8) == 1
+    # size: int8 weights are a quarter of fp32 (plus per-channel scales)
+    assert digits_int8.bin.stat().st_size <= 0.3 * digits_int8.fp32_bin.stat().st_size
+
+
+@pytest.mark.slow
+def test_int8_matches_numpy_int8_reference(digits_int8: SimpleNamespace, digits_nchw: Any) -> None:
+    ref = digits_int8.reference
+    x = digits_nchw.x_test
+    # With packing off ncnn's x86 int8 kernels compute exactly the integer math of the reference
+    # (int32 sums, 1/(s_in*s_w) dequantize, half-away rounding): only float summation order differs.
+    exact = NcnnModel(digits_int8.param, digits_int8.bin, "int8", 2, options=NO_PACKING).predict(x, (10,))
+    np.testing.assert_allclose(exact, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    # With ncnn's default (packed) kernels, the pack-8 depthwise int8 kernel dequantizes with
+    # _mm_rcp_ps (a ~12-bit reciprocal, relative error up to 1.5 * 2**-12), so a few activations that sit
+    # within that of a rounding boundary of the next layer's quantization land one int8 step away.
+    # Each such flip moves the logits by about s_in * |w| of the layer it feeds; bound: one quantization
+    # step of the output, i.e. max|reference| / 127.
+    default = NcnnModel(digits_int8.param, digits_int8.bin, "int8", 2).predict(x, (10,))
+    step = np.abs(ref).max() / 127
+    assert np.abs(default - ref).max() <= step
+    assert np.mean(default.argmax(1) == ref.argmax(1)) >= 0.99
+
+
+@pytest.mark.slow
+def test_int8_top1_agrees_with_fp32_on_digits_test_split(digits_int8: SimpleNamespace, digits_nchw: Any) -> None:
+    r = digits_int8.result
+    assert r.samples == len(digits_nchw.x_test) == 269
+    assert r.top1_agreement is not None and r.top1_agreement >= 0.99
+    assert r.max_rel_error is not None and 0 < r.max_rel_error < 0.1
+    assert r.latency_ms is not None and r.latency_ms > 0 and r.runtime.startswith("ncnn ")
+
+
+@pytest.mark.slow
+def test_int8_fusion_off_gives_the_same_integers(
+    digits_int8: SimpleNamespace, digits_nchw: Any, tmp_path: Path
+) -> None:
+    plain = write_int8(
+        digits_int8.fp32_param,
+        digits_int8.fp32_bin,
+        tmp_path / "p.param",
+        tmp_path / "p.bin",
+        digits_int8.job.quant,
+        fuse=False,
+    )
+    assert plain.fused == [] and len(plain.layers) == 5
+    x = digits_nchw.x_test[:64]
+    a = NcnnModel(tmp_path / "p.param", tmp_path / "p.bin", "int8", 2, options=NO_PACKING).predict(x, (10,))
+    b = NcnnModel(digits_int8.param, digits_int8.bin, "int8", 2, options=NO_PACKING).predict(x, (10,))
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+
+
+@pytest.mark.slow
+def test_pruned_filters_stay_zero_in_int8(trained_torch_digits: Any, digits_nchw: Any, tmp_path: Path) -> None:
+    import torch
+
+    from exporters.export import prepare_job
+    from exporters.ncnn import export_ncnn
+
+    model = copy.deepcopy(trained_torch_digits)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for conv in convs:
+            conv.weight[0::3] = 0  # a third of the filters
+    d = digits_nchw
+    job = prepare_job(
+        model,
+        "int8",
+        tmp_path / "out",
+        tmp_path / "work",
+        example_input=d.x_test[:1],
+        calibration=d.x_train[:256],
+    )
+    result = export_ncnn(job)
+    assert result.ok and result.top1_agreement is not None and result.top1_agreement > 0.9
+    zero_channels = 0
+    for ld in read_model(tmp_path / "out" / "model.int8.ncnn.param", tmp_path / "out" / "model.int8.ncnn.bin"):
+        if ld.layer.type not in ("Convolution", "ConvolutionDepthWise"):
+            continue
+        w = np.asarray(ld.chunks["weight"].values()).reshape(ld.layer.get_int(0), -1)
+        assert not w[0::3].any(), f"{ld.layer.name}: pruned filters are not all-zero int8"
+        kept = np.delete(w, np.s_[0::3], axis=0)
+        assert kept.any(axis=1).all() and np.abs(kept).max() == 127
+        assert np.isfinite(ld.chunks["weight_scales"].values()).all()
+        zero_channels += len(w[0::3])
+    assert zero_channels == sum(len(range(0, c.out_channels, 3)) for c in convs) == 6 + 6 + 6 + 11
+
+
+@pytest.mark.slow
+def test_calibrated_ptq_export_end_to_end(trained_torch_digits: Any, digits_nchw: Any, tmp_path: Path) -> None:
+    from exporters.export import export
+
+    report = export(
+        trained_torch_digits,
+        ["ncnn"],
+        precision="int8",
+        calibration=[digits_nchw.x_train[:256]],
+        directory=tmp_path,
+    )
+    r = report["ncnn"]
+    assert r.ok, r.reason
+    assert r.files == ["model.int8.ncnn.param", "model.int8.ncnn.bin"]
+    assert r.scales == "calibrated on 256 samples (absmax)" and "layers int8" in r.notes[0]
+    assert r.top1_agreement is not None and r.top1_agreement >= 0.98 and r.samples == 256
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [
+        "model.int8.ncnn.bin",
+        "model.int8.ncnn.param",
+        "quant_spec.json",
+        "report.json",
+        "report.md",
+    ]
+    net = NcnnModel(tmp_path / "model.int8.ncnn.param", tmp_path / "model.int8.ncnn.bin", "int8", 1)
+    logits = net.predict(digits_nchw.x_test, (10,))
+    assert np.mean(logits.argmax(1) == digits_nchw.y_test) > 0.9
+
+
+# --------------------------------------------------------------------------------------------------
+# export_ncnn's int8 flow without pnnx: the hand-written fp32 pair stands in for pnnx's output
+# --------------------------------------------------------------------------------------------------
+
+
+def _handmade_job(handmade: Handmade, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference: np.ndarray) -> Any:
+    from exporters import ncnn as ncnn_target
+    from exporters.job import ExportJob
+
+    def fake_pnnx(onnx_path: Any, input_shape: Any, scratch: Path, fp16: bool) -> tuple[Path, Path]:
+        scratch.mkdir(parents=True)
+        return Path(shutil.copy(handmade.param, scratch)), Path(shutil.copy(handmade.bin, scratch))
+
+    monkeypatch.setattr(ncnn_target, "run_pnnx", fake_pnnx)
+    return ExportJob(
+        source=SimpleNamespace(layout="NCHW"),  # type: ignore[arg-type]
+        onnx_path=tmp_path / "unused.onnx",
+        input_shape=(1, C, H, W),
+        directory=tmp_path / "out",
+        workdir=tmp_path / "work",
+        precision="int8",
+        samples=handmade.x,
+        reference=reference,
+        quant=handmade.table,
+    )
+
+
+def test_export_ncnn_int8_flow(handmade: Handmade, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporters.ncnn import export_ncnn
+
+    fp32 = _run_ncnn(handmade.param, handmade.bin, "fp32", handmade.x)
+    result = export_ncnn(_handmade_job(handmade, tmp_path, monkeypatch, fp32))
+    assert result.ok and result.files == ["model.int8.ncnn.param", "model.int8.ncnn.bin"]
+    assert result.notes[0].startswith("5 layers int8, 3 requantize fusions, 1 weight-holding layers kept float")
+    assert any("grouped convolution" in n for n in result.notes)
+    assert result.top1_agreement is not None and result.top1_agreement >= 0.9 and result.samples == len(handmade.x)
+    assert result.max_rel_error is not None and 0 < result.max_rel_error < 0.05
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(result.files)
+    assert list((tmp_path / "work").iterdir()) == []  # the scratch folder is removed
+
+
+def test_failed_verification_installs_nothing(
+    handmade: Handmade, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exporters.ncnn import export_ncnn
+
+    wrong = np.zeros((len(handmade.x), 7), np.float32)  # the model has 10 outputs
+    with pytest.raises(ValueError, match=r"ncnn output 0 has shape \(10,\)"):
+        export_ncnn(_handmade_job(handmade, tmp_path, monkeypatch, wrong))
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    assert list((tmp_path / "work").iterdir()) == []
