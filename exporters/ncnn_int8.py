@@ -162,7 +162,15 @@ class NcnnLayer:
 
 @dataclass
 class NcnnParam:
-    """A parsed text ``.param`` file (magic 7767517)."""
+    """A parsed text ``.param`` file (magic 7767517).
+
+    Example:
+        >>> net = NcnnParam.parse("7767517\\n2 2\\nInput in0 0 1 in0 0=4\\nReLU relu 1 1 in0 out0\\n")
+        >>> net.input_blob(), net.output_blob(), net.layers[1].type
+        ('in0', 'out0', 'ReLU')
+        >>> net.layers[0].get_int(0), net.layers[0].get_int(1, 7)
+        (4, 7)
+    """
 
     layers: list[NcnnLayer]
     blob_count: int
@@ -425,6 +433,10 @@ class Int8Summary:
         bytes_in: size of the fp32 ``.bin``.
         bytes_out: size of the int8 ``.bin``.
         notes: anything that deviates from the table (e.g. grouped convolutions sharing one scale).
+
+    Example:
+        >>> Int8Summary(layers={"conv_0": "node_Conv_1", "fc": "node_Gemm_2"}, fused=[("conv_0", "fc")]).describe()
+        '2 layers int8, 1 requantize fusions'
     """
 
     layers: dict[str, str] = field(default_factory=dict)
@@ -591,7 +603,8 @@ def write_int8(
         param_out: where the int8 ``.param`` goes (written atomically).
         bin_out: where the int8 ``.bin`` goes (written atomically; removed again if the param fails).
         table: the int8 scales of the same model's ONNX graph.
-        fuse: fuse requantize between consecutive int8 convolutions (``8=102``/``101``).
+        fuse: fuse requantize where an int8 Convolution/ConvolutionDepthWise feeds only int8 layers
+            (``8=102``/``101`` plus a top-blob scale).
 
     Raises:
         ValueError: a weighted layer type the writer does not quantize, an ncnn weighted layer with no table
@@ -608,6 +621,9 @@ def write_int8(
             quantized[i] = _quantize_layer(ld, table, used, summary.notes)
         elif ld.chunks:
             summary.kept_float.append(f"{ld.layer.name} ({ld.layer.type})")
+        elif ld.layer.type in QUANTIZED_TYPES:
+            # 19=1: the weight is an input blob, not a constant (no QuantTable entry either)
+            summary.notes.append(f"{ld.layer.name} ({ld.layer.type}) takes its weight as an input and stays float")
     missing = [q.node.node for q in table.nodes if q.node.node not in used]
     if missing:
         raise ValueError(
@@ -638,7 +654,7 @@ def write_int8(
         bin_final.unlink(missing_ok=True)
         raise
     log.info(
-        "ncnn int8: %s; weights %.1f KB -> %.1f KB",
+        "ncnn int8: %s; weights %.1f KB → %.1f KB",
         summary.describe(),
         summary.bytes_in / 1024,
         summary.bytes_out / 1024,
