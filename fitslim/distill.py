@@ -38,9 +38,11 @@ import numpy.typing as npt
 __all__ = [
     "KD_LOSSES",
     "DistillationSettings",
+    "adapter_kind",
     "combined_loss_reference",
     "kd_loss_reference",
     "log_softmax_reference",
+    "resolve_layer",
 ]
 
 KD_LOSSES = ("kl", "mse")
@@ -204,6 +206,63 @@ class DistillationSettings:
         """
         now = self.to_dict()
         return [f"{k}: {saved.get(k)!r} → {v!r}" for k, v in now.items() if saved.get(k) != v]
+
+
+def resolve_layer(names: Sequence[str], name: str, who: str = "student", separator: str = ".") -> str:
+    """The full name of a layer: ``name`` itself, or the only one of ``names`` ending with ``separator + name``.
+
+    Args:
+        names: every layer name of the model (``model.named_modules()`` paths, or Keras layer names).
+        name: the name the user gave in ``features``.
+        who: ``"student"`` or ``"teacher"``, for the message.
+        separator: the path separator of the names.
+
+    Raises:
+        ValueError: no such layer, or a suffix shared by several layers; the message lists the names.
+
+    Example:
+        >>> resolve_layer(["model", "model.stem", "model.stem.conv"], "stem.conv")
+        'model.stem.conv'
+    """
+    if name in names:
+        return name
+    matches = [n for n in names if n.endswith(separator + name)]
+    if len(matches) == 1:
+        return matches[0]
+    shown = ", ".join(names[:60]) + (f", ... ({len(names) - 60} more)" if len(names) > 60 else "")
+    why = f"is ambiguous (matches {matches})" if matches else "does not exist"
+    raise ValueError(
+        f"Distillation(features=...): the {who} layer {name!r} {why}. Available {who} layers: [{shown}]. "
+        "HINT: use a name from this list."
+    )
+
+
+def adapter_kind(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> str | None:
+    """How a feature of ``student_shape`` is mapped onto ``teacher_shape`` (batch axis first).
+
+    Returns None when the shapes are equal (no adapter), ``"conv1d"``/``"conv2d"``/``"conv3d"`` (a 1x1
+    convolution) when only axis 1 differs (channels-first maps), ``"linear"`` for ``(N, F)`` features or when
+    only the last axis differs (tokens, channels-last maps), and ``"incompatible"`` otherwise (different
+    batch, rank or spatial size).
+
+    Example:
+        >>> adapter_kind((8, 16, 4, 4), (8, 128, 4, 4)), adapter_kind((8, 4, 4, 16), (8, 4, 4, 32))
+        ('conv2d', 'linear')
+        >>> adapter_kind((8, 10), (8, 10)) is None, adapter_kind((8, 16, 4, 4), (8, 32, 8, 8))
+        (True, 'incompatible')
+    """
+    s, t = tuple(int(v) for v in student_shape), tuple(int(v) for v in teacher_shape)
+    if s == t:
+        return None
+    if len(s) != len(t) or len(s) < 2 or s[0] != t[0]:
+        return "incompatible"
+    if len(s) == 2:
+        return "linear"
+    if s[2:] == t[2:] and len(s) <= 5:
+        return f"conv{len(s) - 2}d"
+    if s[:-1] == t[:-1]:
+        return "linear"
+    return "incompatible"
 
 
 def log_softmax_reference(logits: npt.ArrayLike, temperature: float = 1.0, axis: int = 1) -> npt.NDArray[np.float64]:

@@ -7,6 +7,7 @@ package provides the reference Lightning module used by the demo.
 
 from __future__ import annotations
 
+from lightning_plugins.distillation import Distillation
 from lightning_plugins.export import Export
 
-__all__ = ["Export"]
+__all__ = ["Distillation", "Export"]

@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from fitslim.distill import DistillationSettings
+from fitslim.distill import DistillationSettings, adapter_kind, resolve_layer
 from lightning_plugins._compat import pl
 
 __all__ = ["Distillation", "kd_loss"]
@@ -170,34 +170,7 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
 
 
 def _resolve_layer(root: nn.Module, name: str, who: str) -> str:
-    """The full module path of ``name`` in ``root``: an exact name, or the one name ending with ``.name``."""
-    names = [n for n, _ in root.named_modules() if n]
-    if name in names:
-        return name
-    matches = [n for n in names if n.endswith("." + name)]
-    if len(matches) == 1:
-        return matches[0]
-    shown = ", ".join(names[:60]) + (f", ... ({len(names) - 60} more)" if len(names) > 60 else "")
-    why = f"is ambiguous (matches {matches})" if matches else "does not exist"
-    raise ValueError(
-        f"Distillation(features=...): the {who} layer {name!r} {why}. Available {who} layers: [{shown}]. "
-        "HINT: use a name from this list (module paths as in model.named_modules())."
-    )
-
-
-def _adapter_kind(student: torch.Size, teacher: torch.Size) -> str | None:
-    """How to map a student feature shape onto the teacher's: None (equal), "linear", or "conv{1,2,3}d"."""
-    if student == teacher:
-        return None
-    if len(student) != len(teacher) or len(student) < 2 or student[0] != teacher[0]:
-        return "incompatible"
-    if len(student) == 2:
-        return "linear"
-    if student[2:] == teacher[2:] and len(student) <= 5:
-        return f"conv{len(student) - 2}d"  # only the channel axis differs: a 1x1 convolution
-    if student[:-1] == teacher[:-1]:
-        return "linear"  # only the last axis differs (tokens, channels-last)
-    return "incompatible"
+    return resolve_layer([n for n, _ in root.named_modules() if n], name, who)
 
 
 def _make_adapter(kind: str, cin: int, cout: int, key: str) -> nn.Module:
@@ -221,6 +194,12 @@ def _fingerprint(module: nn.Module) -> str:
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def _logs_due(trainer: Any) -> bool:
+    """Whether the trainer writes step logs at this step (its ``log_every_n_steps``); True when unknown."""
+    due = getattr(getattr(trainer, "_logger_connector", None), "should_update_logs", None)
+    return True if due is None else bool(due)
 
 
 def _name_of(fn: Any) -> str:
@@ -257,10 +236,15 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
     mean squared error for ``"mse"``, or ``loss(student_logits, teacher_logits)``. The student's logits are
     the output of its first ``self(x)`` call in ``training_step`` (through ``output_fn``). Feature losses are
     the mean squared error between the student's layer output, mapped by a learnable bias-free 1x1 conv or
-    linear adapter when the shapes differ, and the teacher's. Logged every step: ``task_loss``, ``kd_loss``
-    (the ``kd_term``), and with features ``feature_loss`` and ``feature_loss/<student layer>``.
+    linear adapter when the shapes differ, and the teacher's. Logged with ``pl_module.log``: ``task_loss``,
+    ``kd_loss`` (the ``kd_term``), and with features ``feature_loss`` (their sum) and
+    ``feature_loss/<student layer>``, on the trainer's logging steps (``log_every_n_steps``), and their epoch
+    means as ``<name>_epoch`` at each epoch end.
 
-    The teacher runs in eval mode under ``torch.no_grad`` on the student's device and dtype; its parameters
+    The teacher runs on the batch as Lightning hands it to ``training_step`` (after device transfer and
+    ``on_after_batch_transfer``, inside the precision context), just before ``training_step``; augmentation
+    done inside ``training_step`` is not seen by the teacher (do it in ``on_after_batch_transfer``, or give
+    ``input_fn``). It runs in eval mode under ``torch.no_grad`` on the student's device and dtype; its parameters
     get ``requires_grad=False`` and its mode and ``requires_grad`` flags are restored when training ends
     (its device and dtype are not). Adapters train with the student in their own parameter group of the
     (single) optimizer, copying the first group's hyper-parameters and learning-rate schedule; in DDP their
@@ -360,6 +344,8 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
         self._device: torch.device | None = None
         self._dtype: torch.dtype | None = None
         self._warned_no_optimizer = False
+        self._metric_values: dict[str, list[torch.Tensor]] = {}
+        self._metric_sizes: list[int] = []
 
     def __getstate__(self) -> dict[str, Any]:
         # ddp_spawn pickles the trainer's callbacks: send settings, teacher and adapters, not live hooks.
@@ -405,8 +391,7 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
         features = dict(self.settings.features or {})
         self._student_paths = {key: _resolve_layer(pl_module, key, "student") for key in features}
         teacher_paths = {key: _resolve_layer(teacher, value, "teacher") for key, value in features.items()}
-        if self._fingerprint is None and self.teacher_path is None:
-            self._fingerprint = _fingerprint(teacher)
+        self._fingerprint = None if self.teacher_path is not None else _fingerprint(teacher)
 
         self._trainer, self._module = trainer, pl_module
         self._teacher_saved = (teacher.training, [p.requires_grad for p in teacher.parameters()])
@@ -443,6 +428,17 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
     @override
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._keep_teacher_eval()
+        self._metric_values, self._metric_sizes = {}, []
+
+    @override
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._metric_sizes:
+            sizes = torch.tensor(self._metric_sizes, dtype=torch.float64)
+            weights = sizes / sizes.sum()
+            for name, values in self._metric_values.items():
+                mean = (torch.stack(values).cpu().double() * weights).sum().float()
+                pl_module.log(f"{name}_epoch", mean, on_step=False, on_epoch=True)
+        self._metric_values, self._metric_sizes = {}, []
 
     @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
@@ -515,7 +511,7 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
                     f"Distillation(loader=...): {_name_of(self.loader)}({path!r}) returned "
                     f"{type(loaded).__name__}, not a torch.nn.Module. HINT: the loader must return the teacher model."
                 )
-            self.teacher = loaded
+            self.teacher = loaded.eval()
         return self.teacher
 
     def _require_teacher(self) -> nn.Module:
@@ -610,7 +606,8 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
                 f"{tuple(student_logits.shape)}; they must be equal and (N, C, ...). HINT: use a teacher trained "
                 "on the same classes, or an output_fn that returns matching logits."
             )
-        kd = kd_loss(student_logits, teacher_logits, s.temperature, s.loss)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and s.alpha > 0.0):
+            kd = kd_loss(student_logits, teacher_logits, s.temperature, s.loss)
         feature_losses = self._feature_losses()
 
         if s.alpha == 0.0:
@@ -619,25 +616,32 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
             total = kd
         else:
             total = (1.0 - s.alpha) * task + s.alpha * kd
-        if feature_losses and s.feature_weight > 0.0:
-            total = total + s.feature_weight * torch.stack(list(feature_losses.values())).sum()
-
-        batch_size = int(student_logits.shape[0])
-        module.log("task_loss", task.detach(), on_step=True, on_epoch=True, batch_size=batch_size)
-        module.log("kd_loss", kd.detach(), on_step=True, on_epoch=True, batch_size=batch_size)
+        metrics = {"task_loss": task, "kd_loss": kd}
         if feature_losses:
-            module.log(
-                "feature_loss",
-                torch.stack([v.detach() for v in feature_losses.values()]).sum(),
-                on_step=True,
-                on_epoch=True,
-                batch_size=batch_size,
-            )
-            for key, value in feature_losses.items():
-                module.log(f"feature_loss/{key}", value.detach(), on_step=True, on_epoch=True, batch_size=batch_size)
+            values = list(feature_losses.values())
+            feature_total = values[0] if len(values) == 1 else torch.stack(values).sum()
+            if s.feature_weight > 0.0:
+                total = total + s.feature_weight * feature_total
+            metrics["feature_loss"] = feature_total
+            metrics.update({f"feature_loss/{key}": value for key, value in feature_losses.items()})
+        self._record(metrics, int(student_logits.shape[0]))
         if isinstance(out, Mapping):
             return {**out, "loss": total}
         return total
+
+    def _record(self, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Accumulate the epoch means; log step values only when the trainer writes logs.
+
+        ``LightningModule.log`` costs a fraction of a millisecond per call, a noticeable share of a small
+        model's step, so step values go through it only on the trainer's logging steps (``log_every_n_steps``,
+        when its loggers receive them anyway) and epoch means once per epoch (``on_train_epoch_end``).
+        """
+        for name, value in metrics.items():
+            self._metric_values.setdefault(name, []).append(value.detach())
+        self._metric_sizes.append(batch_size)
+        if _logs_due(self._trainer):
+            for name, value in metrics.items():
+                self._module.log(name, value.detach(), on_step=True, on_epoch=False, batch_size=batch_size)
 
     def _feature_losses(self) -> dict[str, torch.Tensor]:
         if not self._student_paths:
@@ -675,7 +679,7 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
         """Create the adapter for ``key`` on first use; True when one was created."""
         if key in self.adapters:
             return False
-        kind = _adapter_kind(student.shape, teacher.shape)
+        kind = adapter_kind(tuple(student.shape), tuple(teacher.shape))
         if kind is None:
             return False
         if kind == "incompatible":

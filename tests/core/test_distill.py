@@ -98,3 +98,36 @@ def test_combined_reference_mixing() -> None:
 def test_docstring_examples() -> None:
     result = doctest.testmod(distill)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_resolve_layer() -> None:
+    names = ["model", "model.stem", "model.stem.conv", "model.transition", "model.transition.conv"]
+    assert distill.resolve_layer(names, "model.stem") == "model.stem"
+    assert distill.resolve_layer(names, "transition.conv") == "model.transition.conv"
+    with pytest.raises(ValueError, match=r"teacher layer 'conv' is ambiguous \(matches \['model.stem.conv', 'model"):
+        distill.resolve_layer(names, "conv", "teacher")
+    with pytest.raises(ValueError, match=r"student layer 'head' does not exist. Available student layers: \[model, "):
+        distill.resolve_layer(names, "head")
+    with pytest.raises(ValueError, match=r"\.\.\. \(40 more\)"):
+        distill.resolve_layer([f"layer{i}" for i in range(100)], "nope")
+
+
+@pytest.mark.parametrize(
+    ("student", "teacher", "kind"),
+    [
+        ((8, 10), (8, 10), None),
+        ((8, 16), (8, 64), "linear"),
+        ((8, 16, 5), (8, 32, 5), "conv1d"),
+        ((8, 16, 4, 4), (8, 128, 4, 4), "conv2d"),
+        ((8, 16, 2, 4, 4), (8, 8, 2, 4, 4), "conv3d"),
+        ((8, 4, 4, 16), (8, 4, 4, 32), "linear"),  # channels-last (Keras) maps
+        ((8, 7, 384), (8, 7, 768), "linear"),  # tokens
+        ((8, 16, 4, 4), (8, 32, 8, 8), "incompatible"),
+        ((8, 16, 4, 4), (8, 16, 16), "incompatible"),
+        ((8, 16), (4, 16), "incompatible"),
+        ((8,), (8,), None),
+        ((8,), (9,), "incompatible"),
+    ],
+)
+def test_adapter_kind(student: tuple[int, ...], teacher: tuple[int, ...], kind: str | None) -> None:
+    assert distill.adapter_kind(student, teacher) == kind

@@ -79,7 +79,7 @@ class _Data(pl.LightningDataModule):  # type: ignore[name-defined]
 
 
 class _DictStudent(DigitsClassifier):
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return F.cross_entropy(self(batch["pixels"]), batch["label"])
 
 
@@ -88,7 +88,7 @@ class _ManualStudent(DigitsClassifier):
         super().__init__(width=0.5)
         self.automatic_optimization = False
 
-    def training_step(self, batch: Any, batch_idx: int) -> None:
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
         x, y = batch
         opt = self.optimizers()
         opt.zero_grad()
@@ -126,12 +126,13 @@ class _DumpPerRank(pl.Callback):  # type: ignore[name-defined]
         torch.save(
             {
                 "adapters": {k: copy.deepcopy(a.state_dict()) for k, a in cb.adapters.items()},
-                "student": copy.deepcopy(pl_module.state_dict()),
+                # parameters only: BatchNorm running statistics are per rank in DDP (no SyncBatchNorm)
+                "student": {k: v.detach().clone() for k, v in pl_module.named_parameters()},
                 "inputs": self.first_inputs,
                 "ddp_wrapped": sum(p.numel() for p in trainer.strategy.model.parameters()),
                 "student_params": sum(p.numel() for p in pl_module.parameters()),
                 "groups": [len(g["params"]) for g in trainer.optimizers[0].param_groups],
-                "teacher_eval": not cb.teacher.training,
+                "teacher_eval": cb.teacher is not None and not cb.teacher.training,
             },
             self.directory / f"rank{trainer.global_rank}.pt",
         )
@@ -145,13 +146,14 @@ class _Probe(pl.Callback):  # type: ignore[name-defined]
         self.teacher, self.temperature, self.alpha, self.features = teacher, temperature, alpha, features
         self.expected: list[float] = []
         self.seen: list[float] = []
+        self.kd: list[float] = []
 
     @torch.no_grad()
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         cb = next(c for c in trainer.callbacks if isinstance(c, Distillation))
         x, y = batch
         saved = {k: v.clone() for k, v in pl_module.state_dict().items()}  # BN running stats
-        feats: dict[str, torch.Tensor] = {}
+        feats: dict[tuple[str, str], torch.Tensor] = {}
         handles = [
             pl_module.get_submodule(s).register_forward_hook(lambda m, a, o, s=s: feats.__setitem__(("s", s), o))
             for s in self.features
@@ -168,18 +170,19 @@ class _Probe(pl.Callback):  # type: ignore[name-defined]
             pl_module.load_state_dict(saved)
         task = -log_softmax_reference(student)[np.arange(len(y)), y.numpy()].mean()
         kd = kd_loss_reference(student, teacher, self.temperature)
+        self.kd.append(float(kd))
+        if self.features and not cb.adapters:
+            self.expected.append(float("nan"))  # the adapter does not exist before the first step
+            return
         feature_losses = []
         for s in self.features:
             adapter = cb.adapters.get(s)
             mapped = adapter(feats[("s", s)]) if adapter is not None else feats[("s", s)]
             feature_losses.append(float(((mapped.double() - feats[("t", s)].double()) ** 2).mean()))
-        if self.features and not cb.adapters:
-            self.expected.append(float("nan"))  # the adapter does not exist before the first step
-            return
         self.expected.append(float(combined_loss_reference(task, kd, self.alpha, feature_losses)))
 
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: torch.Tensor) -> None:
-        self.seen.append(float(loss))
+        self.seen.append(float(loss.detach()))
 
 
 def _trainer(tmp_path: Path, callbacks: list[Any], trainer_cls: Any = None, **kw: Any) -> Any:
@@ -195,6 +198,7 @@ def _trainer(tmp_path: Path, callbacks: list[Any], trainer_cls: Any = None, **kw
         "enable_model_summary": False,
         "enable_checkpointing": False,
         "deterministic": True,
+        "log_every_n_steps": 1,
         "default_root_dir": str(tmp_path),
     }
     options.update(kw)
@@ -266,7 +270,9 @@ def test_kd_loss_matches_reference_and_gradient(temperature: float) -> None:
     s = (torch.randn(6, 10, generator=gen, dtype=torch.float64) * 3).requires_grad_()
     t = torch.randn(6, 10, generator=gen, dtype=torch.float64) * 3
     loss = kd_loss(s, t, temperature)
-    assert float(loss.detach()) == pytest.approx(float(kd_loss_reference(s.detach().numpy(), t.numpy(), temperature)), rel=1e-12)
+    assert float(loss.detach()) == pytest.approx(
+        float(kd_loss_reference(s.detach().numpy(), t.numpy(), temperature)), rel=1e-12
+    )
     # d/ds [T² KL(p_t || p_s)] averaged over N = T (softmax(s/T) - softmax(t/T)) / N: the T² factor makes it O(T).
     loss.backward()
     expected = temperature * (torch.softmax(s.detach() / temperature, 1) - torch.softmax(t / temperature, 1)) / 6
@@ -302,9 +308,11 @@ def test_backward_sees_the_combined_loss(tmp_path: Path, teacher: nn.Module) -> 
     trainer.fit(_student(), _Data())
     assert len(probe.seen) == 4
     np.testing.assert_allclose(probe.seen, probe.expected, rtol=2e-5)
-    # the user's own loss is logged unchanged next to the distillation terms
-    assert float(trainer.callback_metrics["task_loss_step"]) == float(trainer.callback_metrics["train_loss"])
-    assert np.isfinite(float(trainer.callback_metrics["kd_loss_step"]))
+    # the user's own loss is logged unchanged next to the distillation terms; epoch means over the 4 steps
+    metrics = trainer.callback_metrics
+    assert float(metrics["task_loss"]) == float(metrics["train_loss"])
+    assert float(metrics["kd_loss"]) == pytest.approx(probe.kd[-1], rel=1e-5)
+    assert float(metrics["kd_loss_epoch"]) == pytest.approx(np.mean(probe.kd), rel=1e-5)
 
 
 def test_backward_sees_feature_terms_through_adapters(tmp_path: Path, teacher: nn.Module) -> None:
@@ -318,12 +326,12 @@ def test_backward_sees_feature_terms_through_adapters(tmp_path: Path, teacher: n
     assert list(cb.adapters) == ["model.transition.conv"]
     adapter = cb.adapters["model.transition.conv"]
     assert isinstance(adapter, nn.Conv2d) and (adapter.in_channels, adapter.out_channels) == (16, 32)
-    initial = _make_adapter("conv2d", 16, 32, "model.transition.conv")
-    assert not torch.equal(adapter.weight, initial.weight)
+    initial = _make_adapter("conv2d", 16, 32, "model.transition.conv").state_dict()
+    assert not torch.equal(adapter.weight, initial["weight"])
     groups = trainer.optimizers[0].param_groups
     assert len(groups) == 2 and groups[1]["params"] == [adapter.weight]
     assert groups[1]["lr"] == groups[0]["lr"] and groups[1]["betas"] == groups[0]["betas"]
-    for key in ("feature_loss_step", "feature_loss/model.transition.conv_step", "feature_loss/model.head.fc_step"):
+    for key in ("feature_loss", "feature_loss/model.transition.conv", "feature_loss/model.head.fc"):
         assert np.isfinite(float(trainer.callback_metrics[key])), key
 
 
@@ -387,7 +395,7 @@ def test_teacher_frozen_eval_not_checkpointed_and_all_restored(tmp_path: Path, t
         tmp_path, [_Saboteur(teacher), cb, *([_Crash(at_step=3)] if crash else [])], max_epochs=2, limit_val_batches=2
     )
     data = _Data()
-    data.val_dataloader = data.train_dataloader  # type: ignore[method-assign]  # validation switches modes too
+    data.val_dataloader = data.train_dataloader  # validation switches modes too
     if crash:
         with pytest.raises(RuntimeError, match="simulated crash"):
             trainer.fit(module, data)
@@ -407,7 +415,13 @@ def test_teacher_frozen_eval_not_checkpointed_and_all_restored(tmp_path: Path, t
     assert ckpt["state_dict"].keys() == module.state_dict().keys()
     state = ckpt["callbacks"]["Distillation"]
     assert set(state) == {"version", "settings", "teacher", "adapters"}
-    assert state["settings"] == {"temperature": 4.0, "alpha": 0.7, "loss": "kl", "features": FEATURES, "feature_weight": 1.0}
+    assert state["settings"] == {
+        "temperature": 4.0,
+        "alpha": 0.7,
+        "loss": "kl",
+        "features": FEATURES,
+        "feature_weight": 1.0,
+    }
     assert state["teacher"]["kind"] == "module" and state["teacher"]["class"].endswith("DigitsCNN")
     tensors = [v for a in state["adapters"].values() for v in a["state"].values()]
     assert sum(t.numel() for t in tensors) == 16 * 32  # the adapter, and no teacher weight anywhere
@@ -438,7 +452,9 @@ def test_crash_and_resume_equals_uninterrupted(tmp_path: Path, teacher: nn.Modul
 
     _assert_equal_states(_state(full), _state(resumed))
     assert list(full_cb.adapters) == list(resumed_cb.adapters) == ["model.transition.conv"]
-    _assert_equal_states(_state(full_cb.adapters["model.transition.conv"]), _state(resumed_cb.adapters["model.transition.conv"]))
+    _assert_equal_states(
+        _state(full_cb.adapters["model.transition.conv"]), _state(resumed_cb.adapters["model.transition.conv"])
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -476,7 +492,7 @@ def test_ddp_spawn_keeps_adapters_identical(tmp_path: Path, teacher: nn.Module) 
 def test_pytorch_lightning_namespace_dict_output(tmp_path: Path, teacher: nn.Module) -> None:
     ptl = pytest.importorskip("pytorch_lightning")
 
-    class Student(ptl.LightningModule):  # type: ignore[misc]
+    class Student(ptl.LightningModule):  # type: ignore[name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.model = torch_model("digits_cnn", width=0.5)
@@ -491,24 +507,26 @@ def test_pytorch_lightning_namespace_dict_output(tmp_path: Path, teacher: nn.Mod
         def configure_optimizers(self) -> Any:
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    class Recorder(ptl.Callback):  # type: ignore[misc]
+    class Recorder(ptl.Callback):  # type: ignore[name-defined]
         def __init__(self) -> None:
             self.losses: list[float] = []
             self.outputs: list[Any] = []
 
         def on_before_backward(self, trainer: Any, pl_module: Any, loss: torch.Tensor) -> None:
-            self.losses.append(float(loss))
+            self.losses.append(float(loss.detach()))
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             self.outputs.append(outputs)
 
     torch.manual_seed(0)
     module, rec = Student(), Recorder()
-    trainer = _trainer(tmp_path, [Distillation(teacher, alpha=1.0), rec], trainer_cls=ptl.Trainer, limit_train_batches=1)
+    trainer = _trainer(
+        tmp_path, [Distillation(teacher, alpha=1.0), rec], trainer_cls=ptl.Trainer, limit_train_batches=1
+    )
     assert not isinstance(trainer, pl.Trainer)
-    trainer.fit(module, _Data())
+    trainer.fit(module, train_dataloaders=_Data().train_dataloader())
     metrics = trainer.callback_metrics
-    assert rec.losses == [float(metrics["kd_loss_step"])] != [float(metrics["task_loss_step"])]
+    assert rec.losses == [float(metrics["kd_loss"])] != [float(metrics["task_loss"])]
     assert rec.outputs[0]["n"] == 32 and float(rec.outputs[0]["loss"]) == rec.losses[0]
     assert "training_step" not in module.__dict__
 
@@ -526,7 +544,7 @@ def test_with_export_in_the_same_callback_list(tmp_path: Path, teacher: nn.Modul
     model = onnx.load(str(tmp_path / "exports" / "model.onnx"))
     n_onnx = sum(int(np.prod(i.dims)) for i in model.graph.initializer)
     assert n_onnx <= sum(v.numel() for v in module.state_dict().values())  # the student alone
-    assert float(trainer.callback_metrics["kd_loss_step"]) > 0
+    assert float(trainer.callback_metrics["kd_loss"]) > 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -535,10 +553,10 @@ def test_with_export_in_the_same_callback_list(tmp_path: Path, teacher: nn.Modul
 
 
 def _fails_before_any_step(tmp_path: Path, cb: Distillation, module: Any, data: Any, error: type, match: str) -> None:
-    before = _state(module)
+    before = {k: v.detach().clone() for k, v in module.named_parameters()}
     with pytest.raises(error, match=match):
         _trainer(tmp_path, [cb]).fit(module, data)
-    _assert_equal_states(before, _state(module))
+    _assert_equal_states(before, {k: v.detach().clone() for k, v in module.named_parameters()})
     assert "training_step" not in module.__dict__ and not module._forward_hooks
 
 
@@ -546,7 +564,10 @@ def _fails_before_any_step(tmp_path: Path, cb: Distillation, module: Any, data: 
     ("features", "match"),
     [
         ({"model.nope": "stem"}, r"the student layer 'model.nope' does not exist. Available student layers: \[model, "),
-        ({"model.stem": "nope"}, r"the teacher layer 'nope' does not exist. Available teacher layers: \[stem, stem.conv"),
+        (
+            {"model.stem": "nope"},
+            r"the teacher layer 'nope' does not exist. Available teacher layers: \[stem, stem.conv",
+        ),
         ({"conv": "stem"}, r"the student layer 'conv' is ambiguous \(matches \['model.stem.conv', 'model.transition"),
     ],
 )
@@ -583,7 +604,7 @@ def test_unreadable_batch_then_input_fn(tmp_path: Path, teacher: nn.Module) -> N
     )
     trainer = _trainer(tmp_path, [Distillation(teacher, input_fn=_pixels)], limit_train_batches=2)
     trainer.fit(_student(cls=_DictStudent), _Data(dict_batches=True))
-    assert np.isfinite(float(trainer.callback_metrics["kd_loss_step"]))
+    assert np.isfinite(float(trainer.callback_metrics["kd_loss"]))
 
 
 def _pixels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -613,9 +634,14 @@ def test_checkpoint_path_teacher_with_loader(tmp_path: Path, teacher: nn.Module)
     cb = Distillation(str(path), loader=_load_digits_teacher)
     trainer = _trainer(tmp_path, [cb], limit_train_batches=1)
     trainer.fit(_student(), _Data())
-    assert cb.teacher is not None and not cb.teacher.training
-    assert cb.state_dict()["teacher"] == {"kind": "path", "path": str(path), "loader": f"{__name__}._load_digits_teacher"}
-    with pytest.raises(TypeError, match=r"Distillation\(loader=...\): .* returned dict"):
+    assert cb.teacher is not None and not cb.teacher.training  # loaded by the callback: left in eval mode
+    assert np.isfinite(float(trainer.callback_metrics["kd_loss"]))
+    assert cb.state_dict()["teacher"] == {
+        "kind": "path",
+        "path": str(path),
+        "loader": f"{__name__}._load_digits_teacher",
+    }
+    with pytest.raises(TypeError, match=r"Distillation\(loader=...\): .* returned OrderedDict, not a torch.nn.Module"):
         _trainer(tmp_path, [Distillation(str(path), loader=torch.load)]).fit(_student(), _Data())
 
 
@@ -623,3 +649,12 @@ def _load_digits_teacher(path: str) -> nn.Module:
     model = torch_model("digits_cnn", width=1.0)
     model.load_state_dict(torch.load(path, weights_only=True))
     return model
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    import lightning_plugins.distillation as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
