@@ -2,11 +2,12 @@
 
 int8 follows litert-torch's PT2E recipe: ``torch.export`` → ``prepare_pt2e`` with litert-torch's
 ``PT2EQuantizer`` → observe → ``convert_pt2e`` → ``litert_torch.convert(..., quant_config=QuantConfig(
-pt2e_quantizer=q))``. The observers are *pinnable*: the input activation and per-channel weight scales
-of every convolution and linear layer are set from the job's :class:`~exporters.quant.QuantTable`
-(the learned QuantSpec, or the calibration the other int8 targets share), so those scales reach the
-int8 ``CONV_2D`` / ``DEPTHWISE_CONV_2D`` / ``FULLY_CONNECTED`` kernels exactly. Tensors the table does
-not describe (residual sums, the logits) are observed min/max on the calibration inputs.
+pt2e_quantizer=q))``. With a learned QuantSpec (QAT) the observers are *pinnable*: the input activation
+scale and the per-channel weight scales of every convolution and linear layer are set from the spec,
+so the learned scales reach the int8 ``CONV_2D`` / ``DEPTHWISE_CONV_2D`` / ``FULLY_CONNECTED`` kernels
+exactly; tensors the spec does not describe (residual sums, the logits) are observed min/max on the
+calibration inputs (or, without any, the verification samples). Without a QuantSpec, litert-torch's own
+observers (histogram activations, per-channel min/max weights) calibrate every tensor.
 
 litert-torch's static int8 conversion gives the model int8 inputs and outputs; fitslim adds a
 ``QUANTIZE`` at the input and a ``DEQUANTIZE`` at the output so users feed and read float32, like the
@@ -69,14 +70,21 @@ class TorchConversion:
     notes: list[str] = field(default_factory=list)
 
 
+_FAKE_QUANT = (
+    "target tflite: the torch model still runs fake-quant ops ({}), which torch.export / litert-torch cannot "
+    "lower; export the float model (fake-quant off) and pass the learned scales as quant_spec=."
+)
+
+
 def _litert() -> Any:
     """Import litert-torch quietly (no progress bars), or fail naming the extra to install."""
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
     try:
         return importlib.import_module("litert_torch")
     except ImportError as err:
+        # name: the orchestrator adds no install hint of its own to a message from exporters.*
         raise ImportError(
-            f"target tflite: converting a torch model needs litert-torch ({err}): {INSTALL_HINT}"
+            f"target tflite: converting a torch model needs litert-torch ({err}): {INSTALL_HINT}", name=__name__
         ) from err
 
 
@@ -293,6 +301,11 @@ def pt2e_quantize(
 
     pin = table is not None and table.origin == "qat"
     exported, batch = _export_for_calibration(model, example)
+    fake = sorted(
+        {str(n.target) for n in exported.graph.nodes if n.op == "call_function" and "fake_quant" in str(n.target)}
+    )
+    if fake:
+        raise ValueError(_FAKE_QUANT.format(", ".join(fake)))
     quantizer = _quantizer(pinnable=pin)
     prepared = prepare_pt2e(exported, quantizer)
     notes: list[str] = []
@@ -393,9 +406,20 @@ def convert_torch(job: ExportJob) -> TorchConversion:
 
     Raises:
         ImportError: litert-torch is missing (names the extra to install).
-        ValueError: int8 without a scale table or calibration inputs.
+        ValueError: int8 without a scale table or calibration inputs; a model that still runs fake-quant ops.
     """
     litert_torch = _litert()
+    try:
+        return _convert(job, litert_torch)
+    except Exception as err:
+        text = str(err)
+        if "fake_quantize" in text and not isinstance(err, ValueError):
+            op = next((w for w in text.replace(":", " ").split() if "fake_quantize" in w), "fake_quantize")
+            raise ValueError(_FAKE_QUANT.format(op.strip(".,'\"`"))) from err
+        raise
+
+
+def _convert(job: ExportJob, litert_torch: Any) -> TorchConversion:
     import torch
 
     model = copy.deepcopy(job.source.model).cpu().eval()

@@ -16,6 +16,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from exporters.export import export, prepare_job
 from exporters.job import ExportJob
+from exporters.source import Source
 from exporters.tflite import KERNEL_OPS, export_tflite, kernel_summary
 from fitslim.quantspec import LayerQuant, QuantSpec
 
@@ -138,6 +139,7 @@ def test_keras_fp32_matches_source_on_digits(trained_keras_digits: Any, digits_n
     )
     r = export_tflite(job)
     assert r.ok and r.files == ["model.tflite"] and r.runtime.startswith("LiteRT ")
+    assert "input: float32 NHWC [-1, 8, 8, 1] (-1: any size)" in r.notes
     assert r.max_rel_error is not None and r.max_rel_error <= 1e-4
     assert r.top1_agreement == 1.0 and r.samples == len(digits_nhwc.x_test) == 269
     assert r.latency_ms is not None and r.latency_ms > 0 and r.threads == 2
@@ -196,6 +198,7 @@ def test_torch_odd_input_size_layout_and_sensitivity(tmp_path: Path) -> None:
     r = export(model, ["tflite"], example_input=x, directory=tmp_path)["tflite"]
     assert r.ok, r.reason
     assert r.max_rel_error is not None and r.max_rel_error <= 1e-4
+    assert "input: float32 NCHW [1, 3, 17, 23]" in r.notes
     it = Interpreter(model_path=str(tmp_path / "model.tflite"))
     assert list(it.get_input_details()[0]["shape"]) == [1, 3, 17, 23]  # NCHW, as the torch model takes it
     out = run_tflite(tmp_path / "model.tflite", x)
@@ -264,6 +267,9 @@ def test_keras_int8_calibrated_top1_and_int8_kernels(
 def test_torch_int8_calibrated_top1_and_int8_kernels(
     trained_torch_digits: Any, digits_nchw: Any, tmp_path: Path
 ) -> None:
+    import torch
+
+    before = {k: v.clone() for k, v in trained_torch_digits.state_dict().items()}
     job = tflite_job(
         trained_torch_digits,
         "int8",
@@ -282,6 +288,8 @@ def test_torch_int8_calibrated_top1_and_int8_kernels(
     assert len(ks) == 5 and all(k["dtypes"] == ("int8", "int8") for k in ks)
     out = run_tflite(tmp_path / "model.int8.tflite", digits_nchw.x_test)
     assert np.mean(out.argmax(1) == job.reference.argmax(1)) >= 0.99
+    # BatchNorm folding during PT2E happened on a copy: the user's weights are untouched
+    assert all(torch.equal(before[k], v) for k, v in trained_torch_digits.state_dict().items())
 
 
 @pytest.mark.slow
@@ -470,6 +478,40 @@ def test_kernel_summary_counts_and_int8_requirement(
         kernel_summary(it, require_int8=True)
 
 
+@pytest.mark.slow
+def test_torch_model_with_fake_quant_ops_is_refused_clearly(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    nn: Any = torch.nn
+
+    class StillFakeQuantized(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: Any) -> Any:
+            x = torch.fake_quantize_per_tensor_affine(x, 1 / 127, 0, -127, 127)
+            return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+    model = StillFakeQuantized().eval()
+    x = np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)
+    # built by hand: the shared ONNX hub cannot export this model either
+    job = ExportJob(
+        source=Source.from_model(model),
+        onnx_path=tmp_path / "unused.onnx",
+        input_shape=(1, 1, 8, 8),
+        directory=tmp_path,
+        workdir=tmp_path,
+        precision="int8",
+        samples=x,
+        reference=Source.from_model(model).predict(x),
+        calibration=x,
+    )
+    with pytest.raises(ValueError, match=r"still runs fake-quant ops \(.*fake_quantize.*\).*quant_spec="):
+        export_tflite(job)
+    assert leftovers(tmp_path) == []
+
+
 def test_missing_litert_torch_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch = pytest.importorskip("torch")
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 6, 3)).eval()
@@ -478,6 +520,9 @@ def test_missing_litert_torch_names_the_extra(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(ImportError, match=r"pip install 'fitslim\[tflite-torch\]'"):
         export_tflite(job)
     assert leftovers(tmp_path) == []
+    r = export(model, ["tflite"], example_input=np.zeros((1, 1, 8, 8), np.float32), directory=tmp_path / "e")["tflite"]
+    assert r.status == "failed" and "fitslim[tflite-torch]" in r.reason
+    assert "fitslim[export]" not in r.reason  # no contradicting hint from the orchestrator
 
 
 def test_unknown_precision_and_onnx_source_are_rejected(tmp_path: Path) -> None:
@@ -492,6 +537,65 @@ def test_unknown_precision_and_onnx_source_are_rejected(tmp_path: Path) -> None:
         export_tflite(onnx_job)
 
 
+# ----------------------------------------------------------------------------------------- tf-keras
+
+TF_KERAS_SCRIPT = """
+import json, os, sys, tempfile
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import numpy as np
+import tf_keras as K
+from exporters.export import export
+
+K.utils.set_random_seed(0)
+inp = K.Input((17, 23, 3))
+h = K.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+h = K.layers.DepthwiseConv2D(3, padding="same", activation="relu")(h)
+h = K.layers.GlobalAveragePooling2D()(h)
+model = K.Model(inp, K.layers.Dense(10)(h))
+x = np.random.default_rng(0).random((64, 17, 23, 3), dtype=np.float32)
+out = {}
+for precision in ("fp32", "int8"):
+    directory = tempfile.mkdtemp()
+    report = export(model, ["tflite"], example_input=x[:1], calibration=x, precision=precision, directory=directory)
+    r = report["tflite"]
+    out[precision] = {"source": report.source, "status": r.status, "reason": r.reason, "rel": r.max_rel_error,
+                      "notes": r.notes, "files": sorted(os.listdir(directory))}
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.legacy
+def test_tf_keras_model_converts_in_its_own_process() -> None:
+    import importlib.util
+    import json
+    import os
+    import subprocess
+
+    if importlib.util.find_spec("tf_keras") is None:
+        pytest.skip("tf-keras is not installed: pip install 'fitslim[keras-legacy]'")
+    # a subprocess: TF_USE_LEGACY_KERAS must be set before TensorFlow is imported
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", TF_KERAS_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=root,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result["fp32"]["source"].startswith("tf_keras")
+    assert result["fp32"]["status"] == "ok" and result["fp32"]["rel"] <= 1e-4
+    assert "model.tflite" in result["fp32"]["files"]
+    assert result["int8"]["status"] == "ok", result["int8"]["reason"]
+    assert "int8 kernels: 1 CONV_2D, 1 DEPTHWISE_CONV_2D, 1 FULLY_CONNECTED" in result["int8"]["notes"]
+
+
 # ------------------------------------------------------------------------------------------------ size
 
 
@@ -500,13 +604,13 @@ def test_keras_mobilenet_int8_is_small_and_int8(tmp_path: Path) -> None:
     from fitslim.models import keras_model
 
     pytest.importorskip("keras").utils.set_random_seed(0)
-    model = keras_model("mobilenet_v2", width_multiplier=0.5, num_classes=10, in_channels=3, input_size=96)
-    x = np.random.default_rng(0).uniform(0, 1, (16, 96, 96, 3)).astype(np.float32)
+    model = keras_model("mobilenet_v2", width_multiplier=0.5, num_classes=10, in_channels=3, input_size=64)
+    x = np.random.default_rng(0).uniform(0, 1, (8, 64, 64, 3)).astype(np.float32)
     fp32 = export(model, ["tflite"], example_input=x[:1], directory=tmp_path / "fp32")["tflite"]
     int8 = export(model, ["tflite"], example_input=x[:1], calibration=x, precision="int8", directory=tmp_path / "int8")[
         "tflite"
     ]
     assert fp32.ok and int8.ok, (fp32.reason, int8.reason)
     assert fp32.size_bytes is not None and int8.size_bytes is not None
-    assert int8.size_bytes <= 0.35 * fp32.size_bytes
+    assert int8.size_bytes <= 0.35 * fp32.size_bytes, (int8.size_bytes, fp32.size_bytes)
     assert all(k["dtypes"] == ("int8", "int8") for k in kernels(tmp_path / "int8" / "model.int8.tflite"))
