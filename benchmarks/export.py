@@ -21,13 +21,13 @@ from typing import Any
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporters import ExportReport, export  # noqa: E402
-from fitslim.data import digits  # noqa: E402
-from fitslim.models import keras_model, torch_model  # noqa: E402
+from exporters import ExportReport, export
+from fitslim.data import digits
+from fitslim.models import keras_model, torch_model
 
 TARGETS = ["onnx", "ncnn", "tflite", "tensorrt"]
 

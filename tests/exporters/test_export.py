@@ -167,3 +167,29 @@ def test_onnx_path_source_and_batches(tmp_path: Path, trained_torch_digits: Any,
     assert stacked.shape == (5, 1, 8, 8)
     with pytest.raises(ValueError, match="dict batch needs one of the keys"):
         batches_to_numpy([{"pixels": digits_nchw.x_test[:3]}])
+
+
+@pytest.mark.slow
+def test_keras_source_to_every_target_nhwc(trained_keras_digits: Any, digits_nhwc: Any, tmp_path: Path) -> None:
+    """A channels-last Keras model goes through the NCHW ONNX hub to ncnn and TensorRT, and natively to TFLite."""
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("ncnn")
+    report = export(
+        trained_keras_digits, ["onnx", "ncnn", "tflite", "tensorrt"], example_input=digits_nhwc.x_test[:1],
+        calibration=[digits_nhwc.x_train[:256]], precision="fp32", directory=tmp_path / "fp32",
+        samples=digits_nhwc.x_test,
+    )
+    assert report.ok, str(report)
+    for r in report:
+        assert r.samples == len(digits_nhwc.x_test)
+        assert r.max_rel_error is not None and r.max_rel_error <= 1e-4, (r.target, r.max_rel_error)
+        assert r.top1_agreement == 1.0
+    int8 = export(
+        trained_keras_digits, ["ncnn", "tflite", "tensorrt"], example_input=digits_nhwc.x_test[:1],
+        calibration=[digits_nhwc.x_train[:256]], precision="int8", directory=tmp_path / "int8",
+        samples=digits_nhwc.x_test,
+    )
+    assert int8.ok, str(int8)
+    for r in int8:
+        assert r.top1_agreement is not None and r.top1_agreement >= 0.99, (r.target, r.top1_agreement)
+    assert (tmp_path / "int8" / "quant_spec.json").is_file()
