@@ -130,8 +130,13 @@ def prune_lowest(scores: npt.ArrayLike, count: int) -> BoolArray:
 
 
 def _unstructured_scores(weight: npt.ArrayLike, importance: str) -> FloatArray:
-    w = np.asarray(weight, dtype=np.float64)
-    return np.abs(w) if importance == "l1" else np.square(w)
+    w = np.asarray(weight)
+    if not np.issubdtype(w.dtype, np.floating) or w.dtype.itemsize < 4:
+        w = w.astype(np.float32)
+    if importance == "l1":
+        return np.abs(w)  # exact in the weights' own precision
+    # squares of float32 values are exact in float64, so "l2" orders weights exactly as "l1" does
+    return np.square(w.astype(np.float64))
 
 
 def magnitude_masks(

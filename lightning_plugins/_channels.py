@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fitslim.sparsity import channel_masks, channel_scores
-from lightning_plugins._masks import MaskedParam
+from lightning_plugins._masks import MaskedParam, param_of
 
 __all__ = ["ChannelGroup", "ChannelPlan", "build_plan", "rebind_optimizers", "shrink"]
 
@@ -32,9 +32,7 @@ Structure = dict[str, dict[str, Any]]
 
 
 def _is_depthwise(m: nn.Module) -> bool:
-    return (
-        isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
-    )
+    return isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
 def _axes(module: nn.Module, is_out: bool) -> list[tuple[str, int, str]]:
@@ -104,15 +102,15 @@ class ChannelPlan:
         """Channels over all groups."""
         return sum(g.channels for g in self.groups)
 
-    def scores(self, importance: str) -> list[npt.NDArray[np.float64]]:
+    def scores(self, importance: str) -> list[npt.NDArray[np.floating]]:
         """Per group, per root channel: summed L1/L2 filter norms of the producing layers."""
-        out = []
+        out: list[npt.NDArray[np.floating]] = []
         for g in self.groups:
             filters = []
             for m in g.members:
                 if not m.producer:
                     continue
-                w = self.root_module.get_submodule(m.layer).weight.detach().float().cpu().numpy()
+                w = param_of(self.root_module.get_submodule(m.layer)).detach().float().cpu().numpy()
                 full = np.zeros((g.channels, *w.shape[1:]), dtype=np.float64)
                 full[m.root_idxs] = w[m.idxs]
                 filters.append(full)
@@ -123,13 +121,27 @@ class ChannelPlan:
         """Per group, per root channel: True = kept, for the target ``sparsity``."""
         return channel_masks(self.scores(importance), sparsity, scope)
 
+    def keep_from_masks(
+        self, params: Sequence[MaskedParam], masks: Sequence[npt.NDArray[np.bool_]]
+    ) -> list[npt.NDArray[np.bool_]]:
+        """Per group, per root channel: True unless the channel's filter is fully masked (e.g. after a resume)."""
+        arrays = {(p.layer, p.param): m for p, m in zip(params, masks, strict=True)}
+        out = []
+        for g in self.groups:
+            member = next(m for m in g.members if m.producer)
+            dim = next(d for p, d, _ in member.axes if p == "weight")
+            rows = np.moveaxis(arrays[(member.layer, "weight")], dim, 0)[member.idxs]
+            kept = np.ones(g.channels, dtype=bool)
+            kept[member.root_idxs] = rows.reshape(len(member.idxs), -1).any(axis=1)
+            out.append(kept)
+        return out
+
     def param_masks(self, keep: Sequence[npt.NDArray[np.bool_]]) -> list[npt.NDArray[np.bool_]]:
         """Full-shape keep-masks of :attr:`params` for per-group channel keep vectors."""
         params = self.params
         index = {(p.layer, p.param): i for i, p in enumerate(params)}
         masks = [
-            np.ones(tuple(getattr(self.root_module.get_submodule(p.layer), p.param).shape), dtype=bool)
-            for p in params
+            np.ones(tuple(getattr(self.root_module.get_submodule(p.layer), p.param).shape), dtype=bool) for p in params
         ]
         for g, kept in zip(self.groups, keep, strict=True):
             for m in g.members:
@@ -187,9 +199,7 @@ def _check_structure(root: nn.Module, structure: Structure) -> None:
                 )
 
 
-def build_plan(
-    root: nn.Module, selected: Sequence[str], example_input: Any, *, explicit: set[str]
-) -> ChannelPlan:
+def build_plan(root: nn.Module, selected: Sequence[str], example_input: Any, *, explicit: set[str]) -> ChannelPlan:
     """Trace ``root`` with torch-pruning and return the channel groups made only of ``selected`` producers.
 
     Args:
@@ -299,7 +309,9 @@ def shrink(root: nn.Module, structure: Structure) -> None:
         try:
             module = root.get_submodule(layer)
         except AttributeError:
-            raise ValueError(f"Pruning.restore: the checkpoint prunes layer {layer!r}, which the module lacks.") from None
+            raise ValueError(
+                f"Pruning.restore: the checkpoint prunes layer {layer!r}, which the module lacks."
+            ) from None
         for axis in ("out", "in"):
             if axis not in entry:
                 continue
@@ -339,7 +351,9 @@ def shrink(root: nn.Module, structure: Structure) -> None:
                     module.in_channels = n
 
 
-def rebind_optimizers(optimizers: Sequence[torch.optim.Optimizer], swaps: Mapping[int, tuple[nn.Parameter, Any]]) -> int:
+def rebind_optimizers(
+    optimizers: Sequence[torch.optim.Optimizer], swaps: Mapping[int, tuple[nn.Parameter, Any]]
+) -> int:
     """Point optimizers at the parameters that replaced old ones, slicing per-parameter state to match.
 
     The optimizer objects stay the same, so LR schedulers, Lightning's optimizer wrappers and step hooks

@@ -24,9 +24,11 @@ __all__ = [
     "LayerSelection",
     "MaskSet",
     "MaskedParam",
+    "param_of",
     "default_channel_exclusions",
     "prunable_layers",
     "select_layers",
+    "weights_numpy",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,34 +55,35 @@ class MaskedParam:
         return f"{self.layer}.{self.param}" if self.layer else self.param
 
 
+def param_of(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """``module.<name>`` as a tensor (typed access for the type checker)."""
+    value = getattr(module, name)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.{name} is not a tensor")
+    return value
+
+
 def prunable_layers(root: nn.Module) -> list[tuple[str, nn.Module]]:
     """Conv (any dimension, not transposed) and Linear layers with a weight, in definition order."""
-    out = []
+    out: list[tuple[str, nn.Module]] = []
     for name, module in root.named_modules():
-        if isinstance(module, nn.Linear) or (
-            isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
-        ):
+        if isinstance(module, nn.Linear) or (isinstance(module, nn.modules.conv._ConvNd) and not module.transposed):
             if isinstance(getattr(module, "weight", None), torch.Tensor):
                 out.append((name, module))
     return out
 
 
-def default_channel_exclusions(layers: Sequence[tuple[str, nn.Module]]) -> list[str]:
-    """The layers channel pruning leaves alone by default: the first conv and the classifier head.
+def default_channel_exclusions(layers: Sequence[tuple[str, nn.Module]]) -> tuple[str | None, str | None]:
+    """(first conv, classifier head): the layers channel pruning leaves alone by default.
 
     The head is the last ``nn.Linear`` (or the last conv when the model has no Linear): pruning its
     outputs would drop classes. The first conv sees the raw input and is the most sensitive layer.
     """
     convs = [n for n, m in layers if isinstance(m, nn.modules.conv._ConvNd)]
     linears = [n for n, m in layers if isinstance(m, nn.Linear)]
-    out = []
-    if convs:
-        out.append(convs[0])
-    if linears:
-        out.append(linears[-1])
-    elif len(convs) > 1:
-        out.append(convs[-1])
-    return out
+    first = convs[0] if convs else None
+    head = linears[-1] if linears else (convs[-1] if len(convs) > 1 else None)
+    return first, head
 
 
 def _ancestors(name: str) -> list[str]:
@@ -139,7 +142,7 @@ def select_layers(
         root: the module being pruned.
         include: name patterns or module types to prune; None = every prunable layer.
         exclude: name patterns or module types never to prune (added to the defaults).
-        channel_defaults: also exclude the first conv and the head, unless an include pattern names them.
+        channel_defaults: also exclude the first conv (unless an include pattern names it) and the head.
 
     Raises:
         ValueError: an include entry that matches no prunable layer, or nothing left to prune.
@@ -158,7 +161,9 @@ def select_layers(
         explicit = {n for hits in own.values() for n in hits}
     excluded = _select(layers, exclude, "exclude", strict=False) if exclude else set()
     if channel_defaults:
-        defaults = [n for n in default_channel_exclusions(layers) if n not in explicit]
+        # the first conv can be named back in; the head never: pruning its outputs would drop classes
+        first, head = default_channel_exclusions(layers)
+        defaults = [n for n in (first, head) if n is not None and (n == head or n not in explicit)]
         if defaults:
             log.debug("Pruning(granularity='channel'): leaving %s unpruned by default", defaults)
         excluded |= set(defaults)
@@ -182,6 +187,7 @@ class MaskSet:
     def __init__(self, root: nn.Module, params: Sequence[MaskedParam]) -> None:
         self.root = root
         self.params = list(params)
+        self._pinned: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def register(self) -> None:
         """Add an all-True mask buffer per parameter (kept when one of the right shape already exists).
@@ -189,6 +195,7 @@ class MaskSet:
         Raises:
             ValueError: a parameter is already pruned by ``torch.nn.utils.prune`` (has ``<param>_orig``).
         """
+        self._pinned = None
         for spec in self.params:
             module = self.root.get_submodule(spec.layer)
             if hasattr(module, spec.param + "_orig"):
@@ -208,19 +215,24 @@ class MaskSet:
 
     def tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(parameters, masks), looked up now (a device move replaces buffer objects)."""
-        params, masks = [], []
+        params: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
         for spec in self.params:
             module = self.root.get_submodule(spec.layer)
-            params.append(getattr(module, spec.param))
-            masks.append(module._buffers[spec.buffer])
+            params.append(param_of(module, spec.param))
+            masks.append(param_of(module, spec.buffer))
         return params, masks
+
+    def pin(self, pinned: bool = True) -> None:
+        """Cache the tensor lists for :meth:`apply` (once the model sits on its device), or drop the cache."""
+        self._pinned = self.tensors() if pinned else None
 
     @torch.no_grad()
     def apply(self) -> None:
         """Zero every pruned entry in place (exact zeros; the sign bit of a zero may be set)."""
-        params, masks = self.tensors()
+        params, masks = self._pinned or self.tensors()
         if params:
-            torch._foreach_mul_([p.data for p in params], masks)
+            torch._foreach_mul_(params, masks)
 
     @torch.no_grad()
     def set(self, arrays: Iterable[npt.NDArray[np.bool_]]) -> None:
@@ -237,6 +249,7 @@ class MaskSet:
     @torch.no_grad()
     def remove(self) -> None:
         """Fold the masks into the parameters and delete the buffers (a plain state_dict remains)."""
+        self._pinned = None
         self.apply()
         for spec in self.params:
             module = self.root.get_submodule(spec.layer)
@@ -254,6 +267,6 @@ def weights_numpy(root: nn.Module, params: Sequence[MaskedParam]) -> list[npt.ND
     """Current values of ``params`` as float32 NumPy arrays (CPU copies for non-CPU tensors)."""
     out = []
     for spec in params:
-        tensor = getattr(root.get_submodule(spec.layer), spec.param).detach()
+        tensor = param_of(root.get_submodule(spec.layer), spec.param).detach()
         out.append(tensor.float().cpu().numpy())
     return out
