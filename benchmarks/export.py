@@ -33,18 +33,10 @@ TARGETS = ["onnx", "ncnn", "tflite", "tensorrt"]
 
 
 def _bn_from_data(model: Any, x: np.ndarray) -> Any:
-    """Set BatchNorm statistics from a data batch (cumulative average), then eval mode."""
-    import torch
+    """BatchNorm statistics from a data batch (shared helper)."""
+    from fitslim.models.torch_models import batchnorm_from_data
 
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for i in range(0, len(x), 16):
-            model(torch.from_numpy(x[i : i + 16]))
-    return model.eval()
+    return batchnorm_from_data(model, x)
 
 
 def _train_digits_torch(epochs: int) -> Any:

@@ -27,21 +27,10 @@ log = logging.getLogger("benchmarks.ncnn_int8")
 
 
 def random_bn_stats(model: Any, seed: int = 0) -> Any:
-    """Non-trivial BatchNorm statistics (the same recipe as ``tests/conftest.py``)."""
-    import torch
+    """Non-trivial BatchNorm statistics (shared with the tests)."""
+    from fitslim.models.torch_models import randomize_batchnorm
 
-    gen = torch.Generator().manual_seed(seed)
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-            n = mod.num_features
-            mean, var = mod.running_mean, mod.running_var
-            if mean is None or var is None:
-                continue
-            mean.copy_(torch.rand(n, generator=gen) - 0.5)
-            var.copy_(torch.rand(n, generator=gen) + 0.5)
-            mod.weight.data.copy_(torch.rand(n, generator=gen) * 2 - 1)
-            mod.bias.data.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
-    return model.eval()
+    return randomize_batchnorm(model, seed)
 
 
 def main(argv: list[str] | None = None) -> str:

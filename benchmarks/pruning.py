@@ -398,16 +398,11 @@ class _RandomImages(pl.LightningDataModule):  # type: ignore[name-defined]
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(self.x, self.y), batch_size=4)
 
 
-def _bn_from_data(model: nn.Module, x: np.ndarray) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for i in range(0, len(x), 8):
-            model(torch.from_numpy(x[i : i + 8]))
-    return model.eval()
+def _bn_from_data(model: Any, x: np.ndarray) -> Any:
+    """BatchNorm statistics from a data batch (shared helper)."""
+    from fitslim.models.torch_models import batchnorm_from_data
+
+    return batchnorm_from_data(model, x)
 
 
 def _retime(params: dict[str, Path], x: np.ndarray, rounds: int) -> dict[str, dict[str, float]]:

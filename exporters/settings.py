@@ -8,15 +8,19 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporters.report import ExportReport, TargetResult
 from fitslim.quantspec import QuantSpec
 from fitslim.recipe import EXPORT_TARGETS, PRECISIONS
 
 __all__ = ["ExportSettings"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,8 +78,49 @@ class ExportSettings:
                 "HINT: load one with fitslim.QuantSpec.load(path)."
             )
         if self.input_fn is not None and not callable(self.input_fn):
-            raise TypeError(
-                f"Export(input_fn=...): expected a callable batch -> input; got {self.input_fn!r}."
-            )
+            raise TypeError(f"Export(input_fn=...): expected a callable batch -> input; got {self.input_fn!r}.")
         if not str(self.directory):
             raise ValueError("Export(directory=...): must not be empty. HINT: e.g. directory='exports'.")
+
+    def needs_training_data(self) -> bool:
+        """True when example or calibration inputs must come from the training data."""
+        return self.calibration is None or self.example_input is None
+
+    def run(self, model: Any, batches: Sequence[Any], found_spec: QuantSpec | None, name: str) -> ExportReport:
+        """Export ``model`` with these settings; never raises: a failure becomes failed rows of the report.
+
+        Args:
+            model: the trained model.
+            batches: input batches taken from the training data (used where example / calibration are None).
+            found_spec: a QuantSpec left by a QAT callback (used for int8 when ``quant_spec`` is None).
+            name: the model's name for a failure report.
+        """
+        from exporters.export import export
+
+        try:
+            calibration = self.calibration if self.calibration is not None else (list(batches) or None)
+            example = self.example_input
+            if example is None and batches:
+                example = batches[0][:1]
+            spec = self.quant_spec or (found_spec if self.precision == "int8" else None)
+            report = export(
+                model,
+                self.targets,
+                example_input=example,
+                calibration=calibration,
+                precision=self.precision,
+                quant_spec=spec,
+                directory=self.directory,
+                verify=self.verify,
+                threads=self.threads,
+            )
+        except Exception as err:  # the trained model and its checkpoints must survive any export problem
+            log.exception("fitslim Export failed; the trained weights are untouched")
+            reason = f"{type(err).__name__}: {err}"
+            report = ExportReport(
+                [TargetResult(t, self.precision, status="failed", reason=reason) for t in self.targets],
+                source=name,
+                directory=str(self.directory),
+            )
+        log.info("fitslim export report:\n%s", report)
+        return report

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from typing_extensions import override
 
-from exporters.report import ExportReport, TargetResult
+from exporters.report import ExportReport
 from exporters.settings import ExportSettings
 from exporters.source import as_numpy, batch_input
 from fitslim.quantspec import QuantSpec
@@ -114,49 +114,20 @@ class Export(keras.callbacks.Callback):
 
     @override
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        s = self.settings
-        if s.calibration is None or s.example_input is None:
+        if self.settings.needs_training_data():
             self._fit_x = _fit_inputs(self.model)
 
     @override
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        from exporters.export import export
-
         s = self.settings
         try:
-            batches = _batches_from(
-                self._fit_x, self.batch_size, s.calibration_batches, s.input_fn or batch_input
-            )
-            calibration = s.calibration if s.calibration is not None else (batches or None)
-            example = (
-                s.example_input if s.example_input is not None else (batches[0][:1] if batches else None)
-            )
-            spec = s.quant_spec
-            if spec is None and s.precision == "int8":
-                # keras_callbacks.QuantizationAware leaves its spec on the model at train end
-                found = getattr(self.model, "_fitslim_quant_spec", None)
-                spec = found if isinstance(found, QuantSpec) else None
-            self.report = export(
-                self.model,
-                s.targets,
-                example_input=example,
-                calibration=calibration,
-                precision=s.precision,
-                quant_spec=spec,
-                directory=s.directory,
-                verify=s.verify,
-                threads=s.threads,
-            )
-        except Exception as err:  # the trained model must survive any export problem
-            log.exception("fitslim Export failed; the trained weights are untouched")
-            self.report = ExportReport(
-                [
-                    TargetResult(t, s.precision, status="failed", reason=f"{type(err).__name__}: {err}")
-                    for t in s.targets
-                ],
-                source=getattr(self.model, "name", "keras model"),
-                directory=str(s.directory),
-            )
+            batches = _batches_from(self._fit_x, self.batch_size, s.calibration_batches, s.input_fn or batch_input)
+        except Exception as err:  # unreadable fit data: export with what was given explicitly
+            log.warning("fitslim Export could not take batches from the data given to fit: %s", err)
+            batches = []
         finally:
             self._fit_x = None
-        log.info("fitslim export report:\n%s", self.report)
+        # keras_callbacks.QuantizationAware leaves its spec on the model at train end
+        found = getattr(self.model, "_fitslim_quant_spec", None)
+        spec = found if isinstance(found, QuantSpec) else None
+        self.report = self.settings.run(self.model, batches, spec, getattr(self.model, "name", "keras model"))

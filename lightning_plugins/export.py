@@ -16,7 +16,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from exporters.report import ExportReport, TargetResult
+from exporters.report import ExportReport
 from exporters.settings import ExportSettings
 from exporters.source import as_numpy, batch_input
 from fitslim.quantspec import QuantSpec
@@ -101,37 +101,7 @@ class Export(pl.Callback):  # type: ignore[name-defined]
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.is_global_zero:
             return
-        from exporters.export import export
-
-        s = self.settings
-        try:
-            batches = (
-                self._training_batches(trainer) if s.calibration is None or s.example_input is None else []
-            )
-            calibration = s.calibration if s.calibration is not None else (batches or None)
-            example = (
-                s.example_input if s.example_input is not None else (batches[0][:1] if batches else None)
-            )
-            spec = s.quant_spec or (_find_quant_spec(trainer, pl_module) if s.precision == "int8" else None)
-            self.report = export(
-                pl_module,
-                s.targets,
-                example_input=example,
-                calibration=calibration,
-                precision=s.precision,
-                quant_spec=spec,
-                directory=s.directory,
-                verify=s.verify,
-                threads=s.threads,
-            )
-        except Exception as err:  # the trained model and its checkpoints must survive any export problem
-            log.exception("fitslim Export failed; the trained weights and checkpoints are untouched")
-            self.report = ExportReport(
-                [
-                    TargetResult(t, s.precision, status="failed", reason=f"{type(err).__name__}: {err}")
-                    for t in s.targets
-                ],
-                source=type(pl_module).__name__,
-                directory=str(s.directory),
-            )
-        log.info("fitslim export report:\n%s", self.report)
+        batches = self._training_batches(trainer) if self.settings.needs_training_data() else []
+        self.report = self.settings.run(
+            pl_module, batches, _find_quant_spec(trainer, pl_module), type(pl_module).__name__
+        )

@@ -63,17 +63,9 @@ def trained_keras_digits(digits_nhwc: Digits) -> Any:
 
 def random_bn_stats(model: Any, seed: int = 0) -> Any:
     """Give every BatchNorm of a torch model non-trivial statistics, so BN folding is really exercised."""
-    import torch
+    from fitslim.models.torch_models import randomize_batchnorm
 
-    gen = torch.Generator().manual_seed(seed)
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-            n = mod.num_features
-            mod.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
-            mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            mod.weight.data.copy_(torch.rand(n, generator=gen) * 2 - 1)
-            mod.bias.data.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
-    return model.eval()
+    return randomize_batchnorm(model, seed)
 
 
 np.set_printoptions(precision=4, suppress=True)

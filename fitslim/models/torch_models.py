@@ -18,12 +18,13 @@ Example:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from fitslim.models.spec import InvertedResidualSpec, digits_cnn_spec, mobilenet_v2_spec
 
-__all__ = ["DigitsCNN", "MobileNetV2"]
+__all__ = ["DigitsCNN", "MobileNetV2", "batchnorm_from_data", "randomize_batchnorm"]
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -250,3 +251,39 @@ class MobileNetV2(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(N, in_channels, H, W)`` images to ``(N, num_classes)`` logits."""
         return self.head(self.last(self.blocks(self.stem(x))))
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine weights, then put the model in eval mode.
+
+    A freshly initialised network has identity BatchNorms, so folding them is never really exercised
+    and outputs barely depend on the input; tests and benchmarks of exporters use this instead.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            if mod.running_mean is None or mod.running_var is None:
+                continue
+            n = mod.num_features
+            with torch.no_grad():
+                mod.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+                mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                mod.weight.copy_(torch.rand(n, generator=gen) * 2 - 1)
+                mod.bias.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
+    return model.eval()
+
+
+@torch.no_grad()
+def batchnorm_from_data(model: nn.Module, x: np.ndarray, batch: int = 16) -> nn.Module:
+    """Set BatchNorm running statistics to the exact averages over ``x`` (NCHW), then eval mode.
+
+    Gives a random-weight network realistic activations, so its outputs depend on its input.
+    """
+    for mod in model.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.reset_running_stats()
+            mod.momentum = None  # cumulative average
+    model.train()
+    for i in range(0, len(x), batch):
+        model(torch.from_numpy(x[i : i + batch]))
+    return model.eval()
