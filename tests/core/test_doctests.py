@@ -7,7 +7,15 @@ import importlib
 
 import pytest
 
-MODULES = ["fitslim.int8", "fitslim.quantspec", "fitslim.recipe", "fitslim.fileio", "fitslim.data", "fitslim.schedules", "fitslim.sparsity"]
+MODULES = [
+    "fitslim.int8",
+    "fitslim.quantspec",
+    "fitslim.recipe",
+    "fitslim.fileio",
+    "fitslim.data",
+    "fitslim.schedules",
+    "fitslim.sparsity",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
