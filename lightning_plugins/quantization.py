@@ -1,0 +1,426 @@
+"""Lightning ``QuantizationAware``: int8 quantization-aware training in place, a QuantSpec out.
+
+Every Conv1d/Conv2d (grouped and depthwise included) and Linear of the user's module gets a per-output-channel
+symmetric weight fake-quant and a per-tensor symmetric input fake-quant (straight-through gradients), installed
+with forward hooks: no tracing, no wrapper, the module keeps its class, attributes and forward signature. A
+BatchNorm directly following a conv (the next module registered in the same parent, same channel count) is
+folded into the weight before its fake-quant (``fq(w·f)/f`` with ``f = γ/√(running_var+ε)``), so the learned
+weight scales are those of the deployed, BN-folded weights.
+
+Timeline (fractions of the fit's optimizer steps): float before ``start``; observers calibrate for
+``calibration_steps`` batches; then fake-quant is on; observers freeze at ``freeze_observers`` and BN statistics
+at ``freeze_bn``. The phase is a function of ``trainer.global_step`` and all ranges are buffers on the layers,
+so a resumed fit continues exactly. Under DDP the observer statistics are all-reduced (MAX).
+
+At fit end the callback builds a :class:`fitslim.QuantSpec` (the scales fake-quant used), writes the
+fake-quantized weights into the parameters, removes its hooks and buffers (the module is a plain float model
+whose weights sit exactly on the int8 grid) and saves ``quant_spec.json``. ``Export`` placed after it picks the
+spec up, so ncnn, TFLite and TensorRT int8 artifacts use the learned scales exactly.
+
+Example:
+    >>> from lightning_plugins.quantization import QuantizationAware
+    >>> cb = QuantizationAware(start=0.6, freeze_observers=0.9, freeze_bn=0.8)
+    >>> # Trainer(max_epochs=10, callbacks=[cb, Export(targets=["ncnn"], precision="int8")]).fit(module, data)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from typing_extensions import override
+
+from fitslim.quantspec import LayerQuant, QuantSpec
+from fitslim.sparsity import match_patterns
+from lightning_plugins._compat import pl
+from lightning_plugins._fakequant import OBSERVERS, LayerQuantizer, layer_kind
+
+__all__ = ["QuantizationAware", "build_spec", "find_layers", "simulate"]
+
+log = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+_QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _fail(argument: str, problem: str, hint: str) -> ValueError:
+    return ValueError(f"QuantizationAware({argument}=...): {problem}. HINT: {hint}.")
+
+
+def _fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _fail(name, f"got {value!r}, not a number", "pass a fraction of the fit in [0, 1], e.g. 0.6")
+    if not 0.0 <= float(value) <= 1.0:
+        raise _fail(name, f"got {value!r}, outside [0, 1]", "pass a fraction of the fit in [0, 1], e.g. 0.6")
+    return float(value)
+
+
+def _bits(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 8:
+        raise _fail(name, f"got {value!r}, outside 2..8", "use 8 for int8 (the exporters carry int8 only)")
+    return int(value)
+
+
+def _selectors(argument: str, value: Any) -> list[str | type] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str | type) else list(value)
+    for item in items:
+        if isinstance(item, type):
+            if not issubclass(item, _QUANTIZABLE):
+                raise _fail(
+                    argument,
+                    f"layer type {item.__name__} has no quantizer",
+                    "QuantizationAware quantizes Conv1d, Conv2d (grouped/depthwise) and Linear; "
+                    f"remove {item.__name__} or name those types",
+                )
+        elif not isinstance(item, str):
+            raise TypeError(
+                f"QuantizationAware({argument}=...): got {item!r}; expected module-name patterns or module types. "
+                f"HINT: e.g. {argument}=['*.conv', nn.Linear]."
+            )
+    return items
+
+
+def _matches(name: str, module: nn.Module, selectors: Sequence[str | type]) -> bool:
+    for s in selectors:
+        if isinstance(s, type) and isinstance(module, s):
+            return True
+        if isinstance(s, str) and match_patterns([name], [s])[s]:
+            return True
+    return False
+
+
+def find_layers(
+    root: nn.Module, include: Sequence[str | type] | None = None, exclude: Sequence[str | type] | None = None
+) -> list[tuple[str, nn.Module, nn.Module | None]]:
+    """The layers to quantize, each with the BatchNorm folded into it (or None).
+
+    A BatchNorm is folded into a conv when it is the next module registered after the conv, in the same parent,
+    with as many features as the conv has output channels (``conv -> bn`` as the reference models write it).
+
+    Raises:
+        ValueError: nothing quantizable, or an ``include`` pattern that matches no quantizable layer.
+    """
+    entries = list(root.named_modules())
+    layers = [(n, m) for n, m in entries if layer_kind(m) is not None]
+    if not layers:
+        raise _fail(
+            "include",
+            f"the model ({type(root).__name__}) has no Conv1d, Conv2d or Linear layer: nothing to quantize",
+            "QuantizationAware quantizes Conv1d/Conv2d/Linear layers; add the callback to a model that has them",
+        )
+    names = [n for n, _ in layers]
+    if include is not None:
+        for s in include:
+            if isinstance(s, str) and not match_patterns(names, [s])[s]:
+                raise _fail("include", f"pattern {s!r} matches no quantizable layer", f"quantizable layers: {names}")
+        layers = [(n, m) for n, m in layers if _matches(n, m, include)]
+    if exclude:
+        layers = [(n, m) for n, m in layers if not _matches(n, m, exclude)]
+    if not layers:
+        raise _fail("exclude", "no layer left to quantize", "exclude fewer layers")
+    index = {n: i for i, (n, _) in enumerate(entries)}
+    out: list[tuple[str, nn.Module, nn.Module | None]] = []
+    for name, module in layers:
+        bn: nn.Module | None = None
+        i = index[name]
+        if isinstance(module, nn.Conv1d | nn.Conv2d) and i + 1 < len(entries):
+            nxt_name, nxt = entries[i + 1]
+            same_parent = nxt_name.rpartition(".")[0] == name.rpartition(".")[0]
+            if isinstance(nxt, _BN) and same_parent and nxt.num_features == module.out_channels:
+                bn = nxt
+        out.append((name, module, bn))
+    return out
+
+
+def build_spec(quantizers: Mapping[str, LayerQuantizer], weight_bits: int, activation_bits: int) -> QuantSpec:
+    """A QuantSpec with the scales each quantizer uses now (weights: BN-folded, per output channel)."""
+    layers = []
+    for name, q in quantizers.items():
+        m = q.module
+        w: torch.Tensor = m.weight  # type: ignore[assignment]
+        layers.append(
+            LayerQuant(
+                name=name,
+                kind=str(layer_kind(m)),
+                weight_shape=tuple(w.shape),
+                weight_scales=q.current_weight_scale().detach().cpu().tolist(),
+                input_scale=float(q.input_scale().item()),
+                groups=int(getattr(m, "groups", 1)),
+            )
+        )
+    return QuantSpec(layers, weight_bits=weight_bits, activation_bits=activation_bits, source="qat", framework="torch")
+
+
+@contextlib.contextmanager
+def simulate(module: nn.Module, spec: QuantSpec) -> Iterator[nn.Module]:
+    """Run ``module`` as the fake-quant model of ``spec`` inside the block (exact scales), float after.
+
+    Weights are BN-folded as during QAT and quantized with the spec's per-channel scales (a no-op up to float
+    rounding on weights ``QuantizationAware`` baked); inputs with the spec's input scales (ties to even).
+
+    Example:
+        >>> # with simulate(model, cb.quant_spec): logits = model(x)
+    """
+    quantizers: list[LayerQuantizer] = []
+    folds = {name: bn for name, _, bn in find_layers(module)}
+    try:
+        for layer in spec:
+            sub = module.get_submodule(layer.name)
+            q = LayerQuantizer(sub, spec.weight_bits, spec.activation_bits, bn=folds.get(layer.name))
+            q.install()
+            q._buf("fq_weight_scale").copy_(torch.tensor(layer.weight_scales, dtype=torch.float32))
+            q._buf("fq_frozen").fill_(True)
+            q._buf("fq_input_range").fill_(float(layer.input_scale) * _qmax(spec.activation_bits))
+            q._buf("fq_observed").fill_(1)
+            q.fixed_input_scale = float(layer.input_scale)  # exact, no range -> scale round trip
+            q.mode = "eval"
+            quantizers.append(q)
+        yield module
+    finally:
+        for q in quantizers:
+            q.remove(drop_buffers=True)
+
+
+def _qmax(bits: int) -> float:
+    return float(2 ** (bits - 1) - 1)
+
+
+class QuantizationAware(pl.Callback):  # type: ignore[name-defined]
+    """Quantization-aware training (symmetric int8) of the module being fitted; a QuantSpec at fit end.
+
+    Args:
+        start: fraction of the fit's optimizer steps at which observers start calibrating.
+        freeze_observers: fraction at which observer ranges and weight scales freeze (>= start).
+        freeze_bn: fraction at which folded BatchNorms switch to their running statistics.
+        weight_bits: weight integer width, 2..8.
+        activation_bits: activation integer width, 2..8.
+        per_channel: one weight scale per output channel (True) or per layer.
+        include: module-name patterns or Conv1d/Conv2d/Linear types to quantize; None = all of them.
+        exclude: patterns or types left in float (the exporters then refuse int8 for them, naming them).
+        observer: ``"ema"`` (moving average of the batch absmax), ``"minmax"`` (running max) or
+            ``"percentile"`` (moving average of a batch percentile of ``|x|``).
+        momentum: moving-average momentum of ``"ema"``/``"percentile"``.
+        percentile: the percentile for ``observer="percentile"``.
+        calibration_steps: batches observed at ``start`` before fake-quant switches on.
+        directory: where ``quant_spec.json`` is written; default the trainer's ``default_root_dir``.
+
+    Raises:
+        ValueError: bits outside 2..8, a timing outside [0, 1], ``freeze_observers < start``, an unknown
+            observer, an ``include`` type with no quantizer; before the first step: a model with nothing to
+            quantize or an ``include`` pattern matching no layer.
+        TypeError: a selector that is neither a pattern nor a module type.
+
+    Example:
+        >>> cb = QuantizationAware(start=0.5, freeze_observers=0.9, observer="minmax")
+        >>> cb.quant_spec is None
+        True
+        >>> # Trainer(max_epochs=8, callbacks=[cb, Export(["ncnn", "tflite"], precision="int8")]).fit(m, d)
+    """
+
+    def __init__(
+        self,
+        start: float = 0.6,
+        freeze_observers: float = 0.9,
+        freeze_bn: float = 0.8,
+        weight_bits: int = 8,
+        activation_bits: int = 8,
+        per_channel: bool = True,
+        include: Sequence[str | type] | None = None,
+        exclude: Sequence[str | type] | None = None,
+        observer: str = "ema",
+        momentum: float = 0.01,
+        percentile: float = 99.99,
+        calibration_steps: int = 8,
+        directory: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.start = _fraction("start", start)
+        self.freeze_observers = _fraction("freeze_observers", freeze_observers)
+        self.freeze_bn = _fraction("freeze_bn", freeze_bn)
+        if self.freeze_observers < self.start:
+            raise _fail(
+                "freeze_observers",
+                f"freeze_observers={freeze_observers!r} is before start={start!r}",
+                "observers must see batches after start: pass freeze_observers >= start",
+            )
+        self.weight_bits = _bits("weight_bits", weight_bits)
+        self.activation_bits = _bits("activation_bits", activation_bits)
+        if not isinstance(per_channel, bool):
+            raise TypeError(f"QuantizationAware(per_channel=...): got {per_channel!r}; expected True or False.")
+        if observer not in OBSERVERS:
+            raise _fail("observer", f"unknown {observer!r}", f"choose one of {list(OBSERVERS)}")
+        if not (isinstance(momentum, int | float) and 0.0 < float(momentum) <= 1.0):
+            raise _fail("momentum", f"got {momentum!r}, outside (0, 1]", "pass e.g. momentum=0.01")
+        if not (isinstance(percentile, int | float) and 0.0 < float(percentile) <= 100.0):
+            raise _fail("percentile", f"got {percentile!r}, outside (0, 100]", "pass e.g. percentile=99.99")
+        if isinstance(calibration_steps, bool) or not isinstance(calibration_steps, int) or calibration_steps < 1:
+            raise _fail("calibration_steps", f"got {calibration_steps!r}", "pass a positive number of batches")
+        self.per_channel = per_channel
+        self.include = _selectors("include", include)
+        self.exclude = _selectors("exclude", exclude)
+        self.observer = observer
+        self.momentum = float(momentum)
+        self.percentile = float(percentile)
+        self.calibration_steps = calibration_steps
+        self.directory = directory
+        self.quant_spec: QuantSpec | None = None
+        self.spec_path: Path | None = None
+        self._quantizers: dict[str, LayerQuantizer] = {}
+        self._module: nn.Module | None = None
+        self._load_hook: Any = None
+        self._steps: tuple[int, int, int] | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(weight_bits=self.weight_bits, activation_bits=self.activation_bits)
+
+    @property
+    def quantizers(self) -> dict[str, LayerQuantizer]:
+        """The installed quantizers by layer name (empty before setup and after fit end)."""
+        return self._quantizers
+
+    # -- installation --------------------------------------------------------------------------------
+
+    def _install(self, module: nn.Module, mode: str = "off") -> None:
+        self._remove()
+        for name, layer, bn in find_layers(module, self.include, self.exclude):
+            q = LayerQuantizer(
+                layer, self.weight_bits, self.activation_bits, self.per_channel, bn,
+                self.observer, self.momentum, self.percentile,
+            )  # fmt: skip
+            q.install()
+            q.mode = mode
+            self._quantizers[name] = q
+
+    def _remove(self, drop_buffers: bool = False) -> None:
+        for q in self._quantizers.values():
+            q.remove(drop_buffers=drop_buffers)
+        self._quantizers = {}
+
+    def _before_load(self, module: nn.Module, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
+        """load_state_dict pre-hook (test/validate/predict): a checkpoint written mid-QAT brings its buffers."""
+        if prefix or module is not self._module:
+            return
+        if not self._quantizers and any(str(k).endswith(".fq_input_range") for k in state_dict):
+            self._install(module, mode="eval")
+        for name, q in self._quantizers.items():
+            q.fit_buffers(state_dict, f"{name}.")
+
+    @override
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self._load_hook is not None:
+            self._load_hook.remove()
+            self._load_hook = None
+        self._module = pl_module
+        if stage == "fit":
+            self.quant_spec = None
+            self._install(pl_module)
+            log.info("fitslim QuantizationAware: %d layers get int8 fake-quant", len(self._quantizers))
+        # fit: resize buffers of layers that lost channels; test/validate/predict: install from a QAT checkpoint
+        self._load_hook = pl_module.register_load_state_dict_pre_hook(self._before_load)
+
+    @override
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        total = trainer.estimated_stepping_batches
+        if not (isinstance(total, int) or (isinstance(total, float) and math.isfinite(total))) or total < 1:
+            raise _fail(
+                "start",
+                f"the fit has no finite number of optimizer steps ({total!r}) to place start in",
+                "set max_epochs or max_steps",
+            )
+        n = int(total)
+        self._steps = (round(self.start * n), round(self.freeze_observers * n), round(self.freeze_bn * n))
+        log.info("fitslim QuantizationAware: start/freeze_observers/freeze_bn at steps %s of %d", self._steps, n)
+
+    def _mode(self, step: int) -> str:
+        start = self._steps[0] if self._steps is not None else 0
+        if step < start:
+            return "off"
+        return "calibrate" if step < start + self.calibration_steps else "quantize"
+
+    @override
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self._steps is None or not self._quantizers:
+            return
+        step = int(trainer.global_step)
+        mode = self._mode(step)
+        freeze_obs = mode == "quantize" and step >= self._steps[1]
+        for q in self._quantizers.values():
+            q.mode = mode
+            if freeze_obs and q.observed:
+                q.freeze()
+            if step >= self._steps[2] and q.bn is not None:
+                q.bn.eval()
+
+    @override
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self._quantizers:
+            return
+        unobserved = [n for n, q in self._quantizers.items() if not q.observed]
+        if unobserved:
+            log.warning(
+                "fitslim QuantizationAware: no batch reached the observers of %s (start too late?); "
+                "no QuantSpec produced, the model stays float",
+                unobserved,
+            )
+            self._remove(drop_buffers=True)
+            return
+        with torch.no_grad():
+            for q in self._quantizers.values():
+                q.freeze()
+            spec = build_spec(self._quantizers, self.weight_bits, self.activation_bits)
+            for q in self._quantizers.values():
+                q.bake()
+        self._remove(drop_buffers=True)
+        spec.metadata.update({"observer": self.observer, "steps": int(trainer.global_step)})
+        self.quant_spec = spec
+        directory = Path(self.directory if self.directory is not None else trainer.default_root_dir)
+        self.spec_path = directory / "quant_spec.json"
+        if trainer.is_global_zero:
+            directory.mkdir(parents=True, exist_ok=True)
+            spec.save(self.spec_path)
+            log.info(
+                "fitslim QuantizationAware: float → int8 scales for %d layers, weights baked; spec at %s",
+                len(spec),
+                self.spec_path,
+            )
+
+    @override
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit":
+            self._remove(drop_buffers=True)
+        if self._load_hook is not None:
+            self._load_hook.remove()
+            self._load_hook = None
+
+    @override
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        for q in self._quantizers.values():
+            q.remove()
+        self._quantizers = {}
+
+    # -- checkpointing -------------------------------------------------------------------------------
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "steps": self._steps,
+            "quant_spec": None if self.quant_spec is None else self.quant_spec.to_dict(),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        spec = state_dict.get("quant_spec")
+        self.quant_spec = QuantSpec.from_dict(spec) if spec else None
