@@ -1,7 +1,8 @@
 """fitslim's PyTorch Lightning callbacks (torch only; never imports TensorFlow or Keras).
 
 Works with trainers from both ``lightning.pytorch`` and ``pytorch_lightning``: ``Pruning``,
-``QuantizationAware``, ``Distillation`` and ``Export``; ``lightning_plugins.reference`` holds the reference digits module.
+``QuantizationAware``, ``Distillation`` and ``Export``. ``lightning_plugins.reference`` holds the
+reference digits module.
 """
 
 from __future__ import annotations
