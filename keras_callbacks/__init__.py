@@ -7,5 +7,6 @@ issues; today the package provides the reference Keras training used by the demo
 from __future__ import annotations
 
 from keras_callbacks.export import Export
+from keras_callbacks.quantization import QuantizationAware
 
-__all__ = ["Export"]
+__all__ = ["Export", "QuantizationAware"]

@@ -21,9 +21,7 @@ def test_export_at_train_end_takes_batches_from_fit(tmp_path: Path, digits_nhwc:
     keras.utils.set_random_seed(0)
     model = build_digits_classifier(width=0.5)
     cb = Export(targets=["onnx"], directory=tmp_path, calibration_batches=2, batch_size=16)
-    model.fit(
-        digits_nhwc.x_train[:64], digits_nhwc.y_train[:64], batch_size=16, epochs=1, verbose=0, callbacks=[cb]
-    )
+    model.fit(digits_nhwc.x_train[:64], digits_nhwc.y_train[:64], batch_size=16, epochs=1, verbose=0, callbacks=[cb])
     assert cb.report is not None and cb.report.ok, cb.report
     r = cb.report["onnx"]
     assert r.samples == 32  # 2 batches of 16 from the arrays given to fit

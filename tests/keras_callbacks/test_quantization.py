@@ -1,0 +1,462 @@
+"""Keras ``QuantizationAware``: constructor errors, fake-quant vs the NumPy reference, a fit producing a
+QuantSpec, the model restored afterwards, int8 exports keeping the learned ranges, and exact resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras", reason="keras not installed")
+
+from fitslim.int8 import absmax_scale  # noqa: E402
+from fitslim.int8 import fake_quant as np_fake_quant  # noqa: E402
+from fitslim.quantspec import QuantSpec  # noqa: E402
+from keras_callbacks.quantization import (  # noqa: E402
+    QuantizationAware,
+    fake_quant,
+    fake_quant_inference,
+    folded_weights,
+)
+from keras_callbacks.reference import build_digits_classifier  # noqa: E402
+
+QUANTIZED = ("Dense", "Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D")
+
+
+def _predict(model: Any, x: np.ndarray) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))
+
+
+# ------------------------------------------------------------------------------------------ constructor
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"start": 1.5}, r"QuantizationAware\(start=1.5\): .* HINT"),
+        ({"start": True}, r"QuantizationAware\(start=True\)"),
+        ({"freeze_bn": -0.1}, r"QuantizationAware\(freeze_bn=-0.1\)"),
+        ({"start": 0.8, "freeze_observers": 0.5}, r"QuantizationAware\(freeze_observers=0.5\): is before start"),
+        ({"weight_bits": 9}, r"QuantizationAware\(weight_bits=9\)"),
+        ({"activation_bits": 8.0}, r"QuantizationAware\(activation_bits=8.0\)"),
+        ({"per_channel": "yes"}, r"QuantizationAware\(per_channel='yes'\)"),
+        ({"include": "head_fc"}, r"QuantizationAware\(include='head_fc'\)"),
+        ({"exclude": ["("]}, r"QuantizationAware\(exclude=\['\('\]\): holds an invalid regular"),
+        ({"observer": "histogram"}, r"QuantizationAware\(observer='histogram'\): .*HINT: use observer='ema'"),
+    ],
+)
+def test_constructor_errors(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        QuantizationAware(**kwargs)
+
+
+def test_defaults_mirror_lightning() -> None:
+    cb = QuantizationAware()
+    assert (cb.start, cb.freeze_observers, cb.freeze_bn) == (0.6, 0.9, 0.8)
+    assert (cb.weight_bits, cb.activation_bits, cb.per_channel, cb.observer) == (8, 8, True, "ema")
+
+
+def test_include_naming_no_layer_fails_before_the_first_step(digits_nhwc: Any) -> None:
+    model = build_digits_classifier(width=0.5)
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=r"QuantizationAware\(include='nope'\): matches no layer"):
+        model.fit(
+            digits_nhwc.x_train[:32],
+            digits_nhwc.y_train[:32],
+            epochs=1,
+            verbose=0,
+            callbacks=[QuantizationAware(include=["nope"])],
+        )
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+
+def test_include_naming_a_layer_without_quantizer(digits_nhwc: Any) -> None:
+    model = build_digits_classifier(width=0.5)
+    with pytest.raises(ValueError, match=r"include='stem_bn'\): names a BatchNormalization layer"):
+        model.fit(
+            digits_nhwc.x_train[:32],
+            digits_nhwc.y_train[:32],
+            epochs=1,
+            verbose=0,
+            callbacks=[QuantizationAware(include=["stem_bn", "head_fc"])],
+        )
+
+
+# ------------------------------------------------------------------------------------------- core math
+
+
+def test_fake_quant_per_tensor_equals_numpy_reference() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 5, 5, 3)).astype(np.float32) * 2.0
+    amax = 3.0  # some values clip
+    ours = keras.ops.convert_to_numpy(fake_quant(x, amax, bits=8))
+    ref = np_fake_quant(x, np.float32(amax / 127), bits=8)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-6)
+    assert np.abs(ours).max() <= amax + 1e-6
+
+
+def test_kernel_fake_quant_per_channel_equals_numpy_reference() -> None:
+    """A Conv2D kernel (kh, kw, in, out): per-output-channel absmax scales, as int8.fake_quant on OIHW."""
+    from keras_callbacks.quantization import _quant_kernel
+
+    rng = np.random.default_rng(1)
+    k = (rng.normal(size=(3, 3, 4, 6)) * rng.uniform(0.1, 2.0, size=6)).astype(np.float32)
+    ours = keras.ops.convert_to_numpy(_quant_kernel(k, 8, True, depthwise=False)).transpose(3, 2, 0, 1)
+    oihw = k.transpose(3, 2, 0, 1)
+    ref = np_fake_quant(oihw, absmax_scale(oihw, axis=0), axis=0)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-6)
+    # depthwise (kh, kw, C, m): channel c*m + j as exporters.source_weights orders it
+    d = rng.normal(size=(3, 3, 4, 2)).astype(np.float32)
+    ours_d = keras.ops.convert_to_numpy(_quant_kernel(d, 8, True, depthwise=True))
+    w = d.transpose(2, 3, 0, 1).reshape(8, 1, 3, 3)
+    ref_d = np_fake_quant(w, absmax_scale(w, axis=0), axis=0)
+    np.testing.assert_allclose(ours_d.transpose(2, 3, 0, 1).reshape(8, 1, 3, 3), ref_d, rtol=0, atol=2e-6)
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def qat_run(digits_nhwc: Any) -> tuple[Any, QuantizationAware, float]:
+    keras.utils.set_random_seed(0)
+    model = build_digits_classifier(width=1.0)
+    n_weights = len(model.weights)
+    qat = QuantizationAware(start=0.5)
+    model.fit(digits_nhwc.x_train, digits_nhwc.y_train, batch_size=64, epochs=8, verbose=0, callbacks=[qat])
+    assert len(model.weights) == n_weights  # range variables removed at train end
+    acc = float((_predict(model, digits_nhwc.x_test).argmax(1) == digits_nhwc.y_test).mean())
+    return model, qat, acc
+
+
+@pytest.mark.slow
+def test_fit_produces_a_spec_covering_every_weighted_layer(qat_run: Any) -> None:
+    model, qat, acc = qat_run
+    spec = qat.quant_spec
+    assert isinstance(spec, QuantSpec) and model._fitslim_quant_spec is spec
+    assert spec.source == "qat" and spec.framework == "keras"
+    weighted = [layer.name for layer in model.layers if type(layer).__name__ in QUANTIZED]
+    assert [layer.name for layer in spec] == weighted
+    assert acc > 0.85, acc
+    folded = folded_weights(model)
+    stem = spec.layers[0]
+    assert stem.name == "stem_conv" and stem.weight_shape == (16, 1, 3, 3)
+    # the digits are in [0, 1]: the stem's learned input range is 1.0
+    assert stem.input_scale == pytest.approx(1.0 / 127, rel=1e-3)
+    for lq in spec:
+        np.testing.assert_allclose(lq.weight_scale_array(), absmax_scale(folded[lq.name], axis=0), rtol=1e-6)
+    # BN folding: the stem's scales differ from the unfolded kernel's
+    raw = keras.ops.convert_to_numpy(model.get_layer("stem_conv").kernel).transpose(3, 2, 0, 1)
+    assert not np.allclose(stem.weight_scale_array(), absmax_scale(raw, axis=0), rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_model_is_restored_and_fake_quant_swap_is_paired(qat_run: Any, digits_nhwc: Any) -> None:
+    model, qat, _ = qat_run
+    x = digits_nhwc.x_test[:64]
+    plain = _predict(model, x)
+    assert all("call" not in layer.__dict__ for layer in model.layers)
+    with fake_quant_inference(model, qat.quant_spec):
+        fq = _predict(model, x)
+    after = _predict(model, x)
+    np.testing.assert_array_equal(plain, after)
+    assert not np.allclose(plain, fq, atol=1e-6)  # fake-quant really ran inside the block
+    assert (fq.argmax(1) == plain.argmax(1)).mean() >= 0.95
+
+
+@pytest.mark.slow
+def test_int8_qdq_and_ncnn_exports_follow_the_fake_quant_model(qat_run: Any, digits_nhwc: Any, tmp_path: Path) -> None:
+    pytest.importorskip("tf2onnx", reason="tf2onnx not installed")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    from exporters import export
+
+    model, qat, _ = qat_run
+    x = digits_nhwc.x_test
+    with fake_quant_inference(model, qat.quant_spec):
+        fq_top1 = _predict(model, x).argmax(1)
+    report = export(
+        model,
+        ["ncnn", "tensorrt"],
+        precision="int8",
+        quant_spec=qat.quant_spec,
+        directory=tmp_path,
+        samples=x,
+        example_input=x[:1],
+    )
+    assert report["tensorrt"].ok, report
+    assert "learned QuantSpec" in report["tensorrt"].scales
+    sess = ort.InferenceSession(str(tmp_path / "model.int8.qdq.onnx"), providers=["CPUExecutionProvider"])
+    nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    qdq_top1 = np.asarray(sess.run(None, {sess.get_inputs()[0].name: nchw})[0]).argmax(1)
+    # measured 0.985 on this 8-epoch model: the Q/DQ graph also quantizes the residual Add's skip input
+    assert (qdq_top1 == fq_top1).mean() >= 0.98
+    if report["ncnn"].ok:  # pnnx present
+        assert "learned QuantSpec" in report["ncnn"].scales
+
+
+@pytest.mark.slow
+def test_tflite_int8_keeps_the_learned_input_ranges(qat_run: Any, digits_nhwc: Any) -> None:
+    pytest.importorskip("tensorflow", reason="tensorflow not installed")
+    litert = pytest.importorskip("ai_edge_litert.interpreter", reason="LiteRT not installed")
+    from exporters.tflite import kernel_summary
+    from keras_callbacks.quantization import tflite_int8
+
+    model, qat, _ = qat_run
+    spec = qat.quant_spec
+    content = tflite_int8(model, spec, digits_nhwc.x_train[:256])
+    interp = litert.Interpreter(model_content=content)
+    interp.allocate_tensors()
+    assert (
+        kernel_summary(interp, require_int8=True) == "int8 kernels: 3 CONV_2D, 1 DEPTHWISE_CONV_2D, 1 FULLY_CONNECTED"
+    )
+    ranges = []
+    for op in interp._get_ops_details():
+        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            scale, zero = interp._get_tensor_details(int(op["inputs"][0]), 0)["quantization"]
+            assert zero == -128  # every layer input here is non-negative: [0, range] on 255 steps
+            ranges.append(scale * 255)
+    assert ranges == pytest.approx([lq.input_scale * 127 for lq in spec], rel=1e-6)
+    # the artifact predicts like the fake-quant model
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    x = digits_nhwc.x_test
+    preds = []
+    for i in range(len(x)):
+        interp.set_tensor(inp["index"], x[i : i + 1])
+        interp.invoke()
+        preds.append(int(np.argmax(interp.get_tensor(out["index"]))))
+    with fake_quant_inference(model, spec):
+        fq_top1 = _predict(model, x).argmax(1)
+    assert (np.asarray(preds) == fq_top1).mean() >= 0.99
+
+
+@pytest.mark.slow
+def test_deployed_form_with_folded_batchnorm_matches_the_training_fake_quant(qat_run: Any, digits_nhwc: Any) -> None:
+    """Per-channel absmax fake-quant commutes with BN folding: the folded graph predicts like the trained one."""
+    model, qat, _ = qat_run
+    x = digits_nhwc.x_test
+    with fake_quant_inference(model, qat.quant_spec):
+        fq = _predict(model, x)
+    with fake_quant_inference(model, qat.quant_spec, fold_bn=True):
+        folded = _predict(model, x)
+    assert all("call" not in layer.__dict__ for layer in model.layers)
+    assert (fq.argmax(1) == folded.argmax(1)).mean() >= 0.99
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("observer", ["minmax", "percentile"])
+def test_observers(observer: str, digits_nhwc: Any) -> None:
+    keras.utils.set_random_seed(0)
+    model = build_digits_classifier(width=0.5)
+    qat = QuantizationAware(start=0.0, observer=observer)
+    model.fit(digits_nhwc.x_train[:128], digits_nhwc.y_train[:128], batch_size=64, epochs=1, verbose=0, callbacks=[qat])
+    assert qat.quant_spec is not None and qat.quant_spec.metadata["observer"] == observer
+    stem = qat.quant_spec.layers[0].input_scale
+    if observer == "minmax":  # running absmax of inputs in [0, 1]
+        assert stem == pytest.approx(1.0 / 127, rel=1e-6)
+    else:  # the 99.99th percentile clips the rare brightest pixels
+        assert 0.5 / 127 < stem <= 1.0 / 127 + 1e-9
+
+
+@pytest.mark.slow
+def test_conv1d_and_separable_conv2d_layers() -> None:
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 2))
+    x = layers.SeparableConv2D(4, 3, padding="same", depth_multiplier=2, name="sep")(inputs)
+    x = layers.BatchNormalization(name="sep_bn")(x)
+    x = layers.ReLU()(x)
+    x = layers.Reshape((64, 4))(x)
+    x = layers.Conv1D(6, 3, name="c1d")(x)
+    x = layers.GlobalAveragePooling1D()(x)
+    model = keras.Model(inputs, layers.Dense(3, name="fc")(x))
+    model.compile("adam", "mse")
+    rng = np.random.default_rng(0)
+    xs, ys = rng.normal(size=(64, 8, 8, 2)).astype("float32"), rng.normal(size=(64, 3)).astype("float32")
+    qat = QuantizationAware(start=0.0)
+    model.fit(xs, ys, batch_size=32, epochs=1, verbose=0, callbacks=[qat])
+    spec = qat.quant_spec
+    assert spec is not None
+    got = [(lq.name, lq.kind, lq.weight_shape, lq.groups) for lq in spec]
+    assert got == [
+        ("sep", "conv2d", (4, 1, 3, 3), 2),  # depth multiplier 2: a grouped conv (groups = input channels)
+        ("sep/pointwise", "conv2d", (4, 4, 1, 1), 1),
+        ("c1d", "conv1d", (6, 4, 3), 1),
+        ("fc", "linear", (3, 6), 1),
+    ]
+    assert all(lq.input_scale > 1e-4 for lq in spec)
+    folded = folded_weights(model)
+    np.testing.assert_allclose(spec.layers[1].weight_scale_array(), absmax_scale(folded["sep/pointwise"], axis=0))
+
+
+# -------------------------------------------------------------------------------------------- resume
+
+
+_Callback: Any = keras.callbacks.Callback
+
+
+class _Interrupt(_Callback):
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if epoch == 1:
+            raise RuntimeError("interrupted")
+
+
+@pytest.mark.slow
+def test_backup_and_restore_resume_equals_uninterrupted(digits_nhwc: Any, tmp_path: Path) -> None:
+    x, y = digits_nhwc.x_train[:512], digits_nhwc.y_train[:512]
+
+    def run(callbacks: list[Any]) -> tuple[Any, QuantizationAware]:
+        keras.utils.set_random_seed(0)
+        model = build_digits_classifier(width=0.5)
+        qat = QuantizationAware(start=0.25, freeze_observers=0.75, freeze_bn=0.6)
+        model.fit(x, y, batch_size=64, epochs=4, shuffle=False, verbose=0, callbacks=[qat, *callbacks])
+        return model, qat
+
+    full, qat_full = run([])
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run([backup, _Interrupt()])
+    resumed, qat_resumed = run([keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
+    for a, b in zip(full.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert qat_full.quant_spec is not None and qat_resumed.quant_spec is not None
+    for la, lb in zip(qat_full.quant_spec, qat_resumed.quant_spec, strict=True):
+        assert la.input_scale == pytest.approx(lb.input_scale, rel=1e-5)
+        np.testing.assert_allclose(la.weight_scales, lb.weight_scales, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ other backends
+
+_BACKEND_SCRIPT = """
+import json
+import keras
+from fitslim.data import digits
+from keras_callbacks.reference import build_digits_classifier
+from keras_callbacks.quantization import QuantizationAware
+
+d = digits(size=8, layout="NHWC")
+keras.utils.set_random_seed(0)
+model = build_digits_classifier()
+n_weights = len(model.weights)
+qat = QuantizationAware(start=0.5)
+model.fit(d.x_train[:256], d.y_train[:256], batch_size=64, epochs=2, verbose=0, callbacks=[qat])
+spec = qat.quant_spec
+print("RESULT " + json.dumps({
+    "backend": keras.backend.backend(),
+    "layers": [lq.name for lq in spec],
+    "input_scales": [lq.input_scale for lq in spec],
+    "restored": len(model.weights) == n_weights and all("call" not in l.__dict__ for l in model.layers),
+}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_qat_on_other_backends(backend: str, tmp_path: Path) -> None:
+    import importlib.util
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} not installed")
+    root = Path(__file__).resolve().parents[2]
+    script = tmp_path / "qat_backend.py"
+    script.write_text(_BACKEND_SCRIPT)
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    r = json.loads(lines[-1][len("RESULT ") :])
+    assert r["backend"] == backend and r["restored"] is True
+    assert r["layers"] == ["stem_conv", "block_dw_conv", "block_pw_conv", "transition_conv", "head_fc"]
+    assert r["input_scales"][0] == pytest.approx(1.0 / 127, rel=1e-3)  # digits in [0, 1]
+    assert all(s > 1e-4 for s in r["input_scales"])
+
+
+# ---------------------------------------------------------------------------------- with Export in fit
+
+
+@pytest.mark.slow
+def test_export_callback_uses_the_learned_spec(digits_nhwc: Any, tmp_path: Path) -> None:
+    pytest.importorskip("tf2onnx", reason="tf2onnx not installed")
+    from keras_callbacks.export import Export
+
+    keras.utils.set_random_seed(0)
+    model = build_digits_classifier(width=0.5)
+    qat = QuantizationAware(start=0.5)
+    export = Export(targets=["tensorrt"], precision="int8", directory=tmp_path, calibration_batches=2)
+    model.fit(
+        digits_nhwc.x_train[:256],
+        digits_nhwc.y_train[:256],
+        batch_size=64,
+        epochs=2,
+        verbose=0,
+        callbacks=[qat, export],
+    )
+    assert export.report is not None and export.report["tensorrt"].ok, export.report
+    assert export.report["tensorrt"].scales.startswith("learned QuantSpec (5 layers)")
+
+
+# -------------------------------------------------------------------------------------- distributed
+
+_MIRRORED_SCRIPT = """
+import json
+import os
+
+os.environ["KERAS_BACKEND"] = "tensorflow"
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from fitslim.data import digits
+from keras_callbacks.reference import build_digits_classifier
+from keras_callbacks.quantization import QuantizationAware
+
+d = digits(size=8, layout="NHWC")
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+keras.utils.set_random_seed(0)
+with strategy.scope():
+    model = build_digits_classifier(width=0.5)
+seen = {}
+
+
+class Probe(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        for layer in self.model.layers:
+            v = layer.__dict__.get("fitslim_input_range")
+            if v is not None:
+                seen[layer.name] = [float(x.numpy()) for x in v.value.values]
+
+
+qat = QuantizationAware(start=0.25)
+model.fit(d.x_train[:512], d.y_train[:512], batch_size=64, epochs=2, verbose=0, callbacks=[qat, Probe()])
+print("RESULT " + json.dumps({
+    "replicas": strategy.num_replicas_in_sync,
+    "seen": seen,
+    "spec": {lq.name: lq.input_scale for lq in qat.quant_spec},
+}))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_keeps_identical_ranges_on_both_replicas(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    script = tmp_path / "qat_mirrored.py"
+    script.write_text(_MIRRORED_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    r = json.loads(lines[-1][len("RESULT ") :])
+    assert r["replicas"] == 2
+    assert sorted(r["seen"]) == sorted(r["spec"])
+    for name, values in r["seen"].items():
+        assert len(values) == 2 and values[0] == values[1] > 0, (name, values)
+        assert r["spec"][name] == pytest.approx(values[0] / 127, rel=1e-6)
