@@ -115,6 +115,7 @@ def prepare_job(
     verify: bool = True,
     threads: int = 2,
     samples: npt.ArrayLike | None = None,
+    reference_fn: Callable[[npt.NDArray[np.float32]], npt.ArrayLike] | None = None,
 ) -> ExportJob:
     """Build the shared pieces every target uses: source, ONNX hub, verification samples, int8 scales.
 
@@ -149,7 +150,8 @@ def prepare_job(
         if hi <= lo:
             lo, hi = 0.0, 1.0
         x = np.concatenate([example, rng.uniform(lo, hi, size=(7, *example.shape[1:])).astype(np.float32)])
-    reference = source.predict(x)
+    # a QAT model is compared with its fake-quant form (what the int8 artifacts should reproduce)
+    reference = as_numpy(reference_fn(x)) if reference_fn is not None else source.predict(x)
     shape = tuple(
         int(d)
         for d in (
@@ -203,6 +205,7 @@ def export(
     threads: int = 2,
     progress: Callable[[str], None] | None = None,
     samples: npt.ArrayLike | None = None,
+    reference_fn: Callable[[npt.NDArray[np.float32]], npt.ArrayLike] | None = None,
 ) -> ExportReport:
     """Export ``model`` to each target, verify every artifact in its runtime, and return the report.
 
@@ -222,6 +225,8 @@ def export(
         progress: called with a short message as each step starts.
         samples: verification inputs (e.g. a test split); default: the calibration inputs (at most 256),
             else random inputs over the example's value range.
+        reference_fn: computes the reference outputs the artifacts are compared with (default: the model
+            itself); the QAT callbacks pass their fake-quant model here.
 
     Raises:
         ValueError: unknown target, precision or model type; int8 without calibration or QuantSpec.
@@ -244,6 +249,7 @@ def export(
             verify=verify,
             threads=threads,
             samples=samples,
+            reference_fn=reference_fn,
         )
         report = ExportReport(source=job.source.description, directory=str(out_dir))
         for target in chosen:

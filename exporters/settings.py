@@ -86,7 +86,14 @@ class ExportSettings:
         """True when example or calibration inputs must come from the training data."""
         return self.calibration is None or self.example_input is None
 
-    def run(self, model: Any, batches: Sequence[Any], found_spec: QuantSpec | None, name: str) -> ExportReport:
+    def run(
+        self,
+        model: Any,
+        batches: Sequence[Any],
+        found_spec: QuantSpec | None,
+        name: str,
+        reference_fn: Callable[[Any], Any] | None = None,
+    ) -> ExportReport:
         """Export ``model`` with these settings; never raises: a failure becomes failed rows of the report.
 
         Args:
@@ -94,6 +101,7 @@ class ExportSettings:
             batches: input batches taken from the training data (used where example / calibration are None).
             found_spec: a QuantSpec left by a QAT callback (used for int8 when ``quant_spec`` is None).
             name: the model's name for a failure report.
+            reference_fn: computes the outputs the artifacts are compared with (the fake-quant model after QAT).
         """
         from exporters.export import export
 
@@ -113,6 +121,7 @@ class ExportSettings:
                 directory=self.directory,
                 verify=self.verify,
                 threads=self.threads,
+                reference_fn=reference_fn if spec is not None else None,
             )
         except Exception as err:  # the trained model and its checkpoints must survive any export problem
             log.exception("fitslim Export failed; the trained weights are untouched")

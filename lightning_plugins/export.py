@@ -37,6 +37,26 @@ def _find_quant_spec(trainer: Any, pl_module: Any) -> QuantSpec | None:
     return spec if isinstance(spec, QuantSpec) else None
 
 
+def _fake_quant_reference(module: Any, spec: QuantSpec) -> Any:
+    """Outputs of ``module`` run as the fake-quant model of ``spec``: what int8 artifacts must reproduce."""
+    import torch
+
+    from lightning_plugins.quantization import simulate
+
+    def run(x: Any) -> Any:
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad(), simulate(module, spec):
+                param = next(module.parameters(), None)
+                device = param.device if param is not None else torch.device("cpu")
+                return module(torch.as_tensor(x, device=device)).detach().cpu().numpy()
+        finally:
+            module.train(was_training)
+
+    return run
+
+
 class Export(pl.Callback):  # type: ignore[name-defined]
     """Export the trained module to ONNX, ncnn, TFLite and TensorRT when ``fit`` ends.
 
@@ -102,6 +122,6 @@ class Export(pl.Callback):  # type: ignore[name-defined]
         if not trainer.is_global_zero:
             return
         batches = self._training_batches(trainer) if self.settings.needs_training_data() else []
-        self.report = self.settings.run(
-            pl_module, batches, _find_quant_spec(trainer, pl_module), type(pl_module).__name__
-        )
+        spec = self.settings.quant_spec or _find_quant_spec(trainer, pl_module)
+        reference = _fake_quant_reference(pl_module, spec) if spec is not None and spec.source == "qat" else None
+        self.report = self.settings.run(pl_module, batches, spec, type(pl_module).__name__, reference)

@@ -394,6 +394,9 @@ def test_with_pruning_zeros_stay_and_int8_artifact_is_sparse(tmp_path: Path) -> 
     report = exporter.report
     assert report is not None and report.results[0].status == "ok", report
     assert "learned QuantSpec (5 layers) used exactly" in report.results[0].scales
+    # Export compares the int8 artifact with the fake-quant model (not the float one) after QAT
+    top1 = report.results[0].top1_agreement
+    assert top1 is not None and top1 >= 0.98, top1
     assert QuantSpec.load(tmp_path / "exports" / "quant_spec.json") == cb.quant_spec
     graph = onnx.load(str(tmp_path / "exports" / "model.int8.qdq.onnx")).graph
     int8 = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
