@@ -116,6 +116,7 @@ def prepare_job(
     threads: int = 2,
     samples: npt.ArrayLike | None = None,
     reference_fn: Callable[[npt.NDArray[np.float32]], npt.ArrayLike] | None = None,
+    tflite_int8: Callable[[Any, QuantSpec, npt.NDArray[np.float32]], bytes] | None = None,
 ) -> ExportJob:
     """Build the shared pieces every target uses: source, ONNX hub, verification samples, int8 scales.
 
@@ -184,6 +185,7 @@ def prepare_job(
         verify=verify,
         threads=threads,
         notes=notes,
+        tflite_int8=tflite_int8,
     )
 
 
@@ -206,6 +208,7 @@ def export(
     progress: Callable[[str], None] | None = None,
     samples: npt.ArrayLike | None = None,
     reference_fn: Callable[[npt.NDArray[np.float32]], npt.ArrayLike] | None = None,
+    tflite_int8: Callable[[Any, QuantSpec, npt.NDArray[np.float32]], bytes] | None = None,
 ) -> ExportReport:
     """Export ``model`` to each target, verify every artifact in its runtime, and return the report.
 
@@ -227,6 +230,8 @@ def export(
             else random inputs over the example's value range.
         reference_fn: computes the reference outputs the artifacts are compared with (default: the model
             itself); the QAT callbacks pass their fake-quant model here.
+        tflite_int8: a caller-supplied int8 TFLite conversion ``(model, spec, representative) -> bytes``
+            used for Keras models with a learned spec (the Keras QAT callback provides it).
 
     Raises:
         ValueError: unknown target, precision or model type; int8 without calibration or QuantSpec.
@@ -250,6 +255,7 @@ def export(
             threads=threads,
             samples=samples,
             reference_fn=reference_fn,
+            tflite_int8=tflite_int8,
         )
         report = ExportReport(source=job.source.description, directory=str(out_dir))
         for target in chosen:

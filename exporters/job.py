@@ -11,8 +11,10 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +22,7 @@ import numpy.typing as npt
 from exporters.quant import QuantTable
 from exporters.source import Source
 from exporters.verify import nchw_to_nhwc, nhwc_to_nchw
+from fitslim.quantspec import QuantSpec
 
 __all__ = ["ExportJob"]
 
@@ -42,6 +45,8 @@ class ExportJob:
         verify: run the artifact in its runtime and compare.
         threads: runtime threads for verification and latency.
         basename: artifact file stem.
+        tflite_int8: an int8 TFLite conversion supplied by the caller (``(model, spec, representative NHWC)
+            -> bytes``): the Keras QAT callback passes one that keeps its learned ranges.
     """
 
     source: Source
@@ -58,6 +63,7 @@ class ExportJob:
     threads: int = 2
     basename: str = "model"
     notes: list[str] = field(default_factory=list)
+    tflite_int8: Callable[[Any, QuantSpec, npt.NDArray[np.float32]], bytes] | None = None
 
     def samples_nchw(self) -> npt.NDArray[np.float32]:
         """Verification inputs in NCHW (the ONNX / ncnn layout)."""

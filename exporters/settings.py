@@ -93,6 +93,7 @@ class ExportSettings:
         found_spec: QuantSpec | None,
         name: str,
         reference_fn: Callable[[Any], Any] | None = None,
+        tflite_int8: Callable[[Any, QuantSpec, Any], bytes] | None = None,
     ) -> ExportReport:
         """Export ``model`` with these settings; never raises: a failure becomes failed rows of the report.
 
@@ -102,6 +103,7 @@ class ExportSettings:
             found_spec: a QuantSpec left by a QAT callback (used for int8 when ``quant_spec`` is None).
             name: the model's name for a failure report.
             reference_fn: computes the outputs the artifacts are compared with (the fake-quant model after QAT).
+            tflite_int8: an int8 TFLite conversion that keeps learned ranges (Keras QAT).
         """
         from exporters.export import export
 
@@ -122,6 +124,7 @@ class ExportSettings:
                 verify=self.verify,
                 threads=self.threads,
                 reference_fn=reference_fn if spec is not None else None,
+                tflite_int8=tflite_int8 if spec is not None else None,
             )
         except Exception as err:  # the trained model and its checkpoints must survive any export problem
             log.exception("fitslim Export failed; the trained weights are untouched")

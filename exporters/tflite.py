@@ -151,6 +151,15 @@ def _convert_keras(job: ExportJob) -> _Conversion:
             f"target tflite: converting a Keras model needs tensorflow ({err}): pip install 'fitslim[keras]'",
             name=__name__,
         ) from err
+    if job.precision == "int8" and job.tflite_int8 is not None and job.quant is not None and job.quant.origin == "qat":
+        data = job.calibration_nhwc()
+        data = data if data is not None else job.samples_nhwc()
+        with quiet():
+            content = job.tflite_int8(job.source.model, job.quant.spec, data)
+        return _Conversion(
+            content,
+            "learned: each quantized layer's input clipped to its QuantSpec range, kept by the TFLite converter",
+        )
     converter = tf.lite.TFLiteConverter.from_keras_model(job.source.model)
     out = _Conversion(b"")
     if job.precision == "fp16":

@@ -57,6 +57,17 @@ def _batches_from(x: Any, batch_size: int, count: int, get: Callable[[Any], Any]
     return []
 
 
+def _fake_quant_reference(model: Any, spec: QuantSpec) -> Callable[[Any], Any]:
+    """Outputs of ``model`` run as the fake-quant model of ``spec``: what int8 artifacts must reproduce."""
+    from keras_callbacks.quantization import fake_quant_inference
+
+    def run(x: Any) -> Any:
+        with fake_quant_inference(model, spec):
+            return keras.ops.convert_to_numpy(model(x, training=False))
+
+    return run
+
+
 class Export(keras.callbacks.Callback):
     """Export the trained Keras model to ONNX, ncnn, TFLite and TensorRT when ``fit`` ends.
 
@@ -129,5 +140,13 @@ class Export(keras.callbacks.Callback):
             self._fit_x = None
         # keras_callbacks.QuantizationAware leaves its spec on the model at train end
         found = getattr(self.model, "_fitslim_quant_spec", None)
-        spec = found if isinstance(found, QuantSpec) else None
-        self.report = self.settings.run(self.model, batches, spec, getattr(self.model, "name", "keras model"))
+        spec = self.settings.quant_spec or (found if isinstance(found, QuantSpec) else None)
+        reference: Callable[[Any], Any] | None = None
+        converter: Callable[[Any, QuantSpec, Any], bytes] | None = None
+        if spec is not None and spec.source == "qat":
+            from keras_callbacks import quantization
+
+            reference, converter = _fake_quant_reference(self.model, spec), quantization.tflite_int8
+
+        name = getattr(self.model, "name", "keras model")
+        self.report = self.settings.run(self.model, batches, spec, name, reference, converter)

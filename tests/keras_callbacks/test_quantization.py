@@ -385,7 +385,7 @@ def test_export_callback_uses_the_learned_spec(digits_nhwc: Any, tmp_path: Path)
     keras.utils.set_random_seed(0)
     model = build_digits_classifier(width=0.5)
     qat = QuantizationAware(start=0.5)
-    export = Export(targets=["tensorrt"], precision="int8", directory=tmp_path, calibration_batches=2)
+    export = Export(targets=["tensorrt", "tflite"], precision="int8", directory=tmp_path, calibration_batches=4)
     model.fit(
         digits_nhwc.x_train[:256],
         digits_nhwc.y_train[:256],
@@ -394,8 +394,14 @@ def test_export_callback_uses_the_learned_spec(digits_nhwc: Any, tmp_path: Path)
         verbose=0,
         callbacks=[qat, export],
     )
-    assert export.report is not None and export.report["tensorrt"].ok, export.report
-    assert export.report["tensorrt"].scales.startswith("learned QuantSpec (5 layers)")
+    report = export.report
+    assert report is not None and report.ok, report
+    assert report["tensorrt"].scales.startswith("learned QuantSpec (5 layers)")
+    # the TFLite artifact keeps the learned ranges (the callback supplies the converter), not re-calibrated
+    assert report["tflite"].scales.startswith("learned: each quantized layer's input clipped"), report["tflite"].scales
+    # both are compared with the fake-quant model the QAT trained, on 4 batches of 32 from the data given to fit
+    for r in report:
+        assert r.samples == 128 and r.top1_agreement is not None and r.top1_agreement >= 0.97, (r.target, r)
 
 
 # -------------------------------------------------------------------------------------- distributed
