@@ -72,9 +72,7 @@ _SCHEDULE_FIELDS: dict[str, _Field] = {
 
 _FIELDS: dict[str, dict[str, _Field]] = {
     "pruning": {
-        "sparsity": _Field(
-            "float", 0.5, lo=0.0, hi=1.0, hi_open=True, hint="the fraction of weights to remove"
-        ),
+        "sparsity": _Field("float", 0.5, lo=0.0, hi=1.0, hi_open=True, hint="the fraction of weights to remove"),
         "granularity": _Field("choice", "unstructured", choices=("unstructured", "channel", "2:4")),
         "scope": _Field("choice", "global", choices=("global", "layer")),
         "schedule": _Field("schedule", "polynomial", choices=SCHEDULES),
@@ -136,9 +134,7 @@ def _check_number(path: str, value: Any, f: _Field) -> float | int:
     above = f.hi is not None and (v >= f.hi if f.hi_open else v > f.hi)
     if below or above:
         hint = f" ({f.hint})" if f.hint else ""
-        raise _err(
-            path, f"{v!r} is out of range {f.range_text()}{hint}. Fix: choose a value in {f.range_text()}."
-        )
+        raise _err(path, f"{v!r} is out of range {f.range_text()}{hint}. Fix: choose a value in {f.range_text()}.")
     return v
 
 
@@ -146,9 +142,7 @@ def _check_value(path: str, value: Any, f: _Field) -> Any:
     if value is None:
         if f.nullable:
             return None
-        raise _err(
-            path, f"must not be empty. Fix: remove the key to use the default {f.default!r}, or set a value."
-        )
+        raise _err(path, f"must not be empty. Fix: remove the key to use the default {f.default!r}, or set a value.")
     if f.kind in ("float", "int"):
         return _check_number(path, value, f)
     if f.kind == "bool":
@@ -192,15 +186,11 @@ def _check_value(path: str, value: Any, f: _Field) -> Any:
             return _check_value(path, value, _Field("choice", choices=f.choices))
         if isinstance(value, Mapping):
             return _check_section(path, value, _SCHEDULE_FIELDS, fill_defaults=False)
-        raise _err(
-            path, f"expected one of {list(f.choices)} or a mapping with keys {list(_SCHEDULE_FIELDS)}."
-        )
+        raise _err(path, f"expected one of {list(f.choices)} or a mapping with keys {list(_SCHEDULE_FIELDS)}.")
     raise AssertionError(f"unhandled field kind {f.kind}")  # pragma: no cover - programming error
 
 
-def _check_section(
-    path: str, data: Any, fields: Mapping[str, _Field], fill_defaults: bool = True
-) -> dict[str, Any]:
+def _check_section(path: str, data: Any, fields: Mapping[str, _Field], fill_defaults: bool = True) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise _err(path, f"expected a mapping of settings; got {data!r}. Allowed keys: {list(fields)}.")
     for key in data:
@@ -234,26 +224,20 @@ def _check_timing(path: str, sec: Mapping[str, Any], explicit: Mapping[str, Any]
             raise _err(f"{path}.end", f"{end} is before start {start}. Fix: end must be >= start.")
     s_step, e_step = explicit.get("start_step"), explicit.get("end_step")
     if s_step is not None and e_step is not None and e_step != -1 and e_step < s_step:
-        raise _err(
-            f"{path}.end_step", f"{e_step} is before start_step {s_step}. Fix: end_step >= start_step, or -1."
-        )
+        raise _err(f"{path}.end_step", f"{e_step} is before start_step {s_step}. Fix: end_step >= start_step, or -1.")
 
 
 def _validate(data: Any) -> dict[str, Any]:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise RecipeError(
-            f"recipe: expected a mapping with sections {list(SECTIONS)}; got {type(data).__name__}."
-        )
+        raise RecipeError(f"recipe: expected a mapping with sections {list(SECTIONS)}; got {type(data).__name__}.")
     for key in data:
         if key not in _TOP_KEYS:
             raise _err(str(key), f"unknown section. Allowed top-level keys: {list(_TOP_KEYS)}.")
     version = data.get("version", RECIPE_VERSION)
     if version != RECIPE_VERSION:
-        raise _err(
-            "version", f"{version!r} is not supported; this fitslim reads recipe version {RECIPE_VERSION}."
-        )
+        raise _err("version", f"{version!r} is not supported; this fitslim reads recipe version {RECIPE_VERSION}.")
     out: dict[str, Any] = {"version": RECIPE_VERSION}
     for name in SECTIONS:
         if name not in data:
@@ -271,9 +255,7 @@ def _validate(data: Any) -> dict[str, Any]:
                             f"pruning.schedule.{k}",
                             f"also given as pruning.{k}. Fix: set the timing in one place.",
                         )
-                _check_timing(
-                    "pruning.schedule", {**sec, **{k: v for k, v in inner.items() if v is not None}}, inner
-                )
+                _check_timing("pruning.schedule", {**sec, **{k: v for k, v in inner.items() if v is not None}}, inner)
             _check_timing("pruning", sec, explicit)
         if name == "quantization":
             for key in ("freeze_observers", "freeze_bn"):
@@ -324,6 +306,51 @@ class Recipe:
         sec = self._data[name]
         return None if sec is None else copy.deepcopy(sec)
 
+    def callback_kwargs(self, section: str) -> dict[str, Any] | None:
+        """Keyword arguments for the callback of ``section``, identical for Lightning and Keras; None if absent.
+
+        ``pruning``: a schedule given as a mapping becomes a :class:`fitslim.schedules.SparsitySchedule` (its
+        timing replaces the section's); absolute steps replace the fraction defaults. ``distillation``: the
+        ``teacher`` entry is left out (the caller resolves it). ``export``: ``input_shape`` is left out.
+
+        Raises:
+            ValueError: an unknown section name.
+        """
+        if section not in SECTIONS:
+            raise ValueError(f"section must be one of {list(SECTIONS)}; got {section!r}.")
+        kw = self._section(section)
+        if kw is None:
+            return None
+        if section == "pruning":
+            sched = kw["schedule"]
+            if isinstance(sched, dict):
+                from fitslim.schedules import make_schedule
+
+                timing = {k: kw.pop(k) for k in ("start", "end", "start_step", "end_step", "frequency")}
+                if timing["start_step"] is not None:
+                    timing["start"] = None
+                if timing["end_step"] is not None:
+                    timing["end"] = None
+                inner = {k: v for k, v in sched.items() if v is not None}
+                timing.update({k: inner.pop(k) for k in list(inner) if k in timing})
+                name = inner.pop("type", "polynomial")
+                if name == "constant":
+                    inner.pop("initial_sparsity", None)
+                    inner.pop("power", None)
+                elif name == "cubic":
+                    inner.pop("power", None)
+                args = {k: v for k, v in {**timing, **inner}.items() if v is not None}
+                kw["schedule"] = make_schedule(name, sparsity=kw["sparsity"], **args)
+            else:
+                for frac, step in (("start", "start_step"), ("end", "end_step")):
+                    if kw.get(step) is not None:
+                        kw.pop(frac)
+        elif section == "distillation":
+            kw.pop("teacher")
+        elif section == "export":
+            kw.pop("input_shape")
+        return kw
+
     def to_dict(self) -> dict[str, Any]:
         """The normalised recipe (given sections only, defaults filled in)."""
         return {k: copy.deepcopy(v) for k, v in self._data.items() if v is not None}
@@ -361,7 +388,7 @@ class Recipe:
         return cls(data)
 
     @classmethod
-    def load(cls, source: str | os.PathLike[str] | Mapping[str, Any]) -> Recipe:
+    def load(cls, source: str | os.PathLike[str] | Mapping[str, Any] | Recipe) -> Recipe:
         """A recipe from a path, YAML text, a dict, or a Recipe (returned as is)."""
         if isinstance(source, Recipe):
             return source

@@ -11,5 +11,6 @@ from lightning_plugins.distillation import Distillation
 from lightning_plugins.export import Export
 from lightning_plugins.pruning import Pruning
 from lightning_plugins.quantization import QuantizationAware
+from lightning_plugins.recipe import from_recipe
 
-__all__ = ["Distillation", "Export", "Pruning", "QuantizationAware"]
+__all__ = ["Distillation", "Export", "Pruning", "QuantizationAware", "from_recipe"]
