@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["RECIPE_VERSION", "Recipe", "RecipeError", "SECTIONS", "EXPORT_TARGETS", "PRECISIONS"]
+__all__ = ["RECIPE_VERSION", "Recipe", "RecipeError", "SECTIONS", "EXPORT_TARGETS", "PRECISIONS", "build_callbacks"]
 
 RECIPE_VERSION = 1
 EXPORT_TARGETS = ("onnx", "ncnn", "tflite", "tensorrt")
@@ -405,3 +405,44 @@ class Recipe:
     def __repr__(self) -> str:
         given = [k for k in SECTIONS if self._data[k] is not None]
         return f"Recipe(sections={given})"
+
+
+def build_callbacks(
+    recipe: str | os.PathLike[str] | Mapping[str, Any] | Recipe,
+    factories: Mapping[str, Callable[..., Any]],
+    teacher: Any = None,
+    loader: Callable[[str], Any] | None = None,
+) -> list[Any]:
+    """The callbacks a recipe describes, in the order pruning, quantization, distillation, export.
+
+    Both plugin sets call this with their own classes, so one recipe means the same on either side.
+
+    Args:
+        recipe: a YAML path, YAML text, a dict, or a :class:`Recipe`.
+        factories: ``{section: callback class}`` for every section.
+        teacher: the teacher for ``distillation``; else the recipe's ``teacher`` path with ``loader``.
+        loader: ``path -> teacher`` for a recipe that names a teacher checkpoint.
+
+    Raises:
+        RecipeError: an invalid recipe, or a distillation section without a teacher.
+    """
+    r = Recipe.load(recipe)
+    callbacks: list[Any] = []
+    for section in SECTIONS:
+        kw = r.callback_kwargs(section)
+        if kw is None:
+            continue
+        if section == "distillation":
+            path: str | None = (r.distillation or {}).get("teacher")
+            if teacher is None and path is None:
+                raise RecipeError(
+                    "distillation.teacher: the recipe distils but names no teacher. Fix: pass teacher=model, "
+                    "or set distillation.teacher to a checkpoint path and pass loader=."
+                )
+            if teacher is None:
+                callbacks.append(factories[section](path, loader=loader, **kw))
+            else:
+                callbacks.append(factories[section](teacher, **kw))
+        else:
+            callbacks.append(factories[section](**kw))
+    return callbacks

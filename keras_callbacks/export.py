@@ -148,5 +148,7 @@ class Export(keras.callbacks.Callback):
 
             reference, converter = _fake_quant_reference(self.model, spec), quantization.tflite_int8
 
-        name = getattr(self.model, "name", "keras model")
-        self.report = self.settings.run(self.model, batches, spec, name, reference, converter)
+        # keras_callbacks.Pruning leaves the physically smaller model here after channel removal
+        model = getattr(self.model, "_fitslim_pruned_model", None) or self.model
+        name = getattr(model, "name", "keras model")
+        self.report = self.settings.run(model, batches, spec, name, reference, converter)

@@ -47,5 +47,5 @@ def test_absolute_steps_replace_fraction_defaults() -> None:
 def test_errors_name_the_key_path() -> None:
     with pytest.raises(RecipeError, match=r"^pruning.schedule.end: 1.5 is out of range"):
         from_recipe({"pruning": {"schedule": {"end": 1.5}}})
-    with pytest.raises(ValueError, match=r"distillation.teacher: the recipe distils but names no teacher"):
+    with pytest.raises(RecipeError, match=r"^distillation.teacher: the recipe distils but names no teacher"):
         from_recipe({"distillation": {"alpha": 0.5}})

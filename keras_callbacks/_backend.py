@@ -1,0 +1,104 @@
+"""The one place that branches on the Keras backend (TensorFlow, PyTorch, JAX).
+
+On JAX, ``model.fit`` keeps the training state (variables, optimizer slots) as arrays outside the
+``keras.Variable`` objects between steps; a callback that reads or assigns variables must first write that
+state back (``model.jax_state_sync()``), after which the trainer reloads the state from the variables before
+the next step. On TensorFlow and PyTorch the variables are the state and nothing is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+__all__ = ["backend", "masking_function", "patch_train_step", "sync_state", "to_numpy", "unpatch"]
+
+
+def backend() -> str:
+    """The active Keras backend name (``"tensorflow"``, ``"torch"``, ``"jax"``)."""
+    return str(keras.backend.backend())
+
+
+def sync_state(model: Any) -> None:
+    """Make ``model``'s variables current (JAX: write the trainer's state back; others: no-op)."""
+    if backend() == "jax":
+        sync = getattr(model, "jax_state_sync", None)
+        if callable(sync) and getattr(model, "_jax_state", None) is not None:
+            sync()
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A NumPy copy of a Keras variable or backend tensor."""
+    return np.asarray(keras.ops.convert_to_numpy(value))
+
+
+def masking_function(kernels: Sequence[Any], masks: Sequence[Any]) -> Callable[[], None]:
+    """A function that multiplies every kernel by its mask variable in place (``k.assign(k * m)``).
+
+    On TensorFlow it is one ``tf.function`` call per step (one graph instead of a few eager ops per layer,
+    and it assigns through mirrored variables under ``MirroredStrategy``); elsewhere it runs eagerly.
+    """
+
+    def apply() -> None:
+        for kernel, mask in zip(kernels, masks, strict=True):
+            kernel.assign(keras.ops.multiply(kernel.value, mask.value))
+
+    if backend() == "tensorflow":
+        import tensorflow as tf
+
+        compiled: Callable[[], None] = tf.function(apply, autograph=False)
+        return compiled
+    return apply
+
+
+_ORIGINAL = "_fitslim_original_train_step"
+
+
+def patch_train_step(model: Any, after_step: Callable[[], None]) -> Callable[[], None] | None:
+    """Run ``after_step`` inside the compiled train step, right after the optimizer update, where possible.
+
+    Only on TensorFlow without a distribution strategy: there ``train_step`` is traced into the train
+    function, so the masking costs no Python per step, and TF's automatic control dependencies order the
+    assignment after the optimizer's. Under ``MirroredStrategy`` the train step runs in replica context,
+    where a mirrored kernel cannot be assigned, and on JAX (a functional step over state) and PyTorch
+    (eager) the caller masks in ``on_train_batch_end`` instead.
+
+    Returns:
+        A function undoing the patch (and rebuilding the train function), or None when not patched.
+    """
+    if backend() != "tensorflow":
+        return None
+    if type(model.distribute_strategy).__name__ != "_DefaultDistributionStrategy":
+        return None
+    unpatch(model)
+    original = model.train_step
+
+    def train_step(data: Any) -> Any:
+        logs = original(data)
+        after_step()
+        return logs
+
+    setattr(train_step, _ORIGINAL, model.__dict__.get("train_step"))
+    model.train_step = train_step
+    model.make_train_function(force=True)
+
+    def undo() -> None:
+        unpatch(model)
+
+    return undo
+
+
+def unpatch(model: Any) -> None:
+    """Remove a train-step patch left by :func:`patch_train_step` (also one left by an interrupted fit)."""
+    current = model.__dict__.get("train_step")
+    if current is None or not hasattr(current, _ORIGINAL):
+        return
+    previous = getattr(current, _ORIGINAL)
+    if previous is None:
+        del model.__dict__["train_step"]
+    else:
+        model.train_step = previous
+    model.make_train_function(force=True)

@@ -1,0 +1,731 @@
+"""Keras 3 ``Pruning``: scheduled magnitude pruning (unstructured, 2:4) inside the user's ``model.fit``.
+
+The twin of :class:`lightning_plugins.pruning.Pruning`: same arguments, same defaults, and the same mask math
+(:mod:`fitslim.sparsity`) on the same schedule (:mod:`fitslim.schedules`), where a step is an optimizer
+iteration (``model.optimizer.iterations``) and the fit's total is ``epochs * steps_per_epoch``. Masks are
+recomputed before the update steps and applied after every optimizer step (inside the compiled train step on
+TensorFlow, in ``on_train_batch_end`` on JAX, PyTorch and under ``MirroredStrategy``), so pruned kernels are
+exactly zero after each step. Masks live in the callback; the zeros live in the weights, so a run resumed from a
+``keras.callbacks.BackupAndRestore`` backup or a ``.keras`` file saved mid-training recovers the masks from the
+weights and continues exactly like an uninterrupted run. Works on the TensorFlow, PyTorch and JAX backends.
+
+Example:
+    >>> from keras_callbacks.pruning import Pruning
+    >>> cb = Pruning(sparsity=0.5, schedule="polynomial", start=0.0, end=0.6)
+    >>> # model.fit(x, y, epochs=10, callbacks=[cb])
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from fitslim.schedules import SparsitySchedule, make_schedule
+from fitslim.sparsity import (
+    GRANULARITIES,
+    IMPORTANCES,
+    SCOPES,
+    channel_masks,
+    channel_scores,
+    magnitude_masks,
+    n_of_m_mask,
+    parse_n_of_m,
+)
+from keras_callbacks._backend import masking_function, patch_train_step, sync_state, to_numpy
+
+__all__ = ["Pruning"]
+
+log = logging.getLogger(__name__)
+
+_SCHEDULES = ("polynomial", "constant", "cubic")
+_PRUNABLE = (
+    keras.layers.Dense,
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+)
+_TRANSPOSED = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+
+
+def _fail(argument: str, problem: str, hint: str) -> ValueError:
+    return ValueError(f"Pruning({argument}=...): {problem}. HINT: {hint}.")
+
+
+def _check_selectors(argument: str, value: Any) -> list[str | type] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str | type) else list(value)
+    for item in items:
+        if not (isinstance(item, str) or (isinstance(item, type) and issubclass(item, keras.layers.Layer))):
+            raise TypeError(
+                f"Pruning({argument}=...): got {item!r}; expected layer-name patterns (str) or keras Layer types. "
+                f"HINT: e.g. {argument}=['*_conv', keras.layers.Dense]."
+            )
+    return items
+
+
+def prunable_layers(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Dense, Conv1D/2D/3D and DepthwiseConv1D/2D layers with a kernel, as ``(dotted name, layer)`` pairs.
+
+    Layers of nested models are named ``"<inner model>.<layer>"``.
+    """
+    out: list[tuple[str, Any]] = []
+    for layer in getattr(model, "layers", []):
+        name = f"{prefix}{layer.name}"
+        if isinstance(layer, _PRUNABLE) and not isinstance(layer, _TRANSPOSED):
+            if getattr(layer, "kernel", None) is not None:
+                out.append((name, layer))
+        elif hasattr(layer, "layers"):
+            out.extend(prunable_layers(layer, prefix=name + "."))
+    return out
+
+
+def _kernel(layer: Any) -> Any:
+    return layer.kernel
+
+
+def _input_axis(layer: Any) -> int | None:
+    """The kernel's input-channel axis (Keras layouts: Dense ``(in, out)``, conv ``(..., in, out)``)."""
+    if isinstance(layer, keras.layers.DepthwiseConv1D | keras.layers.DepthwiseConv2D):
+        return None  # one input per filter, like torch's depthwise weight (C, 1, kh, kw)
+    return 0 if isinstance(layer, keras.layers.Dense) else -2
+
+
+def _matches(name: str, selector: str | type, layer: Any) -> bool:
+    if isinstance(selector, type):
+        return isinstance(layer, selector)
+    return fnmatch.fnmatchcase(name, selector) or fnmatch.fnmatchcase(name, "*." + selector)
+
+
+class Pruning(keras.callbacks.Callback):
+    """Prune the Keras model being fitted on a sparsity schedule: unstructured, whole channels, or 2:4.
+
+    The schedule's absolute target is reached exactly at every update step (counts use ``round``), computed
+    by the same functions as the Lightning twin, so the same weights at the same step give the same masks.
+    Masks are computed in ``on_train_batch_begin`` at update steps (before that step's optimizer update, as
+    on the Lightning side) and applied in ``on_train_batch_end`` after every step. The logs get
+    ``pruning/sparsity`` (over the pruned kernels), ``pruning/target`` and ``pruning/sparsity/<layer>`` at every
+    batch and epoch end: put ``Pruning`` before ``CSVLogger``/``TensorBoard`` in ``callbacks`` so they see them.
+
+    Granularities:
+
+    - ``"unstructured"``: single weights of Dense/Conv/DepthwiseConv kernels, smallest magnitude first.
+    - ``"2:4"``: in every four consecutive weights along the kernel's input axis two are kept (``sparsity``
+      must be 0.5). Layers whose input dimension is not a multiple of 4 are skipped unless named in
+      ``include`` (then an error).
+    - ``"channel"``: output channels of Dense/Conv layers, scored by the L1/L2 norm of their filters (summed over
+      the producers of a group); channels joined by ``Add``-like layers form one group, and BatchNormalization,
+      depthwise convs and the consuming layers' input slices follow. The classifier head never loses outputs,
+      the first conv is left alone unless ``include`` names it, and a group that reaches a layer without a
+      channel rule (Flatten, Reshape, Concatenate, ...) is left alone. During ``fit`` the channels are masked
+      (zeros); with ``make_permanent`` the model is rebuilt at ``on_train_end`` from its config with fewer
+      filters/units and the kept weights, compiled like the original: the user's model object keeps the
+      masked (zeroed) weights and the smaller model is ``callback.pruned_model`` (also left on the old model
+      as ``model._fitslim_pruned_model`` for an ``Export`` callback placed after this one). Functional and
+      Sequential models only.
+
+    Args:
+        sparsity: final target in [0, 1).
+        granularity: ``"unstructured"``, ``"channel"`` or ``"2:4"``.
+        scope: ``"global"`` (one threshold over all pruned layers) or ``"layer"``.
+        schedule: ``"polynomial"``, ``"constant"``, ``"cubic"`` or a :class:`fitslim.schedules.SparsitySchedule`.
+        start: fraction of the fit's optimizer steps at which pruning starts.
+        end: fraction of the fit at which the final sparsity is reached (> start).
+        frequency: optimizer steps between mask updates; None = about 50 updates between start and end.
+        include: layer-name patterns (fnmatch; nested models' layers are ``"inner.layer"``) or layer types;
+            None = every prunable layer.
+        exclude: patterns or layer types never pruned.
+        importance: ``"l1"`` or ``"l2"`` (the same order for single weights).
+        make_permanent: kept for parity with the Lightning twin; the zeros are in the kernels already, so
+            after ``fit`` the model holds its pruned weights and nothing of the callback remains attached.
+        start_step: absolute start step instead of ``start``.
+        end_step: absolute end step instead of ``end``.
+        example_input: unused on Keras (the graph is known); kept for parity.
+
+    Raises:
+        ValueError: a sparsity outside [0, 1), ``end <= start``, an unknown granularity / scope / schedule /
+            importance, 2:4 with a sparsity other than 0.5; and in ``on_train_begin``: an ``include`` entry
+            that matches nothing, a model with no prunable layer, a fit without a known step count,
+            ``steps_per_execution > 1``, channel pruning of a subclassed model or with no removable group.
+        TypeError: an argument of the wrong type.
+
+    Example:
+        >>> cb = Pruning(sparsity=0.8, granularity="unstructured", scope="global", end=0.5)
+        >>> cb = Pruning(granularity="2:4", schedule="constant", start=0.3)
+        >>> cb = Pruning(sparsity=0.5, granularity="channel", include=["*_conv"])
+        >>> # model.fit(x, y, epochs=8, callbacks=[cb]); small = cb.pruned_model
+        >>> # model.fit(x, y, epochs=8, callbacks=[cb, keras.callbacks.CSVLogger("log.csv")])
+    """
+
+    def __init__(
+        self,
+        sparsity: float = 0.5,
+        granularity: str = "unstructured",
+        scope: str = "global",
+        schedule: str | SparsitySchedule = "polynomial",
+        start: float = 0.0,
+        end: float = 0.7,
+        frequency: int | None = None,
+        include: Sequence[str | type] | None = None,
+        exclude: Sequence[str | type] | None = None,
+        importance: str = "l1",
+        make_permanent: bool = True,
+        start_step: int | None = None,
+        end_step: int | None = None,
+        example_input: Any = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(sparsity, bool) or not isinstance(sparsity, int | float):
+            raise TypeError(f"Pruning(sparsity=...): got {sparsity!r}; expected a number. HINT: e.g. sparsity=0.5.")
+        if not (math.isfinite(sparsity) and 0.0 <= sparsity < 1.0):
+            raise _fail("sparsity", f"got {sparsity!r}, outside [0, 1)", "pass the fraction to prune, e.g. 0.5")
+        for name, value, choices in (
+            ("granularity", granularity, GRANULARITIES),
+            ("scope", scope, SCOPES),
+            ("importance", importance, IMPORTANCES),
+        ):
+            if value not in choices:
+                raise _fail(name, f"unknown {value!r}", f"choose one of {list(choices)}")
+        self.nm: tuple[int, int] | None = parse_n_of_m(granularity) if ":" in granularity else None
+        if self.nm is not None and not math.isclose(sparsity, 1 - self.nm[0] / self.nm[1]):
+            raise _fail(
+                "sparsity",
+                f"granularity={granularity!r} prunes exactly {1 - self.nm[0] / self.nm[1]}; got {sparsity!r}",
+                f"pass sparsity={1 - self.nm[0] / self.nm[1]} (or leave the default)",
+            )
+        if not isinstance(make_permanent, bool):
+            raise TypeError(f"Pruning(make_permanent=...): got {make_permanent!r}; expected True or False.")
+        if isinstance(schedule, SparsitySchedule):
+            self.schedule = schedule
+        elif isinstance(schedule, str):
+            if schedule not in _SCHEDULES:
+                raise _fail(
+                    "schedule", f"unknown {schedule!r}", f"choose one of {list(_SCHEDULES)} or a SparsitySchedule"
+                )
+            timing = {
+                "start": None if start_step is not None else start,
+                "end": None if end_step is not None else end,
+                "start_step": start_step,
+                "end_step": end_step,
+            }
+            if timing["start"] is not None and timing["end"] is not None and not timing["end"] > timing["start"]:
+                raise _fail("end", f"end={end!r} is not after start={start!r}", "pass an end after the start")
+            try:
+                self.schedule = make_schedule(schedule, sparsity=sparsity, frequency=frequency, **timing)
+            except ValueError as err:
+                raise ValueError(f"Pruning(schedule={schedule!r}, ...): {err}") from err
+        else:
+            raise TypeError(
+                f"Pruning(schedule=...): got {type(schedule).__name__}; expected a name or a SparsitySchedule. "
+                f"HINT: one of {list(_SCHEDULES)}."
+            )
+        self.sparsity = float(sparsity)
+        self.granularity = granularity
+        self.scope = scope
+        self.importance = importance
+        self.make_permanent = make_permanent
+        self.include = _check_selectors("include", include)
+        self.exclude = _check_selectors("exclude", exclude)
+        self.example_input = example_input
+        self._reset()
+
+    def _reset(self) -> None:
+        self.pruned_model: Any = None
+        self._layers: list[tuple[str, Any]] = []
+        self._masks: list[np.ndarray] | None = None
+        self._mask_vars: list[Any] = []
+        self._apply_fn: Any = None
+        self._step_count: int | None = None
+        self._undo: Any = None
+        self._graph: ChannelGraph | None = None
+        self._keep: dict[int, np.ndarray] = {}
+        self._resolved: SparsitySchedule | None = None
+        self._last_update: int | None = None
+        self._target = 0.0
+        self._before = 0.0
+        self._metrics: dict[str, float] = {}
+
+    @property
+    def masks(self) -> dict[str, np.ndarray]:
+        """The current keep-masks (True = kept) by layer name, in the kernels' Keras layout."""
+        if self._masks is None:
+            return {}
+        return {name: mask for (name, _), mask in zip(self._layers, self._masks, strict=True)}
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The names of the pruned layers (after ``on_train_begin``)."""
+        return [name for name, _ in self._layers]
+
+    # -- preparation ---------------------------------------------------------------------------------
+
+    def _select(self, model: Any) -> list[tuple[str, Any]]:
+        layers = prunable_layers(model)
+        if not layers:
+            raise ValueError(
+                f"Pruning: the model ({type(model).__name__}) has no prunable layer. "
+                "HINT: Pruning handles Dense, Conv1D/2D/3D and DepthwiseConv1D/2D layers."
+            )
+        chosen = layers
+        explicit: set[str] = set()
+        if self.include is not None:
+            for selector in self.include:
+                hits = [name for name, layer in layers if _matches(name, selector, layer)]
+                if not hits:
+                    shown = selector if isinstance(selector, str) else selector.__name__
+                    raise _fail(
+                        "include",
+                        f"{shown!r} matches no prunable layer (prunable: {[n for n, _ in layers]})",
+                        "use one of these names or a pattern such as '*_conv'",
+                    )
+                if isinstance(selector, str):
+                    explicit.update(hits)
+            chosen = [(n, lay) for n, lay in layers if any(_matches(n, s, lay) for s in self.include)]
+        if self.exclude:
+            chosen = [(n, lay) for n, lay in chosen if not any(_matches(n, s, lay) for s in self.exclude)]
+        if self.granularity == "channel":
+            # as on the Lightning side: the first conv only when named in include, the head never
+            convs = [n for n, lay in layers if isinstance(lay, _CONVS)]
+            denses = [n for n, lay in layers if isinstance(lay, keras.layers.Dense)]
+            first = convs[0] if convs else None
+            head = denses[-1] if denses else (convs[-1] if len(convs) > 1 else None)
+            chosen = [(n, lay) for n, lay in chosen if n != head and (n != first or n in explicit)]
+        if self.nm is not None:
+            m = self.nm[1]
+            bad = []
+            for name, layer in chosen:
+                axis = _input_axis(layer)
+                if axis is None or tuple(_kernel(layer).shape)[axis] % m:
+                    bad.append(name)
+            named = [n for n in bad if n in explicit]
+            if named:
+                raise _fail(
+                    "include",
+                    f"layer {named[0]!r} has an input dimension that is not a multiple of {m}, "
+                    f"so {self.granularity} cannot apply",
+                    f"exclude {named[0]!r}",
+                )
+            if bad:
+                log.info("Pruning(%s): skipping %s (input dimension not a multiple of %d)", self.granularity, bad, m)
+            chosen = [(n, lay) for n, lay in chosen if n not in bad]
+        if not chosen:
+            raise _fail(
+                "exclude",
+                f"no prunable layer left out of {len(layers)}",
+                "loosen exclude or widen include" + (" or use 'unstructured'" if self.nm else ""),
+            )
+        return chosen
+
+    def _total_steps(self) -> int:
+        params = self.params or {}
+        epochs, steps = params.get("epochs"), params.get("steps")
+        if not epochs or not steps:
+            raise _fail(
+                "schedule",
+                f"the fit has no known length (epochs={epochs!r}, steps per epoch={steps!r})",
+                "pass steps_per_epoch=... to fit() for a generator or an unsized dataset",
+            )
+        return int(epochs) * int(steps)
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        """Validate the model and the fit, resolve the schedule (before the first step)."""
+        model = self.model
+        if int(getattr(model, "steps_per_execution", 1) or 1) > 1:
+            raise _fail(
+                "granularity",
+                f"the model is compiled with steps_per_execution={model.steps_per_execution}, so callbacks "
+                "do not run after every optimizer step and pruned weights could regrow",
+                "compile with steps_per_execution=1",
+            )
+        self._reset()
+        if self.granularity == "channel":
+            _check_graph(model)
+        self._layers = self._select(model)
+        if self.granularity == "channel":
+            self._prepare_channels(model)
+        self._resolved = self.schedule.resolve(self._total_steps())
+        self._before = self._zero_fraction()
+        # all-True mask variables exist from the start, so the (possibly compiled) masking captures them once
+        self._mask_vars = [
+            keras.Variable(
+                np.ones(tuple(_kernel(lay).shape)), dtype=_kernel(lay).dtype, trainable=False, name=f"{n}_mask"
+            )
+            for n, lay in self._layers
+        ]
+        self._apply_fn = masking_function([_kernel(layer) for _, layer in self._layers], self._mask_vars)
+        self._undo = patch_train_step(model, self._apply_fn)
+
+    def _zero_fraction(self) -> float:
+        kernels = [to_numpy(_kernel(layer)) for _, layer in self._layers]
+        total = sum(k.size for k in kernels)
+        return sum(int(k.size - np.count_nonzero(k)) for k in kernels) / max(total, 1)
+
+    def _step(self) -> int:
+        return int(to_numpy(self.model.optimizer.iterations))
+
+    # -- masks ---------------------------------------------------------------------------------------
+
+    def _set_masks(self, masks: list[np.ndarray]) -> None:
+        self._masks = [np.asarray(m, dtype=bool) for m in masks]
+        for var, m in zip(self._mask_vars, self._masks, strict=True):
+            var.assign(m.astype(var.dtype))
+        counts = [(int(m.size - np.count_nonzero(m)), int(m.size)) for m in self._masks]
+        self._metrics = {
+            "pruning/sparsity": sum(p for p, _ in counts) / max(sum(t for _, t in counts), 1),
+            "pruning/target": self._target,
+        }
+        for (name, _), (p, t) in zip(self._layers, counts, strict=True):
+            self._metrics[f"pruning/sparsity/{name}"] = p / max(t, 1)
+        if self._keep:
+            kept = sum(int(k.sum()) for k in self._keep.values())
+            self._metrics["pruning/channel_sparsity"] = 1 - kept / max(sum(k.size for k in self._keep.values()), 1)
+
+    def _apply(self) -> None:
+        if self._apply_fn is not None:
+            self._apply_fn()
+
+    def _update(self, step: int) -> None:
+        """Recompute the masks for the schedule's target at ``step`` and zero the pruned weights."""
+        if self._resolved is None:
+            return
+        target = self._resolved.sparsity(step)
+        weights = [to_numpy(_kernel(layer)) for _, layer in self._layers]
+        if self.granularity == "channel":
+            masks = self._channel_masks(target, weights)
+        elif self.nm is not None:
+            if target <= 0:
+                return
+            n, m = self.nm
+            masks = [
+                n_of_m_mask(w, n, m, axis=_input_axis(layer) or 0)
+                for w, (_, layer) in zip(weights, self._layers, strict=True)
+            ]
+        else:
+            masks = magnitude_masks(weights, target, self.scope, self.importance)
+        self._last_update = step
+        self._target = target
+        self._set_masks(masks)
+        self._apply()
+        log.debug("Pruning: step %d target %.4f sparsity %.4f", step, target, self._metrics["pruning/sparsity"])
+
+    def _recover(self, step: int) -> None:
+        """After a resume (step > 0, no masks yet): the masks in effect are the zeros of the restored kernels."""
+        if self._resolved is None:
+            return
+        last = self._resolved.last_update_step(step - 1)
+        if last is None:
+            return
+        self._target = self._resolved.sparsity(last)
+        self._last_update = last
+        if self._graph is not None:
+            for g in self._graph.groups():
+                k = to_numpy(_kernel(self._graph.producers[g][0]))
+                self._keep[g] = np.any(k.reshape(-1, k.shape[-1]) != 0, axis=0)
+        self._set_masks([to_numpy(_kernel(layer)) != 0 for _, layer in self._layers])
+        log.info("Pruning: resumed at step %d with the masks of step %d (from the weights' zeros)", step, last)
+
+    # -- channels ------------------------------------------------------------------------------------
+
+    def _prepare_channels(self, model: Any) -> None:
+        """Build the channel groups; the masked layers become every kernel that carries a pruned group."""
+        graph = ChannelGraph(model, {name for name, _ in self._layers})
+        groups = graph.groups()
+        if not groups:
+            raise _fail(
+                "granularity",
+                "channel pruning found no channel group it can remove (every group reaches an output, a layer "
+                "without a channel rule such as Flatten/Concatenate, or an excluded layer)",
+                "name the convs to prune in include=..., or use 'unstructured'",
+            )
+        touched: set[str] = set()
+        for g in groups:
+            touched.update(
+                lay.name for lay in graph.producers[g] + graph.members.get(g, []) + graph.consumers.get(g, [])
+            )
+        self._graph = graph
+        self._layers = [(name, lay) for name, lay in prunable_layers(model) if name in touched]
+
+    def _channel_masks(self, target: float, weights: list[np.ndarray]) -> list[np.ndarray]:
+        graph = self._graph
+        if graph is None:
+            return [np.ones(w.shape, dtype=bool) for w in weights]
+        groups = graph.groups()
+        scores = [
+            channel_scores([np.moveaxis(to_numpy(_kernel(p)), -1, 0) for p in graph.producers[g]], self.importance)
+            for g in groups
+        ]
+        self._keep = dict(zip(groups, channel_masks(scores, target, self.scope), strict=True))
+        masks = []
+        for (name, layer), w in zip(self._layers, weights, strict=True):
+            mask = np.ones(w.shape, dtype=bool)
+            out_g = graph.group_of(graph.out_group, name)
+            in_g = graph.group_of(graph.in_group, name)
+            if out_g in self._keep:
+                axis = -2 if isinstance(layer, keras.layers.DepthwiseConv1D | keras.layers.DepthwiseConv2D) else -1
+                mask &= np.expand_dims(self._keep[out_g], tuple(i for i in range(w.ndim) if i != axis % w.ndim))
+            if in_g in self._keep:
+                axis = _input_axis(layer) or 0
+                mask &= np.expand_dims(self._keep[in_g], tuple(i for i in range(w.ndim) if i != axis % w.ndim))
+            masks.append(mask)
+        return masks
+
+    def _rebuild(self, model: Any) -> Any:
+        """A new model with the pruned channels removed, the kept weights copied, compiled like ``model``."""
+        graph = self._graph
+        if graph is None:
+            return model
+        sync_state(model)
+        kept = {p.name: int(self._keep[g].sum()) for g in self._keep for p in graph.producers[g]}
+        config = model.get_config()
+        for entry in config["layers"]:
+            entry.pop("build_config", None)  # the shapes change: layers are rebuilt when the graph is called
+            cfg = entry["config"]
+            if cfg.get("name") in kept:
+                cfg["filters" if "filters" in cfg else "units"] = kept[cfg["name"]]
+        new = (keras.Sequential if isinstance(model, keras.Sequential) else keras.Model).from_config(config)
+        for name, layer in graph.layers.items():
+            values = [to_numpy(w) for w in layer.weights]
+            if not values:
+                continue
+            out_g, in_g = graph.group_of(graph.out_group, name), graph.group_of(graph.in_group, name)
+            out_idx = np.flatnonzero(self._keep[out_g]) if out_g in self._keep else None
+            in_idx = np.flatnonzero(self._keep[in_g]) if in_g in self._keep else None
+            if isinstance(layer, _CONVS + (keras.layers.Dense,)):
+                kernel = values[0]
+                if in_idx is not None:
+                    kernel = np.take(kernel, in_idx, axis=_input_axis(layer) or 0)
+                if out_idx is not None:
+                    kernel = np.take(kernel, out_idx, axis=-1)
+                    values = [kernel, *[np.take(v, out_idx, axis=0) for v in values[1:]]]
+                else:
+                    values = [kernel, *values[1:]]
+            elif out_idx is not None and isinstance(layer, keras.layers.DepthwiseConv1D | keras.layers.DepthwiseConv2D):
+                values = [np.take(values[0], out_idx, axis=-2), *[np.take(v, out_idx, axis=0) for v in values[1:]]]
+            elif out_idx is not None:  # BatchNormalization: every variable is per channel
+                values = [np.take(v, out_idx, axis=0) for v in values]
+            new.get_layer(name).set_weights(values)
+        if getattr(model, "compiled", False):
+            new.compile_from_config(model.get_compile_config())
+        before = sum(int(np.prod(w.shape)) for w in model.weights)
+        after = sum(int(np.prod(w.shape)) for w in new.weights)
+        log.info("fitslim Pruning: channels removed, parameters %s → %s (callback.pruned_model)", before, after)
+        return new
+
+    # -- hooks ---------------------------------------------------------------------------------------
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """At update steps, recompute the masks (before this step's optimizer update)."""
+        if self._resolved is None:
+            return
+        if self._step_count is None:
+            sync_state(self.model)
+            self._step_count = self._step()  # read once: BackupAndRestore has restored the optimizer by now
+            if self._masks is None and self._step_count > 0:
+                self._recover(self._step_count)  # weights restored by BackupAndRestore / a loaded .keras file
+        step = self._step_count
+        if step != self._last_update and self._resolved.should_update(step):
+            sync_state(self.model)
+            self._update(step)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """Zero the pruned weights again after the optimizer step; report sparsity in ``logs``."""
+        if self._step_count is not None:
+            self._step_count += 1  # one optimizer step per batch (steps_per_execution=1 is checked)
+        if self._masks is None:
+            return
+        if self._undo is None:  # not masked inside the compiled step (JAX, PyTorch, MirroredStrategy)
+            sync_state(self.model)
+            self._apply()
+        if logs is not None:
+            logs.update(self._metrics)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Report sparsity in the epoch ``logs`` (seen by CSVLogger/TensorBoard placed after this callback)."""
+        if logs is not None and self._resolved is not None:
+            logs.update(self._metrics or {"pruning/sparsity": 0.0, "pruning/target": 0.0})
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        """Apply the final masks (update at the last step if the schedule asks) and log before → after."""
+        if self._resolved is None:
+            return
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
+        sync_state(self.model)
+        step = self._step()
+        if step != self._last_update and self._resolved.should_update(step):
+            self._update(step)
+        if self._masks is not None:
+            self._apply()
+        if self.granularity == "channel" and self.make_permanent and self._graph is not None and self._keep:
+            self.pruned_model = self._rebuild(self.model)
+            # for an Export callback after this one (bypassing Keras' layer tracking, which would adopt it)
+            self.model.__dict__["_fitslim_pruned_model"] = self.pruned_model
+        log.info(
+            "fitslim Pruning (%s, %s): kernel sparsity %.2f → %.2f over %d layers",
+            self.granularity,
+            self.scope,
+            self._before,
+            self._zero_fraction(),
+            len(self._layers),
+        )
+        self._resolved = None
+        self._apply_fn = None
+        self._mask_vars = []
+        self._step_count = None
+
+
+# -- channel pruning: dependency groups over the Keras graph, masks, physical rebuild -------------------------
+
+_PASSTHROUGH = (
+    keras.layers.ReLU,
+    keras.layers.Activation,
+    keras.layers.LeakyReLU,
+    keras.layers.ELU,
+    keras.layers.Softmax,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.ZeroPadding1D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.Identity,
+)
+_MERGE = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply, keras.layers.Maximum, keras.layers.Average)
+_CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+
+
+def _check_graph(model: Any) -> None:
+    """Channel pruning rebuilds the model from its config: it needs a Functional or Sequential model."""
+    if not any(c.__name__ in ("Functional", "Sequential") for c in type(model).__mro__):
+        raise _fail(
+            "granularity",
+            f"channel pruning needs a graph, and {type(model).__name__!r} is a subclassed model",
+            "build the model with the Functional API or keras.Sequential, or use 'unstructured'",
+        )
+
+
+class ChannelGraph:
+    """Channel dependency groups of a Functional or Sequential Keras model (channels-last).
+
+    A group is a set of channels that must be removed together: the outputs of its producers (Dense/Conv,
+    merged through ``Add``-like layers), the BatchNormalization and depthwise layers they flow through, and
+    the inputs of the layers consuming them. A group reaching a model output, a layer without a channel rule
+    (Flatten, Reshape, Concatenate, ...) or a producer that is not selected is frozen.
+
+    Raises:
+        ValueError: a model without a graph (subclassed) or a layer that cannot be followed, naming it.
+    """
+
+    def __init__(self, model: Any, selected: set[str]) -> None:
+        _check_graph(model)
+        self.parent: dict[int, int] = {}
+        self.frozen: set[int] = set()
+        self.out_group: dict[str, int] = {}
+        self.in_group: dict[str, int] = {}
+        self.producers: dict[int, list[Any]] = {}
+        self.members: dict[int, list[Any]] = {}  # BN and depthwise layers carrying the group's channels
+        self.consumers: dict[int, list[Any]] = {}
+        self.layers: dict[str, Any] = {}
+        counter = [0]
+
+        def new() -> int:
+            counter[0] += 1
+            self.parent[counter[0]] = counter[0]
+            return counter[0]
+
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            self.layers[layer.name] = layer
+            nodes = getattr(layer, "_inbound_nodes", [])
+            if len(nodes) != 1:
+                raise _fail(
+                    "granularity",
+                    f"layer {layer.name!r} is called {len(nodes)} times; channel pruning needs each layer once",
+                    "use 'unstructured' for models with shared layers",
+                )
+            parents = [node.operation.name for node in nodes[0].parent_nodes]
+            ins = []
+            for p in parents:
+                if p not in self.out_group:  # the model input
+                    g = new()
+                    self.frozen.add(g)
+                    self.out_group[p] = g
+                ins.append(self.out_group[p])
+            if isinstance(layer, _CONVS + (keras.layers.Dense,)) and not isinstance(layer, _TRANSPOSED):
+                g_in = self._find(ins[0])
+                self.in_group[layer.name] = g_in
+                self.consumers.setdefault(g_in, []).append(layer)
+                g = new()
+                self.producers[g] = [layer]
+                if layer.name not in selected or int(getattr(layer, "groups", 1) or 1) != 1:
+                    self.frozen.add(g)
+                self.out_group[layer.name] = g
+            elif isinstance(layer, keras.layers.DepthwiseConv1D | keras.layers.DepthwiseConv2D):
+                g = self._find(ins[0])
+                if int(layer.depth_multiplier) != 1:
+                    self.frozen.add(g)
+                self.members.setdefault(g, []).append(layer)
+                self.out_group[layer.name] = g
+            elif isinstance(layer, keras.layers.BatchNormalization) and layer.axis in (-1, len(layer.input.shape) - 1):
+                g = self._find(ins[0])
+                self.members.setdefault(g, []).append(layer)
+                self.out_group[layer.name] = g
+            elif isinstance(layer, _MERGE):
+                g = ins[0]
+                for other in ins[1:]:
+                    g = self._union(g, other)
+                self.out_group[layer.name] = g
+            elif isinstance(layer, _PASSTHROUGH) and not layer.weights:
+                self.out_group[layer.name] = self._find(ins[0])
+            else:  # no channel rule: freeze what flows in, start a frozen group
+                for g in ins:
+                    self.frozen.add(self._find(g))
+                g = new()
+                self.frozen.add(g)
+                self.out_group[layer.name] = g
+        for output in model.outputs:
+            self.frozen.add(self._find(self.out_group[output._keras_history[0].name]))
+
+    def _find(self, g: int) -> int:
+        while self.parent[g] != g:
+            self.parent[g] = self.parent[self.parent[g]]
+            g = self.parent[g]
+        return g
+
+    def _union(self, a: int, b: int) -> int:
+        ra, rb = self._find(a), self._find(b)
+        if ra == rb:
+            return ra
+        self.parent[rb] = ra
+        for table in (self.producers, self.members, self.consumers):
+            table.setdefault(ra, []).extend(table.pop(rb, []))
+        if rb in self.frozen:
+            self.frozen.add(ra)
+        return ra
+
+    def groups(self) -> list[int]:
+        """The prunable groups (not frozen, with at least one producer), in a stable order."""
+        roots = sorted({self._find(g) for g in self.producers})
+        frozen = {self._find(g) for g in self.frozen}
+        return [g for g in roots if g not in frozen and self.producers.get(g)]
+
+    def group_of(self, table: dict[str, int], name: str) -> int | None:
+        g = table.get(name)
+        return None if g is None else self._find(g)

@@ -1,0 +1,227 @@
+"""Checks of the Keras ``Pruning`` and ``Distillation`` callbacks, runnable on any Keras backend.
+
+Imported by the tests (TensorFlow, in process) and run as a script in a subprocess per backend, because
+``KERAS_BACKEND`` must be set before keras is imported:
+
+    KERAS_BACKEND=jax python tests/keras_callbacks/backend_checks.py pruning     # or distillation; one JSON line
+    python tests/keras_callbacks/backend_checks.py mirrored                      # 2 logical CPUs, TensorFlow
+
+Each check returns plain numbers and booleans; the tests assert on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import numpy as np
+
+N_TRAIN = 256
+BATCH = 32
+
+
+def _data() -> tuple[np.ndarray, np.ndarray]:
+    from fitslim.data import digits
+
+    d = digits(size=8, layout="NHWC")
+    return d.x_train[:N_TRAIN], d.y_train[:N_TRAIN]
+
+
+class Recorder:
+    """A callback recording, at every batch end, each pruned kernel's zeros against the callback's masks."""
+
+    def __new__(cls, pruning: Any) -> Any:
+        import keras
+
+        from keras_callbacks._backend import sync_state
+
+        class _Recorder(keras.callbacks.Callback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.zeros_ok: list[bool] = []
+                self.sparsity: list[float] = []
+
+            def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+                sync_state(self.model)
+                ok = True
+                for name, mask in pruning.masks.items():
+                    w = keras.ops.convert_to_numpy(self.model.get_layer(name).kernel)
+                    ok = ok and bool(np.all(w[~mask] == 0))
+                self.zeros_ok.append(ok)
+                self.sparsity.append(float((logs or {}).get("pruning/sparsity", -1.0)))
+
+        return _Recorder()
+
+
+def check_pruning(granularity: str = "unstructured", epochs: int = 2) -> dict[str, Any]:
+    """Fit the digits CNN with ``Pruning``; report zeros after every step and masks vs the NumPy reference."""
+    import keras
+
+    from fitslim.sparsity import magnitude_masks, n_of_m_mask, prune_count
+    from keras_callbacks.pruning import Pruning
+    from keras_callbacks.reference import build_digits_classifier
+
+    x, y = _data()
+    keras.utils.set_random_seed(0)
+    model = build_digits_classifier(width=0.5)
+    sparsity = 0.5 if granularity == "2:4" else 0.6
+    cb = Pruning(sparsity=sparsity, granularity=granularity, end=0.5, frequency=3)
+    seen: dict[str, Any] = {}
+
+    class Before(keras.callbacks.Callback):
+        """Runs before Pruning at each batch begin: keeps the kernels the masks are computed from."""
+
+        def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            from keras_callbacks._backend import sync_state
+
+            sync_state(self.model)
+            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            if cb._resolved is not None and cb._resolved.should_update(step):
+                seen["step"] = step
+                seen["kernels"] = [keras.ops.convert_to_numpy(lay.kernel) for _, lay in cb._layers]
+                seen["target"] = cb._resolved.sparsity(step)
+
+    rec = Recorder(cb)
+    model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, shuffle=False, callbacks=[Before(), cb, rec])
+    masks = list(cb.masks.values())
+    if granularity == "2:4":
+        from keras_callbacks.pruning import _input_axis
+
+        ref = [
+            n_of_m_mask(k, 2, 4, axis=_input_axis(lay) or 0)
+            for k, (_, lay) in zip(seen["kernels"], cb._layers, strict=True)
+        ]
+    else:
+        ref = magnitude_masks(seen["kernels"], seen["target"], "global", "l1")
+    total = sum(m.size for m in masks)
+    pruned = sum(int(m.size - m.sum()) for m in masks)
+    return {
+        "backend": keras.backend.backend(),
+        "layers": cb.layer_names,
+        "zeros_after_every_step": all(rec.zeros_ok) and len(rec.zeros_ok) == epochs * (N_TRAIN // BATCH),
+        "masks_equal_reference": all(np.array_equal(a, b) for a, b in zip(masks, ref, strict=True)),
+        "pruned": pruned,
+        "expected_pruned": prune_count(total, seen["target"]) if granularity != "2:4" else total // 2,
+        "last_logged_sparsity": rec.sparsity[-1],
+        "final_zero_fraction": float(
+            np.mean(np.concatenate([(keras.ops.convert_to_numpy(lay.kernel) == 0).ravel() for _, lay in cb._layers]))
+        ),
+    }
+
+
+def check_channel() -> dict[str, Any]:
+    """Channel pruning of every conv group, then the physical rebuild: shapes and identical predictions."""
+    import keras
+
+    from keras_callbacks.pruning import Pruning
+    from keras_callbacks.reference import build_digits_classifier
+
+    x, y = _data()
+    keras.utils.set_random_seed(0)
+    model = build_digits_classifier(width=1.0)
+    cb = Pruning(sparsity=0.5, granularity="channel", scope="layer", end=0.5, frequency=3, include=["*_conv"])
+    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, shuffle=False, callbacks=[cb])
+    new = cb.pruned_model
+    shapes = {lay.name: list(lay.weights[0].shape) for lay in new.layers if lay.weights}
+    before = keras.ops.convert_to_numpy(model.predict(x[:64], verbose=0))
+    after = keras.ops.convert_to_numpy(new.predict(x[:64], verbose=0))
+    history = new.fit(x[:64], y[:64], batch_size=BATCH, epochs=1, verbose=0)
+    return {
+        "backend": keras.backend.backend(),
+        "shapes": shapes,
+        "max_abs_diff": float(np.abs(before - after).max()),
+        "params": [int(model.count_params()), int(new.count_params())],
+        "trains": bool(np.isfinite(history.history["loss"][-1])),
+    }
+
+
+def check_distillation() -> dict[str, Any]:
+    """The patched loss equals the float64 reference on a batch; swap-in/out restores everything."""
+    import keras
+
+    from fitslim.distill import combined_loss_reference, kd_loss_reference
+    from keras_callbacks.distillation import Distillation
+    from keras_callbacks.reference import build_digits_classifier
+
+    x, y = _data()
+    keras.utils.set_random_seed(0)
+    teacher = build_digits_classifier(width=1.0)
+    student = build_digits_classifier(width=0.5)
+    cb = Distillation(teacher, temperature=3.0, alpha=0.6)
+    cb.set_model(student)
+    xb, yb = x[:BATCH], y[:BATCH]
+    y_pred = student(xb, training=False)
+    task = float(keras.ops.convert_to_numpy(student.compute_loss(x=xb, y=yb, y_pred=y_pred, training=True)))
+    cb.on_train_begin()
+    patched_in = "compute_loss" in student.__dict__ and not teacher.trainable
+    total = float(keras.ops.convert_to_numpy(student.compute_loss(x=xb, y=yb, y_pred=y_pred, training=True)))
+    eval_loss = float(keras.ops.convert_to_numpy(student.compute_loss(x=xb, y=yb, y_pred=y_pred, training=False)))
+    cb.on_train_end()
+    s_logits = keras.ops.convert_to_numpy(y_pred)
+    t_logits = keras.ops.convert_to_numpy(teacher(xb, training=False))
+    ref = float(combined_loss_reference(task, float(kd_loss_reference(s_logits, t_logits, 3.0)), 0.6))
+    teacher_before = [keras.ops.convert_to_numpy(w).copy() for w in teacher.weights]
+    history = student.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False, callbacks=[cb])
+    teacher_after = [keras.ops.convert_to_numpy(w) for w in teacher.weights]
+    return {
+        "backend": keras.backend.backend(),
+        "loss": total,
+        "reference": ref,
+        "eval_loss_is_task_loss": abs(eval_loss - task) <= 1e-6 * max(1.0, abs(task)),
+        "patched_in": patched_in,
+        "restored": "compute_loss" not in student.__dict__ and teacher.trainable,
+        "teacher_frozen": all(np.array_equal(a, b) for a, b in zip(teacher_before, teacher_after, strict=True)),
+        "fit_loss_finite": bool(np.isfinite(history.history["loss"][-1])),
+    }
+
+
+def check_mirrored() -> dict[str, Any]:
+    """Pruning under ``tf.distribute.MirroredStrategy`` over 2 logical CPUs: identical masks on both replicas."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+
+    from keras_callbacks.pruning import Pruning
+    from keras_callbacks.reference import build_digits_classifier
+
+    x, y = _data()
+    keras.utils.set_random_seed(0)
+    strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+    with strategy.scope():
+        model = build_digits_classifier(width=0.5)
+    cb = Pruning(sparsity=0.5, end=0.5, frequency=2)
+    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, shuffle=False, callbacks=[cb])
+    same, zeros_ok = True, True
+    for name, mask in cb.masks.items():
+        var = model.get_layer(name).kernel.value
+        replicas = [np.asarray(v) for v in strategy.experimental_local_results(var)]
+        same = same and all(np.array_equal(replicas[0], r) for r in replicas[1:])
+        zeros_ok = zeros_ok and all(bool(np.all(r[~mask] == 0)) for r in replicas)
+    return {
+        "replicas": int(strategy.num_replicas_in_sync),
+        "identical": same,
+        "zeros": zeros_ok,
+        "sparsity": float(cb._metrics.get("pruning/sparsity", -1.0)),
+    }
+
+
+def main(mode: str) -> dict[str, Any]:
+    """Run the checks of one mode and return their results."""
+    if mode == "mirrored":
+        return check_mirrored()
+    if mode == "distillation":
+        return {"distillation": check_distillation()}
+    return {"pruning": check_pruning("unstructured"), "pruning_2_4": check_pruning("2:4"), "channel": check_channel()}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    result = main(sys.argv[1] if len(sys.argv) > 1 else "pruning")
+    print("RESULT " + json.dumps(result))
