@@ -19,23 +19,19 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
-from fitslim.schedules import SparsitySchedule, make_schedule
+from fitslim.schedules import SparsitySchedule
 from fitslim.sparsity import (
-    GRANULARITIES,
-    IMPORTANCES,
-    SCOPES,
     channel_masks,
     channel_scores,
     magnitude_masks,
     n_of_m_mask,
-    parse_n_of_m,
+    pruning_args,
 )
 from keras_callbacks._backend import masking_function, patch_train_step, sync_state, to_numpy
 
@@ -43,7 +39,6 @@ __all__ = ["Pruning"]
 
 log = logging.getLogger(__name__)
 
-_SCHEDULES = ("polynomial", "constant", "cubic")
 _PRUNABLE = (
     keras.layers.Dense,
     keras.layers.Conv1D,
@@ -183,51 +178,22 @@ class Pruning(keras.callbacks.Callback):
         example_input: Any = None,
     ) -> None:
         super().__init__()
-        if isinstance(sparsity, bool) or not isinstance(sparsity, int | float):
-            raise TypeError(f"Pruning(sparsity=...): got {sparsity!r}; expected a number. HINT: e.g. sparsity=0.5.")
-        if not (math.isfinite(sparsity) and 0.0 <= sparsity < 1.0):
-            raise _fail("sparsity", f"got {sparsity!r}, outside [0, 1)", "pass the fraction to prune, e.g. 0.5")
-        for name, value, choices in (
-            ("granularity", granularity, GRANULARITIES),
-            ("scope", scope, SCOPES),
-            ("importance", importance, IMPORTANCES),
-        ):
-            if value not in choices:
-                raise _fail(name, f"unknown {value!r}", f"choose one of {list(choices)}")
-        self.nm: tuple[int, int] | None = parse_n_of_m(granularity) if ":" in granularity else None
-        if self.nm is not None and not math.isclose(sparsity, 1 - self.nm[0] / self.nm[1]):
-            raise _fail(
-                "sparsity",
-                f"granularity={granularity!r} prunes exactly {1 - self.nm[0] / self.nm[1]}; got {sparsity!r}",
-                f"pass sparsity={1 - self.nm[0] / self.nm[1]} (or leave the default)",
-            )
-        if not isinstance(make_permanent, bool):
-            raise TypeError(f"Pruning(make_permanent=...): got {make_permanent!r}; expected True or False.")
-        if isinstance(schedule, SparsitySchedule):
-            self.schedule = schedule
-        elif isinstance(schedule, str):
-            if schedule not in _SCHEDULES:
-                raise _fail(
-                    "schedule", f"unknown {schedule!r}", f"choose one of {list(_SCHEDULES)} or a SparsitySchedule"
-                )
-            timing = {
-                "start": None if start_step is not None else start,
-                "end": None if end_step is not None else end,
-                "start_step": start_step,
-                "end_step": end_step,
-            }
-            if timing["start"] is not None and timing["end"] is not None and not timing["end"] > timing["start"]:
-                raise _fail("end", f"end={end!r} is not after start={start!r}", "pass an end after the start")
-            try:
-                self.schedule = make_schedule(schedule, sparsity=sparsity, frequency=frequency, **timing)
-            except ValueError as err:
-                raise ValueError(f"Pruning(schedule={schedule!r}, ...): {err}") from err
-        else:
-            raise TypeError(
-                f"Pruning(schedule=...): got {type(schedule).__name__}; expected a name or a SparsitySchedule. "
-                f"HINT: one of {list(_SCHEDULES)}."
-            )
-        self.sparsity = float(sparsity)
+        args = pruning_args(
+            sparsity,
+            granularity,
+            scope,
+            schedule,
+            start,
+            end,
+            frequency,
+            importance,
+            make_permanent,
+            start_step,
+            end_step,
+        )
+        self.schedule: SparsitySchedule = args.schedule
+        self.nm: tuple[int, int] | None = args.nm
+        self.sparsity = args.sparsity
         self.granularity = granularity
         self.scope = scope
         self.importance = importance
