@@ -1,6 +1,6 @@
 """Keras benchmark: fitslim's Keras 3 callbacks against plain Keras 3 and tfmot on tf-keras.
 
-Run: ``python benchmarks/keras.py [--quick] [--output results.md] [--parts pruning] [--rounds 3]``.
+Run: ``python -m benchmarks.keras [--quick] [--output results.md] [--parts pruning qat accuracy] [--rounds 3]``.
 
 1. ``pruning``: step-time overhead of pruning, each variant against its own plain baseline, same architecture
    (the digits CNN: stem conv, depthwise-separable residual block, transition conv, dense head, built by one
@@ -18,8 +18,20 @@ Run: ``python benchmarks/keras.py [--quick] [--output results.md] [--parts pruni
    epoch 0 (warm-up, tracing, mask updates) are skipped; each figure is the median over the remaining steps of
    all rounds, as process CPU time and wall time. Final kernel sparsity and test accuracy are reported too.
 
-Each section is one function returning Markdown lines (``pruning_overhead``); a section for QAT can be added
-next to it and registered in ``SECTIONS``.
+2. ``qat``: step time of plain Keras 3 vs fitslim ``keras_callbacks.QuantizationAware(start=0.0)`` (fake-quant
+   on from step 0, so for the whole timed span) on the reference digits CNN
+   (``keras_callbacks.reference.build_digits_classifier``), TensorFlow backend, one thread, fresh subprocess per
+   variant, interleaved rounds, timed and reported as in ``pruning`` (median CPU / wall ms per step, ratio vs plain).
+
+3. ``accuracy``: digits test accuracy of the EXPORTED artifacts, same model, epochs (12; 4 with ``--quick``) and
+   seed for every arm: fp32 (the float model to TFLite fp32 and ncnn fp32), PTQ int8 (the same float model through
+   ``exporters.export(..., precision="int8", calibration=[x_train[:256]])``) and QAT int8 (a model trained with
+   ``QuantizationAware()`` (start=0.6) and exported by ``keras_callbacks.Export(precision="int8")`` in the same fit,
+   so the learned QuantSpec and the learned-range TFLite converter are used). Each artifact is run in its own
+   runtime (LiteRT ``Interpreter``, NHWC; ncnn ``Net``, NCHW one sample at a time) and scored by arg-max against
+   the test labels. Goal: QAT int8 at most 0.5 pt below fp32.
+
+Each section is one function returning Markdown lines, registered in ``SECTIONS``.
 """
 
 from __future__ import annotations
@@ -188,7 +200,140 @@ def _worker_tfmot(variant: str, epochs: int) -> dict[str, Any]:
     }
 
 
-WORKERS: dict[str, Callable[[str, int], dict[str, Any]]] = {"keras3": _worker_keras3, "tfmot": _worker_tfmot}
+def _worker_qat(variant: str, epochs: int) -> dict[str, Any]:
+    """Plain fit vs fit with ``QuantizationAware(start=0.0)`` of the reference digits CNN (Keras 3, TF backend)."""
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    keras: Any = importlib.import_module("keras")
+    from keras_callbacks import QuantizationAware
+    from keras_callbacks.reference import build_digits_classifier, evaluate_accuracy
+
+    d = _data()
+    keras.utils.set_random_seed(0)
+    model = build_digits_classifier()
+    start, end, records = _timers(keras.callbacks.Callback)
+    callbacks: list[Any] = [start]
+    if variant == "qat":
+        # fake-quant from step 0, so every timed step (epochs 1..) runs the fake-quant train step
+        callbacks.append(QuantizationAware(start=0.0))
+    callbacks.append(end)
+    model.fit(d.x_train, d.y_train, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=callbacks)
+    return {
+        "records": records,
+        "accuracy": evaluate_accuracy(model, d.x_test, d.y_test),
+        "version": keras.__version__,
+    }
+
+
+def _tflite_logits(path: Path, x: np.ndarray) -> np.ndarray:
+    """Run a ``.tflite`` file in LiteRT one NHWC sample at a time (quantizing the input if it is integer)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    outs = []
+    for sample in x:
+        v = sample[None].astype(np.float32)
+        if np.dtype(inp["dtype"]).kind != "f":
+            scale, zero = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            v = np.clip(np.round(v / scale) + zero, info.min, info.max).astype(inp["dtype"])
+        it.set_tensor(inp["index"], v)
+        it.invoke()
+        y = it.get_tensor(out["index"])
+        if np.dtype(out["dtype"]).kind != "f":
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        outs.append(np.asarray(y, dtype=np.float32).reshape(-1))
+    return np.stack(outs)
+
+
+def _ncnn_logits(param: Path, precision: str, x: np.ndarray) -> np.ndarray:
+    """Run an ncnn param/bin pair one NCHW sample at a time (input / output blobs read from the param)."""
+    from exporters.ncnn import NcnnModel
+
+    net = NcnnModel(param, param.with_suffix(".bin"), precision, threads=1)
+    nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return np.stack([net(sample).reshape(-1) for sample in nchw])
+
+
+def _artifact_accuracy(report: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Top-1 accuracy of each exported artifact on the test split, plus the report's agreement / status."""
+    out: dict[str, Any] = {}
+    for r in report:
+        entry: dict[str, Any] = {"status": r.status, "reason": r.reason, "agreement": r.top1_agreement}
+        entry["scales"] = r.scales
+        if r.ok:
+            path = Path(report.directory) / r.files[0]
+            if r.target == "tflite":
+                logits = _tflite_logits(path, x)
+            else:
+                param = next(Path(report.directory) / f for f in r.files if f.endswith(".param"))
+                logits = _ncnn_logits(param, r.precision, x)
+            entry["accuracy"] = float((logits.argmax(1) == y).mean())
+        out[r.target] = entry
+    return out
+
+
+def _worker_accuracy(variant: str, epochs: int) -> dict[str, Any]:
+    """fp32 / PTQ int8 / QAT int8 digits accuracy of the exported TFLite and ncnn artifacts."""
+    import tempfile
+
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    keras: Any = importlib.import_module("keras")
+    from exporters import export
+    from keras_callbacks import Export, QuantizationAware
+    from keras_callbacks.quantization import fake_quant_inference
+    from keras_callbacks.reference import build_digits_classifier, evaluate_accuracy
+
+    d = _data()
+    targets = ["tflite", "ncnn"]
+    result: dict[str, Any] = {"epochs": epochs, "test": len(d.y_test), "version": keras.__version__}
+    with tempfile.TemporaryDirectory(prefix="fitslim-bench-") as tmp:
+        keras.utils.set_random_seed(0)
+        model = build_digits_classifier()
+        model.fit(d.x_train, d.y_train, batch_size=BATCH, epochs=epochs, verbose=0)
+        keras_acc = evaluate_accuracy(model, d.x_test, d.y_test)
+        fp32 = export(model, targets, example_input=d.x_train[:1], directory=Path(tmp, "fp32"), samples=d.x_test)
+        result["fp32"] = {"keras": keras_acc, **_artifact_accuracy(fp32, d.x_test, d.y_test)}
+        ptq = export(
+            model,
+            targets,
+            precision="int8",
+            calibration=[d.x_train[:256]],
+            samples=d.x_test,
+            directory=Path(tmp, "ptq"),
+        )
+        result["ptq"] = {"keras": keras_acc, **_artifact_accuracy(ptq, d.x_test, d.y_test)}
+
+        keras.utils.set_random_seed(0)
+        model = build_digits_classifier()
+        qat = QuantizationAware()  # start=0.6, the default
+        exp = Export(targets=targets, precision="int8", directory=Path(tmp, "qat"))
+        model.fit(d.x_train, d.y_train, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=[qat, exp])
+        if exp.report is None:
+            raise RuntimeError("Export wrote no report")
+        result["qat"] = {
+            "keras": evaluate_accuracy(model, d.x_test, d.y_test),
+            **_artifact_accuracy(exp.report, d.x_test, d.y_test),
+        }
+        if qat.quant_spec is not None:  # the fake-quant model the int8 artifacts are meant to reproduce
+            with fake_quant_inference(model, qat.quant_spec):
+                logits = keras.ops.convert_to_numpy(model(d.x_test, training=False))
+            result["qat"]["fake_quant"] = float((logits.argmax(1) == d.y_test).mean())
+    return result
+
+
+WORKERS: dict[str, Callable[[str, int], dict[str, Any]]] = {
+    "keras3": _worker_keras3,
+    "tfmot": _worker_tfmot,
+    "qat": _worker_qat,
+    "accuracy": _worker_accuracy,
+}
 
 
 def _spawn(worker: str, variant: str, epochs: int) -> dict[str, Any]:
@@ -260,7 +405,114 @@ def pruning_overhead(quick: bool, rounds: int) -> list[str]:
     return lines
 
 
-SECTIONS: dict[str, Callable[[bool, int], list[str]]] = {"pruning": pruning_overhead}
+def qat_overhead(quick: bool, rounds: int) -> list[str]:
+    """Step time of our Keras 3 ``QuantizationAware`` (fake-quant on from step 0) against plain Keras 3."""
+    epochs = 2 if quick else 4
+    rounds = 1 if quick else rounds
+    variants = ["plain", "qat"]
+    steps: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+    final: dict[str, dict[str, Any]] = {}
+    for r in range(rounds):
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
+        for variant in order:
+            log.info("round %d: qat / %s", r + 1, variant)
+            res = _spawn("qat", variant, epochs)
+            steps[variant] += [(c, w) for e, c, w in res["records"] if e > 0]
+            final[variant] = res
+    med = {
+        v: (statistics.median(c for c, _ in s) * 1e3, statistics.median(w for _, w in s) * 1e3)
+        for v, s in steps.items()
+    }
+    names = {"plain": "plain Keras 3", "qat": "fitslim QuantizationAware(start=0.0) (Keras 3)"}
+    lines = [
+        "## QAT step time (reference digits CNN, batch 64, 1 TF thread, int8 fake-quant from step 0)",
+        "",
+        f"{rounds} round(s) x {epochs} epochs per variant; medians over {len(steps['plain'])} timed steps "
+        "per variant (epoch 0 skipped).",
+        "",
+        "| variant | CPU ms/step | wall ms/step | ratio vs plain (CPU) | ratio (wall) | test acc |",
+        "|---|---|---|---|---|---|",
+    ]
+    base_cpu, base_wall = med["plain"]
+    for variant in variants:
+        cpu, wall = med[variant]
+        lines.append(
+            f"| {names[variant]} | {cpu:.2f} | {wall:.2f} | {cpu / base_cpu:.2f}x | {wall / base_wall:.2f}x "
+            f"| {final[variant]['accuracy']:.3f} |"
+        )
+    lines += ["", f"Keras {final['plain']['version']}.", ""]
+    return lines
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def exported_accuracy(quick: bool, rounds: int) -> list[str]:
+    """Digits test accuracy of the exported TFLite and ncnn artifacts: fp32, PTQ int8, QAT int8."""
+    epochs = 4 if quick else 12
+    log.info("accuracy: fp32 / PTQ int8 / QAT int8 (%d epochs each)", epochs)
+    res = _spawn("accuracy", "all", epochs)
+    arms = [("fp32", "fp32"), ("ptq", "PTQ int8 (calibrated on 256 train images)"), ("qat", "QAT int8 (start=0.6)")]
+    lines = [
+        f"## Digits accuracy of the exported artifacts (reference digits CNN, {epochs} epochs, seed 0)",
+        "",
+        f"Top-1 accuracy (%) on the {res['test']} test images, each artifact run in its own runtime "
+        "(LiteRT ``Interpreter`` NHWC, ncnn ``Net`` NCHW one sample at a time); Keras = the float Keras model "
+        "the arm exported (after QAT: the restored float model). Agreement = the export report's top-1 "
+        "agreement with its reference (the float model; the fake-quant model for QAT).",
+        "",
+        "| arm | Keras | TFLite | ncnn | TFLite vs fp32 (pt) | ncnn vs fp32 (pt) | TFLite agreement | ncnn agreement |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    problems: list[str] = []
+
+    def acc(arm: str, target: str) -> float | None:
+        entry = res[arm].get(target, {})
+        if entry.get("status") != "ok":
+            problems.append(f"{arm} {target}: {entry.get('status', 'missing')} {entry.get('reason', '')}".strip())
+        value = entry.get("accuracy")
+        return None if value is None else float(value)
+
+    table: dict[tuple[str, str], float | None] = {(a, t): acc(a, t) for a, _ in arms for t in ("tflite", "ncnn")}
+    for arm, label in arms:
+        deltas = []
+        for t in ("tflite", "ncnn"):
+            a, base = table[(arm, t)], table[("fp32", t)]
+            deltas.append("-" if a is None or base is None else f"{100 * (a - base):+.2f}")
+        agree = [_pct(res[arm].get(t, {}).get("agreement")) for t in ("tflite", "ncnn")]
+        lines.append(
+            f"| {label} | {_pct(res[arm]['keras'])} | {_pct(table[(arm, 'tflite')])} | {_pct(table[(arm, 'ncnn')])} "
+            f"| {deltas[0]} | {deltas[1]} | {agree[0]} | {agree[1]} |"
+        )
+    verdicts = []
+    for t, name in (("tflite", "TFLite"), ("ncnn", "ncnn")):
+        q, f = table[("qat", t)], table[("fp32", t)]
+        if q is None or f is None:
+            verdicts.append(f"{name}: n/a")
+        else:
+            gap = 100 * (q - f)
+            verdicts.append(f"{name}: {'met' if gap >= -0.5 else 'NOT met'} (QAT - fp32 = {gap:+.2f} pt)")
+    lines += ["", "Goal (QAT int8 <= 0.5 pt below fp32): " + "; ".join(verdicts) + "."]
+    lines += [
+        "",
+        f"QAT Keras fake-quant model (what the int8 artifacts reproduce): {_pct(res['qat'].get('fake_quant'))}% "
+        "test accuracy. The QAT agreement is measured by ``Export`` on the first 8 training batches of 32 "
+        "(it takes no test split); fp32 / PTQ agreement on the test split.",
+    ]
+    scales = {t: res["qat"].get(t, {}).get("scales", "") for t in ("tflite", "ncnn")}
+    lines += ["", f"QAT int8 scales: TFLite: {scales['tflite'] or '-'}; ncnn: {scales['ncnn'] or '-'}."]
+    if problems:
+        lines += ["", "Problems: " + "; ".join(problems) + "."]
+    lines.append("")
+    return lines
+
+
+SECTIONS: dict[str, Callable[[bool, int], list[str]]] = {
+    "pruning": pruning_overhead,
+    "qat": qat_overhead,
+    "accuracy": exported_accuracy,
+}
 
 
 def run(quick: bool, parts: list[str], rounds: int) -> str:
@@ -274,12 +526,12 @@ def run(quick: bool, parts: list[str], rounds: int) -> str:
 def main() -> None:
     """Command line entry point (also the worker entry point, with ``--worker``)."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 epochs, 1 round")
+    parser.add_argument("--quick", action="store_true", help="2 epochs, 1 round (accuracy: 4 epochs)")
     parser.add_argument("--parts", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per variant")
     parser.add_argument("--output", type=Path, default=None, help="also write the Markdown report here")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--variant", choices=["plain", "pruning"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=["plain", "pruning", "qat", "all"], help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, default=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

@@ -52,6 +52,7 @@ def test_prune_quantize_distill_and_export_in_one_fit(tmp_path: Path) -> None:
         limit_train_batches=8,
         limit_val_batches=1,
         log_every_n_steps=1,
+        default_root_dir=str(tmp_path),
         callbacks=[prune, qat, distil, export, spy],
     )
     trainer.fit(student, DigitsDataModule(batch_size=32))
