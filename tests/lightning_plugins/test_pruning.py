@@ -15,7 +15,6 @@ pytest.importorskip("torch_pruning", reason="torch-pruning not installed")
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from fitslim.data import digits
 from fitslim.models import torch_model
@@ -23,42 +22,10 @@ from fitslim.sparsity import prune_count
 from lightning_plugins._channels import build_plan
 from lightning_plugins._compat import pl
 from lightning_plugins.pruning import Pruning
-from lightning_plugins.reference import DigitsClassifier, DigitsDataModule
+from lightning_plugins.reference import DigitsClassifier
+from tests.lightning_plugins.helpers import Crash, Digits
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-
-class EpochShuffle(torch.utils.data.Sampler[int]):
-    """Shuffles with a seed derived from the epoch, so a resumed run sees the same batches."""
-
-    def __init__(self, n: int, seed: int = 0) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Any:
-        gen = torch.Generator().manual_seed(self.seed + 1000 * self.epoch)
-        return iter(torch.randperm(self.n, generator=gen).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class Digits(DigitsDataModule):
-    def train_dataloader(self) -> DataLoader:
-        d = self.data
-        ds = TensorDataset(torch.from_numpy(d.x_train), torch.from_numpy(d.y_train))
-        return DataLoader(ds, batch_size=self.batch_size, sampler=EpochShuffle(len(ds)))
-
-
-class Crash(pl.Callback):  # type: ignore[name-defined]
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
 
 
 class CaptureLogger(pl.loggers.Logger):  # type: ignore[name-defined]
