@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_plugins._compat import pl
 from lightning_plugins.reference import DigitsDataModule
 
-__all__ = ["Crash", "Digits", "EpochShuffle"]
+__all__ = ["Crash", "Digits", "EpochShuffle", "cpu_trainer"]
 
 
 class EpochShuffle(torch.utils.data.Sampler[int]):
@@ -44,3 +45,21 @@ class Crash(pl.Callback):  # type: ignore[name-defined]
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         if trainer.current_epoch == self.epoch:
             raise RuntimeError("simulated crash")
+
+
+def cpu_trainer(root: Path, callbacks: list[Any], epochs: int = 2, batches: int | None = 8, **kw: Any) -> Any:
+    """A quiet single-process CPU trainer with no validation, writing under ``root``."""
+    kw.setdefault("logger", False)
+    kw.setdefault("enable_checkpointing", False)
+    return pl.Trainer(
+        max_epochs=epochs,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        accelerator="cpu",
+        devices=kw.pop("devices", 1),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(root),
+        callbacks=callbacks,
+        **kw,
+    )

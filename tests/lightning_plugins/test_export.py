@@ -56,9 +56,7 @@ def test_fit_end_export_uses_training_batches(tmp_path: Path) -> None:
     pl.seed_everything(0)
     cb = Export(targets=["onnx"], directory=tmp_path / "exports", calibration_batches=3)
     module = DigitsClassifier()
-    _trainer(tmp_path, [cb], limit_train_batches=5, limit_val_batches=1).fit(
-        module, DigitsDataModule(batch_size=16)
-    )
+    _trainer(tmp_path, [cb], limit_train_batches=5, limit_val_batches=1).fit(module, DigitsDataModule(batch_size=16))
     assert cb.report is not None and cb.report.ok, cb.report
     r = cb.report["onnx"]
     assert r.samples == 48  # 3 training batches of 16
@@ -69,9 +67,7 @@ def test_fit_end_export_uses_training_batches(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_export_failure_never_breaks_fit_or_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_export_failure_never_breaks_fit_or_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import exporters.onnx_export as onnx_export
 
     def boom(*args: Any, **kwargs: Any) -> Any:

@@ -23,7 +23,7 @@ from lightning_plugins._channels import build_plan
 from lightning_plugins._compat import pl
 from lightning_plugins.pruning import Pruning
 from lightning_plugins.reference import DigitsClassifier
-from tests.lightning_plugins.helpers import Crash, Digits
+from tests.lightning_plugins.helpers import Crash, Digits, cpu_trainer
 
 # -- helpers -------------------------------------------------------------------------------------------
 
@@ -48,21 +48,7 @@ class CaptureLogger(pl.loggers.Logger):  # type: ignore[name-defined]
         self.rows.append((step, dict(metrics)))
 
 
-def _trainer(root: Path, callbacks: list[Any], epochs: int = 2, batches: int = 8, **kw: Any) -> Any:
-    kw.setdefault("logger", False)
-    kw.setdefault("enable_checkpointing", False)
-    return pl.Trainer(
-        max_epochs=epochs,
-        limit_train_batches=batches,
-        limit_val_batches=0,
-        accelerator="cpu",
-        devices=kw.pop("devices", 1),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(root),
-        callbacks=callbacks,
-        **kw,
-    )
+_trainer = cpu_trainer
 
 
 def _module(seed: int = 0, **kw: Any) -> DigitsClassifier:

@@ -20,26 +20,12 @@ from lightning_plugins._compat import pl
 from lightning_plugins._fakequant import LayerQuantizer
 from lightning_plugins.quantization import QuantizationAware, find_layers, simulate
 from lightning_plugins.reference import DigitsClassifier, DigitsDataModule
-from tests.lightning_plugins.helpers import Crash, Digits
+from tests.lightning_plugins.helpers import Crash, Digits, cpu_trainer
 
 # -- helpers -------------------------------------------------------------------------------------------
 
 
-def _trainer(root: Path, callbacks: list[Any], epochs: int = 2, batches: int | None = 8, **kw: Any) -> Any:
-    kw.setdefault("logger", False)
-    kw.setdefault("enable_checkpointing", False)
-    return pl.Trainer(
-        max_epochs=epochs,
-        limit_train_batches=batches,
-        limit_val_batches=0,
-        accelerator="cpu",
-        devices=kw.pop("devices", 1),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(root),
-        callbacks=callbacks,
-        **kw,
-    )
+_trainer = cpu_trainer
 
 
 def _module(seed: int = 0, width: float = 0.5) -> Any:
