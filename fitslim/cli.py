@@ -21,10 +21,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
-        "demo", help="train the reference CNN on the bundled digits with Lightning and Keras"
+        "demo",
+        help="train, compress (pruning + QAT + distillation), export and compare the reference CNN on the bundled "
+        "digits with Lightning and Keras",
     )
     demo.add_argument("--output", default="fitslim-demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--quick", action="store_true", help="a short run (fewer epochs)")
+    demo.add_argument("--quick", action="store_true", help="a short run (fewer epochs, under two minutes)")
     demo.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
@@ -105,14 +107,15 @@ def _export(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fitslim`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    # fitslim's own progress at INFO; other libraries' loggers (Lightning has its own handler) stay quieter
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for package in ("fitslim", "exporters", "lightning_plugins", "keras_callbacks"):
+        logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if args.command == "demo":
         from fitslim.demo import format_results, run_demo
 
         try:
-            results = run_demo(
+            result = run_demo(
                 args.output,
                 quick=args.quick,
                 frameworks=tuple(args.frameworks),
@@ -123,8 +126,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"fitslim demo: {err}", file=sys.stderr)
             return 2
         print()
-        print("Reference digits CNN, test split (bundled scikit-learn digits):")
-        print(format_results(results))
+        print(format_results(result))
+        print(f"Report, plots and artifacts in {result.output}/ ({result.seconds:.0f} s in all).")
+        failed = [
+            f"{r.framework} {v.name} {a.target}"
+            for r in result.frameworks
+            for v in (r.dense, r.compressed)
+            for a in v.artifacts
+            if a.status == "failed"
+        ]
+        if failed:
+            print(f"fitslim demo: failed artifacts: {', '.join(failed)}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "export":
         try:

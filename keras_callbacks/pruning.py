@@ -458,7 +458,9 @@ class Pruning(keras.callbacks.Callback):
                 cfg["filters" if "filters" in cfg else "units"] = kept[cfg["name"]]
         new = (keras.Sequential if isinstance(model, keras.Sequential) else keras.Model).from_config(config)
         for name, layer in graph.layers.items():
-            values = [to_numpy(w) for w in layer.weights]
+            # the layer's own variables; ones other callbacks attached (QAT ranges) are not in the clean clone
+            own = [w for w in layer.weights if not str(getattr(w, "name", "")).startswith("fitslim_")]
+            values = [to_numpy(w) for w in own]
             if not values:
                 continue
             out_g, in_g = graph.group_of(graph.out_group, name), graph.group_of(graph.in_group, name)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,25 +51,3 @@ def test_export_and_report_round_trip(
     assert "onnx    fp32       ok" in capsys.readouterr().out
     assert main(["export", str(model), "--to", "onnx", "--input-shape", "1,x,8"]) == 2
     assert "--input-shape" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_demo_console_script_prints_both_accuracies(tmp_path: Path) -> None:
-    pytest.importorskip("lightning")
-    pytest.importorskip("keras")
-    proc = subprocess.run(
-        [sys.executable, "-m", "fitslim.cli", "demo", "--quick", "--output", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {
-        line.split()[0]: line.split()
-        for line in proc.stdout.splitlines()
-        if line.startswith(("lightning ", "keras "))
-    }
-    assert set(rows) == {"lightning", "keras"}
-    for fw, cells in rows.items():
-        acc = float(cells[1].rstrip("%"))
-        assert acc >= 90.0, f"{fw} reached only {acc}% in the quick demo"

@@ -1,0 +1,89 @@
+"""``fitslim demo``: both frameworks trained, compressed by one recipe, exported, scored and reported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fitslim.demo import run_demo
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_arguments_fail_before_any_training(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"frameworks: unknown \['tensorflow'\]"):
+        run_demo(tmp_path, frameworks=("tensorflow",))
+    with pytest.raises(ValueError, match="epochs must be >= 1; got 0"):
+        run_demo(tmp_path, epochs=0)
+    assert not (tmp_path / "report.json").exists()
+
+
+def _check_framework(fw: dict[str, Any]) -> None:
+    name, dense, small = fw["framework"], fw["dense"], fw["compressed"]
+    # channel pruning removed parameters for real (half the channels of the prunable layers)
+    assert small["parameters"] < 0.7 * dense["parameters"], (name, small["parameters"], dense["parameters"])
+    assert dense["model_accuracy"] > 0.6 and small["model_accuracy"] > 0.6, name
+    for variant in (dense, small):
+        arts = {a["target"]: a for a in variant["artifacts"]}
+        assert set(arts) == {"onnx", "ncnn", "tflite", "tensorrt"}, (name, variant["name"])
+        for target, a in arts.items():
+            assert a["status"] == "ok", (name, variant["name"], target, a["reason"])
+            assert a["test_accuracy"] is not None, (name, variant["name"], target, a["reason"])
+            # the artifact scores like the model it was exported from (int8 within 4 points)
+            assert abs(a["test_accuracy"] - variant["model_accuracy"]) <= 0.04, (name, variant["name"], target)
+            assert a["size_bytes"] > 0 and a["latency_ms"] > 0
+    dense_arts = {a["target"]: a for a in dense["artifacts"]}
+    small_arts = {a["target"]: a for a in small["artifacts"]}
+    for target in ("ncnn", "tflite", "tensorrt"):  # int8 and fewer channels: far smaller files
+        assert small_arts[target]["precision"] == "int8"
+        assert small_arts[target]["size_bytes"] < 0.6 * dense_arts[target]["size_bytes"], (name, target)
+    steps = fw["sparsity_steps"]
+    values = [s for _, s in steps]
+    assert values == sorted(values) and abs(values[-1] - 0.5) < 0.02, (name, values[-5:])
+    assert fw["layer_sparsity"] and all(0.0 <= v <= 1.0 for v in fw["layer_sparsity"].values())
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_tables_report_and_plots(tmp_path: Path) -> None:
+    pytest.importorskip("lightning")
+    pytest.importorskip("keras")
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fitslim.cli", "demo", "--quick", "--epochs", "2", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for title in ("Lightning: reference digits CNN", "Keras: reference digits CNN"):
+        assert title in proc.stdout
+    assert proc.stdout.count("compressed int8") >= 2 and "ncnn" in proc.stdout
+
+    report = json.loads((out / "report.json").read_text())
+    assert [fw["framework"] for fw in report["frameworks"]] == ["lightning", "keras"]
+    for fw in report["frameworks"]:
+        _check_framework(fw)
+    # one recipe, both frameworks: the same pruning target after every optimizer step
+    lightning, keras = (dict(fw["sparsity_steps"]) for fw in report["frameworks"])
+    common = sorted(set(lightning) & set(keras))
+    assert len(common) >= 10
+    assert all(abs(lightning[s] - keras[s]) < 0.02 for s in common), [(s, lightning[s], keras[s]) for s in common]
+
+    markdown = (out / "report.md").read_text()
+    assert markdown.count("| target | runtime |") == 2 and "granularity: channel" in markdown
+    for name in ("sparsity_over_steps.png", "layer_sparsity.png", "size_latency_accuracy.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+        assert f"({name})" in markdown
+    assert not list(out.rglob("*.partial"))
+
+    # a second run reuses the cached dense model (the teacher) instead of training it again
+    again = run_demo(out, epochs=2, frameworks=("lightning",))
+    assert again.frameworks[0].teacher_cached
+    assert again.frameworks[0].dense.model_accuracy == pytest.approx(report["frameworks"][0]["dense"]["model_accuracy"])
