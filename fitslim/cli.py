@@ -41,7 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("model", help="path to an .onnx file")
     exp.add_argument(
-        "--to", nargs="+", required=True, metavar="TARGET", help="any of onnx ncnn tflite tensorrt"
+        "--to",
+        nargs="+",
+        required=True,
+        metavar="TARGET",
+        help="any of onnx ncnn tensorrt (tflite needs the Keras or torch model: use exporters.export in Python)",
     )
     exp.add_argument(
         "--input-shape", default=None, help="e.g. 1,3,160,160 (needed when the ONNX input is dynamic)"
@@ -73,6 +77,11 @@ def _export(args: argparse.Namespace) -> int:
     from exporters import export
     from fitslim.quantspec import QuantSpec
 
+    if "tflite" in args.to:
+        raise ValueError(
+            "--to tflite: the TFLite converters take the Keras or torch model, not an .onnx file. "
+            "HINT: call exporters.export(model, ['tflite'], ...) on the model in Python, or drop tflite here."
+        )
     example = None
     if args.input_shape:
         example = np.random.default_rng(0).random(_shape(args.input_shape), dtype=np.float32)

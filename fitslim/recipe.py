@@ -41,7 +41,7 @@ class RecipeError(ValueError):
 
 @dataclass(frozen=True)
 class _Field:
-    kind: str  # float | int | bool | str | choice | str_list | choice_list | str_map | int_list | schedule
+    kind: str  # float | int | bool | str | choice | str_list | choice_list | str_map | schedule
     default: Any = None
     lo: float | None = None
     hi: float | None = None
@@ -110,7 +110,6 @@ _FIELDS: dict[str, dict[str, _Field]] = {
         "precision": _Field("choice", "fp32", choices=PRECISIONS),
         "directory": _Field("str", "exports"),
         "verify": _Field("bool", True),
-        "input_shape": _Field("int_list", None, lo=1, nullable=True, hint="e.g. [1, 3, 160, 160]"),
     },
 }
 
@@ -157,21 +156,19 @@ def _check_value(path: str, value: Any, f: _Field) -> Any:
         if value not in f.choices:
             raise _err(path, f"{value!r} is not one of {list(f.choices)}. Fix: use one of them.")
         return value
-    if f.kind in ("str_list", "choice_list", "int_list"):
+    if f.kind in ("str_list", "choice_list"):
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
             raise _err(path, f"expected a list; got {value!r}. Fix: write it as [a, b].")
         out = []
         for i, item in enumerate(value):
             sub = f"{path}[{i}]"
-            if f.kind == "int_list":
-                out.append(_check_number(sub, item, _Field("int", lo=f.lo)))
-            elif f.kind == "choice_list":
+            if f.kind == "choice_list":
                 out.append(_check_value(sub, item, _Field("choice", choices=f.choices)))
             else:
                 out.append(_check_value(sub, item, _Field("str")))
         if f.kind == "choice_list" and not out:
             raise _err(path, f"must name at least one of {list(f.choices)}.")
-        if f.kind != "int_list" and len(set(map(str, out))) != len(out):
+        if len(set(map(str, out))) != len(out):
             raise _err(path, f"has duplicates: {out}. Fix: list each entry once.")
         return out
     if f.kind == "str_map":
@@ -220,11 +217,18 @@ def _check_timing(path: str, sec: Mapping[str, Any], explicit: Mapping[str, Any]
         and start is not None
         and end is not None
     ):
-        if end < start:
-            raise _err(f"{path}.end", f"{end} is before start {start}. Fix: end must be >= start.")
+        if end <= start:
+            raise _err(f"{path}.end", f"{end} is not after start {start}. Fix: end must be > start, e.g. 0.7.")
     s_step, e_step = explicit.get("start_step"), explicit.get("end_step")
-    if s_step is not None and e_step is not None and e_step != -1 and e_step < s_step:
-        raise _err(f"{path}.end_step", f"{e_step} is before start_step {s_step}. Fix: end_step >= start_step, or -1.")
+    if s_step is not None and e_step is not None and e_step != -1 and e_step <= s_step:
+        raise _err(f"{path}.end_step", f"{e_step} is not after start_step {s_step}. Fix: end_step > start_step.")
+    schedule = sec.get("schedule")
+    kind = schedule.get("type") if isinstance(schedule, Mapping) else sec.get("type", schedule)
+    if e_step == -1 and kind not in (None, "constant"):
+        raise _err(
+            f"{path}.end_step",
+            f"-1 (never stop) needs the constant schedule; the {kind} schedule needs an end. Fix: e.g. end_step: 1000.",
+        )
 
 
 def _validate(data: Any) -> dict[str, Any]:
@@ -311,7 +315,7 @@ class Recipe:
 
         ``pruning``: a schedule given as a mapping becomes a :class:`fitslim.schedules.SparsitySchedule` (its
         timing replaces the section's); absolute steps replace the fraction defaults. ``distillation``: the
-        ``teacher`` entry is left out (the caller resolves it). ``export``: ``input_shape`` is left out.
+        ``teacher`` entry is left out (the caller resolves it).
 
         Raises:
             ValueError: an unknown section name.
@@ -347,8 +351,6 @@ class Recipe:
                         kw.pop(frac)
         elif section == "distillation":
             kw.pop("teacher")
-        elif section == "export":
-            kw.pop("input_shape")
         return kw
 
     def to_dict(self) -> dict[str, Any]:

@@ -460,7 +460,12 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
     def _log_metrics(self, step: int, trainer: Any, pl_module: Any, *, log_to_module: bool) -> None:
         if self._masks is None:
             return
-        counts = {k: v for k, v in self._masks.counts().items() if k.endswith(".weight")}
+        root, norm = self._masks.root, nn.modules.batchnorm._NormBase
+        counts = {  # kernels only (as on the Keras side): a channel mask also covers BatchNorm's affine weights
+            k: v
+            for k, v in self._masks.counts().items()
+            if k.endswith(".weight") and not isinstance(root.get_submodule(k[: -len(".weight")]), norm)
+        }
         pruned = sum(p for p, _ in counts.values())
         total = sum(t for _, t in counts.values())
         metrics = {"pruning/sparsity": pruned / max(total, 1), "pruning/target": self._target}

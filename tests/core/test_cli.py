@@ -26,6 +26,8 @@ def test_export_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "does not exist" in capsys.readouterr().err
     assert main(["export", "model.pt", "--to", "onnx"]) == 2
     assert "must name an .onnx file" in capsys.readouterr().err
+    assert main(["export", "model.onnx", "--to", "ncnn", "tflite"]) == 2
+    assert "--to tflite: the TFLite converters take the Keras or torch model" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ pruning:
   exclude: [head]
 quantization: {start: 0.6, freeze_bn: 0.8, freeze_observers: 0.9, observer: minmax}
 distillation: {teacher: teacher.ckpt, temperature: 4.0, alpha: 0.7, features: {block: block}}
-export: {targets: [onnx, ncnn, tflite, tensorrt], precision: int8, input_shape: [1, 1, 8, 8]}
+export: {targets: [onnx, ncnn, tflite, tensorrt], precision: int8}
 """
 
 
@@ -80,15 +80,17 @@ def test_missing_sections_are_none_and_empty_section_gets_defaults() -> None:
         ),
         (
             {"pruning": {"schedule": {"start": 0.5, "end": 0.2}}},
-            r"^pruning.schedule.end: 0.2 is before start 0.5",
+            r"^pruning.schedule.end: 0.2 is not after start 0.5",
         ),
         ({"pruning": {"schedule": {"power": 0}}}, r"^pruning.schedule.power: 0.0 is out of range \(0, inf\]"),
-        ({"pruning": {"start": 0.8, "end": 0.2}}, r"^pruning.end: 0.2 is before start 0.8"),
+        ({"pruning": {"start": 0.8, "end": 0.2}}, r"^pruning.end: 0.2 is not after start 0.8"),
+        ({"pruning": {"start": 0.5, "end": 0.5}}, r"^pruning.end: 0.5 is not after start 0.5\. Fix: end must be > start"),
         (
             {"pruning": {"start": 0.1, "start_step": 10}},
             r"^pruning.start_step: given together with pruning.start",
         ),
-        ({"pruning": {"start_step": 100, "end_step": 50}}, r"^pruning.end_step: 50 is before start_step 100"),
+        ({"pruning": {"start_step": 100, "end_step": 50}}, r"^pruning.end_step: 50 is not after start_step 100"),
+        ({"pruning": {"start_step": 0, "end_step": -1}}, r"^pruning.end_step: -1 \(never stop\) needs the constant schedule"),
         ({"pruning": {"frequency": 0}}, r"^pruning.frequency: 0 is out of range \[1, inf\]"),
         ({"pruning": {"frequency": 2.5}}, r"^pruning.frequency: expected an integer"),
         ({"pruning": {"include": "conv"}}, r"^pruning.include: expected a list"),
@@ -110,7 +112,7 @@ def test_missing_sections_are_none_and_empty_section_gets_defaults() -> None:
             {"export": {"precision": "int4"}},
             r"^export.precision: 'int4' is not one of \['fp32', 'fp16', 'int8'\]",
         ),
-        ({"export": {"input_shape": [1, 0, 8]}}, r"^export.input_shape\[1\]: 0 is out of range \[1, inf\]"),
+        ({"export": {"input_shape": [1, 1, 8, 8]}}, r"^export.input_shape: unknown key"),
         ({"export": {"directory": None}}, r"^export.directory: must not be empty"),
         ({"version": 2}, r"^version: 2 is not supported"),
         ({"pruning": [1, 2]}, r"^pruning: expected a mapping of settings"),
