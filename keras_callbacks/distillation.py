@@ -12,9 +12,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import keras
@@ -22,7 +25,7 @@ from keras import ops
 
 from fitslim.distill import DistillationSettings, adapter_kind, resolve_layer
 
-__all__ = ["Distillation", "kd_loss"]
+__all__ = ["Distillation", "FeatureAdapter", "kd_loss"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,103 @@ def _shape(tensor: Any) -> tuple[int | None, ...]:
     return tuple(None if d is None else int(d) for d in tensor.shape)
 
 
+_ADAPTERS = "fitslim_distillation_adapters"  # the model attribute holding the adapters during fit
+
+
+class FeatureAdapter(keras.layers.Layer):
+    """A learnable bias-free linear map of one feature axis: a Dense on the last axis, or a 1x1 convolution.
+
+    ``axis=-1`` maps channels-last features (``(N, ..., C)``: a Dense / 1x1 conv on NHWC); ``axis=1`` maps
+    channels-first ones. The kernel ``(cin, cout)`` starts from ``U(-1/sqrt(cin), 1/sqrt(cin))`` (PyTorch's
+    default for the Lightning twin's ``nn.Linear``/``nn.Conv2d``) drawn with a seed derived from ``key``
+    alone: the same in every run and on every replica, and the global RNG is left untouched.
+
+    Args:
+        cin: student channels.
+        cout: teacher channels.
+        axis: the channel axis, ``-1`` or ``1``.
+        key: the student layer name (seeds the initial kernel).
+
+    Example:
+        >>> adapter = FeatureAdapter(8, 16, axis=-1, key="transition_act")
+        >>> tuple(adapter(keras.ops.zeros((2, 4, 4, 8))).shape)
+        (2, 4, 4, 16)
+    """
+
+    def __init__(self, cin: int, cout: int, axis: int = -1, key: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if axis not in (-1, 1):
+            raise ValueError(f"FeatureAdapter(axis={axis!r}): must be -1 (channels last) or 1. HINT: use axis=-1.")
+        self.cin, self.cout, self.axis, self.key = int(cin), int(cout), axis, key
+        bound = 1.0 / math.sqrt(self.cin)
+        seed = zlib.crc32(key.encode()) % (2**31 - 1)
+        self.kernel = self.add_weight(
+            shape=(self.cin, self.cout),
+            initializer=keras.initializers.RandomUniform(-bound, bound, seed=seed),
+            name="kernel",
+        )
+        self.built = True
+
+    def call(self, inputs: Any) -> Any:
+        """Map the channel axis of ``inputs`` from ``cin`` to ``cout``."""
+        if self.axis == -1:
+            return ops.matmul(inputs, self.kernel)
+        return ops.moveaxis(ops.matmul(ops.moveaxis(inputs, 1, -1), self.kernel), -1, 1)
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments."""
+        return {**super().get_config(), "cin": self.cin, "cout": self.cout, "axis": self.axis, "key": self.key}
+
+
+class _AdapterHolder(keras.layers.Layer):
+    """Carries the adapters as tracked sub-layers of the student during fit (so they are trainable variables)."""
+
+
+def _channels(shape: tuple[int | None, ...], axis: int) -> int:
+    value = shape[axis]
+    if value is None:
+        raise ValueError(f"feature shape {shape} has an unknown channel axis")
+    return int(value)
+
+
+def _same_optimizer(optimizer: Any, variables: list[Any]) -> Any:
+    """A new optimizer like ``optimizer`` built for ``variables``, carrying over its state where names match."""
+    new = type(optimizer).from_config(optimizer.get_config())
+    new.build(variables)
+    _copy_state(optimizer, new)
+    return new
+
+
+def _copy_state(source: Any, target: Any) -> None:
+    """Copy the optimizer variables (step, learning rate, slots) of ``source`` into those of ``target`` of that name."""
+    by_name: dict[str, list[Any]] = {}
+    for v in source.variables:
+        by_name.setdefault(v.name, []).append(v)
+    for v in target.variables:
+        found = by_name.get(v.name, [])
+        if len(found) == 1 and tuple(found[0].shape) == tuple(v.shape):
+            v.assign(found[0].value)
+
+
+def _variable_scope(model: Any) -> Any:
+    """Where new variables of ``model`` must be created: its TensorFlow distribution strategy's scope, if any."""
+    strategy = getattr(model, "distribute_strategy", None)
+    if keras.backend.backend() == "tensorflow" and strategy is not None:
+        return strategy.scope()
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _unlocked(layer: Any) -> Iterator[None]:
+    locked = layer._tracker.locked
+    layer._tracker.unlock()
+    try:
+        yield
+    finally:
+        if locked:
+            layer._tracker.lock()
+
+
 class Distillation(keras.callbacks.Callback):
     """Distil a frozen teacher into the Keras model being fitted, without changing its ``compile``.
 
@@ -61,7 +161,13 @@ class Distillation(keras.callbacks.Callback):
     ``(1 - alpha) * task_loss + alpha * kd_term + feature_weight * sum(feature_losses)``, where ``task_loss`` is
     what the user's compiled loss computes, ``kd_term`` is ``T**2 * KL(softmax(teacher/T) || softmax(student/T))``
     (``loss="kl"``), the logits' MSE (``"mse"``) or ``loss(student_logits, teacher_logits)``, and the feature
-    losses are the MSE between named student and teacher layer outputs of equal shapes. The teacher is called
+    losses are the MSE between named student and teacher layer outputs, the student's mapped by a learnable
+    bias-free :class:`FeatureAdapter` when only the channel axis differs (a Dense / 1x1 conv on the last axis of
+    channels-last features, chosen by :func:`fitslim.distill.adapter_kind` as on the Lightning side). During ``fit``
+    the adapters are tracked as a sub-layer of the student (so the compiled train step trains them on every
+    backend) and the student's optimizer is replaced by a copy built for the longer variable list; at the end the
+    adapters are taken off (kept in :attr:`adapters`) and the student's own optimizer, with the trained step and
+    slots copied back, is restored. Adapters are not saved in the student's checkpoints. The teacher is called
     with ``training=False`` under ``stop_gradient`` and is set ``trainable=False`` for the fit (restored at the
     end). The user's compiled metrics and the evaluation loss are unchanged; during ``fit``, ``logs["loss"]`` is the
     combined loss above (Keras' loss tracker records what ``compute_loss`` returns).
@@ -87,7 +193,8 @@ class Distillation(keras.callbacks.Callback):
             ``output_fn`` or ``loader``, or a bad type in the settings.
         ValueError: temperature <= 0, alpha outside [0, 1], an unknown loss, a negative feature_weight; in
             ``on_train_begin`` (before the first step): teacher and student outputs of different shapes, an
-            unknown feature layer, feature shapes that differ, the teacher being the student.
+            unknown feature layer, feature shapes no adapter maps (different rank or spatial size; the message
+            names both layers and shapes), the teacher being the student.
 
     Example:
         >>> from keras_callbacks.reference import build_digits_classifier
@@ -132,6 +239,9 @@ class Distillation(keras.callbacks.Callback):
         self._teacher_trainable = True
         self._student_view: Any = None
         self._teacher_view: Any = None
+        #: the learned feature adapters, ``{student layer: FeatureAdapter}`` (kept after fit for inspection)
+        self.adapters: dict[str, FeatureAdapter] = {}
+        self._adapter_specs: dict[str, tuple[str, int, int, int]] = {}
 
     # -- checks --------------------------------------------------------------------------------------
 
@@ -179,25 +289,73 @@ class Distillation(keras.callbacks.Callback):
                 "or pass output_fn=... selecting comparable logits."
             )
         self._student_view = self._teacher_view = None
+        self._adapter_specs = {}
         features = self.settings.features or {}
         if features:
             student_outputs, teacher_outputs = [], []
             for s_name, t_name in features.items():
                 s_out = self._layer(model, s_name, "student").output
                 t_out = self._layer(teacher, t_name, "teacher").output
-                kind = adapter_kind(
-                    [1, *(d or 0 for d in _shape(s_out)[1:])], [1, *(d or 0 for d in _shape(t_out)[1:])]
-                )
-                if kind is not None:
+                s_shape, t_shape = _shape(s_out), _shape(t_out)
+                kind = adapter_kind([1, *(d or 0 for d in s_shape[1:])], [1, *(d or 0 for d in t_shape[1:])])
+                if kind == "incompatible":
                     raise ValueError(
-                        f"Distillation(features={{{s_name!r}: {t_name!r}}}): student feature {_shape(s_out)} and "
-                        f"teacher feature {_shape(t_out)} differ ({kind}); Keras feature adapters are not "
-                        "supported yet. HINT: pick layers of the same shape."
+                        f"Distillation(features={{{s_name!r}: {t_name!r}}}): student layer {s_name!r} gives "
+                        f"{s_shape} and teacher layer {t_name!r} gives {t_shape}; a learnable adapter (a Dense / 1x1 "
+                        "conv) maps only the channel axis (the last one, or axis 1 for channels-first maps). "
+                        "HINT: pair layers with the same rank and spatial size."
                     )
+                if kind is not None:
+                    axis = -1 if kind == "linear" else 1
+                    self._adapter_specs[s_name] = (kind, axis, _channels(s_shape, axis), _channels(t_shape, axis))
                 student_outputs.append(s_out)
                 teacher_outputs.append(t_out)
             self._student_view = keras.Model(model.inputs, student_outputs)
             self._teacher_view = keras.Model(teacher.inputs, [*teacher.outputs, *teacher_outputs])
+
+    # -- adapters ------------------------------------------------------------------------------------
+
+    def _attach_adapters(self, model: Any) -> None:
+        """Create the adapters (or keep those of an earlier fit), track them on the student, extend the optimizer.
+
+        Tracked as a sub-layer of the student, their kernels are in ``model.trainable_variables``, which the
+        compiled train step differentiates and updates on every backend; the optimizer is rebuilt for the longer
+        variable list (a copy of the user's, with its step, learning rate and slots carried over).
+        """
+        if not self._adapter_specs:
+            return
+        with _variable_scope(model):
+            for key, (kind, axis, cin, cout) in self._adapter_specs.items():
+                old = self.adapters.get(key)
+                if old is None or (old.cin, old.cout, old.axis) != (cin, cout, axis):
+                    name = f"fitslim_adapter_{len(self.adapters)}_{key.replace('.', '_').replace('/', '_')}"
+                    self.adapters[key] = FeatureAdapter(cin, cout, axis=axis, key=key, name=name)
+                    log.info("fitslim Distillation: %s adapter for %r, %d → %d channels", kind, key, cin, cout)
+            holder = _AdapterHolder(name=_ADAPTERS)
+            holder.adapters = [self.adapters[key] for key in self._adapter_specs]
+            with _unlocked(model):
+                setattr(model, _ADAPTERS, holder)
+            optimizer = getattr(model, "optimizer", None)
+            if optimizer is not None:
+                model.__dict__["_fitslim_user_optimizer"] = optimizer
+                model.optimizer = _same_optimizer(optimizer, list(model.trainable_variables))
+
+    @staticmethod
+    def _detach_adapters(model: Any) -> None:
+        """Take the adapters off the student and give it back its own optimizer, updated (also after a failed fit)."""
+        holder = getattr(model, _ADAPTERS, None)  # not in __dict__ on PyTorch: a registered sub-module there
+        if holder is None:
+            return
+        with _unlocked(model):
+            model._tracker.untrack(holder)
+        delattr(model, _ADAPTERS)
+        user = model.__dict__.pop("_fitslim_user_optimizer", None)
+        if user is not None:
+            with _variable_scope(model):
+                if not user.built:  # replaced before its first step: give it its slots, then the trained values
+                    user.build(list(model.trainable_variables))
+                _copy_state(model.optimizer, user)
+            model.optimizer = user
 
     # -- loss ----------------------------------------------------------------------------------------
 
@@ -206,6 +364,30 @@ class Distillation(keras.callbacks.Callback):
         if callable(loss):
             return loss(student_logits, teacher_logits)
         return kd_loss(student_logits, teacher_logits, self.settings.temperature, str(loss))
+
+    def _feature_terms(self, student_feats: Any, teacher_feats: Any) -> list[Any]:
+        terms = []
+        for key, s, t in zip(self.settings.features or {}, student_feats, teacher_feats, strict=True):
+            adapter = self.adapters.get(key) if key in self._adapter_specs else None
+            mapped = adapter(s) if adapter is not None else s
+            terms.append(ops.mean(ops.square(ops.cast(mapped, "float32") - ops.cast(t, "float32"))))
+        return terms
+
+    def feature_losses(self, x: Any) -> dict[str, float]:
+        """The feature MSEs of one input batch, through the adapters, ``{student layer: loss}`` (during ``fit``).
+
+        Raises:
+            RuntimeError: outside ``fit`` (no views of the student and teacher features).
+        """
+        if self._teacher_view is None or self._student_view is None:
+            raise RuntimeError("Distillation.feature_losses: call it during fit with features=... set.")
+        teacher_in = self.input_fn(x) if self.input_fn is not None else x
+        outs = self._teacher_view(teacher_in, training=False)
+        student_feats = self._student_view(x, training=False)
+        if not isinstance(student_feats, list | tuple):
+            student_feats = [student_feats]
+        terms = self._feature_terms(student_feats, outs[len(self._teacher.outputs) :])
+        return {k: float(ops.convert_to_numpy(v)) for k, v in zip(self.settings.features or {}, terms, strict=True)}
 
     def distillation_loss(self, x: Any, y_pred: Any, task_loss: Any) -> Any:
         """The combined loss for one batch, given the student's predictions and the task loss."""
@@ -219,7 +401,7 @@ class Distillation(keras.callbacks.Callback):
             student_feats = self._student_view(x, training=True)
             if not isinstance(student_feats, list | tuple):
                 student_feats = [student_feats]
-            feature_terms = [ops.mean(ops.square(s - t)) for s, t in zip(student_feats, teacher_feats, strict=True)]
+            feature_terms = self._feature_terms(student_feats, teacher_feats)
         else:
             teacher_logits = ops.stop_gradient(self.output_fn(self._teacher(teacher_in, training=False)))
         student_logits = self.output_fn(y_pred)
@@ -238,6 +420,7 @@ class Distillation(keras.callbacks.Callback):
         """Check the teacher against the student, freeze it, patch ``compute_loss`` and rebuild the step."""
         model = self.model
         teacher = self._load_teacher()
+        self._detach_adapters(model)  # left by a fit that raised
         self._prepare(model, teacher)
         self._teacher = teacher
         self._teacher_trainable = bool(teacher.trainable)
@@ -263,6 +446,7 @@ class Distillation(keras.callbacks.Callback):
         compute_loss._fitslim_previous = self._original  # type: ignore[attr-defined]
         model.compute_loss = compute_loss
         self._patched = True
+        self._attach_adapters(model)
         model.make_train_function(force=True)
         log.info(
             "fitslim Distillation: teacher %s → student %s (T=%.2f, alpha=%.2f%s)",
@@ -276,6 +460,7 @@ class Distillation(keras.callbacks.Callback):
     def _restore(self) -> None:
         model = self.model
         try:
+            self._detach_adapters(model)
             if self._patched:
                 if self._original is not None:
                     model.compute_loss = self._original

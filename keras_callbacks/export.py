@@ -151,4 +151,9 @@ class Export(keras.callbacks.Callback):
         # keras_callbacks.Pruning leaves the physically smaller model here after channel removal
         model = getattr(self.model, "_fitslim_pruned_model", None) or self.model
         name = getattr(model, "name", "keras model")
-        self.report = self.settings.run(model, batches, spec, name, reference, converter)
+        from keras_callbacks.quantization import float_model
+
+        # after QuantizationAware the model runs its fake-quant; the exporters take the float model and the spec
+        # (the reference above runs the spec's fake-quant itself), and the model is quantized again afterwards
+        with float_model(model):
+            self.report = self.settings.run(model, batches, spec, name, reference, converter)

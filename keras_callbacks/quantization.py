@@ -17,15 +17,23 @@ so fake-quantizing the unfolded kernel uses exactly the integer grid of the BN-f
 BatchNorm runs on its moving statistics (frozen at ``freeze_bn``). The QuantSpec weight scales are
 those of the folded kernel (``max|w_c * gamma_c / sqrt(var_c + eps)| / qmax``), as on the Lightning side.
 
-The observed ranges are non-trainable variables of the layers, so ``BackupAndRestore`` and
-``save_weights`` carry them; at ``on_train_end`` the spec is built (:attr:`QuantizationAware.quant_spec`
-and ``model._fitslim_quant_spec``, read by ``Export``), the layer calls are restored and the range
-variables removed, leaving the plain float model.
+The observed ranges are non-trainable variables of the layers, so ``BackupAndRestore``, ``save_weights``
+and ``model.save`` carry them (reload a ``.keras`` file with :func:`load_model`). At ``on_train_end`` the spec is
+built (:attr:`QuantizationAware.quant_spec` and ``model._fitslim_quant_spec``, read by ``Export``) and the
+fake-quant is made permanent in inference form (ranges frozen, no observing): after ``fit`` the model IS the
+int8 model, so ``evaluate``/``predict`` agree with the int8 artifacts. This matters: the network learns to rely
+on the clipping of its inputs (the digits CNN: 91.4% as the fake-quant model, 91.8% as TFLite int8, but 64.3%
+as the bare float model). :meth:`QuantizationAware.remove` gives back the plain float model, and
+:func:`float_model` a temporary float view (what exporters that take a float model and a spec need);
+:func:`fake_quant_inference` and :func:`tflite_int8` set the model's own fake-quant aside, so nothing is applied
+twice. A later ``fit`` trains the quantized model (ranges frozen); one with a new ``QuantizationAware`` replaces
+the fake-quant instead of stacking it and continues from the kept ranges.
 
 Example:
-    >>> from keras_callbacks.quantization import QuantizationAware
+    >>> from keras_callbacks.quantization import QuantizationAware, float_model
     >>> qat = QuantizationAware(start=0.6)
-    >>> # model.fit(x, y, epochs=10, callbacks=[qat]); spec = qat.quant_spec
+    >>> # model.fit(x, y, epochs=10, callbacks=[qat]); spec = qat.quant_spec; model.evaluate(x_test, y_test)
+    >>> # with float_model(model): exporters.export(model, ["tensorrt"], precision="int8", quant_spec=spec)
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -46,7 +55,16 @@ from typing_extensions import override
 from fitslim.int8 import MIN_SCALE, absmax_scale, qmax
 from fitslim.quantspec import LayerQuant, QuantSpec
 
-__all__ = ["OBSERVERS", "QuantizationAware", "fake_quant", "fake_quant_inference", "folded_weights", "tflite_int8"]
+__all__ = [
+    "OBSERVERS",
+    "QuantizationAware",
+    "fake_quant",
+    "fake_quant_inference",
+    "float_model",
+    "folded_weights",
+    "load_model",
+    "tflite_int8",
+]
 
 log = logging.getLogger(__name__)
 
@@ -236,23 +254,63 @@ def _swapped(layer: Any, attr: str, value: Any) -> Iterator[None]:
         object.__setattr__(layer, attr, old)
 
 
-def _patched_call(layer: Any, original: Callable[..., Any], state: _State) -> Callable[..., Any]:
+_PREVIOUS = "_fitslim_previous_call"  # on every call this module installs: the ``call`` entry it replaced
+
+
+def _install(layer: Any, fn: Callable[..., Any]) -> None:
+    """Put ``fn`` in place of ``layer.call`` (an instance attribute), remembering what it replaces."""
+    setattr(fn, _PREVIOUS, layer.__dict__.get("call"))
+    object.__setattr__(layer, "call", fn)
+
+
+def _strip(layer: Any) -> None:
+    """Remove every ``call`` patch of this module from ``layer`` (stacked ones too), keeping any foreign one."""
+    current = layer.__dict__.get("call")
+    while current is not None and hasattr(current, _PREVIOUS):
+        previous = getattr(current, _PREVIOUS)
+        if previous is None:
+            layer.__dict__.pop("call", None)
+        else:
+            object.__setattr__(layer, "call", previous)
+        current = previous
+
+
+def _is_patched(layer: Any) -> bool:
+    return hasattr(layer.__dict__.get("call"), _PREVIOUS)
+
+
+def _reset_compiled(model: Any) -> None:
+    """Drop the model's cached train/test/predict functions, so the next ``fit``/``evaluate``/``predict`` retraces."""
+    for name in ("train_function", "test_function", "predict_function"):
+        if getattr(model, name, None) is not None:
+            setattr(model, name, None)
+
+
+def _patched_call(
+    layer: Any, original: Callable[..., Any], state: _State, ranges: tuple[Any, Any] | None = None
+) -> Callable[..., Any]:
+    """The fake-quant ``call`` of a quantizable layer.
+
+    ``ranges``: constant ``(input range, mid range)``; None reads (and, while observing, updates) the layer's
+    range variables.
+    """
     kind = type(layer).__name__
     attr = "kernel" if kind == "DepthwiseConv2D" else "_kernel"
 
     def call(inputs: Any, *args: Any, **kwargs: Any) -> Any:
         if not state.enabled:
             return original(inputs, *args, **kwargs)
-        var = getattr(layer, _RANGE)
-        if state.observing and _training_flag():
-            amax = _observe(var, inputs, state)
+        if ranges is not None:
+            amax = ops.convert_to_tensor(ranges[0])
+        elif state.observing and _training_flag():
+            amax = _observe(getattr(layer, _RANGE), inputs, state)
         else:
-            amax = ops.convert_to_tensor(var)
+            amax = ops.convert_to_tensor(getattr(layer, _RANGE))
         if state.clip_only:  # the learned range as a clip, for converters that calibrate the rest
             return original(ops.clip(inputs, -amax, amax), *args, **kwargs)
         x = fake_quant(inputs, amax, state.bits_a)
         if kind == "SeparableConv2D":
-            return _separable(layer, x, state)
+            return _separable(layer, x, state, None if ranges is None else ranges[1])
         if not state.weights or (kind == "Dense" and state.weights == "conv"):
             return original(x, *args, **kwargs)
         qk = _quant_kernel(layer.__dict__[attr], state.bits_w, state.per_channel, kind == "DepthwiseConv2D")
@@ -262,7 +320,7 @@ def _patched_call(layer: Any, original: Callable[..., Any], state: _State) -> Ca
     return call
 
 
-def _separable(layer: Any, x: Any, state: _State) -> Any:
+def _separable(layer: Any, x: Any, state: _State, mid_range: Any = None) -> Any:
     """SeparableConv2D with both kernels and the intermediate tensor fake-quantized (as deployed: two convs)."""
     dk = _quant_kernel(layer.depthwise_kernel, state.bits_w, state.per_channel, True)
     y = ops.depthwise_conv(
@@ -273,8 +331,12 @@ def _separable(layer: Any, x: Any, state: _State) -> Any:
         data_format=layer.data_format,
         dilation_rate=layer.dilation_rate,
     )
-    mid = getattr(layer, _MID_RANGE)
-    amax = _observe(mid, y, state) if state.observing and _training_flag() else ops.convert_to_tensor(mid)
+    if mid_range is not None:
+        amax = ops.convert_to_tensor(mid_range)
+    elif state.observing and _training_flag():
+        amax = _observe(getattr(layer, _MID_RANGE), y, state)
+    else:
+        amax = ops.convert_to_tensor(getattr(layer, _MID_RANGE))
     y = fake_quant(y, amax, state.bits_a)
     pk = _quant_kernel(layer.pointwise_kernel, state.bits_w, state.per_channel, False)
     y = ops.conv(y, pk, strides=1, padding="valid", data_format=layer.data_format)
@@ -302,7 +364,7 @@ def _add_range(layer: Any, name: str) -> Any:
             layer._tracker.lock()
     object.__setattr__(layer, name, var)
     if "save_own_variables" not in layer.__dict__:
-        save, load = layer.save_own_variables, layer.load_own_variables
+        # the class methods are looked up at each call (load_model swaps them for the duration of a load)
 
         def ours() -> list[tuple[int, Any]]:
             everything = list(layer._trainable_variables) + list(layer._non_trainable_variables)
@@ -310,13 +372,13 @@ def _add_range(layer: Any, name: str) -> Any:
             return [(i, v) for i, v in enumerate(everything) if any(v is e for e in extra)]
 
         def save_own_variables(store: Any) -> None:
-            save(store)
+            type(layer).save_own_variables(layer, store)
             for i, v in ours():
                 if str(i) not in store:  # the base Layer method already saves every variable
                     store[str(i)] = v
 
         def load_own_variables(store: Any) -> None:
-            load(store)
+            type(layer).load_own_variables(layer, store)
             for i, v in ours():
                 v.assign(store[str(i)])
 
@@ -355,9 +417,13 @@ def fake_quant_inference(model: Any, spec: QuantSpec, fold_bn: bool = False, cli
     """
     layers = {layer.name: layer for layer in model.layers}
     bn_after = _bn_after(model) if fold_bn else {}
-    patched: list[Any] = []
+    # a model after QuantizationAware runs its own fake-quant: set it aside (exactly restored after the block)
+    # so the spec's ranges apply once, and clip_only gives a graph without fake-quant ops
+    saved = {id(layer): (layer, layer.__dict__.get("call")) for layer in model.layers}
     names = [x.name for x in spec.layers]
     try:
+        for layer in model.layers:
+            _strip(layer)
         for lq in spec:
             if "/" in lq.name:
                 continue
@@ -371,25 +437,133 @@ def fake_quant_inference(model: Any, spec: QuantSpec, fold_bn: bool = False, cli
             amax = lq.input_scale * qmax(spec.activation_bits)
             if fold_bn and not clip_only and kind in ("Conv1D", "Conv2D", "DepthwiseConv2D"):
                 bn = bn_after.get(layer.name)
-                object.__setattr__(layer, "call", _folded_call(layer, bn, amax, spec))
-                patched.append(layer)
+                _install(layer, _folded_call(layer, bn, amax, spec))
                 if bn is not None:
-                    object.__setattr__(bn, "call", lambda inputs, *a, **k: inputs)
-                    patched.append(bn)
+                    _install(bn, lambda inputs, *a, **k: inputs)
                 continue
             state = _State(spec.weight_bits, spec.activation_bits, True, "ema")
             state.enabled, state.weights = True, "conv" if fold_bn else True
             state.clip_only = clip_only
             mid = spec.layers[names.index(lq.name) + 1] if kind == "SeparableConv2D" else None
-            _install_constant_ranges(layer, amax, mid.input_scale * qmax(spec.activation_bits) if mid else None)
-            object.__setattr__(layer, "call", _patched_call(layer, layer.call, state))
-            patched.append(layer)
+            ranges = (
+                np.float32(amax),
+                None if mid is None else np.float32(mid.input_scale * qmax(spec.activation_bits)),
+            )
+            _install(layer, _patched_call(layer, layer.call, state, ranges))
         yield model
     finally:
-        for layer in patched:
+        for layer, call in saved.values():
             layer.__dict__.pop("call", None)
-            for name in (_RANGE, _MID_RANGE):
-                layer.__dict__.pop(name, None)
+            if call is not None:
+                object.__setattr__(layer, "call", call)
+
+
+@contextlib.contextmanager
+def float_model(model: Any) -> Iterator[Any]:
+    """Within the block, a model quantized by :class:`QuantizationAware` runs as its plain float model.
+
+    Its fake-quant is set aside and put back, unchanged, after the block (compiled functions are rebuilt on
+    both sides). Use it to hand the float model and its QuantSpec to exporters that take the two separately:
+
+    Example:
+        >>> # with float_model(model): report = exporters.export(model, ["tensorrt"], quant_spec=qat.quant_spec)
+    """
+    saved = {id(layer): (layer, layer.__dict__.get("call")) for layer in model.layers}
+    patched = any(_is_patched(layer) for layer, _ in saved.values())
+    try:
+        if patched:
+            for layer, _ in saved.values():
+                _strip(layer)
+            _reset_compiled(model)
+        yield model
+    finally:
+        if patched:
+            for layer, call in saved.values():
+                layer.__dict__.pop("call", None)
+                if call is not None:
+                    object.__setattr__(layer, "call", call)
+            _reset_compiled(model)
+
+
+def _quantize_for_inference(layers: Sequence[Any], weight_bits: int, activation_bits: int, per_channel: bool) -> None:
+    """Fake-quant on ``layers`` in inference form: ranges read from their variables, never updated."""
+    state = _State(weight_bits, activation_bits, per_channel, "ema")
+    state.enabled = True
+    for layer in layers:
+        _install(layer, _patched_call(layer, layer.call, state))
+
+
+def load_model(
+    filepath: str | os.PathLike[str],
+    custom_objects: dict[str, Any] | None = None,
+    compile: bool = True,
+    safe_mode: bool = True,
+    weight_bits: int = 8,
+    activation_bits: int = 8,
+    per_channel: bool = True,
+) -> Any:
+    """``keras.saving.load_model`` for a ``.keras`` file saved during or after a fit with :class:`QuantizationAware`.
+
+    Such a file holds each quantized layer's learned input range next to its kernel and bias, which a plain
+    ``keras.saving.load_model`` rejects ("Layer 'conv' expected 2 variables, but received 3"). Here the range
+    variables are re-created before the weights load, and every layer whose range was observed runs its
+    fake-quant in inference form, as the saved model did. A file saved mid-training (e.g. by
+    ``keras.callbacks.ModelCheckpoint``) resumes with a new ``QuantizationAware`` in ``fit`` (pass
+    ``initial_epoch``): it continues from the saved ranges and the restored optimizer step. Files without ranges
+    load as with ``keras.saving.load_model``. Not thread-safe: the Dense/Conv classes' ``load_own_variables`` are
+    swapped for the duration of the call.
+
+    Args:
+        filepath: the ``.keras`` file.
+        custom_objects: as for ``keras.saving.load_model``.
+        compile: as for ``keras.saving.load_model``.
+        safe_mode: as for ``keras.saving.load_model``.
+        weight_bits: the ``weight_bits`` of the ``QuantizationAware`` that trained the model.
+        activation_bits: its ``activation_bits``.
+        per_channel: its ``per_channel``.
+
+    Example:
+        >>> # model = load_model("checkpoint.keras"); model.fit(x, y, initial_epoch=3, callbacks=[QuantizationAware()])
+    """
+    weight_bits = _bits("weight_bits", weight_bits)
+    activation_bits = _bits("activation_bits", activation_bits)
+    loaded: list[Any] = []
+    classes = [getattr(keras.layers, name) for name in _QUANTIZED]
+    originals = {cls: cls.__dict__.get("load_own_variables") for cls in classes}
+
+    def tolerant(original: Callable[..., Any]) -> Callable[..., Any]:
+        def load_own_variables(self: Any, store: Any) -> None:
+            extra = len(store.keys()) - len(self._trainable_variables) - len(self._non_trainable_variables)
+            if extra > 0 and self.built and _RANGE not in self.__dict__:
+                _add_range(self, _RANGE)
+                if extra > 1 and type(self).__name__ == "SeparableConv2D":
+                    _add_range(self, _MID_RANGE)
+                loaded.append(self)
+                self.load_own_variables(store)  # the instance method _add_range installed
+                return
+            original(self, store)
+
+        return load_own_variables
+
+    try:
+        for cls in classes:
+            cls.load_own_variables = tolerant(cls.load_own_variables)
+        model = keras.saving.load_model(filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+    finally:
+        for cls, method in originals.items():
+            if method is None:
+                del cls.load_own_variables
+            else:
+                cls.load_own_variables = method
+    observed = [layer for layer in loaded if float(ops.convert_to_numpy(getattr(layer, _RANGE))) > 0.0]
+    _quantize_for_inference(observed, weight_bits, activation_bits, per_channel)
+    if loaded:
+        log.info(
+            "QuantizationAware.load_model: input ranges of %d layers restored, %d run fake-quant",
+            len(loaded),
+            len(observed),
+        )
+    return model
 
 
 def _folded_call(layer: Any, bn: Any, amax: float, spec: QuantSpec) -> Callable[..., Any]:
@@ -449,17 +623,15 @@ def tflite_int8(model: Any, spec: QuantSpec, representative: npt.ArrayLike, limi
         return bytes(converter.convert())
 
 
-def _install_constant_ranges(layer: Any, amax: float, mid: float | None) -> None:
-    object.__setattr__(layer, _RANGE, ops.convert_to_tensor(np.float32(amax)))
-    if mid is not None:
-        object.__setattr__(layer, _MID_RANGE, ops.convert_to_tensor(np.float32(mid)))
-
-
 # ------------------------------------------------------------------------------------------ the callback
 
 
 class QuantizationAware(keras.callbacks.Callback):
     """Symmetric int8 quantization-aware training for Keras 3 models, producing a ``fitslim.QuantSpec``.
+
+    After ``fit`` the model runs as its fake-quant int8 model (``evaluate``/``predict`` agree with the int8
+    exports); :meth:`remove` turns it back into the float model, :func:`float_model` gives a temporary float view,
+    and :func:`load_model` reloads a ``.keras`` file saved during or after the fit with its ranges.
 
     Args:
         start: fraction of the fit (epochs × steps) after which fake-quant is on.
@@ -601,9 +773,13 @@ class QuantizationAware(keras.callbacks.Callback):
         )  # type: ignore[assignment]
         self._step = -1  # read at the first batch: BackupAndRestore may restore the optimizer after this hook
         self._bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        for layer in model.layers:  # a model quantized by an earlier fit: replace its fake-quant, never stack
+            _strip(layer)
         for layer in self._layers:
-            object.__setattr__(layer, "call", _patched_call(layer, layer.call, self._state))
+            _install(layer, _patched_call(layer, layer.call, self._state))
         self._bn_frozen = False
+        self._state.enabled = self._state.observing = False
+        _reset_compiled(model)
         model.make_train_function(force=True)
         log.info(
             "QuantizationAware: %d layers, fake-quant from step %d, observers frozen at %d, BN frozen at %d (of %d)",
@@ -621,10 +797,11 @@ class QuantizationAware(keras.callbacks.Callback):
         self._state.enabled, self._state.observing = enabled, observing
         if bn and not self._bn_frozen:
             for layer in self._bns:
-                object.__setattr__(layer, "call", _inference_call(layer.call))
+                _install(layer, _inference_call(layer.call))
             self._bn_frozen = True
         if changed and rebuild:
             self.model.make_train_function(force=True)
+            self.model.test_function = None  # validation inside fit sees the same fake-quant as training
 
     @override
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
@@ -639,23 +816,69 @@ class QuantizationAware(keras.callbacks.Callback):
 
     @override
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        """Build the QuantSpec and make the fake-quant permanent: the model after ``fit`` is the int8 model.
+
+        The layers keep running fake-quant in inference form (the learned ranges frozen, no observing; BatchNorm
+        as in any inference, on its moving statistics), so ``evaluate``/``predict``/``save`` give what the int8
+        exports give. :meth:`remove` turns it back into the plain float model.
+        """
+        ok = False
         try:
             self.quant_spec = self.build_spec()
             self.model._fitslim_quant_spec = self.quant_spec
+            ok = True
             log.info("QuantizationAware: QuantSpec with %d layers", len(self.quant_spec))
         finally:
-            self._restore()
+            if ok:
+                self._finalize()
+            else:
+                self._restore()
+
+    def _finalize(self) -> None:
+        """Replace the training patches by inference-form fake-quant that reads the (kept) range variables."""
+        for layer in self._layers + self._bns:
+            _strip(layer)
+        _quantize_for_inference(self._layers, self.weight_bits, self.activation_bits, self.per_channel)
+        self._layers, self._bns = [], []
+        self._state.enabled = self._state.observing = False
+        self._bn_frozen = False
+        _reset_compiled(self.model)
+        log.info("QuantizationAware: the model now runs as its fake-quant int8 model (QuantizationAware.remove undoes)")
 
     def _restore(self) -> None:
         for layer in self._layers + self._bns:
-            layer.__dict__.pop("call", None)
+            _strip(layer)
         for layer in self._layers:
             _drop_range(layer, _RANGE)
             _drop_range(layer, _MID_RANGE)
         self._layers, self._bns = [], []
         self._state.enabled = self._state.observing = False
         self._bn_frozen = False
-        self.model.make_train_function(force=True)
+        _reset_compiled(self.model)
+
+    @staticmethod
+    def remove(model: Any) -> Any:
+        """Turn a model quantized by this callback (or loaded by :func:`load_model`) back into the plain float model.
+
+        Removes the fake-quant from every layer and the range variables (``model.weights`` is as before QAT);
+        the QuantSpec stays in ``model._fitslim_quant_spec`` (the float model and its spec are what exporters
+        take). For a temporary float view use :func:`float_model` instead.
+
+        Args:
+            model: the Keras model after ``fit`` with :class:`QuantizationAware`.
+
+        Returns:
+            ``model`` itself.
+
+        Example:
+            >>> # model.fit(x, y, callbacks=[QuantizationAware()]); QuantizationAware.remove(model)
+        """
+        for layer in model.layers:
+            _strip(layer)
+            _drop_range(layer, _RANGE)
+            _drop_range(layer, _MID_RANGE)
+        _reset_compiled(model)
+        return model
 
     # -------------------------------------------------------------------------------------------- spec
 

@@ -1,10 +1,10 @@
-"""Checks of the Keras ``Pruning`` and ``Distillation`` callbacks, runnable on any Keras backend.
+"""Checks of the Keras ``Pruning`` and ``Distillation`` (with feature adapters) callbacks, on any Keras backend.
 
 Imported by the tests (TensorFlow, in process) and run as a script in a subprocess per backend, because
 ``KERAS_BACKEND`` must be set before keras is imported:
 
-    KERAS_BACKEND=jax python tests/keras_callbacks/backend_checks.py pruning     # or distillation; one JSON line
-    python tests/keras_callbacks/backend_checks.py mirrored                      # 2 logical CPUs, TensorFlow
+    KERAS_BACKEND=jax python tests/keras_callbacks/backend_checks.py pruning   # distillation, adapter; one JSON line
+    python tests/keras_callbacks/backend_checks.py mirrored                    # 2 logical CPUs, TensorFlow
 
 Each check returns plain numbers and booleans; the tests assert on them.
 """
@@ -180,6 +180,66 @@ def check_distillation() -> dict[str, Any]:
     }
 
 
+def check_feature_adapter() -> dict[str, Any]:
+    """Feature distillation from a wider teacher through a learned adapter; the student is plain after fit."""
+    import keras
+
+    from keras_callbacks._backend import sync_state
+    from keras_callbacks.distillation import Distillation, FeatureAdapter
+    from keras_callbacks.reference import build_digits_classifier
+
+    x, y = _data()
+    keras.utils.set_random_seed(0)
+    teacher = build_digits_classifier(width=1.0)
+    teacher.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    student = build_digits_classifier(width=0.5)
+    key = "transition_act"
+    cb = Distillation(teacher, alpha=0.5, features={key: key}, feature_weight=1.0)
+    n_weights, optimizer = len(student.weights), student.optimizer
+    shapes = [list(student.get_layer(key).output.shape[1:]), list(teacher.get_layer(key).output.shape[1:])]
+    seen: dict[str, Any] = {"losses": []}
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            if "initial" not in seen:
+                sync_state(self.model)
+                seen["initial"] = keras.ops.convert_to_numpy(cb.adapters[key].kernel).copy()
+                seen["in_trainable"] = any(v is cb.adapters[key].kernel for v in self.model.trainable_variables)
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            sync_state(self.model)
+            seen["losses"].append(cb.feature_losses(x[:BATCH])[key])
+
+    student.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, shuffle=False, callbacks=[cb, Probe()])
+    adapter = cb.adapters[key]
+    fresh = FeatureAdapter(adapter.cin, adapter.cout, axis=-1, key=key)
+    final = keras.ops.convert_to_numpy(adapter.kernel)
+    slots = [keras.ops.convert_to_numpy(v) for v in optimizer.variables if v.name.endswith("_momentum")]
+    path = Path(os.environ.get("FITSLIM_TMP", ".")) / f"student_{keras.backend.backend()}.keras"
+    student.save(path)
+    reloaded = keras.saving.load_model(path)
+    xb = x[:BATCH]
+    same = np.allclose(reloaded.predict(xb, verbose=0), student.predict(xb, verbose=0), atol=1e-5)
+    path.unlink()
+    history = student.fit(x[:64], y[:64], batch_size=BATCH, epochs=1, verbose=0)  # a plain second fit
+    return {
+        "backend": keras.backend.backend(),
+        "shapes": shapes,
+        "adapter": [adapter.cin, adapter.cout],
+        "initial_is_deterministic": bool(np.array_equal(seen["initial"], keras.ops.convert_to_numpy(fresh.kernel))),
+        "in_trainable_variables": bool(seen["in_trainable"]),
+        "adapter_change": float(np.abs(final - seen["initial"]).max()),
+        "losses": seen["losses"],
+        "weights_restored": len(student.weights) == n_weights and not hasattr(student, "fitslim_distillation_adapters"),
+        "optimizer_restored": student.optimizer is optimizer,
+        "iterations": int(keras.ops.convert_to_numpy(optimizer.iterations)),
+        # the user's Adam has a trained first moment for every student variable (and none for the adapter)
+        "moments": [len(slots), len(student.trainable_variables), int(sum(bool(np.abs(m).max() > 0) for m in slots))],
+        "reloaded_same": bool(same),
+        "second_fit_finite": bool(np.isfinite(history.history["loss"][-1])),
+    }
+
+
 def check_mirrored() -> dict[str, Any]:
     """Pruning under ``tf.distribute.MirroredStrategy`` over 2 logical CPUs: identical masks on both replicas."""
     import tensorflow as tf
@@ -218,6 +278,8 @@ def main(mode: str) -> dict[str, Any]:
         return check_mirrored()
     if mode == "distillation":
         return {"distillation": check_distillation()}
+    if mode == "adapter":
+        return {"adapter": check_feature_adapter()}
     return {"pruning": check_pruning("unstructured"), "pruning_2_4": check_pruning("2:4"), "channel": check_channel()}
 
 

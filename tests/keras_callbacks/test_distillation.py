@@ -155,7 +155,11 @@ def test_teacher_with_other_output_shape_fails_before_the_first_step(digits_nhwc
     [
         ({"no_such": "transition_act"}, r"student layer 'no_such' does not exist"),
         ({"transition_act": "no_such"}, r"teacher layer 'no_such' does not exist"),
-        ({"stem_act": "transition_act"}, r"Distillation\(features=.*differ.*HINT"),
+        (
+            {"stem_act": "transition_act"},
+            r"Distillation\(features=.*student layer 'stem_act' gives \(None, 8, 8, 16\) and teacher layer "
+            r"'transition_act' gives \(None, 4, 4, 32\);.*HINT",
+        ),
     ],
 )
 def test_feature_layer_errors(teacher: Any, digits_nhwc: Any, features: dict[str, str], match: str) -> None:
@@ -202,6 +206,51 @@ def test_teacher_from_a_keras_file(tmp_path: Path, teacher: Any, digits_nhwc: An
     assert "compute_loss" not in student.__dict__ and int(student.optimizer.iterations.numpy()) == 2
 
 
+# -- feature adapters -------------------------------------------------------------------------------------------
+
+
+def test_feature_adapter_maps_the_channel_axis_deterministically() -> None:
+    from keras_callbacks.distillation import FeatureAdapter
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 5, 4)).astype("float32")
+    last = FeatureAdapter(4, 6, axis=-1, key="a")
+    k = keras.ops.convert_to_numpy(last.kernel)
+    assert k.shape == (4, 6) and np.abs(k).max() <= 0.5  # U(-1/sqrt(4), 1/sqrt(4))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(last(x)), x @ k, rtol=1e-5, atol=1e-6)
+    first = FeatureAdapter(3, 2, axis=1, key="a")  # channels first: a 1x1 conv over axis 1
+    kf = keras.ops.convert_to_numpy(first.kernel)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(first(x)), np.einsum("nchw,cd->ndhw", x, kf), rtol=1e-5, atol=1e-6
+    )
+    assert np.array_equal(keras.ops.convert_to_numpy(FeatureAdapter(4, 6, axis=-1, key="a").kernel), k)
+    assert not np.array_equal(keras.ops.convert_to_numpy(FeatureAdapter(4, 6, axis=-1, key="b").kernel), k)
+    with pytest.raises(ValueError, match=r"FeatureAdapter\(axis=2\)"):
+        FeatureAdapter(4, 6, axis=2)
+
+
+def _check_adapter(r: dict[str, Any], backend: str) -> None:
+    assert r["backend"] == backend
+    assert r["shapes"] == [[4, 4, 16], [4, 4, 32]] and r["adapter"] == [16, 32]  # width 0.5 vs 1.0: channels differ
+    assert r["initial_is_deterministic"] and r["in_trainable_variables"]
+    assert r["adapter_change"] > 1e-3  # trained by the optimizer inside the compiled step
+    losses = r["losses"]
+    assert len(losses) == 16 and losses[-1] < 0.75 * losses[0], losses
+    assert r["weights_restored"] and r["optimizer_restored"] and r["reloaded_same"] and r["second_fit_finite"]
+    assert r["iterations"] == 18  # 16 distilled steps + 2 plain ones, on the user's own optimizer
+    assert r["moments"] == [14, 14, 14]  # its trained slots carried back, none left for the adapter
+
+
+@pytest.mark.slow
+def test_feature_distillation_through_a_learned_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A narrower student feature (16 channels) distils a teacher feature (32) through a Dense adapter."""
+    sys.path.insert(0, str(CHECKS.parent))
+    import backend_checks
+
+    monkeypatch.setenv("FITSLIM_TMP", str(tmp_path))
+    _check_adapter(backend_checks.check_feature_adapter(), "tensorflow")
+
+
 # -- backends, each in its own process -----------------------------------------------------------------------
 
 
@@ -219,3 +268,17 @@ def test_distillation_on_other_backends(backend: str) -> None:
     assert r["backend"] == backend
     assert r["loss"] == pytest.approx(r["reference"], rel=1e-5)
     assert r["patched_in"] and r["restored"] and r["teacher_frozen"] and r["eval_loss_is_task_loss"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_feature_adapter_on_other_backends(backend: str, tmp_path: Path) -> None:
+    pytest.importorskip(backend)
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    env["FITSLIM_TMP"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(CHECKS), "adapter"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=500
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    _check_adapter(json.loads(lines[-1][len("RESULT ") :])["adapter"], backend)

@@ -64,3 +64,30 @@ def test_constructor_errors() -> None:
         Export(targets=["onnx2"])
     with pytest.raises(ValueError, match=r"Export\(precision=...\)"):
         Export(precision="bf16")
+
+
+def test_tensorrt_qdq_from_the_callback_follows_the_quantized_model(tmp_path: Path, digits_nhwc: Any) -> None:
+    """QuantizationAware then Export("tensorrt", int8) in one fit: the Q/DQ ONNX predicts like the model after fit
+    (its fake-quant model) on the digits test set, and the export leaves that model quantized."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    from keras_callbacks import QuantizationAware
+    from keras_callbacks.quantization import fake_quant_inference
+
+    keras.utils.set_random_seed(0)
+    model = build_digits_classifier(width=1.0)
+    qat = QuantizationAware()
+    cb = Export(targets=["tensorrt"], precision="int8", directory=tmp_path, calibration_batches=4)
+    model.fit(digits_nhwc.x_train, digits_nhwc.y_train, batch_size=64, epochs=12, verbose=0, callbacks=[qat, cb])
+    assert cb.report is not None and cb.report["tensorrt"].ok, cb.report
+    assert cb.report["tensorrt"].scales.startswith("learned QuantSpec (5 layers)")
+    x = digits_nhwc.x_test
+    after_fit = model.predict(x, batch_size=128, verbose=0)
+    assert qat.quant_spec is not None
+    with fake_quant_inference(model, qat.quant_spec):
+        reference = keras.ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_allclose(after_fit, reference, rtol=1e-4, atol=1e-4)  # still the fake-quant model
+    sess = ort.InferenceSession(str(tmp_path / "model.int8.qdq.onnx"), providers=["CPUExecutionProvider"])
+    nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    qdq = np.asarray(sess.run(None, {sess.get_inputs()[0].name: nchw})[0])
+    agreement = float((qdq.argmax(1) == after_fit.argmax(1)).mean())
+    assert agreement >= 0.98, agreement  # measured 0.989 (the Q/DQ graph also quantizes the residual Add's skip)
