@@ -141,15 +141,15 @@ class Export(keras.callbacks.Callback):
         # keras_callbacks.QuantizationAware leaves its spec on the model at train end
         found = getattr(self.model, "_fitslim_quant_spec", None)
         spec = self.settings.quant_spec or (found if isinstance(found, QuantSpec) else None)
+        # keras_callbacks.Pruning leaves the physically smaller model here after channel removal
+        model = getattr(self.model, "_fitslim_pruned_model", None) or self.model
         reference: Callable[[Any], Any] | None = None
         converter: Callable[[Any, QuantSpec, Any], bytes] | None = None
         if spec is not None and spec.source == "qat":
             from keras_callbacks import quantization
 
-            reference, converter = _fake_quant_reference(self.model, spec), quantization.tflite_int8
+            reference, converter = _fake_quant_reference(model, spec), quantization.tflite_int8
 
-        # keras_callbacks.Pruning leaves the physically smaller model here after channel removal
-        model = getattr(self.model, "_fitslim_pruned_model", None) or self.model
         name = getattr(model, "name", "keras model")
         from keras_callbacks.quantization import float_model
 

@@ -826,6 +826,9 @@ class QuantizationAware(keras.callbacks.Callback):
         try:
             self.quant_spec = self.build_spec()
             self.model._fitslim_quant_spec = self.quant_spec
+            target = self._deployed()
+            if target is not self.model:
+                self._quantize_twin(target)
             ok = True
             log.info("QuantizationAware: QuantSpec with %d layers", len(self.quant_spec))
         finally:
@@ -882,16 +885,43 @@ class QuantizationAware(keras.callbacks.Callback):
 
     # -------------------------------------------------------------------------------------------- spec
 
+    def _deployed(self) -> Any:
+        """The model the QuantSpec describes: ``keras_callbacks.Pruning``'s rebuild with fewer channels, if any."""
+        pruned = self.model.__dict__.get("_fitslim_pruned_model")
+        return pruned if pruned is not None else self.model
+
+    def _quantize_twin(self, target: Any) -> None:
+        """Give Pruning's smaller rebuild the learned ranges and the same inference fake-quant as the model.
+
+        Channel removal keeps each layer's name, its input (a per-tensor range) and the absmax of every kept
+        output channel, so the ranges carry over as they are.
+        """
+        twins = []
+        for layer in self._layers:
+            twin = target.get_layer(layer.name)
+            for name in (_RANGE, _MID_RANGE):
+                if name in layer.__dict__:
+                    _add_range(twin, name).assign(ops.convert_to_numpy(getattr(layer, name)))
+            twins.append(twin)
+        _quantize_for_inference(twins, self.weight_bits, self.activation_bits, self.per_channel)
+        _reset_compiled(target)
+        target._fitslim_quant_spec = self.quant_spec
+
     def build_spec(self) -> QuantSpec:
         """The QuantSpec of the current weights and ranges (weight scales on BN-folded kernels).
+
+        After channel pruning by ``keras_callbacks.Pruning`` (placed before this callback) the spec describes
+        the physically smaller model, the one exported.
 
         Raises:
             ValueError: a layer whose input range was never observed (training ended before ``start``).
         """
-        weights = folded_weights(self.model)
+        target = self._deployed()
+        weights = folded_weights(target)
         layers: list[LayerQuant] = []
         for layer in self._layers:
             kind = type(layer).__name__
+            twin = target.get_layer(layer.name)  # the same layer, or its rebuild with fewer channels
             amax = float(ops.convert_to_numpy(getattr(layer, _RANGE)))
             if amax <= 0.0:
                 raise _err(
@@ -918,7 +948,7 @@ class QuantizationAware(keras.callbacks.Callback):
                 groups = 1
                 if lkind == "depthwise_conv2d":
                     # ONNX groups = input channels; a depth multiplier > 1 makes it a grouped conv2d there
-                    dk = layer.kernel if kind == "DepthwiseConv2D" else layer.depthwise_kernel
+                    dk = twin.kernel if kind == "DepthwiseConv2D" else twin.depthwise_kernel
                     groups = int(dk.shape[2])
                     lkind = "depthwise_conv2d" if int(dk.shape[3]) == 1 else "conv2d"
                 layers.append(LayerQuant(name, lkind, w.shape, s_w.tolist(), s_in, groups=groups))

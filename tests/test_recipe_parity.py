@@ -251,17 +251,8 @@ def test_same_final_kernel_size(runs: tuple[Run, Run]) -> None:
     assert lightning.kernel_sizes == keras.kernel_sizes
 
 
-def test_same_artifacts(runs: tuple[Run, Run], request: pytest.FixtureRequest) -> None:
+def test_same_artifacts(runs: tuple[Run, Run]) -> None:
     lightning, keras = runs
-    if request.node.callspec.params["runs"] == "channel":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="keras_callbacks.Export exports Pruning's rebuilt (channel-pruned) model with the QuantSpec "
-                "learned on the full-size model, so ncnn int8 fails ('Conv__52' has 32 weight scales for 16 "
-                "output channels); Lightning removes the channels before QAT and exports fine",
-            )
-        )
     files = {name: sorted(p.name for p in run.export_dir.iterdir()) for name, run in (("L", lightning), ("K", keras))}
     assert files["L"] == files["K"]
     assert files["L"] == sorted(
