@@ -670,3 +670,36 @@ def test_mirrored_strategy_keeps_identical_ranges_on_both_replicas(tmp_path: Pat
     for name, values in r["seen"].items():
         assert len(values) == 2 and values[0] == values[1] > 0, (name, values)
         assert r["spec"][name] == pytest.approx(values[0] / 127, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_channel_pruning_then_qat_exports_the_smaller_int8_model(digits_nhwc: Any, tmp_path: Path) -> None:
+    """Pruning(channel) rebuilds a smaller model at fit end: the spec, the fake-quant and the exports follow it."""
+    from keras_callbacks import Export, Pruning
+
+    d = digits_nhwc
+    keras.utils.set_random_seed(0)
+    model = build_digits_classifier()
+    prune = Pruning(sparsity=0.5, granularity="channel", end=0.4)
+    qat = QuantizationAware(start=0.5, freeze_bn=0.7, freeze_observers=0.8)
+    export = Export(targets=["ncnn", "tensorrt"], precision="int8", directory=tmp_path, calibration_batches=2)
+    model.fit(d.x_train, d.y_train, batch_size=64, epochs=2, verbose=0, callbacks=[prune, qat, export])
+    small = prune.pruned_model
+    assert small is not None and small.count_params() < 0.8 * model.count_params()
+    spec = qat.quant_spec
+    assert spec is not None
+    kernels = folded_weights(small)
+    for lq in spec:  # the spec describes the smaller model, layer by layer
+        assert tuple(lq.weight_shape) == kernels[lq.name].shape, lq.name
+    assert any(tuple(lq.weight_shape) != folded_weights(model)[lq.name].shape for lq in spec)
+    # the smaller model is the int8 model too: it predicts what the spec's fake-quant predicts
+    got = _predict(small, d.x_test)
+    with fake_quant_inference(small, spec):
+        want = _predict(small, d.x_test)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with float_model(small):
+        assert not np.allclose(_predict(small, d.x_test), want, atol=1e-4)
+    report = export.report
+    assert report is not None and report.ok, report
+    for target in ("ncnn", "tensorrt"):
+        assert "learned QuantSpec" in report[target].scales and report[target].top1_agreement >= 0.97, report
