@@ -39,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import math
 import os
@@ -98,14 +99,20 @@ def _bits(name: str, value: Any) -> int:
 
 
 def _patterns(name: str, value: Any) -> list[re.Pattern[str]] | None:
+    """fnmatch patterns on layer names (as ``Pruning`` and the Lightning callbacks take them), compiled."""
     if value is None:
         return None
     if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
-        raise _err(name, value, "must be a list of layer names or regular expressions.", f"e.g. {name}=['head_fc'].")
-    try:
-        return [re.compile(v) for v in value]
-    except re.error as err:
-        raise _err(name, value, f"holds an invalid regular expression ({err}).", "escape special characters.") from err
+        raise _err(name, value, "must be a list of layer names or fnmatch patterns.", f"e.g. {name}=['head_*'].")
+    return [re.compile(fnmatch.translate(v)) for v in value]
+
+
+def _pattern_text(p: re.Pattern[str], given: Sequence[str] | None) -> str:
+    """The pattern as the user wrote it."""
+    for v in given or ():
+        if re.compile(fnmatch.translate(v)).pattern == p.pattern:
+            return v
+    return p.pattern
 
 
 # ------------------------------------------------------------------------------------------ core math
@@ -640,8 +647,9 @@ class QuantizationAware(keras.callbacks.Callback):
         weight_bits: kernel integer width, 2..8.
         activation_bits: input integer width, 2..8.
         per_channel: per-output-channel kernel scales (per tensor when False).
-        include: layer names / regexes to quantize (default: every Dense/Conv layer).
-        exclude: layer names / regexes to leave in float.
+        include: layer names / fnmatch patterns to quantize, e.g. ``["conv*", "head_fc"]`` (default: every
+            Dense/Conv layer).
+        exclude: layer names / fnmatch patterns to leave in float.
         observer: ``"ema"`` (EMA of the batch absmax), ``"minmax"`` (running absmax) or ``"percentile"``
             (EMA of the batch 99.99th percentile of ``|x|``).
 
@@ -683,6 +691,7 @@ class QuantizationAware(keras.callbacks.Callback):
             raise _err("per_channel", per_channel, "must be a bool.", "use per_channel=True (ncnn/TensorRT style).")
         self.per_channel = per_channel
         self._include = _patterns("include", include)
+        self._include_given = None if include is None else list(include)
         self._exclude = _patterns("exclude", exclude)
         if observer not in OBSERVERS:
             raise _err("observer", observer, f"is not one of {OBSERVERS}.", "use observer='ema'.")
@@ -714,7 +723,12 @@ class QuantizationAware(keras.callbacks.Callback):
             names = [layer.name for layer in model.layers]
             for p in self._include:
                 if not any(p.fullmatch(n) for n in names):
-                    raise _err("include", p.pattern, "matches no layer of the model.", f"layer names: {names[:20]}.")
+                    raise _err(
+                        "include",
+                        _pattern_text(p, self._include_given),
+                        "matches no layer of the model.",
+                        f"layer names: {names[:20]}.",
+                    )
             for layer in model.layers:
                 if hit(self._include, layer.name) and layer not in chosen and type(layer).__name__ not in _QUANTIZED:
                     raise _err(
@@ -755,7 +769,7 @@ class QuantizationAware(keras.callbacks.Callback):
         if not self._layers:
             raise _err(
                 "include",
-                None if self._include is None else [p.pattern for p in self._include],
+                self._include_given,
                 f"selects no quantizable layer in model {model.name!r}.",
                 f"QuantizationAware quantizes {list(_QUANTIZED)} layers.",
             )

@@ -48,10 +48,13 @@ def test_each_runtime_scores_like_the_torch_model(tmp_path: Path, trained_torch_
         assert abs(acc - want) <= 0.02, (target, acc, want)
     # the report saved on disk is enough: scoring an earlier export later
     again = ExportReport.load(tmp_path)
-    assert accuracy(again, "ncnn", d.x_test[:50], d.y_test[:50]) == accuracy(report, "ncnn", d.x_test[:50], d.y_test[:50])
+    x, y = d.x_test[:50], d.y_test[:50]
+    assert accuracy(again, "ncnn", x, y) == accuracy(report, "ncnn", x, y)
 
 
-def test_keras_made_tflite_takes_nchw_input_transposed(tmp_path: Path, trained_keras_digits: Any, digits_nhwc: Any) -> None:
+def test_keras_made_tflite_takes_nchw_input_transposed(
+    tmp_path: Path, trained_keras_digits: Any, digits_nhwc: Any
+) -> None:
     pytest.importorskip("ai_edge_litert")
     from exporters import export
     from exporters.verify import nhwc_to_nchw

@@ -75,7 +75,7 @@ def _tflite_predict(content: bytes, x: np.ndarray) -> np.ndarray:
         ({"activation_bits": 8.0}, r"QuantizationAware\(activation_bits=8.0\)"),
         ({"per_channel": "yes"}, r"QuantizationAware\(per_channel='yes'\)"),
         ({"include": "head_fc"}, r"QuantizationAware\(include='head_fc'\)"),
-        ({"exclude": ["("]}, r"QuantizationAware\(exclude=\['\('\]\): holds an invalid regular"),
+        ({"exclude": "head_fc"}, r"QuantizationAware\(exclude='head_fc'\): must be a list of layer names or fnmatch"),
         ({"observer": "histogram"}, r"QuantizationAware\(observer='histogram'\): .*HINT: use observer='ema'"),
     ],
 )
@@ -102,6 +102,14 @@ def test_include_naming_no_layer_fails_before_the_first_step(digits_nhwc: Any) -
             callbacks=[QuantizationAware(include=["nope"])],
         )
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+
+def test_include_and_exclude_are_fnmatch_patterns_as_on_lightning() -> None:
+    model = build_digits_classifier(width=0.5)
+    convs = [la.name for la in model.layers if type(la).__name__ in QUANTIZED and la.name.endswith("conv")]
+    assert len(convs) >= 2
+    chosen = QuantizationAware(include=["*conv"], exclude=["stem_*"])._selected(model)
+    assert [la.name for la in chosen] == [n for n in convs if not n.startswith("stem_")]
 
 
 def test_include_naming_a_layer_without_quantizer(digits_nhwc: Any) -> None:
