@@ -233,9 +233,45 @@ def export(
         tflite_int8: a caller-supplied int8 TFLite conversion ``(model, spec, representative) -> bytes``
             used for Keras models with a learned spec (the Keras QAT callback provides it).
 
+    A Keras model quantized by ``keras_callbacks.QuantizationAware`` (it runs its fake-quant after ``fit``) is
+    exported as its float model with its learned QuantSpec (int8), compared against its fake-quant outputs.
+
     Raises:
         ValueError: unknown target, precision or model type; int8 without calibration or QuantSpec.
     """
+    int8 = None if isinstance(model, str | os.PathLike) else getattr(model, "_fitslim_int8", None)
+    if int8 is None:
+        return _export(
+            model, targets, example_input, calibration, precision, quant_spec, directory, verify, threads,
+            progress, samples, reference_fn, tflite_int8,
+        )  # fmt: skip
+    if quant_spec is None and precision == "int8":
+        quant_spec = int8.spec
+    if quant_spec is int8.spec:
+        reference_fn = reference_fn or int8.reference
+        tflite_int8 = tflite_int8 or int8.tflite_int8
+    with int8.float_view():
+        return _export(
+            model, targets, example_input, calibration, precision, quant_spec, directory, verify, threads,
+            progress, samples, reference_fn, tflite_int8,
+        )  # fmt: skip
+
+
+def _export(
+    model: Any,
+    targets: Sequence[str],
+    example_input: Any,
+    calibration: Iterable[Any] | npt.ArrayLike | None,
+    precision: str,
+    quant_spec: QuantSpec | None,
+    directory: str | os.PathLike[str],
+    verify: bool,
+    threads: int,
+    progress: Callable[[str], None] | None,
+    samples: npt.ArrayLike | None,
+    reference_fn: Callable[[npt.NDArray[np.float32]], npt.ArrayLike] | None,
+    tflite_int8: Callable[[Any, QuantSpec, npt.NDArray[np.float32]], bytes] | None,
+) -> ExportReport:
     chosen = _check_args(targets, precision)
     say = progress or (lambda msg: log.info("%s", msg))
     out_dir = Path(directory)

@@ -633,6 +633,27 @@ def tflite_int8(model: Any, spec: QuantSpec, representative: npt.ArrayLike, limi
 # ------------------------------------------------------------------------------------------ the callback
 
 
+class _Int8Handle:
+    """Left on a quantized model as ``model._fitslim_int8``: what ``exporters.export`` needs to export it.
+
+    Duck-typed (``exporters`` imports no callback package): the learned spec, a float view of the model for the
+    converters, the fake-quant reference outputs, and the TFLite conversion that keeps the learned ranges.
+    """
+
+    def __init__(self, model: Any, spec: QuantSpec) -> None:
+        self.model, self.spec = model, spec
+
+    def float_view(self) -> contextlib.AbstractContextManager[Any]:
+        return float_model(self.model)
+
+    def reference(self, x: Any) -> Any:
+        with fake_quant_inference(self.model, self.spec):
+            return ops.convert_to_numpy(self.model(x, training=False))
+
+    def tflite_int8(self, model: Any, spec: QuantSpec, representative: Any) -> bytes:
+        return tflite_int8(model, spec, representative)
+
+
 class QuantizationAware(keras.callbacks.Callback):
     """Symmetric int8 quantization-aware training for Keras 3 models, producing a ``fitslim.QuantSpec``.
 
@@ -840,6 +861,7 @@ class QuantizationAware(keras.callbacks.Callback):
         try:
             self.quant_spec = self.build_spec()
             self.model._fitslim_quant_spec = self.quant_spec
+            self.model.__dict__["_fitslim_int8"] = _Int8Handle(self.model, self.quant_spec)
             target = self._deployed()
             if target is not self.model:
                 self._quantize_twin(target)
@@ -894,6 +916,7 @@ class QuantizationAware(keras.callbacks.Callback):
             _strip(layer)
             _drop_range(layer, _RANGE)
             _drop_range(layer, _MID_RANGE)
+        model.__dict__.pop("_fitslim_int8", None)
         _reset_compiled(model)
         return model
 
@@ -920,6 +943,8 @@ class QuantizationAware(keras.callbacks.Callback):
         _quantize_for_inference(twins, self.weight_bits, self.activation_bits, self.per_channel)
         _reset_compiled(target)
         target._fitslim_quant_spec = self.quant_spec
+        if self.quant_spec is not None:
+            target.__dict__["_fitslim_int8"] = _Int8Handle(target, self.quant_spec)
 
     def build_spec(self) -> QuantSpec:
         """The QuantSpec of the current weights and ranges (weight scales on BN-folded kernels).

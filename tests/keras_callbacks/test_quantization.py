@@ -265,18 +265,18 @@ def test_int8_qdq_and_ncnn_exports_follow_the_fake_quant_model(qat_run: Any, dig
     x = digits_nhwc.x_test
     with fake_quant_inference(model, qat.quant_spec):
         fq_top1 = _predict(model, x).argmax(1)
-    with float_model(model):  # the exporters take the float model and its QuantSpec
-        report = export(
-            model,
-            ["ncnn", "tensorrt"],
-            precision="int8",
-            quant_spec=qat.quant_spec,
-            directory=tmp_path,
-            samples=x,
-            example_input=x[:1],
-        )
+    # the quantized model as it is: export takes its float model and learned QuantSpec by itself
+    report = export(model, ["ncnn", "tensorrt"], precision="int8", directory=tmp_path, samples=x, example_input=x[:1])
     assert report["tensorrt"].ok, report
     assert "learned QuantSpec" in report["tensorrt"].scales
+    assert report["tensorrt"].top1_agreement >= 0.98  # compared with the fake-quant outputs, not the float ones
+    np.testing.assert_array_equal(_predict(model, x).argmax(1), fq_top1)  # still the int8 model afterwards
+    # the explicit form gives the same artifact
+    with float_model(model):
+        explicit = export(model, ["tensorrt"], precision="int8", quant_spec=qat.quant_spec, directory=tmp_path / "e",
+                          samples=x, example_input=x[:1])  # fmt: skip
+    assert explicit["tensorrt"].ok
+    assert explicit["tensorrt"].max_abs_error == report["tensorrt"].max_abs_error
     sess = ort.InferenceSession(str(tmp_path / "model.int8.qdq.onnx"), providers=["CPUExecutionProvider"])
     nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     qdq_top1 = np.asarray(sess.run(None, {sess.get_inputs()[0].name: nchw})[0]).argmax(1)
