@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fitslim-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck clean
+.PHONY: install demo test lint typecheck clean bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ typecheck: install
 
 test: lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m benchmarks --output benchmarks/results.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache fitslim-demo
