@@ -256,17 +256,11 @@ def _lightning(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) 
         evaluate_accuracy(student.model, d.x_test, d.y_test),
         _artifacts(export_cb.report, d.x_test, d.y_test),
     )
+    before = VariantResult("dense fp32", dense_params, dense_acc, dense_rows)
     return FrameworkResult(
-        "lightning",
-        VariantResult("dense fp32", dense_params, dense_acc, dense_rows),
-        compressed,
-        teacher_epochs,
-        finetune_epochs,
-        cached,
-        recorder.steps,
-        recorder.layers,
+        "lightning", before, compressed, teacher_epochs, finetune_epochs, cached, recorder.steps, recorder.layers,
         time.perf_counter() - t0,
-    )
+    )  # fmt: skip
 
 
 def _lightning_recorder() -> Any:
@@ -373,17 +367,11 @@ def _keras(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) -> F
         evaluate_accuracy(student, d.x_test, d.y_test),
         _artifacts(export_cb.report, x_test_nchw, d.y_test),
     )
+    before = VariantResult("dense fp32", dense_params, dense_acc, dense_rows)
     return FrameworkResult(
-        "keras",
-        VariantResult("dense fp32", dense_params, dense_acc, dense_rows),
-        compressed,
-        teacher_epochs,
-        finetune_epochs,
-        cached,
-        recorder.steps,
-        recorder.layers,
+        "keras", before, compressed, teacher_epochs, finetune_epochs, cached, recorder.steps, recorder.layers,
         time.perf_counter() - t0,
-    )
+    )  # fmt: skip
 
 
 def _keras_recorder() -> Any:

@@ -84,27 +84,7 @@ def _fit_lightning(recipe_path: Path, workdir: Path) -> Run:
     import lightning_plugins
     from lightning_plugins._compat import pl
     from lightning_plugins.reference import DigitsClassifier, DigitsDataModule
-
-    class CaptureLogger(pl.loggers.Logger):  # type: ignore[name-defined,misc]
-        """Keeps every metrics row the trainer's loggers receive."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.rows: list[tuple[int | None, dict[str, float]]] = []
-
-        @property
-        def name(self) -> str:
-            return "capture"
-
-        @property
-        def version(self) -> str:
-            return "0"
-
-        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-            self.rows.append((step, dict(metrics)))
+    from tests.lightning_plugins.helpers import CaptureLogger
 
     def zero_fraction(module: nn.Module) -> float:
         weights = [m.weight.detach() for m in module.modules() if isinstance(m, nn.Conv2d | nn.Linear)]

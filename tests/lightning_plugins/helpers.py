@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_plugins._compat import pl
 from lightning_plugins.reference import DigitsDataModule
 
-__all__ = ["Crash", "Digits", "EpochShuffle", "cpu_trainer"]
+__all__ = ["CaptureLogger", "Crash", "Digits", "EpochShuffle", "cpu_trainer"]
 
 
 class EpochShuffle(torch.utils.data.Sampler[int]):
@@ -63,3 +63,25 @@ def cpu_trainer(root: Path, callbacks: list[Any], epochs: int = 2, batches: int 
         callbacks=callbacks,
         **kw,
     )
+
+
+class CaptureLogger(pl.loggers.Logger):  # type: ignore[name-defined]
+    """Keeps every metrics row the trainer's loggers receive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "capture"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows.append((step, dict(metrics)))

@@ -23,29 +23,9 @@ from lightning_plugins._channels import build_plan
 from lightning_plugins._compat import pl
 from lightning_plugins.pruning import Pruning
 from lightning_plugins.reference import DigitsClassifier
-from tests.lightning_plugins.helpers import Crash, Digits, cpu_trainer
+from tests.lightning_plugins.helpers import CaptureLogger, Crash, Digits, cpu_trainer
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-
-class CaptureLogger(pl.loggers.Logger):  # type: ignore[name-defined]
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: list[tuple[int | None, dict[str, float]]] = []
-
-    @property
-    def name(self) -> str:
-        return "capture"
-
-    @property
-    def version(self) -> str:
-        return "0"
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.rows.append((step, dict(metrics)))
 
 
 _trainer = cpu_trainer
