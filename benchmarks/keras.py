@@ -28,8 +28,8 @@ Run: ``python -m benchmarks.keras [--quick] [--output results.md] [--parts pruni
    ``exporters.export(..., precision="int8", calibration=[x_train[:256]])``) and QAT int8 (a model trained with
    ``QuantizationAware()`` (start=0.6) and exported by ``keras_callbacks.Export(precision="int8")`` in the same fit,
    so the learned QuantSpec and the learned-range TFLite converter are used). Each artifact is run in its own
-   runtime (LiteRT ``Interpreter``, NHWC; ncnn ``Net``, NCHW one sample at a time) and scored by arg-max against
-   the test labels. Goal: QAT int8 at most 0.5 pt below fp32.
+   runtime (``exporters.runtimes``: LiteRT ``Interpreter``, ncnn ``Net``, one sample at a time) and scored by
+   arg-max against the test labels. Goal: QAT int8 at most 0.5 pt below fp32.
 
 Each section is one function returning Markdown lines, registered in ``SECTIONS``.
 """
@@ -228,53 +228,18 @@ def _worker_qat(variant: str, epochs: int) -> dict[str, Any]:
     }
 
 
-def _tflite_logits(path: Path, x: np.ndarray) -> np.ndarray:
-    """Run a ``.tflite`` file in LiteRT one NHWC sample at a time (quantizing the input if it is integer)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(path), num_threads=1)
-    it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    outs = []
-    for sample in x:
-        v = sample[None].astype(np.float32)
-        if np.dtype(inp["dtype"]).kind != "f":
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            v = np.clip(np.round(v / scale) + zero, info.min, info.max).astype(inp["dtype"])
-        it.set_tensor(inp["index"], v)
-        it.invoke()
-        y = it.get_tensor(out["index"])
-        if np.dtype(out["dtype"]).kind != "f":
-            scale, zero = out["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        outs.append(np.asarray(y, dtype=np.float32).reshape(-1))
-    return np.stack(outs)
-
-
-def _ncnn_logits(param: Path, precision: str, x: np.ndarray) -> np.ndarray:
-    """Run an ncnn param/bin pair one NCHW sample at a time (input / output blobs read from the param)."""
-    from exporters.ncnn import NcnnModel
-
-    net = NcnnModel(param, param.with_suffix(".bin"), precision, threads=1)
-    nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    return np.stack([net(sample).reshape(-1) for sample in nchw])
-
-
 def _artifact_accuracy(report: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """Top-1 accuracy of each exported artifact on the test split, plus the report's agreement / status."""
+    """Top-1 accuracy of each exported artifact on the test split (run in its runtime, one thread), plus the
+    report's agreement / status."""
+    from exporters.runtimes import accuracy
+    from exporters.verify import nhwc_to_nchw
+
     out: dict[str, Any] = {}
     for r in report:
         entry: dict[str, Any] = {"status": r.status, "reason": r.reason, "agreement": r.top1_agreement}
         entry["scales"] = r.scales
         if r.ok:
-            path = Path(report.directory) / r.files[0]
-            if r.target == "tflite":
-                logits = _tflite_logits(path, x)
-            else:
-                param = next(Path(report.directory) / f for f in r.files if f.endswith(".param"))
-                logits = _ncnn_logits(param, r.precision, x)
-            entry["accuracy"] = float((logits.argmax(1) == y).mean())
+            entry["accuracy"] = accuracy(report, r.target, nhwc_to_nchw(x), y, threads=1)
         out[r.target] = entry
     return out
 
@@ -458,9 +423,10 @@ def exported_accuracy(quick: bool, rounds: int) -> list[str]:
         f"## Digits accuracy of the exported artifacts (reference digits CNN, {epochs} epochs, seed 0)",
         "",
         f"Top-1 accuracy (%) on the {res['test']} test images, each artifact run in its own runtime "
-        "(LiteRT ``Interpreter`` NHWC, ncnn ``Net`` NCHW one sample at a time); Keras = the float Keras model "
-        "the arm exported (after QAT: the restored float model). Agreement = the export report's top-1 "
-        "agreement with its reference (the float model; the fake-quant model for QAT).",
+        "(LiteRT ``Interpreter``, ncnn ``Net`` one sample at a time, through ``exporters.runtimes``); Keras = "
+        "the Keras model the arm exported, as ``fit`` left it (after QAT: the quantized model). "
+        "Agreement = the export report's top-1 agreement with its reference (the float model; the fake-quant "
+        "model for QAT).",
         "",
         "| arm | Keras | TFLite | ncnn | TFLite vs fp32 (pt) | ncnn vs fp32 (pt) | TFLite agreement | ncnn agreement |",
         "|---|---|---|---|---|---|---|---|",
