@@ -85,6 +85,7 @@ _FIELDS: dict[str, dict[str, _Field]] = {
         "exclude": _Field("str_list", None, nullable=True, hint="module-name patterns"),
         "importance": _Field("choice", "l1", choices=("l1", "l2")),
         "make_permanent": _Field("bool", True),
+        "round_to": _Field("int", None, lo=1, nullable=True, hint="channel granularity: keep multiples of it, e.g. 8"),
     },
     "quantization": {
         "start": _Field("float", 0.6, lo=0.0, hi=1.0, hint="a fraction of the fit"),
@@ -261,6 +262,12 @@ def _validate(data: Any) -> dict[str, Any]:
                         )
                 _check_timing("pruning.schedule", {**sec, **{k: v for k, v in inner.items() if v is not None}}, inner)
             _check_timing("pruning", sec, explicit)
+            if sec["round_to"] is not None and sec["granularity"] != "channel":
+                raise _err(
+                    "pruning.round_to",
+                    f"rounds kept channel counts, but granularity is {sec['granularity']}. "
+                    "Fix: granularity: channel, or drop round_to.",
+                )
         if name == "quantization":
             for key in ("freeze_observers", "freeze_bn"):
                 if sec[key] < sec["start"]:

@@ -271,7 +271,9 @@ def channel_scores(filters: Sequence[npt.ArrayLike], importance: str = "l1") -> 
     return total
 
 
-def channel_masks(scores: Sequence[npt.ArrayLike], sparsity: float, scope: str = "layer") -> list[BoolArray]:
+def channel_masks(
+    scores: Sequence[npt.ArrayLike], sparsity: float, scope: str = "layer", round_to: int | None = None
+) -> list[BoolArray]:
     """Return one channel keep-mask per group (True = kept) from per-group channel scores.
 
     Args:
@@ -280,19 +282,37 @@ def channel_masks(scores: Sequence[npt.ArrayLike], sparsity: float, scope: str =
         scope: ``"layer"``: ``min(round(sparsity * C), C - 1)`` channels of each group; ``"global"``:
             ``round(sparsity * sum(C))`` channels in all, the lowest of ``score / mean(group score)``, never
             the last channel of a group.
+        round_to: keep a multiple of this many channels in each group (or all of them): the best-scoring
+            pruned channels are kept again until it is, so the sparsity reached may fall below the target.
+            Runtimes' blocked kernels (onnxruntime's NCHWc, ncnn's packing) want multiples of 4 or 8.
 
     Raises:
-        ValueError: an unknown scope or ``sparsity`` outside [0, 1).
+        ValueError: an unknown scope, ``sparsity`` outside [0, 1), or ``round_to`` < 1.
 
     Example:
         >>> [m.tolist() for m in channel_masks([np.array([1.0, 2.0, 3.0, 4.0])], 0.5)]
         [[False, False, True, True]]
         >>> [m.tolist() for m in channel_masks([np.array([1.0, 1.0]), np.array([1.0, 9.0, 9.0, 9.0])], 0.5, "global")]
         [[False, True], [False, False, True, True]]
+        >>> [int(m.sum()) for m in channel_masks([np.arange(1.0, 17.0), np.arange(1.0, 11.0)], 0.6, round_to=4)]
+        [8, 4]
     """
     _check_choice("scope", scope, SCOPES)
     sparsity = _check_sparsity(sparsity)
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise ValueError(f"round_to must be a positive integer or None; got {round_to!r}.")
     arrays = [np.asarray(s, dtype=np.float64).reshape(-1) for s in scores]
+    keep = _channel_keep(arrays, sparsity, scope)
+    if round_to is not None and round_to > 1:
+        for a, k in zip(arrays, keep, strict=True):
+            want = min(a.size, -(-int(k.sum()) // round_to) * round_to)
+            pruned = np.flatnonzero(~k)
+            back = pruned[np.argsort(-a[pruned], kind="stable")][: want - int(k.sum())]
+            k[back] = True
+    return keep
+
+
+def _channel_keep(arrays: Sequence[FloatArray], sparsity: float, scope: str) -> list[BoolArray]:
     if scope == "layer":
         return [prune_lowest(a, min(prune_count(a.size, sparsity), max(a.size - 1, 0))) for a in arrays]
     normalized = []
@@ -367,6 +387,7 @@ class PruningArgs:
     make_permanent: bool
     schedule: Any  # fitslim.schedules.SparsitySchedule
     nm: tuple[int, int] | None
+    round_to: int | None = None
 
 
 def pruning_args(
@@ -381,6 +402,7 @@ def pruning_args(
     make_permanent: bool,
     start_step: int | None,
     end_step: int | None,
+    round_to: int | None = None,
 ) -> PruningArgs:
     """Validate the ``Pruning`` arguments shared by the Lightning and Keras callbacks and build the schedule.
 
@@ -408,6 +430,15 @@ def pruning_args(
             f"granularity={granularity!r} prunes exactly {1 - nm[0] / nm[1]}; got {sparsity!r}",
             f"pass sparsity={1 - nm[0] / nm[1]} (or leave the default)",
         )
+    if round_to is not None:
+        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+            raise _fail("round_to", f"got {round_to!r}", "pass a positive integer such as 8, or None")
+        if granularity != "channel":
+            raise _fail(
+                "round_to",
+                f"rounds kept channel counts, but granularity={granularity!r}",
+                "use granularity='channel', or leave round_to=None",
+            )
     if not isinstance(make_permanent, bool):
         raise TypeError(f"Pruning(make_permanent=...): got {make_permanent!r}; expected True or False.")
     if isinstance(schedule, SparsitySchedule):
@@ -434,4 +465,4 @@ def pruning_args(
             f"Pruning(schedule=...): got {type(schedule).__name__}; expected a name or a SparsitySchedule. "
             f"HINT: one of {list(SCHEDULE_NAMES)}."
         )
-    return PruningArgs(float(sparsity), granularity, scope, importance, make_permanent, sched, nm)
+    return PruningArgs(float(sparsity), granularity, scope, importance, make_permanent, sched, nm, round_to)

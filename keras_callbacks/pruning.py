@@ -144,6 +144,9 @@ class Pruning(keras.callbacks.Callback):
         start_step: absolute start step instead of ``start``.
         end_step: absolute end step instead of ``end``.
         example_input: unused on Keras (the graph is known); kept for parity.
+        round_to: channel granularity only: keep a multiple of this many channels in every group (the
+            best-scoring pruned channels are kept again), e.g. 8 so runtimes' blocked kernels still apply; the
+            sparsity reached may then fall below the target.
 
     Raises:
         ValueError: a sparsity outside [0, 1), ``end <= start``, an unknown granularity / scope / schedule /
@@ -176,6 +179,7 @@ class Pruning(keras.callbacks.Callback):
         start_step: int | None = None,
         end_step: int | None = None,
         example_input: Any = None,
+        round_to: int | None = None,
     ) -> None:
         super().__init__()
         args = pruning_args(
@@ -190,6 +194,7 @@ class Pruning(keras.callbacks.Callback):
             make_permanent,
             start_step,
             end_step,
+            round_to,
         )
         self.schedule: SparsitySchedule = args.schedule
         self.nm: tuple[int, int] | None = args.nm
@@ -198,6 +203,7 @@ class Pruning(keras.callbacks.Callback):
         self.scope = scope
         self.importance = importance
         self.make_permanent = make_permanent
+        self.round_to = args.round_to
         self.include = _check_selectors("include", include)
         self.exclude = _check_selectors("exclude", exclude)
         self.example_input = example_input
@@ -428,7 +434,7 @@ class Pruning(keras.callbacks.Callback):
             channel_scores([np.moveaxis(to_numpy(_kernel(p)), -1, 0) for p in graph.producers[g]], self.importance)
             for g in groups
         ]
-        self._keep = dict(zip(groups, channel_masks(scores, target, self.scope), strict=True))
+        self._keep = dict(zip(groups, channel_masks(scores, target, self.scope, self.round_to), strict=True))
         masks = []
         for (name, layer), w in zip(self._layers, weights, strict=True):
             mask = np.ones(w.shape, dtype=bool)

@@ -117,9 +117,12 @@ class ChannelPlan:
             out.append(channel_scores(filters, importance))
         return out
 
-    def keep(self, sparsity: float, scope: str, importance: str) -> list[npt.NDArray[np.bool_]]:
-        """Per group, per root channel: True = kept, for the target ``sparsity``."""
-        return channel_masks(self.scores(importance), sparsity, scope)
+    def keep(
+        self, sparsity: float, scope: str, importance: str, round_to: int | None = None
+    ) -> list[npt.NDArray[np.bool_]]:
+        """Per group, per root channel: True = kept, for the target ``sparsity`` (kept counts rounded up to
+        multiples of ``round_to``)."""
+        return channel_masks(self.scores(importance), sparsity, scope, round_to)
 
     def keep_from_masks(
         self, params: Sequence[MaskedParam], masks: Sequence[npt.NDArray[np.bool_]]

@@ -141,6 +141,9 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
         end_step: absolute end step instead of ``end``.
         example_input: an input batch for tracing channel dependencies; default: the module's
             ``example_input_array``, else the first training sample.
+        round_to: channel granularity only: keep a multiple of this many channels in every group (the
+            best-scoring pruned channels are kept again), e.g. 8 so runtimes' blocked kernels still apply; the
+            sparsity reached may then fall below the target.
 
     Raises:
         ValueError: a sparsity outside [0, 1), ``end <= start``, an unknown granularity / scope / schedule /
@@ -172,6 +175,7 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
         start_step: int | None = None,
         end_step: int | None = None,
         example_input: Any = None,
+        round_to: int | None = None,
     ) -> None:
         super().__init__()
         args = pruning_args(
@@ -186,6 +190,7 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
             make_permanent,
             start_step,
             end_step,
+            round_to,
         )
         self.schedule: SparsitySchedule = args.schedule
         self.nm: tuple[int, int] | None = args.nm
@@ -194,6 +199,7 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
         self.scope = scope
         self.importance = importance
         self.make_permanent = make_permanent
+        self.round_to = args.round_to
         self.include = _check_selectors("include", include)
         self.exclude = _check_selectors("exclude", exclude)
         self.example_input = example_input
@@ -444,7 +450,7 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
         target = self._resolved.sparsity(step)
         module = self._masks.root
         if self.granularity == "channel" and self._plan is not None:
-            self._keep = self._plan.keep(target, self.scope, self.importance)
+            self._keep = self._plan.keep(target, self.scope, self.importance, self.round_to)
             self._masks.set(self._plan.param_masks(self._keep))
         elif self.nm is not None:
             if target > 0:

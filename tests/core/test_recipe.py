@@ -92,6 +92,8 @@ def test_missing_sections_are_none_and_empty_section_gets_defaults() -> None:
         ({"pruning": {"start_step": 100, "end_step": 50}}, r"^pruning.end_step: 50 is not after start_step 100"),
         ({"pruning": {"start_step": 0, "end_step": -1}}, r"^pruning.end_step: -1 \(never stop\) needs the constant"),
         ({"pruning": {"frequency": 0}}, r"^pruning.frequency: 0 is out of range \[1, inf\]"),
+        ({"pruning": {"round_to": 8}}, r"^pruning.round_to: rounds kept channel counts, but granularity is unstr"),
+        ({"pruning": {"granularity": "channel", "round_to": 0}}, r"^pruning.round_to: 0 is out of range \[1, inf\]"),
         ({"pruning": {"frequency": 2.5}}, r"^pruning.frequency: expected an integer"),
         ({"pruning": {"include": "conv"}}, r"^pruning.include: expected a list"),
         ({"pruning": {"make_permanent": "yes"}}, r"^pruning.make_permanent: expected true or false"),

@@ -127,3 +127,33 @@ def test_match_patterns_and_sparsity_of() -> None:
     assert hits["head.fc"] == [names[3]]
     assert hits["stem"] == [] and hits["nothing*"] == []
     assert sparsity_of([np.ones(3, bool), np.zeros(1, bool)]) == 0.25
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_channel_masks_round_to_keeps_multiples_and_the_best_channels(scope: str) -> None:
+    rng = np.random.default_rng(0)
+    scores = [rng.random(c) + 0.1 for c in (32, 24, 10, 3)]
+    plain = channel_masks(scores, 0.6, scope)
+    rounded = channel_masks(scores, 0.6, scope, round_to=8)
+    for s, p, r in zip(scores, plain, rounded, strict=True):
+        kept = int(r.sum())
+        assert kept % 8 == 0 or kept == s.size, (s.size, kept)
+        assert kept >= int(p.sum()) and (p <= r).all()  # only ever keeps more: the same channels plus others
+        back = r & ~p
+        if back.any():  # the channels kept again are the best-scoring of those the plain mask pruned
+            assert s[back].min() >= s[~r].max(initial=-np.inf)
+    assert all((a == b).all() for a, b in zip(channel_masks(scores, 0.6, scope, round_to=1), plain, strict=True))
+    with pytest.raises(ValueError, match="round_to must be a positive integer or None; got 0"):
+        channel_masks(scores, 0.6, scope, round_to=0)
+
+
+def test_pruning_args_round_to_is_for_channels_only() -> None:
+    from fitslim.sparsity import pruning_args
+
+    common = dict(scope="global", schedule="polynomial", start=0.0, end=0.5, frequency=None, importance="l1",
+                  make_permanent=True, start_step=None, end_step=None)  # fmt: skip
+    assert pruning_args(0.5, "channel", round_to=8, **common).round_to == 8  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Pruning\(round_to=...\).*granularity='unstructured'"):
+        pruning_args(0.5, "unstructured", round_to=8, **common)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Pruning\(round_to=...\): got -2"):
+        pruning_args(0.5, "channel", round_to=-2, **common)  # type: ignore[arg-type]

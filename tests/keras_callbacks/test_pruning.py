@@ -380,3 +380,15 @@ def test_pruning_on_other_backends(backend: str) -> None:
         assert r["zeros_after_every_step"] and r["masks_equal_reference"], r
         assert r["pruned"] == r["expected_pruned"]
     _assert_channel_result(result["channel"])
+
+
+def test_channel_round_to_keeps_a_multiple_of_eight(digits_nhwc: Any) -> None:
+    model = build_digits_classifier(width=1.0)
+    x, y = _xy(digits_nhwc)
+    # 60% of the transition conv's 32 channels would leave 13; round_to=8 keeps 16, the best-scoring three again
+    cb = Pruning(sparsity=0.6, granularity="channel", end=0.5, round_to=8)
+    history = model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[cb])
+    assert history.history["pruning/channel_sparsity"][-1] == pytest.approx(0.5)
+    assert cb.pruned_model.get_layer("transition_conv").filters == 16
+    with pytest.raises(ValueError, match=r"Pruning\(round_to=...\)"):
+        Pruning(granularity="unstructured", round_to=8)

@@ -513,3 +513,13 @@ def test_export_after_pruning_carries_smaller_or_sparse_model(tmp_path: Path, gr
         total = sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Conv2d | nn.Linear))
         zeros = sum(int((w == 0).sum()) for w in weights if w.ndim >= 2)
         assert zeros >= round(0.5 * total)
+
+
+def test_channel_round_to_keeps_a_multiple_of_eight(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    # 60% of the transition conv's 32 channels would leave 13; round_to=8 keeps 16 (as on the Keras side)
+    cb = Pruning(sparsity=0.6, granularity="channel", end=0.5, frequency=2, round_to=8)
+    module = DigitsClassifier(width=1.0)
+    cpu_trainer(tmp_path, [cb], epochs=2, batches=8).fit(module, Digits(batch_size=32))
+    assert module.model.transition.conv.out_channels == 16
+    assert module.model.head.fc.in_features == 16
