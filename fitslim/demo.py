@@ -164,6 +164,28 @@ def _artifacts(report: Any, x_test_nchw: npt.NDArray[np.float32], y_test: npt.ND
     return rows
 
 
+def _dense_variant(
+    framework: str, model: Any, parameters: int, accuracy: float, data: tuple[Any, Any, Any, Any], folder: Path
+) -> VariantResult:
+    """Export the dense model in fp32 to every target and score each artifact on the test split.
+
+    ``data``: one example input and the test inputs in the model's layout, the test inputs in NCHW, the labels.
+    """
+    from exporters import export
+
+    example, samples, x_test_nchw, y_test = data
+    report = export(
+        model,
+        list(TARGETS),
+        example_input=example,
+        precision="fp32",
+        samples=samples,
+        directory=folder / "dense",
+        progress=_progress(framework, "dense fp32 export"),
+    )
+    return VariantResult("dense fp32", parameters, accuracy, _artifacts(report, x_test_nchw, y_test))
+
+
 def _settings_match(meta_path: Path, meta: dict[str, Any]) -> bool:
     try:
         return bool(json.loads(meta_path.read_text(encoding="utf-8")) == meta)
@@ -183,7 +205,6 @@ def _recipe_for(framework: str, out: Path) -> dict[str, Any]:
 def _lightning(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) -> FrameworkResult:
     import torch
 
-    from exporters import export
     from fitslim.models import torch_model
     from lightning_plugins import from_recipe
     from lightning_plugins._compat import pl
@@ -226,18 +247,14 @@ def _lightning(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) 
             torch.save(dense_model.state_dict(), tmp)
         atomic_write_text(meta_path, json.dumps(meta))
     dense_model.eval()
-    dense_acc = evaluate_accuracy(dense_model, d.x_test, d.y_test)
-    dense_params = sum(p.numel() for p in dense_model.parameters())
-    dense_report = export(
+    before = _dense_variant(
+        "lightning",
         dense_model,
-        list(TARGETS),
-        example_input=d.x_train[:1],
-        precision="fp32",
-        samples=d.x_test,
-        directory=folder / "dense",
-        progress=_progress("lightning", "dense fp32 export"),
+        sum(p.numel() for p in dense_model.parameters()),
+        evaluate_accuracy(dense_model, d.x_test, d.y_test),
+        (d.x_train[:1], d.x_test, d.x_test, d.y_test),
+        folder,
     )
-    dense_rows = _artifacts(dense_report, d.x_test, d.y_test)
 
     # 2. the compressed model: fine-tune a copy with the recipe's callbacks
     print(f"[lightning] fine-tuning with pruning + QAT + distillation for {finetune_epochs} epochs", flush=True)
@@ -256,7 +273,6 @@ def _lightning(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) 
         evaluate_accuracy(student.model, d.x_test, d.y_test),
         _artifacts(export_cb.report, d.x_test, d.y_test),
     )
-    before = VariantResult("dense fp32", dense_params, dense_acc, dense_rows)
     return FrameworkResult(
         "lightning", before, compressed, teacher_epochs, finetune_epochs, cached, recorder.steps, recorder.layers,
         time.perf_counter() - t0,
@@ -290,7 +306,6 @@ def _keras(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) -> F
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
-    from exporters import export
     from exporters.verify import nhwc_to_nchw
     from fitslim.data import digits
     from keras_callbacks import from_recipe
@@ -328,18 +343,14 @@ def _keras(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) -> F
             dense_model.save(tmp_keras)
             tmp_keras.replace(tmp)
         atomic_write_text(meta_path, json.dumps(meta))
-    dense_acc = evaluate_accuracy(dense_model, d.x_test, d.y_test)
-    dense_params = sum(int(np.prod(w.shape)) for w in dense_model.trainable_weights)
-    dense_report = export(
+    before = _dense_variant(
+        "keras",
         dense_model,
-        list(TARGETS),
-        example_input=d.x_train[:1],
-        precision="fp32",
-        samples=d.x_test,
-        directory=folder / "dense",
-        progress=_progress("keras", "dense fp32 export"),
+        sum(int(np.prod(w.shape)) for w in dense_model.trainable_weights),
+        evaluate_accuracy(dense_model, d.x_test, d.y_test),
+        (d.x_train[:1], d.x_test, x_test_nchw, d.y_test),
+        folder,
     )
-    dense_rows = _artifacts(dense_report, x_test_nchw, d.y_test)
 
     # 2. the compressed model: fine-tune a copy with the recipe's callbacks
     print(f"[keras] fine-tuning with pruning + QAT + distillation for {finetune_epochs} epochs", flush=True)
@@ -367,7 +378,6 @@ def _keras(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) -> F
         evaluate_accuracy(student, d.x_test, d.y_test),
         _artifacts(export_cb.report, x_test_nchw, d.y_test),
     )
-    before = VariantResult("dense fp32", dense_params, dense_acc, dense_rows)
     return FrameworkResult(
         "keras", before, compressed, teacher_epochs, finetune_epochs, cached, recorder.steps, recorder.layers,
         time.perf_counter() - t0,
