@@ -232,50 +232,10 @@ def train_compressed(
 # -- artifacts and runtimes ----------------------------------------------------------------------------
 
 
-def _ort_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    from exporters.onnx_export import ort_session
-
-    sess = ort_session(path, threads)
-    name = sess.get_inputs()[0].name
-    return lambda x: np.asarray(sess.run(None, {name: x})[0])
-
-
-def _ncnn_runner(param: Path, precision: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    from exporters.ncnn import NcnnModel
-
-    net = NcnnModel(param, param.with_suffix(".bin"), precision, threads)
-    return lambda x: np.asarray(net(x[0])).reshape(1, -1)
-
-
-def _tflite_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(path), num_threads=threads)
-    it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-
-    def run(x: np.ndarray) -> np.ndarray:
-        v = x.astype(np.float32)
-        if list(inp["shape"]) != list(v.shape):
-            it.resize_tensor_input(inp["index"], list(v.shape))
-            it.allocate_tensors()
-        if np.dtype(inp["dtype"]).kind != "f":  # an integer input: quantize it as the model says
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            v = np.clip(np.round(v / scale) + zero, info.min, info.max).astype(inp["dtype"])
-        it.set_tensor(inp["index"], v)
-        it.invoke()
-        y = it.get_tensor(out["index"])
-        if np.dtype(out["dtype"]).kind != "f":
-            scale, zero = out["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        return np.asarray(y, dtype=np.float32).reshape(1, -1)
-
-    return run
-
-
 def load_artifacts(report: Any, threads: int) -> dict[str, Artifact]:
     """One :class:`Artifact` per runtime from an export report (the dense fp32 or the compressed int8 one)."""
+    from exporters import runtimes
+
     directory = Path(report.directory)
     int8 = any(r.precision == "int8" for r in report)
     out: dict[str, Artifact] = {}
@@ -295,13 +255,9 @@ def load_artifacts(report: Any, threads: int) -> dict[str, Artifact]:
         files = [directory / f for f in r.files]
         art = Artifact("ok", path=files[0], size=sum(f.stat().st_size for f in files))
         try:
-            if runtime.startswith("onnxruntime"):
-                art.runner = _ort_runner(files[0], threads)
-            elif runtime == "ncnn":
-                param = next(f for f in files if f.suffix == ".param")
-                art.path, art.runner = param, _ncnn_runner(param, r.precision, threads)
-            else:
-                art.runner = _tflite_runner(files[0], threads)
+            if runtime == "ncnn":
+                art.path = next(f for f in files if f.suffix == ".param")
+            art.runner = runtimes.runner(report, target, threads)
         except Exception as err:  # a runtime that cannot load its artifact is a failed row, not a crash
             art = Artifact("failed", reason=f"loading in {runtime}: {type(err).__name__}: {err}")
         out[runtime] = art

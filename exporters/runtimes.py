@@ -1,8 +1,9 @@
 """Run an exported artifact in its own runtime on a whole data set, e.g. to score it on a test split.
 
-``predict(report, target, x)`` loads the artifact a report row names and returns its outputs for every
-sample: ONNX and the TensorRT Q/DQ ONNX in onnxruntime (batched), ncnn one sample at a time, TFLite in the
-LiteRT interpreter one sample at a time (its input layout, NCHW or NHWC, is read from the model).
+``runner(report, target)`` loads the artifact a report row names once; ``predict(report, target, x)``
+returns its outputs for every sample: ONNX and the TensorRT Q/DQ ONNX in onnxruntime (batched), ncnn one
+sample at a time, TFLite in the LiteRT interpreter one sample at a time (its input layout, NCHW or NHWC, is
+read from the model).
 
 Example:
     >>> # report = export(model, ["onnx", "ncnn", "tflite"], example_input=x[:1], directory="exports")
@@ -12,7 +13,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +23,10 @@ import numpy.typing as npt
 from exporters.report import ExportReport, TargetResult
 from exporters.verify import nchw_to_nhwc
 
-__all__ = ["accuracy", "predict"]
+__all__ = ["Runner", "accuracy", "predict", "runner"]
+
+#: an artifact loaded in its runtime: batch of inputs -> ``(N, outputs)``
+Runner = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 
 
 def _row(report: ExportReport, target: str) -> TargetResult:
@@ -43,72 +49,96 @@ def _file(report: ExportReport, row: TargetResult, suffix: str) -> Path:
     raise ValueError(f"target {row.target!r}: no {suffix} file among {row.files}.")
 
 
-def _onnx(path: Path, x: npt.NDArray[np.float32], threads: int, batch: int) -> npt.NDArray[np.float32]:
+def _onnx(path: Path, threads: int, batch: int) -> Runner:
     from exporters.onnx_export import ort_session
 
     sess = ort_session(path, threads)
     name = sess.get_inputs()[0].name
-    outs = [np.asarray(sess.run(None, {name: x[i : i + batch]})[0], np.float32) for i in range(0, len(x), batch)]
-    return np.concatenate(outs)
+
+    def run(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        outs = [np.asarray(sess.run(None, {name: x[i : i + batch]})[0], np.float32) for i in range(0, len(x), batch)]
+        return np.concatenate(outs)
+
+    return run
 
 
-def _ncnn(param: Path, precision: str, x: npt.NDArray[np.float32], threads: int) -> npt.NDArray[np.float32]:
+def _ncnn(param: Path, precision: str, threads: int) -> Runner:
     from exporters.ncnn import NcnnModel
 
     net = NcnnModel(param, param.with_name(param.name[: -len(".param")] + ".bin"), precision, threads)
-    first = net(x[0])
-    return net.predict(x, tuple(first.shape))
+    return lambda x: np.stack([np.asarray(net(sample), np.float32).reshape(-1) for sample in x])
 
 
-def _tflite(path: Path, x: npt.NDArray[np.float32], threads: int) -> npt.NDArray[np.float32]:
-    from exporters.tflite import _interpreter_class, _run_samples
+def _tflite(path: Path, threads: int) -> Runner:
+    from exporters.tflite import _dequantize, _interpreter_class, _prepare_single, _quantize
 
     interpreter = _interpreter_class()(model_path=str(path), num_threads=threads)
     detail = interpreter.get_input_details()[0]
     signature = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))[1:]
+    out = interpreter.get_output_details()[0]
+    prepared: dict[tuple[int, ...], dict[str, Any]] = {}
 
     def fits(shape: tuple[int, ...]) -> bool:
         return len(shape) == len(signature) and all(s in (-1, d) for s, d in zip(signature, shape, strict=True))
 
-    samples = x
-    if x.ndim == 4 and not fits(tuple(x.shape[1:])):
-        samples = nchw_to_nhwc(x)  # a Keras-made artifact takes NHWC
-        if not fits(tuple(samples.shape[1:])):
-            raise ValueError(
-                f"target 'tflite': the model's input {list(signature)} fits neither NCHW {list(x.shape[1:])} "
-                f"nor NHWC {list(samples.shape[1:])}."
-            )
-    outputs, _ = _run_samples(interpreter, samples)
-    return outputs
+    def run(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        samples = x
+        if x.ndim == 4 and not fits(tuple(x.shape[1:])):
+            samples = nchw_to_nhwc(x)  # a Keras-made artifact takes NHWC
+            if not fits(tuple(samples.shape[1:])):
+                raise ValueError(
+                    f"target 'tflite': the model's input {list(signature)} fits neither NCHW {list(x.shape[1:])} "
+                    f"nor NHWC {list(samples.shape[1:])}."
+                )
+        shape = tuple(samples.shape[1:])
+        if shape not in prepared:
+            prepared.clear()
+            prepared[shape] = _prepare_single(interpreter, shape)
+        inp = prepared[shape]
+        outputs = []
+        for i in range(len(samples)):
+            interpreter.set_tensor(inp["index"], _quantize(samples[i : i + 1], inp))
+            interpreter.invoke()
+            outputs.append(_dequantize(interpreter.get_tensor(out["index"]), out).reshape(-1))
+        return np.stack(outputs)
+
+    return run
+
+
+def runner(report: ExportReport, target: str, threads: int = 2, batch: int = 256) -> Runner:
+    """Load ``target``'s artifact once; the callable runs it on a batch of inputs and returns ``(N, outputs)``.
+
+    Inputs are batch first, images in NCHW (converted to NHWC for a TFLite model that takes NHWC). ONNX and
+    the TensorRT Q/DQ ONNX run in onnxruntime in batches of ``batch``; ncnn and TFLite one sample at a time.
+    Loading once makes the callable fit for timing single-sample latency too.
+
+    Raises:
+        ValueError: the target is not in the report or was not written.
+        FileNotFoundError: an artifact file listed in the report is missing.
+    """
+    row = _row(report, target)
+    if target in ("onnx", "tensorrt"):
+        return _onnx(_file(report, row, ".onnx"), threads, batch)
+    if target == "ncnn":
+        return _ncnn(_file(report, row, ".param"), row.precision, threads)
+    if target == "tflite":
+        return _tflite(_file(report, row, ".tflite"), threads)
+    raise ValueError(f"target {target!r}: no runtime for it; choose onnx, ncnn, tflite or tensorrt.")
 
 
 def predict(
     report: ExportReport, target: str, x: npt.ArrayLike, threads: int = 2, batch: int = 256
 ) -> npt.NDArray[np.float32]:
-    """The outputs of ``target``'s artifact for every sample of ``x``.
-
-    Args:
-        report: the report of the export that wrote the artifact (its ``directory`` holds the files).
-        target: ``onnx``, ``ncnn``, ``tflite`` or ``tensorrt`` (the Q/DQ ONNX, run in onnxruntime).
-        x: inputs, batch first, images in NCHW (converted to NHWC for a TFLite model that takes NHWC).
-        threads: runtime threads.
-        batch: onnxruntime batch size.
+    """The outputs of ``target``'s artifact for every sample of ``x`` (see :func:`runner`).
 
     Raises:
         ValueError: the target is not in the report, was not written, or its input does not fit ``x``.
         FileNotFoundError: an artifact file listed in the report is missing.
     """
-    row = _row(report, target)
     data = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     if len(data) == 0:
         raise ValueError("x: no samples.")
-    if target in ("onnx", "tensorrt"):
-        return _onnx(_file(report, row, ".onnx"), data, threads, batch)
-    if target == "ncnn":
-        return _ncnn(_file(report, row, ".param"), row.precision, data, threads)
-    if target == "tflite":
-        return _tflite(_file(report, row, ".tflite"), data, threads)
-    raise ValueError(f"target {target!r}: no runtime for it; choose onnx, ncnn, tflite or tensorrt.")
+    return runner(report, target, threads, batch)(data)
 
 
 def accuracy(report: ExportReport, target: str, x: npt.ArrayLike, labels: npt.ArrayLike, threads: int = 2) -> float:
