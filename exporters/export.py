@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -240,17 +241,15 @@ def export(
         ValueError: unknown target, precision or model type; int8 without calibration or QuantSpec.
     """
     int8 = None if isinstance(model, str | os.PathLike) else getattr(model, "_fitslim_int8", None)
-    if int8 is None:
-        return _export(
-            model, targets, example_input, calibration, precision, quant_spec, directory, verify, threads,
-            progress, samples, reference_fn, tflite_int8,
-        )  # fmt: skip
-    if quant_spec is None and precision == "int8":
-        quant_spec = int8.spec
-    if quant_spec is int8.spec:
-        reference_fn = reference_fn or int8.reference
-        tflite_int8 = tflite_int8 or int8.tflite_int8
-    with int8.float_view():
+    view: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if int8 is not None:
+        if quant_spec is None and precision == "int8":
+            quant_spec = int8.spec
+        if quant_spec is int8.spec:
+            reference_fn = reference_fn or int8.reference
+            tflite_int8 = tflite_int8 or int8.tflite_int8
+        view = int8.float_view()
+    with view:
         return _export(
             model, targets, example_input, calibration, precision, quant_spec, directory, verify, threads,
             progress, samples, reference_fn, tflite_int8,

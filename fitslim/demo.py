@@ -29,7 +29,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,6 +279,14 @@ def _lightning(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) 
     )  # fmt: skip
 
 
+def _record(recorder: Any, step: int, metrics: Mapping[str, Any]) -> None:
+    """Append the Pruning callback's ``pruning/sparsity`` at ``step`` and keep its latest per-layer values."""
+    if "pruning/sparsity" in metrics:
+        recorder.steps.append((step, float(metrics["pruning/sparsity"])))
+        prefix = "pruning/sparsity/"
+        recorder.layers = {k[len(prefix) :]: float(v) for k, v in metrics.items() if k.startswith(prefix)}
+
+
 def _lightning_recorder() -> Any:
     """A callback that reads the ``pruning/*`` metrics the Pruning callback logs, after every training step."""
     from lightning_plugins._compat import pl
@@ -290,11 +298,7 @@ def _lightning_recorder() -> Any:
             self.layers: dict[str, float] = {}
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            metrics = trainer.callback_metrics
-            if "pruning/sparsity" in metrics:
-                self.steps.append((int(trainer.global_step), float(metrics["pruning/sparsity"])))
-                prefix = "pruning/sparsity/"
-                self.layers = {k[len(prefix) :]: float(v) for k, v in metrics.items() if k.startswith(prefix)}
+            _record(self, int(trainer.global_step), trainer.callback_metrics)
 
     return Recorder()
 
@@ -400,10 +404,7 @@ def _keras_recorder() -> Any:
 
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
             self._step += 1
-            if logs and "pruning/sparsity" in logs:
-                self.steps.append((self._step, float(logs["pruning/sparsity"])))
-                prefix = "pruning/sparsity/"
-                self.layers = {k[len(prefix) :]: float(v) for k, v in logs.items() if k.startswith(prefix)}
+            _record(self, self._step, logs or {})
 
     return Recorder()
 

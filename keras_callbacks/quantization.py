@@ -107,14 +107,6 @@ def _patterns(name: str, value: Any) -> list[re.Pattern[str]] | None:
     return [re.compile(fnmatch.translate(v)) for v in value]
 
 
-def _pattern_text(p: re.Pattern[str], given: Sequence[str] | None) -> str:
-    """The pattern as the user wrote it."""
-    for v in given or ():
-        if re.compile(fnmatch.translate(v)).pattern == p.pattern:
-            return v
-    return p.pattern
-
-
 # ------------------------------------------------------------------------------------------ core math
 
 
@@ -742,11 +734,11 @@ class QuantizationAware(keras.callbacks.Callback):
             chosen.append(layer)
         if self._include is not None:
             names = [layer.name for layer in model.layers]
-            for p in self._include:
+            for text, p in zip(self._include_given or [], self._include, strict=True):
                 if not any(p.fullmatch(n) for n in names):
                     raise _err(
                         "include",
-                        _pattern_text(p, self._include_given),
+                        text,
                         "matches no layer of the model.",
                         f"layer names: {names[:20]}.",
                     )
