@@ -140,5 +140,6 @@ if __name__ == "__main__":  # a quick look at the zoo: parameters and output spr
         t0 = time.perf_counter()
         model, x = build(case.name)
         y = np.asarray(model(x, training=False))
-        print(f"{case.name:20s} {model.count_params():>11,d} params  out {y.shape}  finite {bool(np.isfinite(y).all())}  "
-              f"std {float(y.std()):.3f}  {time.perf_counter() - t0:.1f}s  ci={case.ci}")
+        print(f"{case.name:20s} {model.count_params():>11,d} params  out {y.shape}  "
+              f"finite {bool(np.isfinite(y).all())}  std {float(y.std()):.3f}  "
+              f"{time.perf_counter() - t0:.1f}s  ci={case.ci}")

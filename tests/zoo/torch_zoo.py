@@ -64,9 +64,9 @@ def _hf(config_name: str, model_name: str, text: bool = False, **config: Any) ->
         torch.manual_seed(0)
         cfg = getattr(transformers, config_name)(**config)
         model = getattr(transformers, model_name)(cfg)
-        # HF initializes weights (EfficientNet: BN scales too) with std 0.02 whatever the fan-in, so activations of deep random
-        # vision models vanish (EfficientNet's pooled features are ~1e-34) and logits tie. Unit-gain
-        # fan-in init keeps them data-like, so agreement checks on these models mean something.
+        # HF initializes weights (EfficientNet: BN scales too) with std 0.02 whatever the fan-in, so
+        # activations of deep random vision models vanish (EfficientNet's pooled features are ~1e-34)
+        # and logits tie. Unit-gain fan-in init keeps them data-like, so agreement checks mean something.
         for m in model.modules():
             if isinstance(m, nn.Conv2d | nn.Linear) and (not text or m is _last_linear(model)):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
@@ -196,8 +196,9 @@ _ALL = [
           depth_multiplier=0.25, image_size=64, **_LABELS), _IMG64, ci=True),
     _case("hf_mobilenet_v2", "mobilenet_v2", _hf("MobileNetV2Config", "MobileNetV2ForImageClassification",
           depth_multiplier=0.35, image_size=64, **_LABELS), _IMG64, ci=True),
-    _case("hf_convnext", "convnext", _hf("ConvNextConfig", "ConvNextForImageClassification", hidden_sizes=[16, 32, 64, 128],
-          depths=[1, 1, 1, 1], image_size=64, **_LABELS), _IMG64, ci=True, tags=("layernorm",)),
+    _case("hf_convnext", "convnext", _hf("ConvNextConfig", "ConvNextForImageClassification",
+          hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], image_size=64, **_LABELS), _IMG64, ci=True,
+          tags=("layernorm",)),
     _case("hf_convnext_v2", "convnext_v2", _hf("ConvNextV2Config", "ConvNextV2ForImageClassification",
           hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], image_size=64, **_LABELS), _IMG64, ci=True,
           tags=("layernorm",)),
@@ -209,8 +210,9 @@ _ALL = [
     _case("hf_vit", "vit", _hf("ViTConfig", "ViTForImageClassification", image_size=32, patch_size=8, hidden_size=64,
           num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, **_LABELS), _IMG32, ci=True,
           tags=("attention",)),
-    _case("hf_deit", "deit", _hf("DeiTConfig", "DeiTForImageClassification", image_size=32, patch_size=8, hidden_size=64,
-          num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, **_LABELS), _IMG32, tags=("attention",)),
+    _case("hf_deit", "deit", _hf("DeiTConfig", "DeiTForImageClassification", image_size=32, patch_size=8,
+          hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, **_LABELS), _IMG32,
+          tags=("attention",)),
     _case("hf_mobilevit", "mobilevit", _hf("MobileViTConfig", "MobileViTForImageClassification", image_size=64,
           hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 128], num_attention_heads=2,
           **_LABELS), _IMG64, ci=True, tags=("attention", "layernorm")),
