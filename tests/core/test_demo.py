@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fitslim.demo import run_demo
+from fitslim.app.demo import run_demo
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -55,7 +55,7 @@ def test_quick_demo_writes_tables_report_and_plots(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "fitslim.cli", "demo", "--quick", "--output", str(out)],
+        [sys.executable, "-m", "fitslim.app.cli", "demo", "--quick", "--output", str(out)],
         capture_output=True,
         text=True,
         timeout=900,
