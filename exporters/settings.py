@@ -4,6 +4,8 @@ Example:
     >>> s = ExportSettings(targets=["onnx", "ncnn"], precision="int8", calibration_batches=4)
     >>> s.targets, s.directory
     (['onnx', 'ncnn'], 'exports')
+    >>> ExportSettings().resolve_precision(None)  # "auto" without a QuantSpec
+    'fp32'
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from exporters.report import ExportReport, TargetResult
 from fitslim.quantspec import QuantSpec
-from fitslim.recipe import EXPORT_TARGETS, PRECISIONS
+from fitslim.recipe import EXPORT_PRECISIONS, EXPORT_TARGETS
 
 __all__ = ["ExportSettings"]
 
@@ -30,7 +32,8 @@ class ExportSettings:
     Args:
         targets: any of ``onnx``, ``ncnn``, ``tflite``, ``tensorrt``.
         directory: output folder.
-        precision: ``fp32``, ``fp16`` or ``int8``.
+        precision: ``auto`` (int8 when a QuantSpec is present: given as ``quant_spec`` or left by a
+            ``QuantizationAware`` callback; fp32 otherwise), ``fp32``, ``fp16`` or ``int8``.
         example_input: one input batch; taken from the training data when None.
         calibration: input batches for int8; taken from the training data when None.
         calibration_batches: how many training batches to take for calibration and verification.
@@ -46,7 +49,7 @@ class ExportSettings:
 
     targets: Sequence[str] = ("onnx",)
     directory: str | os.PathLike[str] = "exports"
-    precision: str = "fp32"
+    precision: str = "auto"
     example_input: Any = None
     calibration: Any = None
     calibration_batches: int = 8
@@ -64,9 +67,9 @@ class ExportSettings:
                 f"Export(targets=...): unknown {bad or targets!r}. HINT: choose any of {list(EXPORT_TARGETS)}."
             )
         self.targets = list(dict.fromkeys(targets))
-        if self.precision not in PRECISIONS:
+        if self.precision not in EXPORT_PRECISIONS:
             raise ValueError(
-                f"Export(precision=...): unknown {self.precision!r}. HINT: choose one of {list(PRECISIONS)}."
+                f"Export(precision=...): unknown {self.precision!r}. HINT: choose one of {list(EXPORT_PRECISIONS)}."
             )
         for name in ("calibration_batches", "threads"):
             value = getattr(self, name)
@@ -81,6 +84,12 @@ class ExportSettings:
             raise TypeError(f"Export(input_fn=...): expected a callable batch -> input; got {self.input_fn!r}.")
         if not str(self.directory):
             raise ValueError("Export(directory=...): must not be empty. HINT: e.g. directory='exports'.")
+
+    def resolve_precision(self, found_spec: QuantSpec | None) -> str:
+        """The precision to export at: ``auto`` becomes int8 when a QuantSpec is present, else fp32."""
+        if self.precision != "auto":
+            return self.precision
+        return "int8" if (self.quant_spec or found_spec) is not None else "fp32"
 
     def needs_training_data(self) -> bool:
         """True when example or calibration inputs must come from the training data."""
@@ -107,18 +116,22 @@ class ExportSettings:
         """
         from exporters.export import export
 
+        precision = self.resolve_precision(found_spec)
+        if self.precision == "auto":
+            log.info("fitslim Export(precision='auto'): exporting at %s (%s)", precision,
+                     "a QuantSpec is present" if precision == "int8" else "no QuantSpec: no QAT ran")
         try:
             calibration = self.calibration if self.calibration is not None else (list(batches) or None)
             example = self.example_input
             if example is None and batches:
                 example = batches[0][:1]
-            spec = self.quant_spec or (found_spec if self.precision == "int8" else None)
+            spec = self.quant_spec or (found_spec if precision == "int8" else None)
             report = export(
                 model,
                 self.targets,
                 example_input=example,
                 calibration=calibration,
-                precision=self.precision,
+                precision=precision,
                 quant_spec=spec,
                 directory=self.directory,
                 verify=self.verify,
@@ -130,7 +143,7 @@ class ExportSettings:
             log.exception("fitslim Export failed; the trained weights are untouched")
             reason = f"{type(err).__name__}: {err}"
             report = ExportReport(
-                [TargetResult(t, self.precision, status="failed", reason=reason) for t in self.targets],
+                [TargetResult(t, precision, status="failed", reason=reason) for t in self.targets],
                 source=name,
                 directory=str(self.directory),
             )

@@ -27,11 +27,23 @@ from typing import Any
 
 import yaml
 
-__all__ = ["RECIPE_VERSION", "Recipe", "RecipeError", "SECTIONS", "EXPORT_TARGETS", "PRECISIONS", "build_callbacks"]
+__all__ = [
+    "EXPORT_PRECISIONS",
+    "EXPORT_TARGETS",
+    "PRECISIONS",
+    "RECIPE_VERSION",
+    "Recipe",
+    "RecipeError",
+    "SECTIONS",
+    "build_callbacks",
+]
 
 RECIPE_VERSION = 1
 EXPORT_TARGETS = ("onnx", "ncnn", "tflite", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
+#: What ``Export(precision=...)`` and the recipe take: ``"auto"`` is int8 when a QuantSpec is present
+#: (QuantizationAware ran, or one was given), else fp32.
+EXPORT_PRECISIONS = ("auto", *PRECISIONS)
 SCHEDULES = ("constant", "polynomial", "cubic")
 
 
@@ -108,7 +120,7 @@ _FIELDS: dict[str, dict[str, _Field]] = {
     },
     "export": {
         "targets": _Field("choice_list", ["onnx"], choices=EXPORT_TARGETS),
-        "precision": _Field("choice", "fp32", choices=PRECISIONS),
+        "precision": _Field("choice", "auto", choices=EXPORT_PRECISIONS),
         "directory": _Field("str", "exports"),
         "verify": _Field("bool", True),
     },

@@ -77,7 +77,8 @@ class Export(keras.callbacks.Callback):
     Args:
         targets: any of ``"onnx"``, ``"ncnn"``, ``"tflite"``, ``"tensorrt"``.
         directory: output folder for artifacts and ``report.json`` / ``report.md``.
-        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        precision: ``"auto"`` (int8 when a QuantSpec is present, i.e. ``QuantizationAware`` ran or
+            ``quant_spec`` is given; fp32 otherwise), ``"fp32"``, ``"fp16"`` or ``"int8"``.
         example_input: one input batch (NHWC); the first batch of the data given to ``fit`` when None.
         calibration: input batches for int8 and verification; the first ``calibration_batches`` batches
             of the data given to ``fit`` when None.
@@ -96,7 +97,7 @@ class Export(keras.callbacks.Callback):
         self,
         targets: Sequence[str] = ("onnx",),
         directory: str | os.PathLike[str] = "exports",
-        precision: str = "fp32",
+        precision: str = "auto",
         example_input: Any = None,
         calibration: Any = None,
         calibration_batches: int = 8,

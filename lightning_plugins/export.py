@@ -66,7 +66,8 @@ class Export(pl.Callback):  # type: ignore[name-defined]
     Args:
         targets: any of ``"onnx"``, ``"ncnn"``, ``"tflite"``, ``"tensorrt"``.
         directory: output folder for artifacts and ``report.json`` / ``report.md``.
-        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        precision: ``"auto"`` (int8 when a QuantSpec is present, i.e. ``QuantizationAware`` ran or
+            ``quant_spec`` is given; fp32 otherwise), ``"fp32"``, ``"fp16"`` or ``"int8"``.
         example_input: one input batch; the first training batch when None.
         calibration: input batches for int8 and verification; the first ``calibration_batches`` training
             batches when None.
@@ -84,7 +85,7 @@ class Export(pl.Callback):  # type: ignore[name-defined]
         self,
         targets: Sequence[str] = ("onnx",),
         directory: str | os.PathLike[str] = "exports",
-        precision: str = "fp32",
+        precision: str = "auto",
         example_input: Any = None,
         calibration: Any = None,
         calibration_batches: int = 8,

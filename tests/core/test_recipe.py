@@ -112,7 +112,7 @@ def test_missing_sections_are_none_and_empty_section_gets_defaults() -> None:
         ({"export": {"targets": ["onnx", "onnx"]}}, r"^export.targets: has duplicates"),
         (
             {"export": {"precision": "int4"}},
-            r"^export.precision: 'int4' is not one of \['fp32', 'fp16', 'int8'\]",
+            r"^export.precision: 'int4' is not one of \['auto', 'fp32', 'fp16', 'int8'\]",
         ),
         ({"export": {"input_shape": [1, 1, 8, 8]}}, r"^export.input_shape: unknown key"),
         ({"export": {"directory": None}}, r"^export.directory: must not be empty"),
