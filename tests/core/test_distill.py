@@ -87,6 +87,34 @@ def test_kd_reference_matches_explicit_softmax_formula() -> None:
         kd_loss_reference(s, t, 1.0, loss="ce")
 
 
+# The fixed logits the framework tests share (tests/*/test_distillation.py pin their losses to these values).
+FIXED_STUDENT = [[2.0, -1.0, 0.5, 0.0], [0.3, 1.2, -0.7, 2.2], [-1.5, 0.0, 1.0, 3.0]]
+FIXED_TEACHER = [[3.0, -2.0, 0.0, 0.5], [0.0, 2.5, -1.0, 1.0], [-2.0, 0.5, 0.5, 4.0]]
+PINNED_KD = {1.0: 0.2560372051036171, 2.0: 0.3290448529399241, 4.0: 0.34122452426176125}
+
+
+def _hinton(student: list[list[float]], teacher: list[list[float]], temperature: float) -> float:
+    """Hinton et al.'s soft-target loss in plain Python: T² · mean over samples of sum_c p_t log(p_t / p_s)."""
+
+    def softmax(row: list[float]) -> list[float]:
+        e = [math.exp(v / temperature) for v in row]
+        return [v / sum(e) for v in e]
+
+    total = 0.0
+    for s_row, t_row in zip(student, teacher, strict=True):
+        ps, pt = softmax(s_row), softmax(t_row)
+        total += sum(q * math.log(q / p) for p, q in zip(ps, pt, strict=True))
+    return temperature**2 * total / len(student)
+
+
+@pytest.mark.parametrize("temperature", sorted(PINNED_KD))
+def test_kd_reference_pinned_on_fixed_logits(temperature: float) -> None:
+    assert _hinton(FIXED_STUDENT, FIXED_TEACHER, temperature) == pytest.approx(PINNED_KD[temperature], rel=1e-13)
+    assert float(kd_loss_reference(FIXED_STUDENT, FIXED_TEACHER, temperature)) == pytest.approx(
+        PINNED_KD[temperature], rel=1e-13
+    )
+
+
 def test_combined_reference_mixing() -> None:
     assert float(combined_loss_reference(2.0, 10.0, alpha=0.0)) == 2.0
     assert float(combined_loss_reference(math.nan, 10.0, alpha=1.0)) == 10.0  # the task term is left out

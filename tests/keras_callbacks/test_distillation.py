@@ -69,6 +69,57 @@ def test_kd_loss_matches_reference(temperature: float, loss: str) -> None:
     assert ours == pytest.approx(float(kd_loss_reference(s, t, temperature, loss)), rel=1e-5)
 
 
+# The fixed logits of tests/core/test_distill.py, with T² KL pinned there by Hinton's formula in plain Python.
+FIXED_STUDENT = [[2.0, -1.0, 0.5, 0.0], [0.3, 1.2, -0.7, 2.2], [-1.5, 0.0, 1.0, 3.0]]
+FIXED_TEACHER = [[3.0, -2.0, 0.0, 0.5], [0.0, 2.5, -1.0, 1.0], [-2.0, 0.5, 0.5, 4.0]]
+FIXED_LABELS = [0, 1, 3]
+PINNED_KD = {1.0: 0.2560372051036171, 2.0: 0.3290448529399241, 4.0: 0.34122452426176125}
+
+
+def _logits_model(rows: list[list[float]], name: str) -> Any:
+    """A linear model whose output for the one-hot input e_i is ``rows[i]``: fixed logits through a real model."""
+    inputs = keras.Input((len(rows),))
+    dense = keras.layers.Dense(len(rows[0]), use_bias=False, name=f"{name}_logits")
+    model = keras.Model(inputs, dense(inputs), name=name)
+    dense.kernel.assign(np.asarray(rows, dtype="float32"))
+    return model
+
+
+@pytest.mark.parametrize("temperature", sorted(PINNED_KD))
+def test_loss_equals_keras_distillation_on_fixed_logits(temperature: float) -> None:
+    s, t = np.asarray(FIXED_STUDENT, "float32"), np.asarray(FIXED_TEACHER, "float32")
+    ours = float(keras.ops.convert_to_numpy(kd_loss(s, t, temperature)))
+    assert ours == pytest.approx(PINNED_KD[temperature], rel=1e-5)
+    # keras.distillation's Hinton loss needs a KLDivergence instance: its default loss="kl_divergence" resolves to
+    # the plain function, which skips the softmax and compares the scaled logits themselves (5.03 here at T=1).
+    reference_loss = keras.distillation.LogitsDistillation(temperature=temperature, loss=keras.losses.KLDivergence())
+    theirs = reference_loss.compute_loss(t, s)
+    assert ours == pytest.approx(float(keras.ops.convert_to_numpy(theirs)), rel=1e-5)
+    # The callback's combined loss on a real model = keras.distillation.Distiller's with student_loss_weight = 1 - alpha.
+    x, y = np.eye(3, dtype="float32"), np.asarray(FIXED_LABELS)
+    for alpha in (0.3, 0.7):
+        student, teacher = _logits_model(FIXED_STUDENT, "student"), _logits_model(FIXED_TEACHER, "teacher")
+        student.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        cb = Distillation(teacher, temperature=temperature, alpha=alpha)
+        cb.set_model(student)
+        cb.on_train_begin()
+        try:
+            total = student.compute_loss(x=x, y=y, y_pred=student(x), training=True)
+        finally:
+            cb.on_train_end()
+        distiller = keras.distillation.Distiller(
+            teacher,
+            _logits_model(FIXED_STUDENT, "student_copy"),
+            reference_loss,
+            student_loss_weight=1.0 - alpha,
+        )
+        distiller.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        reference = distiller.compute_loss(x=x, y=y, y_pred=distiller(x), training=True)
+        assert float(keras.ops.convert_to_numpy(total)) == pytest.approx(
+            float(keras.ops.convert_to_numpy(reference)), rel=1e-5
+        )
+
+
 def test_patched_loss_equals_reference_and_swap_restores_everything() -> None:
     sys.path.insert(0, str(CHECKS.parent))
     import backend_checks

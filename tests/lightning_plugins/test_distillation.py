@@ -296,6 +296,61 @@ def test_kd_loss_dense_predictions() -> None:
     assert float(kd_loss(s, t, 2.0)) == pytest.approx(float(kd_loss_reference(s.numpy(), t.numpy(), 2.0)), rel=1e-12)
 
 
+# Fixed logits (3 samples, 4 classes) and labels, shared by the Keras tests; the pinned values are T² KL
+# computed by Hinton's formula in plain Python (tests/core/test_distill.py) for T = 1, 2, 4.
+FIXED_STUDENT = [[2.0, -1.0, 0.5, 0.0], [0.3, 1.2, -0.7, 2.2], [-1.5, 0.0, 1.0, 3.0]]
+FIXED_TEACHER = [[3.0, -2.0, 0.0, 0.5], [0.0, 2.5, -1.0, 1.0], [-2.0, 0.5, 0.5, 4.0]]
+FIXED_LABELS = [0, 1, 3]
+PINNED_KD = {1.0: 0.2560372051036171, 2.0: 0.3290448529399241, 4.0: 0.34122452426176125}
+
+
+class _TorchdistillKDLoss(nn.KLDivLoss):
+    """torchdistill's ``KDLoss`` (losses/single.py) as published: ``alpha`` weights the hard-label loss there."""
+
+    def __init__(self, temperature: float, alpha: float | None = None, reduction: str = "batchmean") -> None:
+        super().__init__(reduction=reduction)
+        self.temperature = temperature
+        self.alpha = alpha
+        self.beta = 1 - alpha if alpha is not None else None
+        self.cross_entropy_loss = nn.CrossEntropyLoss(reduction="mean")
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor | None = None) -> Any:
+        soft_loss = super().forward(
+            torch.log_softmax(student / self.temperature, dim=1), torch.softmax(teacher / self.temperature, dim=1)
+        )
+        if self.alpha is None or self.alpha == 0 or targets is None:
+            return soft_loss
+        hard_loss = self.cross_entropy_loss(student, targets)
+        return self.alpha * hard_loss + self.beta * (self.temperature**2) * soft_loss
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_kd_loss_equals_independent_references_on_fixed_logits(temperature: float) -> None:
+    s = torch.tensor(FIXED_STUDENT, dtype=torch.float64, requires_grad=True)
+    t, y = torch.tensor(FIXED_TEACHER, dtype=torch.float64), torch.tensor(FIXED_LABELS)
+    ours = kd_loss(s, t, temperature)
+    value = float(ours.detach())
+    assert value == pytest.approx(PINNED_KD[temperature], rel=1e-12)
+    # Hinton et al.: T² · KL(softmax(t/T) ‖ softmax(s/T)), PyTorch's batch-mean reduction.
+    hinton = F.kl_div(F.log_softmax(s / temperature, 1), F.softmax(t / temperature, 1), reduction="batchmean")
+    assert value == pytest.approx(float(hinton) * temperature**2, rel=1e-12)
+    # torchdistill KDLoss: its soft term alone has no T², its combined loss weights the hard loss by its alpha,
+    # so Distillation(alpha=a) is KDLoss(alpha=1 - a).
+    soft = float(_TorchdistillKDLoss(temperature)(s.detach(), t))
+    assert soft * temperature**2 == pytest.approx(value, rel=1e-12)
+    for alpha in (0.3, 0.7, 0.9):
+        theirs = float(_TorchdistillKDLoss(temperature, alpha=1.0 - alpha)(s.detach(), t, y))
+        ce = float(F.cross_entropy(s.detach(), y))
+        assert float(combined_loss_reference(ce, value, alpha)) == pytest.approx(theirs, rel=1e-12)
+    # Gradient scale: with T² the distillation gradient is T·(p_s - p_t)/N, of the order of the task gradient
+    # (p_s - onehot)/N at any T, so alpha alone sets the balance.
+    ours.backward()
+    task_grad = torch.autograd.grad(F.cross_entropy(s, y), s)[0]
+    expected = temperature * (F.softmax(s / temperature, 1) - F.softmax(t / temperature, 1)) / 3
+    torch.testing.assert_close(s.grad, expected, rtol=1e-12, atol=1e-14)
+    assert 0.1 < float(s.grad.norm() / task_grad.norm()) < 10.0
+
+
 # --------------------------------------------------------------------------------------------------
 # (c) end to end: the combined loss is what Lightning backpropagates
 # --------------------------------------------------------------------------------------------------
