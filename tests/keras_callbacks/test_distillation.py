@@ -95,7 +95,7 @@ def test_loss_equals_keras_distillation_on_fixed_logits(temperature: float) -> N
     reference_loss = keras.distillation.LogitsDistillation(temperature=temperature, loss=keras.losses.KLDivergence())
     theirs = reference_loss.compute_loss(t, s)
     assert ours == pytest.approx(float(keras.ops.convert_to_numpy(theirs)), rel=1e-5)
-    # The callback's combined loss on a real model = keras.distillation.Distiller's with student_loss_weight = 1 - alpha.
+    # The callback's combined loss on a real model = keras.distillation.Distiller's, student_loss_weight = 1 - alpha.
     x, y = np.eye(3, dtype="float32"), np.asarray(FIXED_LABELS)
     for alpha in (0.3, 0.7):
         student, teacher = _logits_model(FIXED_STUDENT, "student"), _logits_model(FIXED_TEACHER, "teacher")
