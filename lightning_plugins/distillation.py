@@ -237,9 +237,9 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
     the output of its first ``self(x)`` call in ``training_step`` (through ``output_fn``). Feature losses are
     the mean squared error between the student's layer output, mapped by a learnable bias-free 1x1 conv or
     linear adapter when the shapes differ, and the teacher's. Logged with ``pl_module.log``: ``task_loss``,
-    ``kd_loss`` (the ``kd_term``), and with features ``feature_loss`` (their sum) and
-    ``feature_loss/<student layer>``, on the trainer's logging steps (``log_every_n_steps``), and their epoch
-    means as ``<name>_epoch`` at each epoch end.
+    ``kd_loss`` (the ``kd_term``), ``combined_loss`` (the loss backward sees), and with features ``feature_loss``
+    (their sum) and ``feature_loss/<student layer>``, on the trainer's logging steps (``log_every_n_steps``), and
+    their epoch means as ``<name>_epoch`` at each epoch end.
 
     The teacher runs on the batch as Lightning hands it to ``training_step`` (after device transfer and
     ``on_after_batch_transfer``, inside the precision context), just before ``training_step``; augmentation
@@ -624,6 +624,7 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
                 total = total + s.feature_weight * feature_total
             metrics["feature_loss"] = feature_total
             metrics.update({f"feature_loss/{key}": value for key, value in feature_losses.items()})
+        metrics["combined_loss"] = total
         self._record(metrics, int(student_logits.shape[0]))
         if isinstance(out, Mapping):
             return {**out, "loss": total}

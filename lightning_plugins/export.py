@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 from typing_extensions import override
@@ -19,8 +20,10 @@ from typing_extensions import override
 from exporters.report import ExportReport
 from exporters.settings import ExportSettings
 from exporters.source import as_numpy, batch_input
+from fitslim.metrics import export_metrics
 from fitslim.quantspec import QuantSpec
 from lightning_plugins._compat import pl
+from lightning_plugins._logging import log_files, log_metrics
 
 __all__ = ["Export"]
 
@@ -62,6 +65,10 @@ class Export(pl.Callback):  # type: ignore[name-defined]
 
     Runs on global rank zero only, after the last checkpoint is written. An export failure is logged and
     recorded in :attr:`report`; it never raises out of ``fit`` and never touches the trained weights.
+    The report reaches the trainer's loggers: per target ``export/<target>/status`` (1 ok, 0 skipped,
+    -1 mismatch, -2 failed), ``size_bytes``, ``max_abs_error``, ``max_rel_error``, ``top1_agreement`` and
+    ``latency_ms`` as metrics; ``report.md``/``report.json`` as MLflow artifacts, W&B files, and the
+    Markdown table as TensorBoard text.
 
     Args:
         targets: any of ``"onnx"``, ``"ncnn"``, ``"tflite"``, ``"tensorrt"``.
@@ -126,3 +133,14 @@ class Export(pl.Callback):  # type: ignore[name-defined]
         spec = self.settings.quant_spec or _find_quant_spec(trainer, pl_module)
         reference = _fake_quant_reference(pl_module, spec) if spec is not None and spec.source == "qat" else None
         self.report = self.settings.run(pl_module, batches, spec, type(pl_module).__name__, reference)
+        self._log_report(trainer, self.report)
+
+    @staticmethod
+    def _log_report(trainer: Any, report: ExportReport) -> None:
+        """The report's figures as metrics to every logger; ``report.md``/``report.json`` where a logger keeps files."""
+        try:
+            log_metrics(trainer, export_metrics(report))
+            directory = Path(report.directory or ".")
+            log_files(trainer, [directory / "report.md", directory / "report.json"], tag="export")
+        except Exception as err:  # a logger problem must not turn a finished fit into a failure
+            log.warning("fitslim Export: the report did not reach the loggers: %s", err)

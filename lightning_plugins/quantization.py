@@ -37,10 +37,12 @@ import torch
 from torch import nn
 from typing_extensions import override
 
+from fitslim.metrics import qat_metrics
 from fitslim.quantspec import LayerQuant, QuantSpec
 from fitslim.sparsity import match_patterns
 from lightning_plugins._compat import pl
 from lightning_plugins._fakequant import OBSERVERS, LayerQuantizer, layer_kind
+from lightning_plugins._logging import logs_due
 
 __all__ = ["QuantizationAware", "build_spec", "find_layers", "simulate"]
 
@@ -198,6 +200,10 @@ def _qmax(bits: int) -> float:
 class QuantizationAware(pl.Callback):  # type: ignore[name-defined]
     """Quantization-aware training (symmetric int8) of the module being fitted; a QuantSpec at fit end.
 
+    On the trainer's logging steps (``log_every_n_steps``) it logs with ``pl_module.log``: ``qat/phase`` (0 float,
+    1 calibrating, 2 fake-quant with observers updating, 3 observers frozen), ``qat/bn_frozen`` and the observed
+    input ranges' ``qat/input_range/min|mean|max`` over the quantized layers (:mod:`fitslim.metrics`).
+
     Args:
         start: fraction of the fit's optimizer steps at which observers start calibrating.
         freeze_observers: fraction at which observer ranges and weight scales freeze (>= start).
@@ -279,6 +285,8 @@ class QuantizationAware(pl.Callback):  # type: ignore[name-defined]
         self._module: nn.Module | None = None
         self._load_hook: Any = None
         self._steps: tuple[int, int, int] | None = None
+        self._phase = "float"
+        self._bn_frozen = False
 
     @property
     @override
@@ -362,6 +370,26 @@ class QuantizationAware(pl.Callback):  # type: ignore[name-defined]
                 q.freeze()
             if step >= self._steps[2] and q.bn is not None:
                 q.bn.eval()
+        self._phase = "frozen" if freeze_obs else ("float" if mode == "off" else mode)
+        self._bn_frozen = step >= self._steps[2]
+
+    @override
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Log ``qat/phase``, ``qat/bn_frozen`` and the observed input ranges on the trainer's logging steps."""
+        if self._steps is None or not self._quantizers or not logs_due(trainer):
+            return
+        pl_module.log_dict(self.metrics(), on_step=True, on_epoch=False, batch_size=1)
+
+    def metrics(self) -> dict[str, float]:
+        """What the callback logs now (:func:`fitslim.metrics.qat_metrics`): phase, BN freeze, input range summary."""
+        quantizers = list(self._quantizers.values())
+        if not quantizers:
+            return {}
+        with torch.no_grad():  # one device sync for all layers
+            stacked = torch.stack([q._buf("fq_input_range").float().reshape(()) for q in quantizers]).cpu()
+            seen = torch.stack([q._buf("fq_observed").reshape(()) > 0 for q in quantizers]).cpu()
+        ranges = [float(r) if s else None for r, s in zip(stacked.tolist(), seen.tolist(), strict=True)]
+        return qat_metrics(self._phase, self._bn_frozen, ranges)
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
