@@ -20,7 +20,7 @@ from fitslim.fileio import atomic_write_text
 
 __all__ = ["ExportReport", "TargetResult", "STATUSES"]
 
-STATUSES = ("ok", "failed", "skipped")
+STATUSES = ("ok", "mismatch", "failed", "skipped")
 
 
 @dataclass
@@ -30,8 +30,11 @@ class TargetResult:
     Args:
         target: ``onnx``, ``ncnn``, ``tflite`` or ``tensorrt``.
         precision: ``fp32``, ``fp16`` or ``int8``.
-        status: ``ok``, ``failed`` (``reason`` says why) or ``skipped`` (``reason`` says why).
-        files: artifact paths relative to the export directory.
+        status: ``ok`` (written and, if verification ran, within its precision's bounds), ``mismatch``
+            (written, but its outputs are not finite or out of bounds: ``reason`` says how; the files stay
+            for inspection), ``failed`` (``reason`` says why) or ``skipped`` (``reason`` says why).
+        files: artifact paths relative to the export directory (also for a ``mismatch``, or a ``failed``
+            artifact kept for inspection).
         size_bytes: total size of the artifact files.
         max_abs_error: largest absolute difference from the source model's outputs.
         max_rel_error: ``max_abs_error`` divided by the largest absolute source output.
@@ -43,6 +46,9 @@ class TargetResult:
         reason: why the target failed or was skipped.
         notes: anything else worth knowing (ops kept in float, commands to build an engine elsewhere).
         samples: how many inputs the verification compared.
+        spread_error: RMS error relative to the source outputs' input-to-input spread (see exporters.verify).
+        decisive_top1: top-1 agreement over the samples whose top-2 margin is meaningful.
+        decisive_samples: how many samples were decisive.
     """
 
     target: str
@@ -60,6 +66,9 @@ class TargetResult:
     reason: str = ""
     notes: list[str] = field(default_factory=list)
     samples: int = 0
+    spread_error: float | None = None
+    decisive_top1: float | None = None
+    decisive_samples: int = 0
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -67,7 +76,7 @@ class TargetResult:
 
     @property
     def ok(self) -> bool:
-        """True when the artifact was written (and verified, if verification ran)."""
+        """True when the artifact was written and, if verification ran, matched the source within its bounds."""
         return self.status == "ok"
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,13 +112,18 @@ class ExportReport:
 
     @property
     def ok(self) -> bool:
-        """True when every target succeeded."""
-        return all(r.ok for r in self.results)
+        """True when every target was written and verified within its bounds (the CLI's exit code 0)."""
+        return bool(self.results) and all(r.ok for r in self.results)
 
     @property
     def failures(self) -> list[TargetResult]:
         """The targets that failed."""
         return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def mismatches(self) -> list[TargetResult]:
+        """The targets whose artifact was written but does not match the source (not finite or out of bounds)."""
+        return [r for r in self.results if r.status == "mismatch"]
 
     def __iter__(self) -> Iterator[TargetResult]:
         return iter(self.results)

@@ -34,7 +34,7 @@ def _row(report: ExportReport, target: str) -> TargetResult:
     if not rows:
         raise ValueError(f"target {target!r}: not in this report (targets: {[r.target for r in report]}).")
     row = rows[0]
-    if not row.ok:
+    if not row.files or row.status not in ("ok", "mismatch"):
         raise ValueError(f"target {target!r}: the artifact was not written ({row.status}: {row.reason}).")
     return row
 

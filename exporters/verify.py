@@ -1,15 +1,25 @@
-"""Comparing an artifact's outputs with the source model's, and timing a runtime.
+"""Comparing an artifact's outputs with the source model's, judging them, and timing a runtime.
+
+An artifact is ``ok`` only when :func:`judge` finds its outputs finite and inside its precision's bounds
+(:data:`BOUNDS`); otherwise its row gets the status ``mismatch`` with the reason, the file stays where it was
+written, and a warning is logged.
 
 Example:
     >>> import numpy as np
     >>> ref = np.array([[1.0, 3.0], [2.0, -1.0]], np.float32)
     >>> a = compare(ref, ref + np.float32(0.01))
-    >>> round(a.max_abs_error, 4), a.top1_agreement
-    (0.01, 1.0)
+    >>> round(a.max_abs_error, 4), a.top1_agreement, judge(a, "fp16")
+    (0.01, 1.0, '')
+    >>> judge(compare(ref, np.full_like(ref, np.nan)), "fp32")
+    'outputs are not finite (NaN or Inf)'
+    >>> judge(compare(ref, ref[:, ::-1]), "int8")[:14]
+    'RMS error 1.75'
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -21,7 +31,50 @@ import numpy.typing as npt
 
 from exporters.report import TargetResult
 
-__all__ = ["Agreement", "compare", "fill_agreement", "median_latency_ms", "nchw_to_nhwc", "nhwc_to_nchw"]
+__all__ = [
+    "BOUNDS",
+    "Agreement",
+    "Bounds",
+    "compare",
+    "fill_agreement",
+    "judge",
+    "median_latency_ms",
+    "nchw_to_nhwc",
+    "nhwc_to_nchw",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What an artifact of one precision must reach to be ``ok``.
+
+    Args:
+        max_rel_error: largest allowed :attr:`Agreement.max_rel_error` (None: not checked).
+        max_spread_error: largest allowed :attr:`Agreement.spread_error`, the RMS error relative to how much the
+            reference outputs vary from input to input. It catches a garbled artifact of a model whose
+            outputs are dominated by a constant (tied logits), where ``max_rel_error`` stays small.
+        min_top1: smallest allowed top-1 agreement over the decisive samples (None: not checked).
+        min_decisive: the top-1 rule applies only when at least this many samples are decisive.
+    """
+
+    max_rel_error: float | None
+    max_spread_error: float
+    min_top1: float | None = None
+    min_decisive: int = 10
+
+
+#: per-precision bounds: fp32 within 1e-4 relative, fp16 within 1e-2, int8 by top-1 agreement and spread error
+BOUNDS: dict[str, Bounds] = {
+    "fp32": Bounds(max_rel_error=1e-4, max_spread_error=0.2),
+    "fp16": Bounds(max_rel_error=1e-2, max_spread_error=0.2),
+    "int8": Bounds(max_rel_error=None, max_spread_error=0.2, min_top1=0.97),
+}
+
+#: a sample is decisive when its reference top-1 / top-2 margin is at least this fraction of the
+#: outputs' input-to-input spread (RMS); smaller margins flip on quantization noise alone
+DECISIVE_MARGIN = 0.5
 
 
 @dataclass(frozen=True)
@@ -29,13 +82,33 @@ class Agreement:
     """How close an artifact's outputs are to the source's.
 
     ``max_rel_error`` is the largest absolute difference divided by the largest absolute reference
-    output, so it is scale-free and well defined when single outputs are near zero.
+    output, so it is scale-free and well defined when single outputs are near zero. ``spread_error`` is
+    the RMS difference divided by the RMS of the reference's deviation from its mean over the samples
+    (its input-dependent part): about 1.4 for outputs unrelated to the reference, whatever their scale.
+    ``top1_agreement`` covers every sample; ``decisive_top1`` only the ``decisive`` samples whose top-2
+    margin is meaningful (see :data:`DECISIVE_MARGIN`).
     """
 
     max_abs_error: float
     max_rel_error: float
     top1_agreement: float | None
     samples: int
+    finite: bool = True
+    spread_error: float = 0.0
+    decisive: int = 0
+    decisive_top1: float | None = None
+
+
+def _spread_error(ref: npt.NDArray[np.float64], out: npt.NDArray[np.float64]) -> float:
+    r = ref.reshape(len(ref), -1) if ref.ndim else ref.reshape(1, 1)
+    o = out.reshape(r.shape)
+    err = float(np.sqrt(np.mean((o - r) ** 2))) if r.size else 0.0
+    if err == 0.0:
+        return 0.0
+    spread = float(np.sqrt(np.mean((r - r.mean(0)) ** 2))) if len(r) > 1 else 0.0
+    if spread == 0.0:  # one sample or a constant model: relative to the outputs themselves
+        spread = float(np.sqrt(np.mean(r**2)))
+    return err / spread if spread > 0 else float("inf")
 
 
 def compare(reference: npt.ArrayLike, output: npt.ArrayLike) -> Agreement:
@@ -48,21 +121,77 @@ def compare(reference: npt.ArrayLike, output: npt.ArrayLike) -> Agreement:
     out = np.asarray(output, dtype=np.float64)
     if ref.shape != out.shape:
         raise ValueError(f"output shape {out.shape} differs from the source's {ref.shape}.")
+    samples = int(ref.shape[0]) if ref.ndim else 1
+    finite = bool(np.all(np.isfinite(out)))
+    if not finite:
+        return Agreement(math.inf, math.inf, None, samples, finite=False, spread_error=math.inf)
     diff = float(np.max(np.abs(ref - out))) if ref.size else 0.0
     denom = float(np.max(np.abs(ref))) if ref.size else 0.0
     rel = diff / denom if denom > 0 else (0.0 if diff == 0 else float("inf"))
-    top1 = None
+    spread = _spread_error(ref, out)
+    top1 = decisive_top1 = None
+    decisive = 0
     if ref.ndim == 2 and ref.shape[1] > 1:
-        top1 = float(np.mean(ref.argmax(1) == out.argmax(1)))
-    return Agreement(diff, rel, top1, int(ref.shape[0]) if ref.ndim else 1)
+        hits = ref.argmax(1) == out.argmax(1)
+        top1 = float(np.mean(hits))
+        top2 = np.sort(ref, axis=1)[:, -2:]
+        scale = float(np.sqrt(np.mean((ref - ref.mean(0)) ** 2))) if len(ref) > 1 else 0.0
+        mask = (top2[:, 1] - top2[:, 0]) >= DECISIVE_MARGIN * scale if scale > 0 else np.zeros(len(ref), bool)
+        decisive = int(mask.sum())
+        decisive_top1 = float(np.mean(hits[mask])) if decisive else None
+    return Agreement(diff, rel, top1, samples, finite, spread, decisive, decisive_top1)
+
+
+def judge(agreement: Agreement, precision: str) -> str:
+    """Why ``agreement`` is out of ``precision``'s :data:`BOUNDS` (empty when it is within them).
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    if precision not in BOUNDS:
+        raise ValueError(f"precision: no verification bounds for {precision!r}; choose one of {list(BOUNDS)}.")
+    b = BOUNDS[precision]
+    if not agreement.finite:
+        return "outputs are not finite (NaN or Inf)"
+    why = []
+    if b.max_rel_error is not None and agreement.max_rel_error > b.max_rel_error:
+        why.append(
+            f"max relative error {agreement.max_rel_error:.2e} exceeds the {precision} bound {b.max_rel_error:.0e}"
+        )
+    if b.min_top1 is not None and agreement.decisive >= b.min_decisive and agreement.decisive_top1 is not None:
+        if agreement.decisive_top1 < b.min_top1:
+            why.append(
+                f"top-1 agreement {agreement.decisive_top1 * 100:.1f}% on {agreement.decisive} decisive samples is "
+                f"under the {precision} bound {b.min_top1 * 100:.0f}%"
+            )
+    if agreement.spread_error > b.max_spread_error:
+        why.append(
+            f"RMS error {agreement.spread_error:.2f} of the outputs' input-to-input spread exceeds the bound "
+            f"{b.max_spread_error}"
+        )
+    return "; ".join(why)
 
 
 def fill_agreement(result: TargetResult, agreement: Agreement) -> TargetResult:
-    """Copy an :class:`Agreement` into a :class:`TargetResult` and return it."""
+    """Copy an :class:`Agreement` into a :class:`TargetResult`, judge it, and return it.
+
+    A result outside its precision's bounds gets the status ``mismatch`` and the reason (its files stay
+    where they were written, for inspection); a warning is logged.
+    """
     result.max_abs_error = agreement.max_abs_error
     result.max_rel_error = agreement.max_rel_error
     result.top1_agreement = agreement.top1_agreement
     result.samples = agreement.samples
+    result.spread_error = agreement.spread_error
+    result.decisive_top1 = agreement.decisive_top1
+    result.decisive_samples = agreement.decisive
+    why = judge(agreement, result.precision) if result.precision in BOUNDS else ""
+    if why:
+        result.status = "mismatch"
+        result.reason = f"verification failed: {why}" + (f" ({result.reason})" if result.reason else "")
+        log.warning("%s %s artifact does not match the source: %s", result.target, result.precision, why)
+    elif result.status == "mismatch":  # re-verified (e.g. a TensorRT engine after its ONNX) and now within bounds
+        result.status, result.reason = "ok", ""
     return result
 
 

@@ -1,0 +1,163 @@
+"""Verification that can fail: NaN, garbled, permuted or low-agreement artifacts are never ``ok``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from exporters.report import ExportReport, TargetResult
+from exporters.verify import BOUNDS, compare, fill_agreement, judge
+
+
+def _logits(n: int = 64, c: int = 10, seed: int = 0) -> np.ndarray:
+    """Logits with clear winners: one class 3 units above the rest on every sample."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c)).astype(np.float32)
+    x[np.arange(n), rng.integers(0, c, n)] += 3.0
+    return x
+
+
+def _row(precision: str, out: np.ndarray, ref: np.ndarray) -> TargetResult:
+    return fill_agreement(TargetResult("ncnn", precision, files=["model.ncnn.param"]), compare(ref, out))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_nan_or_inf_outputs_are_a_mismatch(precision: str) -> None:
+    ref = _logits()
+    for bad in (np.nan, np.inf):
+        out = ref.copy()
+        out[3, 2] = bad  # one bad value is enough
+        row = _row(precision, out, ref)
+        assert row.status == "mismatch" and not row.ok
+        assert "not finite" in row.reason and row.files == ["model.ncnn.param"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_permuted_or_garbled_outputs_are_a_mismatch(precision: str) -> None:
+    ref = _logits()
+    permuted = ref[:, ::-1].copy()  # the classes of a layout bug
+    shuffled = ref[np.random.default_rng(1).permutation(len(ref))]  # samples of another input
+    garbled = np.random.default_rng(2).standard_normal(ref.shape).astype(np.float32) * ref.std()
+    for out in (permuted, shuffled, garbled):
+        row = _row(precision, out, ref)
+        assert row.status == "mismatch", (precision, row)
+        assert row.spread_error is not None and row.spread_error > 1.0
+
+
+def test_tied_logits_do_not_hide_a_garbled_artifact() -> None:
+    # a random-weight model: a large constant bias and a tiny input-dependent part (logits nearly tied)
+    rng = np.random.default_rng(0)
+    bias = rng.standard_normal(10).astype(np.float32) * 5
+    ref = bias + 1e-3 * rng.standard_normal((64, 10)).astype(np.float32)
+    garbled = bias + 1e-3 * rng.standard_normal((64, 10)).astype(np.float32)
+    a = compare(ref, garbled)
+    assert a.max_rel_error < 1e-3 and a.top1_agreement == 1.0  # neither the max error nor top-1 sees it ...
+    assert "spread" in judge(a, "int8") and "spread" in judge(a, "fp16")  # ... the logit-space error does
+    assert judge(compare(ref, ref + 1e-6), "fp32") == ""
+
+
+def test_int8_low_top1_agreement_is_a_mismatch() -> None:
+    ref = _logits(n=100)
+    out = ref.copy()
+    # swap winner and runner-up on 5 decisive samples: 95% agreement, small error elsewhere
+    for i in range(5):
+        a, b = np.argsort(out[i])[-2:]
+        out[i, a], out[i, b] = out[i, b], out[i, a]
+    agreement = compare(ref, out)
+    assert agreement.decisive >= BOUNDS["int8"].min_decisive and agreement.decisive_top1 is not None
+    assert agreement.decisive_top1 < 0.97
+    assert "top-1 agreement" in judge(agreement, "int8")
+
+
+def test_int8_within_bounds_is_ok_and_fp32_bound_is_strict() -> None:
+    ref = _logits(n=100)
+    noise = np.random.default_rng(3).standard_normal(ref.shape).astype(np.float32) * 0.02 * ref.std()
+    assert _row("int8", ref + noise, ref).status == "ok"
+    assert _row("fp16", ref + noise * 0.1, ref).status == "ok"
+    fp32 = _row("fp32", ref + noise, ref)  # 2% noise is far over fp32's 1e-4
+    assert fp32.status == "mismatch" and "max relative error" in fp32.reason
+
+
+def test_report_is_not_ok_with_a_mismatch_and_round_trips(tmp_path: Path) -> None:
+    ref = _logits()
+    rows = [_row("fp32", ref, ref), _row("fp32", ref[:, ::-1].copy(), ref)]
+    rows[1].target = "tflite"
+    report = ExportReport(rows, source="test", directory=str(tmp_path))
+    assert not report.ok and [r.target for r in report.mismatches] == ["tflite"] and report.failures == []
+    report.save()
+    back = ExportReport.load(tmp_path)
+    assert back.to_dict() == report.to_dict() and back["tflite"].status == "mismatch"
+    assert "mismatch" in str(report) and "verification failed" in str(report)
+    assert not ExportReport([], source="empty").ok
+
+
+def test_a_mismatch_logs_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    ref = _logits()
+    with caplog.at_level(logging.WARNING, logger="exporters.verify"):
+        _row("int8", np.full_like(ref, np.nan), ref)
+    assert any(r.levelno == logging.WARNING and "does not match" in r.message for r in caplog.records)
+
+
+# ---- end to end: a broken artifact through export() -------------------------------------------------
+
+
+class _Tiny:
+    @staticmethod
+    def build() -> Any:
+        torch = pytest.importorskip("torch")
+        torch.manual_seed(0)
+        nn = torch.nn
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+        ).eval()
+
+
+@pytest.mark.slow
+def test_export_reports_a_garbled_artifact_as_mismatch_and_keeps_it(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("ncnn")
+    from exporters import export
+
+    model = _Tiny.build()
+    x = np.random.default_rng(0).standard_normal((16, 3, 9, 11)).astype(np.float32)
+
+    def permuted_reference(inputs: Any) -> Any:  # every artifact now disagrees with its "source"
+        import torch
+
+        with torch.no_grad():
+            return model(torch.from_numpy(np.asarray(inputs))).numpy()[:, ::-1].copy()
+
+    report = export(model, ["onnx", "ncnn", "tensorrt"], example_input=x[:1], samples=x,
+                    reference_fn=permuted_reference, directory=tmp_path)  # fmt: skip
+    assert not report.ok
+    for row in report:
+        assert row.status == "mismatch", row
+        assert row.files and all((tmp_path / f).is_file() for f in row.files)
+    saved = ExportReport.load(tmp_path)
+    assert [r.status for r in saved] == ["mismatch"] * 3
+
+
+@pytest.mark.slow
+def test_export_reports_nan_ncnn_outputs_as_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ncnn")
+    from exporters import export
+    from exporters.ncnn import NcnnModel
+
+    real = NcnnModel.__call__
+
+    def nan_outputs(self: NcnnModel, sample: Any) -> Any:  # what a broken ncnn layer gives (e.g. a bad pool shape)
+        out = real(self, sample)
+        out[..., 0] = np.nan
+        return out
+
+    monkeypatch.setattr(NcnnModel, "__call__", nan_outputs)
+    model = _Tiny.build()
+    x = np.random.default_rng(0).standard_normal((8, 3, 9, 11)).astype(np.float32)
+    report = export(model, ["ncnn"], example_input=x[:1], samples=x, directory=tmp_path)
+    row = report["ncnn"]
+    assert row.status == "mismatch" and "not finite" in row.reason
+    assert row.files == ["model.ncnn.param", "model.ncnn.bin"] and (tmp_path / "model.ncnn.param").is_file()
