@@ -20,9 +20,29 @@ from exporters.report import ExportReport, TargetResult
 from fitslim.quantspec import QuantSpec
 from fitslim.recipe import EXPORT_PRECISIONS, EXPORT_TARGETS
 
-__all__ = ["ExportSettings"]
+__all__ = ["ExportSettings", "quant_spec_arg"]
 
 log = logging.getLogger(__name__)
+
+
+def quant_spec_arg(value: Any) -> Any:
+    """The ``quant_spec`` argument of the Export callbacks: a path (as a YAML config gives it) becomes its QuantSpec.
+
+    Anything else is returned as it is (``ExportSettings`` checks its type).
+
+    Raises:
+        ValueError: a path that holds no readable QuantSpec.
+    """
+    if not isinstance(value, str | os.PathLike):
+        return value
+    path = value
+    try:
+        return QuantSpec.load(path)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"Export(quant_spec={os.fspath(path)!r}): cannot read a QuantSpec from it ({type(err).__name__}: {err}). "
+            "HINT: give the quant_spec.json that QuantizationAware wrote, or leave quant_spec unset."
+        ) from None
 
 
 @dataclass

@@ -20,7 +20,7 @@ import numpy as np
 from typing_extensions import override
 
 from exporters.report import ExportReport
-from exporters.settings import ExportSettings
+from exporters.settings import ExportSettings, quant_spec_arg
 from exporters.source import as_numpy, batch_input
 from fitslim.quantspec import QuantSpec
 
@@ -83,14 +83,15 @@ class Export(keras.callbacks.Callback):
         calibration: input batches for int8 and verification; the first ``calibration_batches`` batches
             of the data given to ``fit`` when None.
         calibration_batches: how many batches to take from the training data.
-        quant_spec: learned int8 scales; taken from a ``QuantizationAware`` callback when None.
+        quant_spec: learned int8 scales, or the path of a ``quant_spec.json``; taken from a
+            ``QuantizationAware`` callback when None.
         verify: run each artifact in its runtime and compare with the model.
         threads: runtime threads for verification and latency.
         input_fn: ``batch -> input`` for datasets whose elements are not ``(x, y)`` tuples.
         batch_size: batch size used to slice array inputs given to ``fit``.
 
     Raises:
-        ValueError: unknown target or precision.
+        ValueError: unknown target or precision, or a ``quant_spec`` path that holds no QuantSpec.
     """
 
     def __init__(
@@ -101,7 +102,7 @@ class Export(keras.callbacks.Callback):
         example_input: Any = None,
         calibration: Any = None,
         calibration_batches: int = 8,
-        quant_spec: QuantSpec | None = None,
+        quant_spec: QuantSpec | str | os.PathLike[str] | None = None,
         verify: bool = True,
         threads: int = 2,
         input_fn: Callable[[Any], Any] | None = None,
@@ -115,7 +116,7 @@ class Export(keras.callbacks.Callback):
             example_input,
             calibration,
             calibration_batches,
-            quant_spec,
+            quant_spec_arg(quant_spec),
             verify,
             threads,
             input_fn,

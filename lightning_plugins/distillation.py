@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import zlib
@@ -206,6 +207,58 @@ def _name_of(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
+def _teacher_class(value: Any) -> type[nn.Module]:
+    """``teacher_class`` as a class: itself, or imported from ``"package.module.Class"``."""
+    if isinstance(value, str):
+        module_name, _, attr = value.rpartition(".")
+        try:
+            value = getattr(importlib.import_module(module_name), attr) if module_name else None
+        except (ImportError, AttributeError) as err:
+            raise ValueError(
+                f"Distillation(teacher_class={value!r}): cannot import it ({type(err).__name__}: {err}). HINT: give "
+                "the full import path of the teacher's class, e.g. 'my_project.models.Teacher'."
+            ) from None
+        if value is None:
+            raise ValueError(
+                f"Distillation(teacher_class={module_name or attr!r}): not an import path. HINT: give the full "
+                "import path of the teacher's class, e.g. 'my_project.models.Teacher'."
+            )
+    if not (isinstance(value, type) and issubclass(value, nn.Module)):
+        raise TypeError(
+            f"Distillation(teacher_class=...): expected a torch.nn.Module class or its import path; got {value!r}. "
+            "HINT: pass the class of the teacher's checkpoint, e.g. teacher_class=MyLightningModule."
+        )
+    return value
+
+
+class _CheckpointLoader:
+    """``path -> teacher`` for ``teacher_class`` (picklable for ddp_spawn; named after the class in checkpoints)."""
+
+    def __init__(self, cls: type[nn.Module]) -> None:
+        self.cls = cls
+        self.__module__ = cls.__module__
+        self.__qualname__ = f"{cls.__qualname__}.load_from_checkpoint"
+
+    def __call__(self, path: str) -> nn.Module:
+        load = getattr(self.cls, "load_from_checkpoint", None)
+        if callable(load):
+            module: nn.Module = load(path, map_location="cpu")
+            return module
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+            state = state["state_dict"]
+        try:
+            module = self.cls()
+        except TypeError as err:
+            raise TypeError(
+                f"Distillation(teacher_class={self.cls.__qualname__}): a plain nn.Module class is built without "
+                f"arguments before its state_dict loads, and this one needs some ({err}). HINT: pass "
+                "loader=... that builds and loads it, or use a LightningModule that saves its hyper-parameters."
+            ) from None
+        module.load_state_dict(state)
+        return module
+
+
 class _DistilledStep:
     """Stands in for ``pl_module.training_step`` during fit (a picklable object, not a closure)."""
 
@@ -252,7 +305,7 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
 
     Args:
         teacher: the teacher: an ``nn.Module`` (a LightningModule works), or a checkpoint path together
-            with ``loader``.
+            with ``teacher_class`` or ``loader``.
         temperature: softmax temperature ``T`` (> 0).
         alpha: weight of the distillation term in [0, 1]; the task loss gets ``1 - alpha``.
         loss: ``"kl"``, ``"mse"``, or a callable ``(student_logits, teacher_logits) -> scalar tensor``.
@@ -267,12 +320,18 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
             tensor, a ``logits`` entry/attribute, or the first element of a tuple.
         loader: ``path -> nn.Module`` for a checkpoint-path teacher, e.g. ``MyModule.load_from_checkpoint``;
             called in ``setup`` on every rank.
+        teacher_class: for a checkpoint-path teacher, its class or the class's import path
+            (``"my_project.models.Teacher"``, as a LightningCLI / YAML config gives it): a LightningModule is
+            loaded with ``load_from_checkpoint(path, map_location="cpu")``, any other ``nn.Module`` is built
+            without arguments and gets the checkpoint's ``state_dict``. Use it or ``loader``, not both.
 
     Raises:
         TypeError: a teacher that is neither an ``nn.Module`` nor a path, non-callable ``input_fn``,
-            ``output_fn`` or ``loader``, or a bad type in the settings.
-        ValueError: temperature <= 0, alpha outside [0, 1], an unknown loss, a negative feature_weight, or a
-            path teacher without ``loader``. During ``fit`` (in ``setup`` or at the first batch, before any
+            ``output_fn`` or ``loader``, a ``teacher_class`` that is not an ``nn.Module`` class, or a bad type in
+            the settings.
+        ValueError: temperature <= 0, alpha outside [0, 1], an unknown loss, a negative feature_weight, a
+            path teacher without ``teacher_class`` or ``loader``, both of them, a ``teacher_class`` with a module
+            teacher, or one that cannot be imported. During ``fit`` (in ``setup`` or at the first batch, before any
             optimizer step): an unknown feature layer, teacher and student logits of different shapes, a
             teacher that is part of the student, a batch the default ``input_fn`` cannot read.
         RuntimeError: manual optimization, or a ``training_step`` that never calls the module (``self(x)``).
@@ -291,20 +350,36 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
         teacher: nn.Module | str | os.PathLike[str],
         temperature: float = 4.0,
         alpha: float = 0.7,
-        loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "kl",
+        # callables first: a YAML config's import path ("torch.nn.functional.mse_loss") then becomes the function
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | str = "kl",
         features: Mapping[str, str] | None = None,
         feature_weight: float = 1.0,
         input_fn: Callable[[Any], Any] | None = None,
         output_fn: Callable[[Any], torch.Tensor] | None = None,
-        loader: Callable[[str], nn.Module] | None = None,
+        loader: Callable[[str], Any] | None = None,
+        teacher_class: type[nn.Module] | str | None = None,
     ) -> None:
         super().__init__()
         self.settings = DistillationSettings(temperature, alpha, loss, features, feature_weight)
+        if teacher_class is not None:
+            if not isinstance(teacher, str | os.PathLike):
+                raise ValueError(
+                    f"Distillation(teacher_class={teacher_class!r}): the teacher is already a "
+                    f"{type(teacher).__name__}, not a checkpoint path. HINT: give teacher_class only with "
+                    "teacher='path/to/teacher.ckpt'."
+                )
+            if loader is not None:
+                raise ValueError(
+                    f"Distillation(teacher_class=..., loader=...): both given ({teacher_class!r}, {_name_of(loader)}). "
+                    "HINT: keep one: teacher_class for a LightningModule checkpoint, loader for any other format."
+                )
+            loader = _CheckpointLoader(_teacher_class(teacher_class))
         if isinstance(teacher, str | os.PathLike):
             if loader is None:
                 raise ValueError(
-                    f"Distillation(teacher={os.fspath(teacher)!r}): a checkpoint path needs loader=... to build "
-                    "the teacher. HINT: e.g. loader=MyLightningModule.load_from_checkpoint, or pass the module."
+                    f"Distillation(teacher={os.fspath(teacher)!r}): a checkpoint path needs teacher_class=... (or "
+                    "loader=...) to build the teacher. HINT: e.g. teacher_class=MyLightningModule, in YAML "
+                    "teacher_class: my_project.models.MyLightningModule; or pass the module."
                 )
         elif not isinstance(teacher, nn.Module):
             raise TypeError(
@@ -317,6 +392,8 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
         self.teacher: nn.Module | None = teacher if isinstance(teacher, nn.Module) else None
         self.teacher_path: str | None = None if isinstance(teacher, nn.Module) else os.fspath(teacher)
         self.loader = loader
+        #: the class a checkpoint-path teacher is loaded with (``teacher_class``), or None
+        self.teacher_class: type[nn.Module] | None = getattr(loader, "cls", None) if teacher_class else None
         self.input_fn = input_fn
         self.output_fn = output_fn
         #: Learnable feature adapters, ``{student layer (as given in features): module}``.

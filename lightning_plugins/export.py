@@ -18,7 +18,7 @@ from typing import Any
 from typing_extensions import override
 
 from exporters.report import ExportReport
-from exporters.settings import ExportSettings
+from exporters.settings import ExportSettings, quant_spec_arg
 from exporters.source import as_numpy, batch_input
 from fitslim.metrics import export_metrics
 from fitslim.quantspec import QuantSpec
@@ -79,13 +79,14 @@ class Export(pl.Callback):  # type: ignore[name-defined]
         calibration: input batches for int8 and verification; the first ``calibration_batches`` training
             batches when None.
         calibration_batches: how many training batches to take.
-        quant_spec: learned int8 scales; taken from a ``QuantizationAware`` callback when None.
+        quant_spec: learned int8 scales, or the path of a ``quant_spec.json``; taken from a
+            ``QuantizationAware`` callback when None.
         verify: run each artifact in its runtime and compare with the module.
         threads: runtime threads for verification and latency.
         input_fn: ``batch -> input`` when batches are not ``(x, y)`` tuples or dicts with ``x``/``input``/``image``.
 
     Raises:
-        ValueError: unknown target or precision.
+        ValueError: unknown target or precision, or a ``quant_spec`` path that holds no QuantSpec.
     """
 
     def __init__(
@@ -96,7 +97,7 @@ class Export(pl.Callback):  # type: ignore[name-defined]
         example_input: Any = None,
         calibration: Any = None,
         calibration_batches: int = 8,
-        quant_spec: QuantSpec | None = None,
+        quant_spec: QuantSpec | str | os.PathLike[str] | None = None,
         verify: bool = True,
         threads: int = 2,
         input_fn: Callable[[Any], Any] | None = None,
@@ -109,7 +110,7 @@ class Export(pl.Callback):  # type: ignore[name-defined]
             example_input,
             calibration,
             calibration_batches,
-            quant_spec,
+            quant_spec_arg(quant_spec),
             verify,
             threads,
             input_fn,

@@ -168,8 +168,9 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
         start: float = 0.0,
         end: float = 0.7,
         frequency: int | None = None,
-        include: Sequence[str | type] | None = None,
-        exclude: Sequence[str | type] | None = None,
+        # types first: a YAML config's "torch.nn.Conv2d" then becomes the class, a pattern stays a string
+        include: Sequence[type[nn.Module] | str] | None = None,
+        exclude: Sequence[type[nn.Module] | str] | None = None,
         importance: str = "l1",
         make_permanent: bool = True,
         start_step: int | None = None,

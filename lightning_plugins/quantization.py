@@ -241,8 +241,9 @@ class QuantizationAware(pl.Callback):  # type: ignore[name-defined]
         weight_bits: int = 8,
         activation_bits: int = 8,
         per_channel: bool = True,
-        include: Sequence[str | type] | None = None,
-        exclude: Sequence[str | type] | None = None,
+        # types first: a YAML config's "torch.nn.Conv2d" then becomes the class, a pattern stays a string
+        include: Sequence[type[nn.Module] | str] | None = None,
+        exclude: Sequence[type[nn.Module] | str] | None = None,
         observer: str = "ema",
         momentum: float = 0.01,
         percentile: float = 99.99,

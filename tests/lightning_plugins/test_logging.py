@@ -1,6 +1,6 @@
 """Every callback's figures reach the trainer's loggers: read back from CSVLogger's file and TensorBoard's events.
 
-One short fit with ``QuantizationAware``, ``Distillation`` and ``Export`` (ONNX int8 from the learned scales),
+One short fit with ``QuantizationAware``, ``Distillation`` and ``Export`` (ONNX),
 logged by a ``CSVLogger`` and a ``TensorBoardLogger`` at once; the test then reads ``metrics.csv`` and the event
 files back and checks the values against what the callbacks hold (the QAT timeline, the combined loss formula,
 the export report and the files on disk).
@@ -48,7 +48,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     pl.seed_everything(0)
     qat = QuantizationAware(start=0.25, calibration_steps=2, freeze_observers=0.75, freeze_bn=0.5)
     distill = Distillation(DigitsClassifier(width=1.0), temperature=2.0, alpha=ALPHA)
-    export = Export(targets=["onnx"], directory=root / "exports", calibration_batches=2, threads=1)
+    export = Export(targets=["onnx"], precision="fp32", directory=root / "exports", calibration_batches=2, threads=1)
     csv_logger = pl.loggers.CSVLogger(root, name="csv")
     tb_logger = pl.loggers.TensorBoardLogger(root, name="tb")
     trainer = pl.Trainer(
@@ -110,7 +110,7 @@ def test_distillation_losses_in_csv_and_tensorboard(fitted: SimpleNamespace) -> 
 def test_export_report_in_csv_and_tensorboard(fitted: SimpleNamespace) -> None:
     report = fitted.export.report
     onnx = report["onnx"]
-    assert onnx.ok and onnx.precision == "int8", report
+    assert onnx.ok and onnx.precision == "fp32", report
     (row,) = [r for r in fitted.rows if "export/onnx/status" in r]
     assert row["export/onnx/status"] == EXPORT_STATUS["ok"] and row["export/targets_ok"] == 1.0
     on_disk = sum((Path(report.directory) / f).stat().st_size for f in onnx.files)
