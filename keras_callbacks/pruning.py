@@ -48,6 +48,27 @@ _PRUNABLE = (
     keras.layers.DepthwiseConv2D,
 )
 _TRANSPOSED = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+
+
+class SeparablePart:
+    """One kernel of a SeparableConv1D/2D layer, pruned as a kernel of its own.
+
+    ``part`` is ``"depthwise"`` (kernel ``(..., in, multiplier)``, one input per filter) or ``"pointwise"``
+    (kernel ``(1, .., in * multiplier, filters)``). ``name`` is the layer's name, ``layer`` the layer.
+    """
+
+    def __init__(self, layer: Any, part: str) -> None:
+        self.layer, self.part, self.name = layer, part, layer.name
+
+    @property
+    def kernel(self) -> Any:
+        """The kernel variable this part prunes."""
+        return self.layer.depthwise_kernel if self.part == "depthwise" else self.layer.pointwise_kernel
+
+    def __repr__(self) -> str:
+        return f"SeparablePart({self.name!r}, {self.part!r})"
 
 
 def _fail(argument: str, problem: str, hint: str) -> ValueError:
@@ -68,14 +89,18 @@ def _check_selectors(argument: str, value: Any) -> list[str | type] | None:
 
 
 def prunable_layers(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Dense, Conv1D/2D/3D and DepthwiseConv1D/2D layers with a kernel, as ``(dotted name, layer)`` pairs.
+    """Dense, Conv1D/2D/3D, DepthwiseConv1D/2D and SeparableConv1D/2D kernels, as ``(dotted name, layer)`` pairs.
 
-    Layers of nested models are named ``"<inner model>.<layer>"``.
+    Layers of nested models are named ``"<inner model>.<layer>"``. A separable conv gives two entries,
+    ``"<layer>/depthwise"`` and ``"<layer>/pointwise"``, each a :class:`SeparablePart`.
     """
     out: list[tuple[str, Any]] = []
     for layer in getattr(model, "layers", []):
         name = f"{prefix}{layer.name}"
-        if isinstance(layer, _PRUNABLE) and not isinstance(layer, _TRANSPOSED):
+        if isinstance(layer, _SEPARABLE):
+            if getattr(layer, "pointwise_kernel", None) is not None:
+                out.extend((f"{name}/{part}", SeparablePart(layer, part)) for part in ("depthwise", "pointwise"))
+        elif isinstance(layer, _PRUNABLE) and not isinstance(layer, _TRANSPOSED):
             if getattr(layer, "kernel", None) is not None:
                 out.append((name, layer))
         elif hasattr(layer, "layers"):
@@ -84,20 +109,28 @@ def prunable_layers(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def _kernel(layer: Any) -> Any:
+    """The pruned kernel: a layer's ``kernel``, a separable conv's pointwise kernel (its output channels)."""
+    if isinstance(layer, _SEPARABLE):
+        return layer.pointwise_kernel
     return layer.kernel
+
+
+def _is_depthwise(layer: Any) -> bool:
+    return isinstance(layer, _DEPTHWISE) or (isinstance(layer, SeparablePart) and layer.part == "depthwise")
 
 
 def _input_axis(layer: Any) -> int | None:
     """The kernel's input-channel axis (Keras layouts: Dense ``(in, out)``, conv ``(..., in, out)``)."""
-    if isinstance(layer, keras.layers.DepthwiseConv1D | keras.layers.DepthwiseConv2D):
+    if _is_depthwise(layer):
         return None  # one input per filter, like torch's depthwise weight (C, 1, kh, kw)
     return 0 if isinstance(layer, keras.layers.Dense) else -2
 
 
 def _matches(name: str, selector: str | type, layer: Any) -> bool:
     if isinstance(selector, type):
-        return isinstance(layer, selector)
-    return fnmatch.fnmatchcase(name, selector) or fnmatch.fnmatchcase(name, "*." + selector)
+        return isinstance(getattr(layer, "layer", layer), selector)
+    base = name.rsplit("/", 1)[0] if isinstance(layer, SeparablePart) else name
+    return any(fnmatch.fnmatchcase(n, p) for n in {name, base} for p in (selector, "*." + selector))
 
 
 class Pruning(keras.callbacks.Callback):
@@ -107,25 +140,31 @@ class Pruning(keras.callbacks.Callback):
     by the same functions as the Lightning twin, so the same weights at the same step give the same masks.
     Masks are computed in ``on_train_batch_begin`` at update steps (before that step's optimizer update, as
     on the Lightning side) and applied in ``on_train_batch_end`` after every step. The logs get
-    ``pruning/sparsity`` (over the pruned kernels), ``pruning/target`` and ``pruning/sparsity/<layer>`` at every
+    ``pruning/sparsity`` (over exactly the pruned kernels), ``pruning/model_sparsity`` (over every Dense/Conv
+    kernel of the model, pruned or not), ``pruning/target`` and ``pruning/sparsity/<layer>`` at every
     batch and epoch end: put ``Pruning`` before ``CSVLogger``/``TensorBoard`` in ``callbacks`` so they see them.
 
     Granularities:
 
-    - ``"unstructured"``: single weights of Dense/Conv/DepthwiseConv kernels, smallest magnitude first.
+    - ``"unstructured"``: single weights of Dense/Conv/DepthwiseConv kernels and of both kernels of
+      SeparableConv1D/2D layers (named ``"<layer>/depthwise"`` and ``"<layer>/pointwise"``), smallest magnitude
+      first.
     - ``"2:4"``: in every four consecutive weights along the kernel's input axis two are kept (``sparsity``
       must be 0.5). Layers whose input dimension is not a multiple of 4 are skipped unless named in
       ``include`` (then an error).
     - ``"channel"``: output channels of Dense/Conv layers, scored by the L1/L2 norm of their filters (summed over
-      the producers of a group); channels joined by ``Add``-like layers form one group, and BatchNormalization,
-      depthwise convs and the consuming layers' input slices follow. The classifier head never loses outputs,
+      the producers of a group); channels joined by ``Add``-like layers, squeeze-excitation ``Multiply`` and
+      element-wise ``keras.ops`` nodes (hard-sigmoid's ``x + 3``) form one group, and Batch/LayerNormalization,
+      depthwise convs, separable convs' depthwise kernels, channel-only ``Reshape`` and the consuming layers' input
+      slices follow. Separable convs are pruned like convs (their filters). The classifier head never loses outputs,
       the first conv is left alone unless ``include`` names it, and a group that reaches a layer without a
       channel rule (Flatten, Reshape, Concatenate, ...) is left alone. During ``fit`` the channels are masked
       (zeros); with ``make_permanent`` the model is rebuilt at ``on_train_end`` from its config with fewer
       filters/units and the kept weights, compiled like the original: the user's model object keeps the
       masked (zeroed) weights and the smaller model is ``callback.pruned_model`` (also left on the old model
       as ``model._fitslim_pruned_model`` for an ``Export`` callback placed after this one). Functional and
-      Sequential models only.
+      Sequential models only; ``on_train_begin`` rebuilds the model once with half the channels, so a graph that
+      cannot be rebuilt is refused before the first step.
 
     Args:
         sparsity: final target in [0, 1).
@@ -152,7 +191,8 @@ class Pruning(keras.callbacks.Callback):
         ValueError: a sparsity outside [0, 1), ``end <= start``, an unknown granularity / scope / schedule /
             importance, 2:4 with a sparsity other than 0.5; and in ``on_train_begin``: an ``include`` entry
             that matches nothing, a model with no prunable layer, a fit without a known step count,
-            ``steps_per_execution > 1``, channel pruning of a subclassed model or with no removable group.
+            ``steps_per_execution > 1``, channel pruning of a subclassed model, with no removable group or of a
+            graph that cannot be rebuilt with fewer channels.
         TypeError: an argument of the wrong type.
 
     Example:
@@ -224,6 +264,7 @@ class Pruning(keras.callbacks.Callback):
         self._target = 0.0
         self._before = 0.0
         self._metrics: dict[str, float] = {}
+        self._others: tuple[int, int] = (0, 0)  # zeros and size of the kernels this callback does not prune
 
     @property
     def masks(self) -> dict[str, np.ndarray]:
@@ -325,10 +366,17 @@ class Pruning(keras.callbacks.Callback):
             self._prepare_channels(model)
         self._resolved = self.schedule.resolve(self._total_steps())
         self._before = self._zero_fraction()
+        # the whole model's kernels: what the pruned ones leave out counts in pruning/model_sparsity
+        pruned = {id(_kernel(lay)) for _, lay in self._layers}
+        others = [to_numpy(_kernel(lay)) for _, lay in prunable_layers(model) if id(_kernel(lay)) not in pruned]
+        self._others = (sum(int(k.size - np.count_nonzero(k)) for k in others), sum(k.size for k in others))
         # all-True mask variables exist from the start, so the (possibly compiled) masking captures them once
         self._mask_vars = [
             keras.Variable(
-                np.ones(tuple(_kernel(lay).shape)), dtype=_kernel(lay).dtype, trainable=False, name=f"{n}_mask"
+                np.ones(tuple(_kernel(lay).shape)),
+                dtype=_kernel(lay).dtype,
+                trainable=False,
+                name=f"{n.replace('/', '_')}_mask",
             )
             for n, lay in self._layers
         ]
@@ -350,8 +398,10 @@ class Pruning(keras.callbacks.Callback):
         for var, m in zip(self._mask_vars, self._masks, strict=True):
             var.assign(m.astype(var.dtype))
         counts = [(int(m.size - np.count_nonzero(m)), int(m.size)) for m in self._masks]
+        zeros, total = sum(p for p, _ in counts), sum(t for _, t in counts)
         self._metrics = {
-            "pruning/sparsity": sum(p for p, _ in counts) / max(sum(t for _, t in counts), 1),
+            "pruning/sparsity": zeros / max(total, 1),
+            "pruning/model_sparsity": (zeros + self._others[0]) / max(total + self._others[1], 1),
             "pruning/target": self._target,
         }
         for (name, _), (p, t) in zip(self._layers, counts, strict=True):
@@ -423,7 +473,36 @@ class Pruning(keras.callbacks.Callback):
                 lay.name for lay in graph.producers[g] + graph.members.get(g, []) + graph.consumers.get(g, [])
             )
         self._graph = graph
-        self._layers = [(name, lay) for name, lay in prunable_layers(model) if name in touched]
+        self._check_rebuild(model)
+        self._layers = [
+            (name, lay)
+            for name, lay in prunable_layers(model)
+            if (name.rsplit("/", 1)[0] if isinstance(lay, SeparablePart) else name) in touched
+        ]
+
+    def _check_rebuild(self, model: Any) -> None:
+        """Rebuild the model once with half of every group's channels, before the first step.
+
+        The smaller model is built at ``on_train_end``; a graph this callback cannot follow must fail here,
+        not after the user's training ran.
+        """
+        graph = self._graph
+        if graph is None or not self.make_permanent:
+            return
+        self._keep = {}
+        for g in graph.groups():
+            n = int(_kernel(graph.producers[g][0]).shape[-1])
+            self._keep[g] = np.arange(n) < max(1, n // 2)
+        try:
+            self._rebuild(model, trial=True)
+        except Exception as err:  # any failure of the trial rebuild is the user's answer
+            raise _fail(
+                "granularity",
+                f"the model cannot be rebuilt with fewer channels ({type(err).__name__}: {str(err)[:300]})",
+                "exclude the layers around the one named there (exclude=[...]), or use 'unstructured'",
+            ) from err
+        finally:
+            self._keep = {}
 
     def _channel_masks(self, target: float, weights: list[np.ndarray]) -> list[np.ndarray]:
         graph = self._graph
@@ -436,32 +515,43 @@ class Pruning(keras.callbacks.Callback):
         ]
         self._keep = dict(zip(groups, channel_masks(scores, target, self.scope, self.round_to), strict=True))
         masks = []
-        for (name, layer), w in zip(self._layers, weights, strict=True):
+        for (_, layer), w in zip(self._layers, weights, strict=True):
             mask = np.ones(w.shape, dtype=bool)
-            out_g = graph.group_of(graph.out_group, name)
-            in_g = graph.group_of(graph.in_group, name)
+            depthwise_part = isinstance(layer, SeparablePart) and layer.part == "depthwise"
+            out_g = None if depthwise_part else graph.group_of(graph.out_group, layer.name)
+            in_g = graph.group_of(graph.in_group, layer.name)
             if out_g in self._keep:
-                axis = -2 if isinstance(layer, keras.layers.DepthwiseConv1D | keras.layers.DepthwiseConv2D) else -1
+                axis = -2 if _is_depthwise(layer) else -1
                 mask &= np.expand_dims(self._keep[out_g], tuple(i for i in range(w.ndim) if i != axis % w.ndim))
             if in_g in self._keep:
-                axis = _input_axis(layer) or 0
+                axis = -2 if depthwise_part else (_input_axis(layer) or 0)
                 mask &= np.expand_dims(self._keep[in_g], tuple(i for i in range(w.ndim) if i != axis % w.ndim))
             masks.append(mask)
         return masks
 
-    def _rebuild(self, model: Any) -> Any:
-        """A new model with the pruned channels removed, the kept weights copied, compiled like ``model``."""
+    def _rebuild(self, model: Any, trial: bool = False) -> Any:
+        """A new model with the pruned channels removed, the kept weights copied, compiled like ``model``.
+
+        ``trial``: only check that it builds and takes the weights (not compiled, nothing logged).
+        """
         graph = self._graph
         if graph is None:
             return model
         sync_state(model)
         kept = {p.name: int(self._keep[g].sum()) for g in self._keep for p in graph.producers[g]}
+        reshaped = {
+            name: int(self._keep[root].sum())
+            for name in graph.reshapes
+            if (root := graph.group_of(graph.reshapes, name)) in self._keep
+        }
         config = model.get_config()
         for entry in config["layers"]:
             entry.pop("build_config", None)  # the shapes change: layers are rebuilt when the graph is called
             cfg = entry["config"]
             if cfg.get("name") in kept:
                 cfg["filters" if "filters" in cfg else "units"] = kept[cfg["name"]]
+            if cfg.get("name") in reshaped:
+                cfg["target_shape"] = [*cfg["target_shape"][:-1], reshaped[cfg["name"]]]
         new = (keras.Sequential if isinstance(model, keras.Sequential) else keras.Model).from_config(config)
         for name, layer in graph.layers.items():
             # the layer's own variables; ones other callbacks attached (QAT ranges) are not in the clean clone
@@ -472,7 +562,9 @@ class Pruning(keras.callbacks.Callback):
             out_g, in_g = graph.group_of(graph.out_group, name), graph.group_of(graph.in_group, name)
             out_idx = np.flatnonzero(self._keep[out_g]) if out_g in self._keep else None
             in_idx = np.flatnonzero(self._keep[in_g]) if in_g in self._keep else None
-            if isinstance(layer, _CONVS + (keras.layers.Dense,)):
+            if out_idx is None and in_idx is None:
+                pass
+            elif isinstance(layer, _CONVS + (keras.layers.Dense,)):
                 kernel = values[0]
                 if in_idx is not None:
                     kernel = np.take(kernel, in_idx, axis=_input_axis(layer) or 0)
@@ -481,11 +573,20 @@ class Pruning(keras.callbacks.Callback):
                     values = [kernel, *[np.take(v, out_idx, axis=0) for v in values[1:]]]
                 else:
                     values = [kernel, *values[1:]]
-            elif out_idx is not None and isinstance(layer, keras.layers.DepthwiseConv1D | keras.layers.DepthwiseConv2D):
+            elif isinstance(layer, _SEPARABLE):  # depthwise (..., in, 1), pointwise (..., in, out), bias (out,)
+                depthwise, pointwise, *rest = values
+                if in_idx is not None:
+                    depthwise, pointwise = np.take(depthwise, in_idx, axis=-2), np.take(pointwise, in_idx, axis=-2)
+                if out_idx is not None:
+                    pointwise, rest = np.take(pointwise, out_idx, axis=-1), [np.take(v, out_idx, axis=0) for v in rest]
+                values = [depthwise, pointwise, *rest]
+            elif out_idx is not None and isinstance(layer, _DEPTHWISE):
                 values = [np.take(values[0], out_idx, axis=-2), *[np.take(v, out_idx, axis=0) for v in values[1:]]]
-            elif out_idx is not None:  # BatchNormalization: every variable is per channel
+            elif out_idx is not None:  # BatchNormalization, LayerNormalization: every variable is per channel
                 values = [np.take(v, out_idx, axis=0) for v in values]
             new.get_layer(name).set_weights(values)
+        if trial:
+            return new
         if getattr(model, "compiled", False):
             new.compile_from_config(model.get_compile_config())
         before = sum(int(np.prod(w.shape)) for w in model.weights)
@@ -524,7 +625,8 @@ class Pruning(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         """Report sparsity in the epoch ``logs`` (seen by CSVLogger/TensorBoard placed after this callback)."""
         if logs is not None and self._resolved is not None:
-            logs.update(self._metrics or {"pruning/sparsity": 0.0, "pruning/target": 0.0})
+            zero = {"pruning/sparsity": 0.0, "pruning/model_sparsity": 0.0, "pruning/target": 0.0}
+            logs.update(self._metrics or zero)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         """Apply the final masks (update at the last step if the schedule asks) and log before → after."""
@@ -544,12 +646,13 @@ class Pruning(keras.callbacks.Callback):
             # for an Export callback after this one (bypassing Keras' layer tracking, which would adopt it)
             self.model.__dict__["_fitslim_pruned_model"] = self.pruned_model
         log.info(
-            "fitslim Pruning (%s, %s): kernel sparsity %.2f → %.2f over %d layers",
+            "fitslim Pruning (%s, %s): kernel sparsity %.2f → %.2f over %d pruned kernels (%.2f of the model's)",
             self.granularity,
             self.scope,
             self._before,
             self._zero_fraction(),
             len(self._layers),
+            self._metrics.get("pruning/model_sparsity", 0.0),
         )
         self._resolved = None
         self._apply_fn = None
@@ -582,6 +685,45 @@ _PASSTHROUGH = (
 )
 _MERGE = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply, keras.layers.Maximum, keras.layers.Average)
 _CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+
+
+#: keras.ops applied element-wise to one tensor (or to a tensor and a Python number), as in
+#: ``hard_sigmoid = relu6(x + 3) * (1 / 6)``: the channels pass through
+_ELEMENTWISE_OPS = frozenset(
+    "Abs Add Cast Clip Divide Elu Exp Gelu HardSigmoid HardSilu HardSwish LeakyRelu Log Maximum Minimum "
+    "Multiply Negative Power Relu Relu6 Selu Sigmoid Silu Softplus Sqrt Square Subtract Swish Tanh TrueDivide".split()
+)
+
+
+def _channels(tensor: Any) -> int | None:
+    shape = getattr(tensor, "shape", None)
+    return None if not shape else shape[-1]
+
+
+def _is_elementwise(op: Any, node: Any) -> bool:
+    """A keras.ops node (not a layer) that maps channels one to one: its other arguments are Python numbers."""
+    if isinstance(op, keras.layers.Layer) or type(op).__name__ not in _ELEMENTWISE_OPS:
+        return False
+    args = [*node.arguments.args, *node.arguments.kwargs.values()]
+    tensors = node.input_tensors
+    others = [a for a in args if not any(a is t for t in tensors) and not isinstance(a, list | tuple)]
+    return bool(tensors) and all(isinstance(a, int | float | bool | str) or a is None for a in others)
+
+
+def _last_axis(layer: Any) -> bool:
+    """A normalization over (and with parameters along) the last axis only."""
+    axis = layer.axis
+    rank = len(layer.input.shape)
+    axes = list(axis) if isinstance(axis, list | tuple) else [axis]
+    return [a % rank for a in axes] == [rank - 1]
+
+
+def _keeps_channels(layer: Any) -> bool:
+    """A Reshape that only adds or drops size-1 axes in front of the channel axis (a squeeze-excitation's)."""
+    before, after = tuple(layer.input.shape[1:]), tuple(layer.output.shape[1:])
+    if not before or not after or before[-1] != after[-1] or before[-1] is None:
+        return False
+    return all(d == 1 for d in before[:-1]) and all(d == 1 for d in after[:-1])
 
 
 def _check_graph(model: Any) -> None:
@@ -623,10 +765,13 @@ class ChannelGraph:
             self.parent[counter[0]] = counter[0]
             return counter[0]
 
-        for layer in model.layers:
+        self.reshapes: dict[str, int] = {}  # Reshape layers whose target's last axis is a group's channel count
+        operations = getattr(model, "operations", None) or model.layers
+        for layer in operations:
             if isinstance(layer, keras.layers.InputLayer):
                 continue
-            self.layers[layer.name] = layer
+            if isinstance(layer, keras.layers.Layer):
+                self.layers[layer.name] = layer
             nodes = getattr(layer, "_inbound_nodes", [])
             if len(nodes) != 1:
                 raise _fail(
@@ -634,7 +779,7 @@ class ChannelGraph:
                     f"layer {layer.name!r} is called {len(nodes)} times; channel pruning needs each layer once",
                     "use 'unstructured' for models with shared layers",
                 )
-            parents = [node.operation.name for node in nodes[0].parent_nodes]
+            parents = [t._keras_history[0].name for t in nodes[0].input_tensors]
             ins = []
             for p in parents:
                 if p not in self.out_group:  # the model input
@@ -642,32 +787,42 @@ class ChannelGraph:
                     self.frozen.add(g)
                     self.out_group[p] = g
                 ins.append(self.out_group[p])
-            if isinstance(layer, _CONVS + (keras.layers.Dense,)) and not isinstance(layer, _TRANSPOSED):
+            if not ins:  # a constant: nothing flows in
+                g = new()
+                self.frozen.add(g)
+                self.out_group[layer.name] = g
+            elif isinstance(layer, _CONVS + (keras.layers.Dense,) + _SEPARABLE) and not isinstance(layer, _TRANSPOSED):
                 g_in = self._find(ins[0])
                 self.in_group[layer.name] = g_in
                 self.consumers.setdefault(g_in, []).append(layer)
+                if int(getattr(layer, "depth_multiplier", 1) or 1) != 1:
+                    self.frozen.add(g_in)  # the pointwise inputs are (channel, multiplier) pairs
                 g = new()
                 self.producers[g] = [layer]
-                if layer.name not in selected or int(getattr(layer, "groups", 1) or 1) != 1:
+                chosen = layer.name in selected or f"{layer.name}/pointwise" in selected
+                if not chosen or int(getattr(layer, "groups", 1) or 1) != 1:
                     self.frozen.add(g)
                 self.out_group[layer.name] = g
-            elif isinstance(layer, keras.layers.DepthwiseConv1D | keras.layers.DepthwiseConv2D):
+            elif isinstance(layer, _DEPTHWISE):
                 g = self._find(ins[0])
                 if int(layer.depth_multiplier) != 1:
                     self.frozen.add(g)
                 self.members.setdefault(g, []).append(layer)
                 self.out_group[layer.name] = g
-            elif isinstance(layer, keras.layers.BatchNormalization) and layer.axis in (-1, len(layer.input.shape) - 1):
+            elif isinstance(layer, keras.layers.BatchNormalization | keras.layers.LayerNormalization) and _last_axis(
+                layer
+            ):
                 g = self._find(ins[0])
                 self.members.setdefault(g, []).append(layer)
                 self.out_group[layer.name] = g
-            elif isinstance(layer, _MERGE):
-                g = ins[0]
-                for other in ins[1:]:
-                    g = self._union(g, other)
-                self.out_group[layer.name] = g
+            elif isinstance(layer, _MERGE) or _is_elementwise(layer, nodes[0]):
+                self.out_group[layer.name] = self._merge(layer, nodes[0], ins)
             elif isinstance(layer, _PASSTHROUGH) and not layer.weights:
                 self.out_group[layer.name] = self._find(ins[0])
+            elif isinstance(layer, keras.layers.Reshape) and _keeps_channels(layer):
+                g = self._find(ins[0])
+                self.reshapes[layer.name] = g
+                self.out_group[layer.name] = g
             else:  # no channel rule: freeze what flows in, start a frozen group
                 for g in ins:
                     self.frozen.add(self._find(g))
@@ -676,6 +831,23 @@ class ChannelGraph:
                 self.out_group[layer.name] = g
         for output in model.outputs:
             self.frozen.add(self._find(self.out_group[output._keras_history[0].name]))
+
+    def _merge(self, layer: Any, node: Any, ins: list[int]) -> int:
+        """An element-wise merge (``Add``, a squeeze-excitation ``Multiply``, ``x + 3``): one group out.
+
+        Inputs with the full channel count are joined; one broadcast along the channel axis (last dimension
+        1, e.g. a spatial attention map) keeps its own group, frozen.
+        """
+        tensors = node.input_tensors
+        widths = [_channels(t) for t in tensors]
+        full = max((w for w in widths if w is not None), default=None)
+        joined: int | None = None
+        for g, w in zip(ins, widths, strict=True):
+            if w is not None and w == 1 and full is not None and full > 1:
+                self.frozen.add(self._find(g))
+                continue
+            joined = self._find(g) if joined is None else self._union(joined, g)
+        return joined if joined is not None else self._find(ins[0])
 
     def _find(self, g: int) -> int:
         while self.parent[g] != g:
