@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from exporters.job import ExportJob
 from exporters.report import TargetResult
+from exporters.runtimes import ort_feed, take
 from exporters.source import Source
 from exporters.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
@@ -33,25 +34,41 @@ log = logging.getLogger(__name__)
 OPSET = 18
 
 
-def _torch_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32], notes: list[str]) -> None:
+def _input_names(model: Any, count: int) -> list[str]:
+    """``input`` for one input; the forward's parameter names for several (``input_ids``, ``attention_mask``)."""
+    if count == 1:
+        return ["input"]
+    import inspect
+
+    try:
+        params = [p.name for p in inspect.signature(model.forward).parameters.values() if p.kind.name != "VAR_KEYWORD"]
+    except (TypeError, ValueError):
+        params = []
+    return params[:count] if len(params) >= count else [f"input_{i}" for i in range(count)]
+
+
+def _torch_to_onnx(model: Any, path: Path, example: Any, notes: list[str]) -> None:
     import torch
 
     was_training = model.training
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     # batch 2: torch.export specializes a dimension of size 1, which would make the batch static
-    x = torch.from_numpy(np.concatenate([example[:1], example[:1]])).to(device)
+    arrays = example if isinstance(example, tuple) else (example,)
+    xs = tuple(torch.from_numpy(np.concatenate([a[:1], a[:1]])).to(device) for a in arrays)
+    names = _input_names(model, len(xs))
+    batch = torch.export.Dim("batch")
     model.eval()
     try:
         try:
             program = torch.onnx.export(
                 model,
-                (x,),
+                xs,
                 dynamo=True,
                 opset_version=OPSET,
-                input_names=["input"],
+                input_names=names,
                 output_names=["output"],
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                dynamic_shapes=tuple({0: batch} for _ in xs),
                 verbose=False,
             )
             if program is None:
@@ -62,13 +79,13 @@ def _torch_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32], not
             notes.append(f"legacy torch.onnx exporter used: dynamo failed with {type(err).__name__}: {err}")
             torch.onnx.export(
                 model,
-                (x,),
+                xs,
                 str(path),
                 dynamo=False,
                 opset_version=OPSET,
-                input_names=["input"],
+                input_names=names,
                 output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}},
             )
     finally:
         model.train(was_training)
@@ -165,7 +182,14 @@ def to_onnx(source: Source, path: str | Path, example_input: npt.ArrayLike) -> t
     """
     import onnx
 
-    example = np.ascontiguousarray(np.asarray(example_input, dtype=np.float32))
+    from exporters.runtimes import as_inputs
+
+    example = as_inputs(example_input)
+    if isinstance(example, tuple) and source.framework not in ("torch", "onnx"):
+        raise ValueError(
+            f"example_input: several inputs are supported for torch and ONNX models; this is a {source.framework} "
+            "model. Pass one input array."
+        )
     notes: list[str] = []
     target = Path(path)
     with atomic_path(target) as tmp:
@@ -223,11 +247,10 @@ def export_onnx(job: ExportJob) -> TargetResult:
         result.notes.append(f"written in fp32 (requested {job.precision}); the int8 Q/DQ ONNX is the tensorrt target")
     if job.verify:
         sess = ort_session(final, job.threads)
-        name = sess.get_inputs()[0].name
         x = job.samples_nchw()
-        out = np.asarray(sess.run(None, {name: x})[0])
+        out = np.asarray(sess.run(None, ort_feed(sess, x))[0])
         fill_agreement(result, compare(job.reference, out))
-        one = x[:1]
-        result.latency_ms = median_latency_ms(lambda: sess.run(None, {name: one}))
+        one = ort_feed(sess, take(x, 0, 1))
+        result.latency_ms = median_latency_ms(lambda: sess.run(None, one))
         result.threads = job.threads
     return result

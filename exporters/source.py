@@ -156,8 +156,13 @@ class Source:
         return None
 
     def predict(self, x: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        """Run the source model on ``x`` (in :attr:`layout`) in inference mode; returns float32 NumPy."""
-        a = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+        """Run the source model on ``x`` (in :attr:`layout`) in inference mode; returns float32 NumPy.
+
+        ``x`` may be a tuple of arrays for a model with several inputs (each keeps an integer dtype).
+        """
+        from exporters.runtimes import as_inputs
+
+        a = as_inputs(x)
         if self.framework == "torch":
             return self._predict_torch(a)
         if self.framework in ("keras", "tf_keras"):
@@ -177,7 +182,8 @@ class Source:
         model.eval()
         try:
             with torch.no_grad():
-                out = model(torch.from_numpy(a).to(device))
+                args = a if isinstance(a, tuple) else (a,)
+                out = model(*(torch.from_numpy(t).to(device) for t in args))
         finally:
             model.train(was_training)
         if isinstance(out, (list, tuple)):
@@ -191,5 +197,6 @@ class Source:
         if sess is None:
             sess = ort.InferenceSession(str(self.model), providers=["CPUExecutionProvider"])
             self._ort = sess
-        name = sess.get_inputs()[0].name
-        return np.asarray(sess.run(None, {name: a})[0], dtype=np.float32)
+        from exporters.runtimes import ort_feed
+
+        return np.asarray(sess.run(None, ort_feed(sess, a))[0], dtype=np.float32)
