@@ -49,7 +49,8 @@ def qat_metrics(phase: str, bn_frozen: bool, ranges: Iterable[float | None]) -> 
         phase: a key of :data:`QAT_PHASES`.
         bn_frozen: whether folded BatchNorms run on their moving statistics.
         ranges: the observed input absolute maximum of each quantized layer; None (or <= 0) for a layer whose
-            observer has not seen a batch yet.
+            observer has not seen a batch yet. The summary is over the observed layers (``qat/observed_layers``),
+            0.0 while there is none.
 
     Raises:
         ValueError: an unknown phase.
@@ -59,10 +60,10 @@ def qat_metrics(phase: str, bn_frozen: bool, ranges: Iterable[float | None]) -> 
     seen = [float(r) for r in ranges if r is not None and math.isfinite(float(r)) and float(r) > 0.0]
     out = {"qat/phase": float(QAT_PHASES[phase]), "qat/bn_frozen": float(bool(bn_frozen))}
     out["qat/observed_layers"] = float(len(seen))
-    if seen:
-        out["qat/input_range/min"] = min(seen)
-        out["qat/input_range/mean"] = sum(seen) / len(seen)
-        out["qat/input_range/max"] = max(seen)
+    # the same keys at every call (Keras' CSVLogger keeps the columns of its first row): 0.0 before any observation
+    out["qat/input_range/min"] = min(seen, default=0.0)
+    out["qat/input_range/mean"] = sum(seen) / len(seen) if seen else 0.0
+    out["qat/input_range/max"] = max(seen, default=0.0)
     return out
 
 

@@ -109,6 +109,27 @@ class _AdapterHolder(keras.layers.Layer):
     """Carries the adapters as tracked sub-layers of the student during fit (so they are trainable variables)."""
 
 
+_METRICS = "fitslim_distillation_metrics"  # the model attribute holding the loss trackers during fit
+
+
+class _LossTrackers(keras.layers.Layer):
+    """Batch-size weighted means of the distillation losses, tracked on the student during ``fit``.
+
+    As a sub-layer of the student its metrics are in ``model.metrics``: the compiled train step carries their
+    variables on every backend, Keras resets them each epoch and reports them in ``logs`` like ``loss``.
+    """
+
+    def __init__(self, names: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.names = list(names)
+        self.trackers = [keras.metrics.Mean(name=name) for name in self.names]
+
+    def update(self, values: dict[str, Any], batch_size: Any) -> None:
+        for name, tracker in zip(self.names, self.trackers, strict=True):
+            if name in values:
+                tracker.update_state(values[name], sample_weight=batch_size)
+
+
 def _channels(shape: tuple[int | None, ...], axis: int) -> int:
     value = shape[axis]
     if value is None:
@@ -170,7 +191,10 @@ class Distillation(keras.callbacks.Callback):
     slots copied back, is restored. Adapters are not saved in the student's checkpoints. The teacher is called
     with ``training=False`` under ``stop_gradient`` and is set ``trainable=False`` for the fit (restored at the
     end). The user's compiled metrics and the evaluation loss are unchanged; during ``fit``, ``logs["loss"]`` is the
-    combined loss above (Keras' loss tracker records what ``compute_loss`` returns).
+    combined loss above (Keras' loss tracker records what ``compute_loss`` returns), and the training ``logs`` also
+    get the batch-size weighted epoch means ``task_loss``, ``kd_loss``, ``combined_loss`` (and ``feature_loss``)
+    as the Lightning twin logs them (validation computes only the task loss: put ``Distillation`` before
+    ``CSVLogger``/``TensorBoard`` in ``callbacks`` so they do not get ``val_kd_loss`` & co. reading 0).
 
     Feature distillation runs the student's layers up to each named layer a second time (a view model sharing
     the student's weights), so it needs a Functional or Sequential student and teacher.
@@ -242,6 +266,7 @@ class Distillation(keras.callbacks.Callback):
         #: the learned feature adapters, ``{student layer: FeatureAdapter}`` (kept after fit for inspection)
         self.adapters: dict[str, FeatureAdapter] = {}
         self._adapter_specs: dict[str, tuple[str, int, int, int]] = {}
+        self._trackers: _LossTrackers | None = None
 
     # -- checks --------------------------------------------------------------------------------------
 
@@ -405,13 +430,25 @@ class Distillation(keras.callbacks.Callback):
         else:
             teacher_logits = ops.stop_gradient(self.output_fn(self._teacher(teacher_in, training=False)))
         student_logits = self.output_fn(y_pred)
+        trackers = self._trackers
         total = ops.zeros((), dtype="float32")
+        task = ops.cast(task_loss, "float32")
         if alpha < 1.0:
-            total = total + (1.0 - alpha) * ops.cast(task_loss, "float32")
-        if alpha > 0.0:
-            total = total + alpha * ops.cast(self._kd_term(student_logits, teacher_logits), "float32")
-        if feature_terms and weight > 0.0:
-            total = total + weight * ops.cast(sum(feature_terms[1:], feature_terms[0]), "float32")
+            total = total + (1.0 - alpha) * task
+        kd = None
+        if alpha > 0.0 or trackers is not None:
+            kd = ops.cast(self._kd_term(student_logits, teacher_logits), "float32")
+            if alpha > 0.0:
+                total = total + alpha * kd
+        feature_sum = ops.cast(sum(feature_terms[1:], feature_terms[0]), "float32") if feature_terms else None
+        if feature_sum is not None and weight > 0.0:
+            total = total + weight * feature_sum
+        if trackers is not None:
+            values = {"task_loss": task, "kd_loss": kd, "combined_loss": total}
+            if feature_sum is not None:
+                values["feature_loss"] = feature_sum
+            values = {k: ops.stop_gradient(v) for k, v in values.items()}
+            trackers.update(values, ops.cast(ops.shape(student_logits)[0], "float32"))
         return total
 
     # -- hooks ---------------------------------------------------------------------------------------
@@ -421,6 +458,7 @@ class Distillation(keras.callbacks.Callback):
         model = self.model
         teacher = self._load_teacher()
         self._detach_adapters(model)  # left by a fit that raised
+        self._detach_trackers(model)
         self._prepare(model, teacher)
         self._teacher = teacher
         self._teacher_trainable = bool(teacher.trainable)
@@ -447,6 +485,7 @@ class Distillation(keras.callbacks.Callback):
         model.compute_loss = compute_loss
         self._patched = True
         self._attach_adapters(model)
+        self._attach_trackers(model)
         model.make_train_function(force=True)
         log.info(
             "fitslim Distillation: teacher %s → student %s (T=%.2f, alpha=%.2f%s)",
@@ -457,9 +496,33 @@ class Distillation(keras.callbacks.Callback):
             f", features {dict(self.settings.features or {})}" if self.settings.features else "",
         )
 
+    def _attach_trackers(self, model: Any) -> None:
+        names = ["task_loss", "kd_loss", "combined_loss"] + (["feature_loss"] if self.settings.features else [])
+        with _variable_scope(model):
+            self._trackers = _LossTrackers(names, name=_METRICS)
+        with _unlocked(model):
+            setattr(model, _METRICS, self._trackers)
+
+    @staticmethod
+    def _detach_trackers(model: Any) -> None:
+        holder = getattr(model, _METRICS, None)
+        if holder is None:
+            return
+        with _unlocked(model):
+            model._tracker.untrack(holder)
+        delattr(model, _METRICS)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Drop ``val_kd_loss`` & co. from the epoch logs: validation computes only the task loss, they would read 0."""
+        if logs is not None and self._trackers is not None:
+            for name in self._trackers.names:
+                logs.pop(f"val_{name}", None)
+
     def _restore(self) -> None:
         model = self.model
         try:
+            self._detach_trackers(model)
+            self._trackers = None
             self._detach_adapters(model)
             if self._patched:
                 if self._original is not None:

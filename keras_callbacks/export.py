@@ -22,6 +22,7 @@ from typing_extensions import override
 from exporters.report import ExportReport
 from exporters.settings import ExportSettings, quant_spec_arg
 from exporters.source import as_numpy, batch_input
+from fitslim.metrics import export_metrics
 from fitslim.quantspec import QuantSpec
 
 __all__ = ["Export"]
@@ -29,20 +30,42 @@ __all__ = ["Export"]
 log = logging.getLogger(__name__)
 
 
-def _fit_inputs(model: Any) -> Any:
-    """The ``x`` that was passed to the running ``model.fit``, found on the call stack, or None.
+def _fit_inputs(model: Any, name: str = "x") -> Any:
+    """The ``x`` (or another local, e.g. ``callbacks``) of the running ``model.fit``, found on the call stack, or None.
 
-    Keras gives callbacks no handle on the training data; the frame of ``fit`` still holds it.
+    Keras gives callbacks no handle on the training data or on the other callbacks; the frame of ``fit`` holds them.
     """
     frame = inspect.currentframe()
     try:
         while frame is not None:
             if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
-                return frame.f_locals.get("x")
+                return frame.f_locals.get(name)
             frame = frame.f_back
     finally:
         del frame
     return None
+
+
+def _tensorboard_dirs(model: Any) -> list[str]:
+    """The ``log_dir`` of every ``keras.callbacks.TensorBoard`` in the running ``fit``'s callbacks."""
+    found = _fit_inputs(model, "callbacks")
+    callbacks = getattr(found, "callbacks", found) or []
+    return [str(cb.log_dir) for cb in callbacks if isinstance(cb, keras.callbacks.TensorBoard)]
+
+
+def _write_tensorboard(log_dir: str, metrics: dict[str, float], markdown: str, step: int) -> None:
+    """The report's metrics as scalars and its Markdown table as text, in ``<log_dir>/export``."""
+    import tensorflow as tf  # a keras.callbacks.TensorBoard in the fit means TensorFlow is installed
+
+    writer = tf.summary.create_file_writer(os.path.join(log_dir, "export"))
+    try:
+        with writer.as_default(step=step):
+            for key, value in metrics.items():
+                tf.summary.scalar(key, value)
+            tf.summary.text("export/report.md", markdown)
+        writer.flush()
+    finally:
+        writer.close()
 
 
 def _batches_from(x: Any, batch_size: int, count: int, get: Callable[[Any], Any]) -> list[np.ndarray]:
@@ -72,7 +95,10 @@ class Export(keras.callbacks.Callback):
     """Export the trained Keras model to ONNX, ncnn, TFLite and TensorRT when ``fit`` ends.
 
     Runs on ``on_train_end``. An export failure is logged and recorded in :attr:`report`; it never
-    raises out of ``fit`` and never touches the trained weights.
+    raises out of ``fit`` and never touches the trained weights. The report's figures go into the ``logs`` of
+    ``on_train_end`` (``export/<target>/status``, ``size_bytes``, ``max_abs_error``, ``max_rel_error``,
+    ``top1_agreement``, ``latency_ms``; :func:`fitslim.metrics.export_metrics`) and, when the fit has a
+    ``keras.callbacks.TensorBoard``, into ``<its log_dir>/export`` as scalars with the Markdown report as text.
 
     Args:
         targets: any of ``"onnx"``, ``"ncnn"``, ``"tflite"``, ``"tensorrt"``.
@@ -124,11 +150,13 @@ class Export(keras.callbacks.Callback):
         self.batch_size = batch_size
         self.report: ExportReport | None = None
         self._fit_x: Any = None
+        self._tensorboard_dirs: list[str] = []
 
     @override
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self.settings.needs_training_data():
             self._fit_x = _fit_inputs(self.model)
+        self._tensorboard_dirs = _tensorboard_dirs(self.model)
 
     @override
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
@@ -159,3 +187,20 @@ class Export(keras.callbacks.Callback):
         # (the reference above runs the spec's fake-quant itself), and the model is quantized again afterwards
         with float_model(model):
             self.report = self.settings.run(model, batches, spec, name, reference, converter)
+        self._log_report(self.report, logs)
+
+    def _log_report(self, report: ExportReport, logs: dict[str, Any] | None) -> None:
+        """The report's figures into ``logs`` and, with a TensorBoard callback in the fit, into its log_dir."""
+        metrics = export_metrics(report)
+        if logs is not None:
+            logs.update(metrics)
+        dirs, self._tensorboard_dirs = self._tensorboard_dirs, []
+        if not dirs:
+            return
+        try:
+            optimizer = getattr(self.model, "optimizer", None)
+            step = int(keras.ops.convert_to_numpy(optimizer.iterations)) if optimizer is not None else 0
+            for log_dir in dirs:
+                _write_tensorboard(log_dir, metrics, report.to_markdown(), step)
+        except Exception as err:  # a logging problem must not turn a finished fit into a failure
+            log.warning("fitslim Export: the report did not reach TensorBoard: %s", err)

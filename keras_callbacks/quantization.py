@@ -54,6 +54,7 @@ from keras import ops
 from typing_extensions import override
 
 from fitslim.int8 import MIN_SCALE, absmax_scale, qmax
+from fitslim.metrics import QAT_PHASES, qat_metrics
 from fitslim.quantspec import LayerQuant, QuantSpec
 
 __all__ = [
@@ -653,6 +654,10 @@ class QuantizationAware(keras.callbacks.Callback):
     exports); :meth:`remove` turns it back into the float model, :func:`float_model` gives a temporary float view,
     and :func:`load_model` reloads a ``.keras`` file saved during or after the fit with its ranges.
 
+    The batch ``logs`` get ``qat/phase`` (0 float, 2 fake-quant with observers updating, 3 observers frozen) and
+    ``qat/bn_frozen``; the epoch ``logs`` also the observed input ranges' ``qat/input_range/min|mean|max`` and
+    ``qat/observed_layers`` (:mod:`fitslim.metrics`): put the callback before ``CSVLogger``/``TensorBoard``.
+
     Args:
         start: fraction of the fit (epochs × steps) after which fake-quant is on.
         freeze_observers: fraction after which the activation ranges stop updating.
@@ -840,6 +845,27 @@ class QuantizationAware(keras.callbacks.Callback):
     @override
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._step += 1
+        if logs is not None and self._layers:
+            # phase only: the ranges (a device read per layer) go into the epoch logs
+            logs.update({"qat/phase": float(QAT_PHASES[self._phase()]), "qat/bn_frozen": float(self._bn_frozen)})
+
+    @override
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Put ``qat/phase``, ``qat/bn_frozen`` and the input range summary in the epoch ``logs``."""
+        if logs is not None and self._layers:
+            logs.update(self.metrics())
+
+    def _phase(self) -> str:
+        if not self._state.enabled:
+            return "float"
+        return "quantize" if self._state.observing else "frozen"
+
+    def metrics(self) -> dict[str, float]:
+        """What the callback logs now (:func:`fitslim.metrics.qat_metrics`): phase, BN freeze, input range summary."""
+        if not self._layers:
+            return {}
+        ranges = [float(ops.convert_to_numpy(getattr(layer, _RANGE))) for layer in self._layers]
+        return qat_metrics(self._phase(), self._bn_frozen, ranges)
 
     @override
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:

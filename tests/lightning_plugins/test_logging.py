@@ -85,7 +85,8 @@ def test_qat_phase_and_ranges_in_csv_and_tensorboard(fitted: SimpleNamespace) ->
     expected = ["float"] * 2 + ["calibrate"] * 2 + ["quantize"] * 2 + ["frozen"] * 2
     assert phases == [float(QAT_PHASES[p]) for p in expected]
     assert [v for _, v in _series(fitted.rows, "qat/bn_frozen")] == [0.0] * 4 + [1.0] * 4
-    assert _series(fitted.rows, "qat/input_range/max")[0][0] >= 2  # nothing observed before start
+    observed = [v for _, v in _series(fitted.rows, "qat/observed_layers")]
+    assert observed[:2] == [0.0, 0.0] and observed[2:] == [float(len(fitted.qat.quant_spec))] * 6
     # the last logged range summary is the one the exported scales come from (observers frozen since step 6)
     spec = fitted.qat.quant_spec
     ranges = [layer.input_scale * 127 for layer in spec]
@@ -174,7 +175,15 @@ def test_qat_metrics_before_fit_and_export_metrics_keys() -> None:
     from fitslim.metrics import export_metrics, qat_metrics
 
     assert QuantizationAware().metrics() == {}
-    assert qat_metrics("float", False, [None, 0.0]) == {"qat/phase": 0.0, "qat/bn_frozen": 0.0, "qat/observed_layers": 0.0}
+    assert qat_metrics("calibrate", True, [None, 0.0]) == {
+        "qat/phase": 1.0,
+        "qat/bn_frozen": 1.0,
+        "qat/observed_layers": 0.0,
+        "qat/input_range/min": 0.0,
+        "qat/input_range/mean": 0.0,
+        "qat/input_range/max": 0.0,
+    }
+    assert qat_metrics("frozen", False, [2.0, None, 4.0])["qat/input_range/mean"] == 3.0
     with pytest.raises(ValueError, match=r"qat_metrics\(phase=...\): unknown 'warm'"):
         qat_metrics("warm", False, [])
     rows = [TargetResult("onnx", "fp32", size_bytes=10), TargetResult("onnx", "int8", status="skipped")]
