@@ -22,6 +22,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from exporters.checks import check_onnx_file, output_dir, probe_source
 from exporters.job import ExportJob
 from exporters.quant import QuantTable, calibrate, table_from_spec
 from exporters.report import ExportReport, TargetResult
@@ -127,6 +128,8 @@ def prepare_job(
     from exporters.onnx_export import to_onnx
 
     source = Source.from_model(model)
+    if source.framework == "onnx":
+        check_onnx_file(source.model)
     calib: npt.NDArray[np.float32] | None = None
     if calibration is not None:
         if isinstance(calibration, np.ndarray):
@@ -139,6 +142,7 @@ def prepare_job(
             "learned by QuantizationAware; pass one of them."
         )
     example = _example(source, example_input, calib)
+    probe_source(source, example)
     work = Path(workdir)
     onnx_path, notes = to_onnx(source, work / "shared.onnx", example)
     if samples is not None:
@@ -273,7 +277,8 @@ def _export(
 ) -> ExportReport:
     chosen = _check_args(targets, precision)
     say = progress or (lambda msg: log.info("%s", msg))
-    out_dir = Path(directory)
+    out_dir = output_dir(directory)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".fitslim-", dir=out_dir))
     try:
@@ -318,3 +323,5 @@ def _export(
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a refused export leaves no empty folder

@@ -25,9 +25,21 @@ def test_export_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["export", str(tmp_path / "nope.onnx"), "--to", "onnx"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["export", "model.pt", "--to", "onnx"]) == 2
-    assert "must name an .onnx file" in capsys.readouterr().err
+    assert "not a supported file; give an .onnx, .keras, .pt2 or a Lightning .ckpt" in capsys.readouterr().err
     assert main(["export", "model.onnx", "--to", "ncnn", "tflite"]) == 2
     assert "--to tflite: the TFLite converters take the Keras or torch model" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import tomllib
+
+    import fitslim
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    declared = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["version"]
+    assert capsys.readouterr().out.strip() == f"fitslim {declared}" == f"fitslim {fitslim.__version__}"
 
 
 @pytest.mark.slow
