@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,12 @@ from lightning_plugins._compat import pl
 from lightning_plugins.reference import DigitsClassifier, DigitsDataModule
 
 CALLBACKS = (Pruning, QuantizationAware, Distillation, Export)
+
+
+@pytest.fixture(autouse=True)
+def _own_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LightningCLI gets its arguments from ``args=``; pytest's command line is not for it."""
+    monkeypatch.setattr(sys, "argv", ["train.py"])
 
 
 def _teacher_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -67,7 +74,10 @@ def _config(tmp_path: Path, teacher: Path) -> dict[str, Any]:
                     "class_path": "lightning_plugins.Pruning",
                     "init_args": {"sparsity": 0.5, "end": 0.5, "frequency": 1, "include": ["torch.nn.Conv2d"]},
                 },
-                {"class_path": "lightning_plugins.QuantizationAware", "init_args": {"start": 0.5, "calibration_steps": 1}},
+                {
+                    "class_path": "lightning_plugins.QuantizationAware",
+                    "init_args": {"start": 0.5, "calibration_steps": 1},
+                },
                 {
                     "class_path": "lightning_plugins.Distillation",
                     "init_args": {
@@ -150,6 +160,18 @@ def test_print_config_shows_every_default(tmp_path: Path, capsys: pytest.Capture
     assert distill["loss"] == "torch.nn.functional.mse_loss"
 
 
+def test_readme_config_parses_with_every_callback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## LightningCLI and YAML configs", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = yaml.safe_load(block)
+    config["trainer"]["default_root_dir"] = str(tmp_path)
+    printed = _printed(tmp_path, capsys, config)["trainer"]["callbacks"]
+    assert [c["class_path"] for c in printed] == [f"lightning_plugins.{c.__name__}" for c in CALLBACKS]
+    assert printed[2]["init_args"]["teacher_class"] == "my_project.models.TeacherModule"
+    assert printed[0]["init_args"]["include"] == ["torch.nn.Conv2d"]
+
+
 def test_constructor_errors_for_a_checkpoint_teacher(tmp_path: Path) -> None:
     ckpt = str(tmp_path / "t.ckpt")
     with pytest.raises(ValueError, match=r"Distillation\(teacher='.*t.ckpt'\): a checkpoint path needs teacher_class"):
@@ -160,7 +182,9 @@ def test_constructor_errors_for_a_checkpoint_teacher(tmp_path: Path) -> None:
         Distillation(ckpt, teacher_class="lightning_plugins.reference.evaluate_accuracy")
     with pytest.raises(ValueError, match=r"Distillation\(teacher_class=..., loader=...\): both given"):
         Distillation(ckpt, teacher_class=DigitsClassifier, loader=DigitsClassifier.load_from_checkpoint)
-    with pytest.raises(ValueError, match=r"Distillation\(teacher_class=.*\): the teacher is already a DigitsClassifier"):
+    with pytest.raises(
+        ValueError, match=r"Distillation\(teacher_class=.*\): the teacher is already a DigitsClassifier"
+    ):
         Distillation(DigitsClassifier(), teacher_class=DigitsClassifier)
     with pytest.raises(ValueError, match=r"Export\(quant_spec='.*missing.json'\): cannot read a QuantSpec"):
         Export(quant_spec=str(tmp_path / "missing.json"))
