@@ -26,7 +26,7 @@ from exporters.checks import check_onnx_file, output_dir, probe_source
 from exporters.job import ExportJob
 from exporters.quant import QuantTable, calibrate, table_from_spec
 from exporters.report import ExportReport, TargetResult
-from exporters.source import Source, as_numpy, batches_to_numpy
+from exporters.source import Source, as_numpy, batches_to_numpy, source_weights
 from fitslim.quantspec import QuantSpec
 from fitslim.recipe import EXPORT_TARGETS, PRECISIONS
 
@@ -57,35 +57,6 @@ def _check_args(targets: Sequence[str], precision: str) -> list[str]:
     if precision not in PRECISIONS:
         raise ValueError(f"precision: unknown {precision!r}; choose one of {list(PRECISIONS)}.")
     return list(dict.fromkeys(targets))
-
-
-def source_weights(source: Source) -> dict[str, npt.NDArray[np.float32]]:
-    """Weights of the source's weighted layers, output channel first, keyed like a QuantSpec's layer names.
-
-    torch: module path → ``module.weight`` (Conv OIHW, Linear (out, in)). Keras: layer name → kernel
-    transposed to OIHW / (out, in) (a depthwise kernel (kh, kw, C, m) becomes (C*m, 1, kh, kw)).
-    """
-    out: dict[str, npt.NDArray[np.float32]] = {}
-    if source.framework == "torch":
-        import torch
-
-        for name, mod in source.model.named_modules():
-            if isinstance(mod, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)):
-                out[name] = as_numpy(mod.weight)
-    elif source.framework in ("keras", "tf_keras"):
-        for layer in source.model.layers:
-            kernel = getattr(layer, "depthwise_kernel", None)
-            if kernel is not None:
-                k = as_numpy(kernel)
-                out[layer.name] = np.ascontiguousarray(k.transpose(2, 3, 0, 1).reshape(-1, 1, k.shape[0], k.shape[1]))
-                continue
-            kernel = getattr(layer, "kernel", None)
-            if kernel is None:
-                continue
-            k = as_numpy(kernel)
-            perm = (k.ndim - 1, k.ndim - 2, *range(k.ndim - 2))
-            out[layer.name] = np.ascontiguousarray(k.transpose(perm))
-    return out
 
 
 def _example(source: Source, example_input: Any, calib: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32]:

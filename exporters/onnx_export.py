@@ -11,8 +11,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +26,11 @@ import numpy.typing as npt
 from exporters.job import ExportJob
 from exporters.report import TargetResult
 from exporters.runtimes import ort_feed, take
-from exporters.source import Source
+from exporters.source import Source, keras_backend
 from exporters.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
 
-__all__ = ["OPSET", "export_onnx", "fold_batchnorm", "to_onnx"]
+__all__ = ["OPSET", "export_onnx", "fix_pad_mode", "fold_batchnorm", "to_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +95,79 @@ def _torch_to_onnx(model: Any, path: Path, example: Any, notes: list[str]) -> No
         model.train(was_training)
 
 
-def _keras_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32]) -> None:
-    import os
-
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if backend != "tensorflow":
+def _keras_to_onnx(model: Any, framework: str, path: Path, example: npt.NDArray[np.float32], notes: list[str]) -> None:
+    """Keras 3 on TensorFlow and tf-keras via tf2onnx; Keras 3 on torch via torch.onnx, on JAX via jax2onnx."""
+    backend = keras_backend(framework)
+    if backend == "torch":
+        _keras_torch_to_onnx(model, path, example, notes)
+    elif backend == "jax":
+        _keras_jax_to_onnx(model, path, example, notes)
+    elif backend == "tensorflow":
+        _keras_tf_to_onnx(model, path, example, notes)
+    else:
         raise ValueError(
-            f"exporting a Keras model to ONNX needs the TensorFlow backend; KERAS_BACKEND is {backend!r}. "
-            "Save the model (.keras) and export it from a process with KERAS_BACKEND=tensorflow."
+            f"exporting a Keras model to ONNX: backend {backend!r} is not supported. Save the model (.keras) and "
+            "export it from a process with KERAS_BACKEND=tensorflow, torch or jax."
         )
+
+
+class _ErfcHandler:
+    """tf2onnx has no ``Erfc`` (TensorFlow's exact GELU uses it): ``erfc(x) = 1 - erf(x)``."""
+
+    @staticmethod
+    def convert(ctx: Any, node: Any, name: str, args: Any) -> None:
+        from tf2onnx import utils
+
+        node.type = "Erf"
+        one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1.0, np.float32))
+        ctx.insert_new_node_on_output(
+            "Sub", node.output[0], name=utils.make_name(f"{name}_erfc"), inputs=[one.output[0], node.output[0]]
+        )
+
+
+@contextlib.contextmanager
+def _graph_friendly_grouped_conv() -> Iterator[None]:
+    """Trace Keras 3 grouped convolutions as plain ``Conv2D`` ops (TensorFlow backend, while tracing only).
+
+    Keras runs a grouped convolution (ConvNeXt's 7x7 ``groups=C``) inside an XLA-compiled nested function,
+    which tf2onnx cannot convert (a ``StatefulPartitionedCall`` node); the graph op itself converts to an
+    ONNX ``Conv`` with ``group``.
+    """
+    try:
+        from keras.src.backend.tensorflow import nn as tf_nn
+    except ImportError:  # tf-keras only: nothing to patch
+        yield
+        return
+    import tensorflow as tf
+
+    original = tf_nn.conv
+
+    def conv(
+        inputs: Any, kernel: Any, strides: Any = 1, padding: str = "valid", data_format: Any = None,
+        dilation_rate: Any = 1,
+    ) -> Any:  # fmt: skip
+        fmt = tf_nn.backend.standardize_data_format(data_format)
+        channels = inputs.shape[-1] if fmt == "channels_last" else inputs.shape[1]
+        if len(inputs.shape) != 4 or channels == kernel.shape[-2]:
+            return original(inputs, kernel, strides, padding, data_format, dilation_rate)
+        return tf.nn.convolution(
+            inputs,
+            kernel,
+            strides,
+            padding.upper(),
+            data_format="NHWC" if fmt == "channels_last" else "NCHW",
+            dilations=dilation_rate,
+        )
+
+    tf_nn.conv = conv
+    try:
+        yield
+    finally:
+        tf_nn.conv = original
+
+
+def _keras_tf_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32], notes: list[str]) -> None:
+    import onnx
     import tensorflow as tf
     import tf2onnx
 
@@ -110,62 +178,273 @@ def _keras_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32]) -> 
         return model(x, training=False)
 
     as_nchw = ["input:0"] if example.ndim == 4 else None
-    model_proto, _ = tf2onnx.convert.from_function(
-        forward, input_signature=[spec], opset=OPSET, inputs_as_nchw=as_nchw, output_path=None
-    )
-    import onnx
-
+    with _graph_friendly_grouped_conv():
+        concrete = forward.get_concrete_function()
+        model_proto, _ = tf2onnx.convert.from_function(
+            forward,
+            input_signature=[spec],
+            opset=OPSET,
+            inputs_as_nchw=as_nchw,
+            output_path=None,
+            custom_op_handlers={"Erfc": (_ErfcHandler.convert, ())},
+        )
+    _captured_inputs_to_constants(model_proto, concrete, notes)
     onnx.save(model_proto, str(path))
 
 
-def fold_batchnorm(model: Any) -> int:
-    """Fold every BatchNormalization that is the only consumer of a Conv into the Conv's weights (in place).
+def _captured_inputs_to_constants(model: Any, concrete: Any, notes: list[str]) -> None:
+    """Turn graph inputs tf2onnx made of captured tensors (Keras Normalization's mean/variance) into constants.
+
+    Inputs no node reads are dropped; a read one that is a captured constant becomes an initializer.
+
+    Raises:
+        ValueError: a second graph input that is neither, named (the ONNX file would need it fed).
+    """
+    from onnx import numpy_helper
+
+    g = model.graph
+    if len(g.input) <= 1:
+        return
+    values: dict[str, npt.NDArray[Any]] = {}
+    for external, internal in getattr(concrete.graph, "captures", []):
+        if hasattr(external, "numpy") and getattr(external, "dtype", None) is not None and external.dtype != "resource":
+            try:
+                values[internal.name] = np.asarray(external.numpy())
+            except Exception:  # a resource handle or symbolic tensor: not a constant
+                continue
+    read = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    inits = {i.name for i in g.initializer}
+    for inp in list(g.input)[1:]:
+        if inp.name in inits:
+            continue
+        if inp.name not in read:
+            g.input.remove(inp)
+            notes.append(f"dropped the unused graph input {inp.name!r} (a constant the converter left behind)")
+        elif inp.name in values:
+            g.initializer.append(numpy_helper.from_array(values[inp.name], inp.name))
+            g.input.remove(inp)
+            notes.append(f"graph input {inp.name!r} (a captured constant) written as a constant")
+        else:
+            raise ValueError(
+                f"the converted ONNX graph needs a second input {inp.name!r} that is not a constant of the model; "
+                "exporting supports one image/tensor input per Keras model."
+            )
+
+
+def _keras_torch_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32], notes: list[str]) -> None:
+    """A Keras 3 model on the torch backend is a ``torch.nn.Module``: export it with NCHW input, like torch models."""
+    import torch
+
+    class ChannelsFirst(torch.nn.Module):
+        def __init__(self, inner: Any, nhwc: bool) -> None:
+            super().__init__()
+            self.inner = inner
+            self.nhwc = nhwc
+
+        def forward(self, x: Any) -> Any:
+            out = self.inner(x.permute(0, 2, 3, 1) if self.nhwc else x, training=False)
+            return out[0] if isinstance(out, (list, tuple)) else out
+
+    nhwc = example.ndim == 4
+    x = np.ascontiguousarray(example.transpose(0, 3, 1, 2)) if nhwc else example
+    _torch_to_onnx(ChannelsFirst(model, nhwc), path, x, notes)
+
+
+def _keras_jax_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32], notes: list[str]) -> None:
+    """Keras' own ``model.export(format="onnx")`` on JAX (jax2onnx), then the input turned to NCHW."""
+    if importlib.util.find_spec("jax2onnx") is None:
+        raise ValueError(
+            "exporting a Keras model on the JAX backend to ONNX needs jax2onnx (what Keras' "
+            "model.export(format='onnx') uses on JAX): pip install jax2onnx. Or save the model (.keras) and export "
+            "it with KERAS_BACKEND=tensorflow or torch (the tflite target needs KERAS_BACKEND=tensorflow)."
+        )
+    import keras
+    import onnx
+
+    raw = path.with_suffix(".jax.onnx")
+    sig = [keras.InputSpec(shape=(None, *example.shape[1:]), dtype="float32")]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            model.export(str(raw), format="onnx", input_signature=sig, opset_version=OPSET, verbose=False)
+        m = onnx.load(str(raw))
+    finally:
+        raw.unlink(missing_ok=True)
+    if example.ndim == 4:
+        _input_to_nchw(m)
+    onnx.save(m, str(path))
+    notes.append("converted with Keras' model.export(format='onnx') on the JAX backend (jax2onnx)")
+
+
+def _input_to_nchw(model: Any) -> None:
+    """Feed an NHWC-input graph from a new NCHW input named ``input`` through a Transpose (in place)."""
+    from onnx import helper
+
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    first = next(i for i in g.input if i.name not in inits)
+    old = first.name
+    dims = list(first.type.tensor_type.shape.dim)
+    new = helper.make_tensor_value_info("input", first.type.tensor_type.elem_type, None)
+    for d in (dims[0], dims[3], dims[1], dims[2]):
+        nd = new.type.tensor_type.shape.dim.add()
+        if d.HasField("dim_value"):
+            nd.dim_value = d.dim_value
+        else:
+            nd.dim_param = d.dim_param or "batch"
+    nhwc = f"{old}__nhwc" if old == "input" else old
+    if nhwc != old:
+        for n in g.node:
+            n.input[:] = [nhwc if i == old else i for i in n.input]
+    g.node.insert(0, helper.make_node("Transpose", ["input"], [nhwc], name="input_to_nhwc", perm=[0, 2, 3, 1]))
+    idx = list(g.input).index(first)
+    g.input.remove(first)
+    g.input.insert(idx, new)
+
+
+def _channel_vector(value: npt.NDArray[np.float64], out_rank: int, channels: int) -> npt.NDArray[np.float64] | None:
+    """``value`` as one number per output channel when it broadcasts over a Conv output only along axis 1."""
+    if value.ndim > out_rank:
+        return None
+    shape = (1,) * (out_rank - value.ndim) + tuple(value.shape)
+    if shape[0] != 1 or any(d != 1 for d in shape[2:]) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(value.reshape(-1), (channels,)).astype(np.float64)
+
+
+def _constants(model: Any) -> dict[str, npt.NDArray[Any]]:
+    """Initializers and ``Constant`` node outputs of the graph, by tensor name."""
+    from onnx import helper, numpy_helper
+
+    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and len(n.output) == 1:
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = numpy_helper.to_array(helper.get_attribute_value(a))
+    return out
+
+
+def fold_batchnorm(model: Any, mul_add: bool = True) -> int:
+    """Fold inference BatchNorm into the preceding Conv's weights and bias (in place).
+
+    Two forms are folded when the Conv's output has no other consumer: ONNX ``BatchNormalization``
+    (torch), and the per-channel ``Mul`` and ``Add`` by constants that tf2onnx writes for a Keras
+    BatchNormalization it could not merge itself. Int8 weight scales are computed on the folded weights,
+    so every converter downstream sees the same kernels the scales describe.
+
+    Args:
+        model: an ``onnx.ModelProto``.
+        mul_add: fold per-channel ``Mul``/``Add`` by constants too (else only ``BatchNormalization``).
 
     Returns:
-        The number of BatchNormalization nodes folded.
+        The number of nodes folded (BatchNormalization, Mul and Add).
     """
     from onnx import helper, numpy_helper
 
     g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    consumers: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers[i] = consumers.get(i, 0) + 1
-    producer = {o: n for n in g.node for o in n.output}
+    graph_outputs = {o.name for o in g.output}
     folded = 0
-    for bn in list(g.node):
-        if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
-            continue
-        conv = producer.get(bn.input[0])
-        if conv is None or conv.op_type != "Conv" or consumers.get(conv.output[0], 0) != 1:
-            continue
-        if not all(name in inits for name in list(bn.input[1:5]) + [conv.input[1]]):
-            continue
-        scale, bias, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
-        eps = next((helper.get_attribute_value(a) for a in bn.attribute if a.name == "epsilon"), 1e-5)
-        w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
-        b = (
-            numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
-            if len(conv.input) > 2
-            else np.zeros(w.shape[0])
-        )
-        factor = scale / np.sqrt(var + eps)
-        w_new = (w * factor.reshape(-1, *([1] * (w.ndim - 1)))).astype(np.float32)
-        b_new = ((b - mean) * factor + bias).astype(np.float32)
-        w_name, b_name = f"{conv.name or conv.output[0]}_folded_w", f"{conv.name or conv.output[0]}_folded_b"
-        g.initializer.extend([numpy_helper.from_array(w_new, w_name), numpy_helper.from_array(b_new, b_name)])
-        del conv.input[1:]
-        conv.input.extend([w_name, b_name])
-        conv.output[0] = bn.output[0]
-        g.node.remove(bn)
-        folded += 1
+    changed = True
+    while changed:
+        changed = False
+        consts = _constants(model)
+        consumers: dict[str, int] = {}
+        for n in g.node:
+            for i in n.input:
+                consumers[i] = consumers.get(i, 0) + 1
+        producer = {o: n for n in g.node for o in n.output}
+        for node in list(g.node):
+            if len(node.output) != 1 or node.op_type not in (
+                ("BatchNormalization", "Mul", "Add") if mul_add else ("BatchNormalization",)
+            ):
+                continue
+            pair = [i for i in node.input if i in producer and producer[i].op_type == "Conv"]
+            if node.op_type == "BatchNormalization":
+                pair = pair[:1] if node.input[0] in pair else []
+            if len(pair) != 1:
+                continue
+            conv = producer[pair[0]]
+            if consumers.get(conv.output[0], 0) != 1 or conv.output[0] in graph_outputs:
+                continue
+            if (
+                len(conv.input) < 2
+                or conv.input[1] not in consts
+                or (len(conv.input) > 2 and conv.input[2] not in consts)
+            ):
+                continue
+            w = consts[conv.input[1]].astype(np.float64)
+            b = (
+                consts[conv.input[2]].astype(np.float64)
+                if len(conv.input) > 2 and conv.input[2]
+                else np.zeros(w.shape[0])
+            )
+            if node.op_type == "BatchNormalization":
+                if not all(name in consts for name in node.input[1:5]):
+                    continue
+                scale, bias, mean, var = (consts[n].astype(np.float64) for n in node.input[1:5])
+                eps = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-5)
+                factor = scale / np.sqrt(var + eps)
+                w_new, b_new = w * factor.reshape(-1, *([1] * (w.ndim - 1))), (b - mean) * factor + bias
+            else:
+                other = node.input[1] if node.input[0] == pair[0] else node.input[0]
+                if other not in consts or consts[other].dtype.kind != "f":
+                    continue
+                vec = _channel_vector(consts[other].astype(np.float64), w.ndim, w.shape[0])
+                if vec is None:
+                    continue
+                if node.op_type == "Mul":
+                    w_new, b_new = w * vec.reshape(-1, *([1] * (w.ndim - 1))), b * vec
+                else:
+                    w_new, b_new = w, b + vec
+            base = conv.name or conv.output[0]
+            w_name, b_name = f"{base}_folded{folded}_w", f"{base}_folded{folded}_b"
+            g.initializer.extend(
+                [
+                    numpy_helper.from_array(np.asarray(w_new, np.float32), w_name),
+                    numpy_helper.from_array(np.asarray(b_new, np.float32), b_name),
+                ]
+            )
+            del conv.input[1:]
+            conv.input.extend([w_name, b_name])
+            conv.output[0] = node.output[0]
+            g.node.remove(node)
+            folded += 1
+            changed = True
+            break  # the maps above are stale now
     if folded:
-        used = {i for n in g.node for i in n.input}
-        keep = [i for i in g.initializer if i.name in used]
-        del g.initializer[:]
-        g.initializer.extend(keep)
+        _drop_unused(model)
     return folded
+
+
+def _drop_unused(model: Any) -> None:
+    """Remove initializers and ``Constant`` nodes nothing reads any more."""
+    g = model.graph
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    for n in list(g.node):
+        if n.op_type == "Constant" and n.output[0] not in used:
+            g.node.remove(n)
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+
+
+def fix_pad_mode(model: Any) -> int:
+    """Write ``mode="constant"`` on every ``Pad`` that leaves it implicit (in place; same semantics).
+
+    tf2onnx omits the attribute (constant is ONNX's default); pnnx then keeps a raw ``Pad`` layer that
+    ncnn cannot load, while an explicit constant mode becomes ncnn's ``Padding`` layer.
+
+    Returns:
+        The number of Pad nodes changed.
+    """
+    from onnx import helper
+
+    changed = 0
+    for n in model.graph.node:
+        if n.op_type == "Pad" and not any(a.name == "mode" for a in n.attribute):
+            n.attribute.append(helper.make_attribute("mode", "constant"))
+            changed += 1
+    return changed
 
 
 def to_onnx(source: Source, path: str | Path, example_input: npt.ArrayLike) -> tuple[Path, list[str]]:
@@ -198,7 +477,7 @@ def to_onnx(source: Source, path: str | Path, example_input: npt.ArrayLike) -> t
             if source.framework == "torch":
                 _torch_to_onnx(source.model, raw, example, notes)
             elif source.framework in ("keras", "tf_keras"):
-                _keras_to_onnx(source.model, raw, example)
+                _keras_to_onnx(source.model, source.framework, raw, example, notes)
             else:
                 shutil.copyfile(source.model, raw)
             model = onnx.load(str(raw))
@@ -207,9 +486,16 @@ def to_onnx(source: Source, path: str | Path, example_input: npt.ArrayLike) -> t
             Path(str(raw) + ".data").unlink(missing_ok=True)
         for node in model.graph.node:  # the torch exporter's per-node debug info (stack traces) is not needed
             del node.metadata_props[:]
-        n = fold_batchnorm(model)
+        pads = fix_pad_mode(model)
+        if pads:
+            log.debug("Pad: mode='constant' made explicit on %d node(s)", pads)
+        # torch QAT scales are learned on BatchNorm-folded kernels only; tf2onnx writes a Keras BatchNorm it
+        # could not merge as per-channel Mul/Add, which the Keras side folds too
+        n = fold_batchnorm(model, mul_add=source.framework in ("keras", "tf_keras"))
         if n:
-            notes.append(f"folded {n} BatchNormalization node(s) into the preceding Conv")
+            notes.append(
+                f"folded {n} BatchNorm node(s) (BatchNormalization, or per-channel Mul/Add) into the preceding Conv"
+            )
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, str(tmp), save_as_external_data=False)
     return target, notes

@@ -21,7 +21,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FRAMEWORKS", "Source", "as_numpy", "batch_input", "batches_to_numpy", "detect_framework"]
+__all__ = [
+    "FRAMEWORKS",
+    "Source",
+    "as_numpy",
+    "batch_input",
+    "batches_to_numpy",
+    "detect_framework",
+    "keras_backend",
+    "source_weights",
+]
 
 FRAMEWORKS = ("torch", "keras", "tf_keras", "onnx")
 
@@ -42,19 +51,88 @@ def detect_framework(model: Any) -> str:
         if not path.is_file():
             raise FileNotFoundError(f"model: ONNX file {str(path)!r} does not exist.")
         return "onnx"
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(model, torch.nn.Module):
-        return "torch"
+    # Keras first: on the torch backend every Keras 3 layer is also a torch.nn.Module
     for cls in type(model).__mro__:
         mod = cls.__module__ or ""
         if mod.startswith("tf_keras") or mod.startswith("keras.src.engine") or mod.startswith("keras.engine"):
             return "tf_keras"
         if mod.startswith("keras"):
             return "keras"
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        return "torch"
     raise ValueError(
         f"model: unsupported type {type(model).__module__}.{type(model).__qualname__}. Pass a torch.nn.Module, "
         "a Keras 3 model, a tf-keras model, or a path to an .onnx file."
     )
+
+
+def keras_backend(framework: str) -> str:
+    """The backend a model of ``framework`` runs on: Keras 3's configured backend, ``tensorflow`` for tf-keras."""
+    if framework != "keras":
+        return "tensorflow" if framework == "tf_keras" else framework
+    keras = sys.modules.get("keras")
+    if keras is not None and hasattr(keras, "backend") and hasattr(keras.backend, "backend"):
+        return str(keras.backend.backend())
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def _keras_layers(model: Any) -> list[Any]:
+    """Every layer of a Keras model, nested models and layers of subclassed models included, each once."""
+    seen: set[int] = set()
+    out: list[Any] = []
+    stack = list(reversed(getattr(model, "layers", [])))
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        out.append(layer)
+        stack.extend(reversed(getattr(layer, "layers", []) or []))
+    return out
+
+
+def source_weights(source: Source) -> dict[str, npt.NDArray[np.float32]]:
+    """Weights of the source's weighted layers, output channel first, keyed like a QuantSpec's layer names.
+
+    torch: module path → ``module.weight`` (Conv OIHW, Linear (out, in)). Keras: layer name → kernel
+    transposed to OIHW / (out, in); a depthwise kernel (kh, kw, C, m) becomes (C*m, 1, kh, kw) (Keras 3
+    ``DepthwiseConv2D.kernel``, tf-keras ``depthwise_kernel``); a ``SeparableConv2D`` gives its depthwise
+    kernel under its name and its pointwise kernel under ``<name>/pointwise``.
+    """
+    out: dict[str, npt.NDArray[np.float32]] = {}
+    if source.framework == "torch":
+        import torch
+
+        for name, mod in source.model.named_modules():
+            if isinstance(mod, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)):
+                out[name] = as_numpy(mod.weight)
+        return out
+    if source.framework not in ("keras", "tf_keras"):
+        return out
+
+    def depthwise(k: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return np.ascontiguousarray(k.transpose(2, 3, 0, 1).reshape(-1, 1, k.shape[0], k.shape[1]))
+
+    def dense_or_conv(k: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return np.ascontiguousarray(k.transpose(k.ndim - 1, k.ndim - 2, *range(k.ndim - 2)))
+
+    for layer in _keras_layers(source.model):
+        kind = type(layer).__name__
+        pointwise = getattr(layer, "pointwise_kernel", None)
+        dw = getattr(layer, "depthwise_kernel", None)
+        if dw is None and "Depthwise" in kind:
+            dw = getattr(layer, "kernel", None)
+        if dw is not None:
+            out[layer.name] = depthwise(as_numpy(dw))
+            if pointwise is not None:
+                out[f"{layer.name}/pointwise"] = dense_or_conv(as_numpy(pointwise))
+            continue
+        kernel = getattr(layer, "kernel", None) if not getattr(layer, "layers", None) else None
+        if kernel is None or not hasattr(kernel, "shape") or len(kernel.shape) < 2:
+            continue
+        out[layer.name] = dense_or_conv(as_numpy(kernel))
+    return out
 
 
 def as_numpy(x: Any) -> npt.NDArray[np.float32]:
