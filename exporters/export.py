@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 TARGETS = EXPORT_TARGETS
 
+#: targets converted from the shared ONNX (TFLite converts the Keras / torch model itself)
+_NEEDS_ONNX = ("onnx", "ncnn", "tensorrt")
+
 #: target → (module, function, the extra that provides its runtime)
 _TARGET_IMPL: dict[str, tuple[str, str, str]] = {
     "onnx": ("exporters.onnx_export", "export_onnx", "export"),
@@ -115,7 +118,14 @@ def prepare_job(
     example = _example(source, example_input, calib)
     probe_source(source, example)
     work = Path(workdir)
-    onnx_path, notes = to_onnx(source, work / "shared.onnx", example)
+    onnx_error: str | None = None
+    try:
+        onnx_path, notes = to_onnx(source, work / "shared.onnx", example)
+    except Exception as err:  # TFLite needs no ONNX: it still runs, the ONNX-based targets report this reason
+        if source.framework == "onnx":
+            raise
+        log.warning("the shared ONNX could not be built: %s", err)
+        onnx_path, notes, onnx_error = work / "shared.onnx", [], f"{type(err).__name__}: {err}"
     if samples is not None:
         x = as_numpy(samples)
     elif calib is not None:
@@ -136,7 +146,9 @@ def prepare_job(
         )
     )
     table: QuantTable | None = None
-    if precision == "int8":
+    if precision == "int8" and onnx_error is not None:  # no graph to map scales onto; TFLite calibrates itself
+        table = QuantTable([], quant_spec, "qat") if quant_spec is not None else None
+    elif precision == "int8":
         if quant_spec is not None:
             table = table_from_spec(onnx_path, quant_spec, source_weights(source))
         else:
@@ -162,6 +174,7 @@ def prepare_job(
         threads=threads,
         notes=notes,
         tflite_int8=tflite_int8,
+        onnx_error=onnx_error,
     )
 
 
@@ -272,6 +285,8 @@ def _export(
         for target in chosen:
             say(f"exporting {target} ({precision})")
             try:
+                if job.onnx_error is not None and target in _NEEDS_ONNX:
+                    raise RuntimeError(f"the shared ONNX this target starts from could not be built: {job.onnx_error}")
                 result = _target_fn(target)(job)
             except ImportError as err:
                 hint = (

@@ -47,6 +47,8 @@ class ExportJob:
         basename: artifact file stem.
         tflite_int8: an int8 TFLite conversion supplied by the caller (``(model, spec, representative NHWC)
             -> bytes``): the Keras QAT callback passes one that keeps its learned ranges.
+        onnx_error: why the shared ONNX could not be built (``onnx_path`` then does not exist); the
+            targets that start from it fail with this reason, TFLite still runs.
     """
 
     source: Source
@@ -64,6 +66,7 @@ class ExportJob:
     basename: str = "model"
     notes: list[str] = field(default_factory=list)
     tflite_int8: Callable[[Any, QuantSpec, npt.NDArray[np.float32]], bytes] | None = None
+    onnx_error: str | None = None
 
     def samples_nchw(self) -> npt.NDArray[np.float32]:
         """Verification inputs in NCHW (the ONNX / ncnn layout)."""

@@ -52,8 +52,10 @@ def test_failure_is_reported_and_weights_are_kept(
     cb = Export(targets=["onnx", "tflite"], directory=tmp_path)
     model.fit(digits_nhwc.x_train[:32], digits_nhwc.y_train[:32], epochs=1, verbose=0, callbacks=[cb])
     weights = [w.copy() for w in model.get_weights()]
-    assert cb.report is not None and [r.status for r in cb.report] == ["failed", "failed"]
+    # TFLite converts the Keras model itself: it is still written when the shared ONNX fails
+    assert cb.report is not None and [r.status for r in cb.report] == ["failed", "ok"]
     assert "tf2onnx exploded" in cb.report["onnx"].reason
+    assert (tmp_path / "model.tflite").is_file()
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights(), strict=True))
     assert not (tmp_path / "model.onnx").exists()
     assert model.predict(digits_nhwc.x_test[:4], verbose=0).shape == (4, 10)
