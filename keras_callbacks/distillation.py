@@ -218,7 +218,9 @@ class Distillation(keras.callbacks.Callback):
         ValueError: temperature <= 0, alpha outside [0, 1], an unknown loss, a negative feature_weight; in
             ``on_train_begin`` (before the first step): teacher and student outputs of different shapes, an
             unknown feature layer, feature shapes no adapter maps (different rank or spatial size; the message
-            names both layers and shapes), the teacher being the student.
+            names both layers and shapes), the teacher being the student. A subclassed student or teacher (no
+            symbolic outputs) has its output shape checked on the first batch instead, before the first update;
+            feature distillation needs symbolic outputs on both.
 
     Example:
         >>> from keras_callbacks.reference import build_digits_classifier
@@ -266,6 +268,7 @@ class Distillation(keras.callbacks.Callback):
         #: the learned feature adapters, ``{student layer: FeatureAdapter}`` (kept after fit for inspection)
         self.adapters: dict[str, FeatureAdapter] = {}
         self._adapter_specs: dict[str, tuple[str, int, int, int]] = {}
+        self._check_on_first_batch = False
         self._trackers: _LossTrackers | None = None
 
     # -- checks --------------------------------------------------------------------------------------
@@ -288,11 +291,23 @@ class Distillation(keras.callbacks.Callback):
         outputs = getattr(model, "outputs", None)
         if not outputs:
             raise ValueError(
-                f"Distillation(teacher=...): the {who} ({type(model).__name__}) has no symbolic outputs, so its "
-                "output shape cannot be checked before training. HINT: use a Functional or Sequential model, "
-                "or build it with an Input."
+                f"Distillation(features=...): the {who} ({type(model).__name__}) has no symbolic outputs, so its "
+                "intermediate layers cannot be read. HINT: use a Functional or Sequential model for feature "
+                "distillation, or distil the outputs only (features=None)."
             )
         return outputs[0]
+
+    def _check_outputs(self, student: Any, teacher: Any) -> None:
+        """Raise when the student's and the teacher's outputs (after ``output_fn``) differ in shape."""
+        s_shape, t_shape = _shape(student), _shape(teacher)
+        if len(s_shape) != len(t_shape) or any(
+            a is not None and b is not None and a != b for a, b in zip(s_shape[1:], t_shape[1:], strict=False)
+        ):
+            raise ValueError(
+                f"Distillation(teacher=...): the teacher's output shape {t_shape} differs from the "
+                f"student's {s_shape}. HINT: distil a teacher with the same output (the same classes), "
+                "or pass output_fn=... selecting comparable logits."
+            )
 
     def _layer(self, model: Any, name: str, who: str) -> Any:
         names = [layer.name for layer in model._flatten_layers(include_self=False)]
@@ -305,14 +320,16 @@ class Distillation(keras.callbacks.Callback):
                 "Distillation(teacher=...): the teacher is the model being trained. HINT: pass a separate, "
                 "trained teacher model."
             )
-        student_out = self._output_tensor(model, "student")
-        teacher_out = self._output_tensor(teacher, "teacher")
-        if _shape(student_out)[1:] != _shape(teacher_out)[1:]:
-            raise ValueError(
-                f"Distillation(teacher=...): the teacher's output shape {_shape(teacher_out)} differs from the "
-                f"student's {_shape(student_out)}. HINT: distil a teacher with the same output (the same classes), "
-                "or pass output_fn=... selecting comparable logits."
-            )
+        symbolic = bool(getattr(model, "outputs", None)) and bool(getattr(teacher, "outputs", None))
+        # a subclassed student or teacher has no symbolic output: its shape is checked on the first batch
+        # (when the train step is traced or first run), before the first optimizer update
+        self._check_on_first_batch = not symbolic
+        if symbolic:
+            if _shape(model.outputs[0])[1:] != _shape(teacher.outputs[0])[1:]:
+                self._check_outputs(model.outputs[0], teacher.outputs[0])
+        elif self.settings.features:
+            self._output_tensor(model, "student")
+            self._output_tensor(teacher, "teacher")
         self._student_view = self._teacher_view = None
         self._adapter_specs = {}
         features = self.settings.features or {}
@@ -430,6 +447,9 @@ class Distillation(keras.callbacks.Callback):
         else:
             teacher_logits = ops.stop_gradient(self.output_fn(self._teacher(teacher_in, training=False)))
         student_logits = self.output_fn(y_pred)
+        if self._check_on_first_batch:
+            self._check_outputs(student_logits, teacher_logits)
+            self._check_on_first_batch = False
         trackers = self._trackers
         total = ops.zeros((), dtype="float32")
         task = ops.cast(task_loss, "float32")

@@ -70,7 +70,7 @@ class _Subclassed(keras.Model):
     """A user's subclassed model: layers in ``__init__``, a residual and a squeeze-excitation in ``call``."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(name="user_subclassed")  # the class name gives "__subclassed", not a valid TF scope name
         self.stem = keras.layers.Conv2D(16, 3, padding="same", activation="relu")
         self.conv = keras.layers.Conv2D(16, 3, padding="same")
         self.bn = keras.layers.BatchNormalization()
