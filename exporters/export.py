@@ -41,10 +41,10 @@ _NEEDS_ONNX = ("onnx", "ncnn", "tensorrt")
 
 #: target → (module, function, the extra that provides its runtime)
 _TARGET_IMPL: dict[str, tuple[str, str, str]] = {
-    "onnx": ("exporters.onnx_export", "export_onnx", "export"),
-    "ncnn": ("exporters.ncnn", "export_ncnn", "export"),
-    "tflite": ("exporters.tflite", "export_tflite", "export"),
-    "tensorrt": ("exporters.tensorrt", "export_tensorrt", "export"),
+    "onnx": ("exporters.onnx_export", "export_onnx", "onnx"),
+    "ncnn": ("exporters.ncnn", "export_ncnn", "ncnn"),
+    "tflite": ("exporters.tflite", "export_tflite", "tflite"),
+    "tensorrt": ("exporters.tensorrt", "export_tensorrt", "tensorrt"),
 }
 
 #: how many verification samples are compared at most
@@ -291,7 +291,7 @@ def _export(
             except ImportError as err:
                 hint = (
                     ""
-                    if (err.name or "").startswith("exporters")
+                    if (err.name or "").startswith("exporters") or "pip install" in str(err)
                     else f". Install it with: pip install 'fitslim[{_TARGET_IMPL[target][2]}]'"
                 )
                 result = TargetResult(target, precision, status="failed", reason=f"{err}{hint}")

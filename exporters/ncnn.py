@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 #: precision → artifact suffix (before ``.param`` / ``.bin``)
 PRECISION_SUFFIX = {"fp32": ".ncnn", "fp16": ".fp16.ncnn", "int8": ".int8.ncnn"}
 
-_INSTALL_HINT = "pip install 'fitslim[export]'"
+_INSTALL_HINT = "pip install 'fitslim[ncnn]'"
 
 #: seconds pnnx may take on one model
 PNNX_TIMEOUT_S = 900

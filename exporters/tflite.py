@@ -88,7 +88,7 @@ def _interpreter_class() -> Any:
         return importlib.import_module("ai_edge_litert.interpreter").Interpreter
     except ImportError as err:
         raise ImportError(
-            f"target tflite: verifying needs the LiteRT interpreter ({err}): pip install 'fitslim[export]'",
+            f"target tflite: verifying needs the LiteRT interpreter ({err}): pip install 'fitslim[tflite]'",
             name=__name__,  # the orchestrator adds no install hint of its own to a message from exporters.*
         ) from err
 

@@ -8,11 +8,15 @@ tf-keras models wrapped by tfmot. After ``fit`` with ``QuantizationAware`` the m
 
 from __future__ import annotations
 
-from keras_callbacks.distillation import Distillation, FeatureAdapter
-from keras_callbacks.export import Export
-from keras_callbacks.pruning import Pruning
-from keras_callbacks.quantization import QuantizationAware, float_model, load_model
-from keras_callbacks.recipe import from_recipe
+from fitslim.extras import require
+
+require("keras_callbacks", {"keras": "Keras 3"}, "keras")  # before the submodules, which import it
+
+from keras_callbacks.distillation import Distillation, FeatureAdapter  # noqa: E402
+from keras_callbacks.export import Export  # noqa: E402
+from keras_callbacks.pruning import Pruning  # noqa: E402
+from keras_callbacks.quantization import QuantizationAware, float_model, load_model  # noqa: E402
+from keras_callbacks.recipe import from_recipe  # noqa: E402
 
 __all__ = [
     "Distillation",

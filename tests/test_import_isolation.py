@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,97 @@ def test_keras_callbacks_import_no_torch() -> None:
     )
     assert "keras" in loaded
     assert "torch" not in loaded and "lightning" not in loaded
+
+
+# ----------------------------------------------------------------------------- a missing extra, simulated
+
+BLOCKER = '''
+import os, sys
+_blocked = set(filter(None, os.environ.get("FITSLIM_TEST_BLOCK", "").split(",")))
+class _Blocker:
+    """Acts as if the blocked top-level packages were not installed."""
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in _blocked:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _Blocker())
+'''
+
+
+def _run_without(blocked: str, code: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (or ``python -m`` args when code is empty) in a fresh interpreter where ``blocked`` is absent."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    root = str(Path(__file__).resolve().parents[1])
+    env.update(PYTHONPATH=os.pathsep.join([str(site), root]), FITSLIM_TEST_BLOCK=blocked, TF_CPP_MIN_LOG_LEVEL="2")
+    argv = [sys.executable, "-c", code] if code else [sys.executable, *args]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+
+def test_the_blocker_blocks(tmp_path: Path) -> None:
+    proc = _run_without("json", "import json", tmp_path)
+    assert proc.returncode != 0 and "No module named 'json'" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("blocked", "statement", "message"),
+    [
+        ("torch", "import lightning_plugins", "lightning_plugins needs torch"),
+        ("lightning,pytorch_lightning", "from lightning_plugins.reference import DigitsClassifier", "needs Lightning"),
+        ("keras", "import keras_callbacks", "keras_callbacks needs Keras 3"),
+        ("keras", "from keras_callbacks.reference import build_digits_classifier", "keras_callbacks needs Keras 3"),
+        ("torch", "from fitslim.models import torch_model; torch_model('digits_cnn')", "needs torch"),
+    ],
+)
+def test_a_missing_framework_names_the_extra(blocked: str, statement: str, message: str, tmp_path: Path) -> None:
+    proc = _run_without(blocked, statement, tmp_path)
+    last = proc.stderr.strip().splitlines()[-1]
+    extra = "keras" if "keras" in statement else "lightning"
+    assert proc.returncode != 0 and message in last and f"pip install 'fitslim[{extra}]'" in last, proc.stderr[-2000:]
+
+
+EXPORT_WITHOUT = """
+import numpy as np
+from exporters import export
+from tests.test_bad_inputs import _tiny_onnx
+from pathlib import Path
+model = str(_tiny_onnx(Path("tiny.onnx")))
+report = export(model, {targets!r}, example_input=np.zeros((1, 1, 8, 8), np.float32), directory="out")
+for r in report:
+    print("ROW", r.target, r.status, r.reason)
+"""
+
+
+@pytest.mark.parametrize(
+    ("blocked", "target", "extra"),
+    [("pnnx", "ncnn", "ncnn"), ("ncnn", "ncnn", "ncnn")],
+)
+def test_an_export_target_without_its_runtime_names_the_extra(
+    blocked: str, target: str, extra: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    proc = _run_without(blocked, EXPORT_WITHOUT.format(targets=[target]), tmp_path)
+    rows = [line.split(" ", 3) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
+    assert proc.returncode == 0 and rows, proc.stderr[-2000:]
+    assert rows[0][1:3] == [target, "failed"] and f"pip install 'fitslim[{extra}]'" in rows[0][3], rows
+
+
+def test_demo_skips_a_framework_that_is_not_installed(tmp_path: Path) -> None:
+    code = (
+        "from fitslim.app.cli import installed_frameworks\n"
+        "print(installed_frameworks(None))\n"
+        "print(installed_frameworks(['keras']))"
+    )
+    proc = _run_without("keras,tensorflow", code, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    both, keras_only = proc.stdout.strip().splitlines()[-2:]
+    assert both.startswith("(['lightning'], {'keras': ") and "pip install 'fitslim[keras]'" in both, both
+    assert keras_only.startswith("([], {'keras'"), keras_only
+    # with no framework at all, the demo refuses at once (exit 2) and names both extras
+    proc = _run_without("keras,tensorflow,torch", "", tmp_path, "-m", "fitslim.app.cli", "demo", "--output", "d")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "skipping lightning: torch" in proc.stderr and "skipping keras: keras, tensorflow" in proc.stderr
+    assert "pip install 'fitslim[lightning]' or 'fitslim[keras]'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "d").exists()
