@@ -260,6 +260,12 @@ def export_ncnn(job: ExportJob) -> TargetResult:
         raise ValueError(f"precision: ncnn writes {list(PRECISION_SUFFIX)}; got {job.precision!r}.")
     if job.precision == "int8" and job.quant is None:
         raise ValueError("precision 'int8' needs int8 scales (job.quant); pass calibration batches or a quant_spec.")
+    if isinstance(job.samples, tuple):
+        dtypes = ", ".join(str(a.dtype) for a in job.samples)
+        raise ValueError(
+            f"ncnn: this model takes {len(job.samples)} inputs ({dtypes}); fitslim's ncnn target feeds one float32 "
+            "tensor and ncnn has no int64 token-id input. Export it to 'onnx', 'tensorrt' or 'tflite' instead."
+        )
     _ncnn()  # fail before converting when the runtime is missing
     job.workdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="ncnn-", dir=job.workdir))

@@ -53,6 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from exporters.quant import WEIGHTED_OPS, QuantizedNode, QuantTable, activation_values
+from exporters.runtimes import as_inputs, input_count
 from fitslim.int8 import absmax_scale, quantize
 
 if TYPE_CHECKING:
@@ -254,7 +255,7 @@ def _weight_axis(node: Any, ndim: int) -> int:
 
 
 def _activation_absmax(
-    model: Any, names: Sequence[str], data: npt.NDArray[np.float32], batch: int = 32
+    model: Any, names: Sequence[str], data: Any, batch: int = 32
 ) -> dict[str, float]:
     """Largest ``|value|`` of each named tensor of the fp32 graph over ``data`` (onnxruntime)."""
     values = activation_values(model, list(names), data, batch)
@@ -332,13 +333,19 @@ def residual_add_scales(
                     )
                 )
     if pending:
-        data = np.ascontiguousarray(np.asarray(calibration, dtype=np.float32))
+        data = as_inputs(calibration)
         ranges = _activation_absmax(onnx_model, sorted({p[2] for p in pending}), data)
         for name, index, tensor, role in pending:
             scale = float(absmax_scale(np.float32(ranges[tensor])))
             chosen.append(
                 ResidualInput(
-                    name, index, tensor, role, scale, f"absmax over {len(data)} calibration inputs", "calibration"
+                    name,
+                    index,
+                    tensor,
+                    role,
+                    scale,
+                    f"absmax over {input_count(data)} calibration inputs",
+                    "calibration",
                 )
             )
     chosen.sort(key=lambda r: (r.add, r.index))

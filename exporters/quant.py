@@ -231,12 +231,15 @@ def table_from_spec(
     return QuantTable(out, spec, "qat")
 
 
-def activation_values(
-    model: Any, names: list[str], data: npt.NDArray[np.float32], batch: int = 32
-) -> dict[str, list[Any]]:
-    """``|value|`` of each named tensor of an ONNX graph over ``data`` (onnxruntime), flattened per batch."""
+def activation_values(model: Any, names: list[str], data: Any, batch: int = 32) -> dict[str, list[Any]]:
+    """``|value|`` of each named tensor of an ONNX graph over ``data`` (onnxruntime), flattened per batch.
+
+    ``data`` is one array, or a tuple with one array per graph input (token ids, masks).
+    """
     import onnx
     import onnxruntime as ort
+
+    from exporters.runtimes import input_count, ort_feed, take
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -247,11 +250,10 @@ def activation_values(
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    feed = sess.get_inputs()[0].name
     out_names = [o.name for o in sess.get_outputs()]
     seen: dict[str, list[Any]] = {n: [] for n in names}
-    for i in range(0, len(data), batch):
-        outs = sess.run(out_names, {feed: data[i : i + batch]})
+    for i in range(0, input_count(data), batch):
+        outs = sess.run(out_names, ort_feed(sess, take(data, i, i + batch)))
         for name, value in zip(out_names, outs, strict=True):
             if name in seen:
                 seen[name].append(np.abs(np.asarray(value, dtype=np.float32)).ravel())
@@ -279,8 +281,10 @@ def calibrate(
     """
     if method not in ("absmax", "percentile"):
         raise ValueError(f"method must be 'absmax' or 'percentile'; got {method!r}.")
-    x = np.ascontiguousarray(np.asarray(data, dtype=np.float32))
-    if x.ndim == 0 or len(x) == 0:
+    from exporters.runtimes import as_inputs, input_count
+
+    x = as_inputs(data)
+    if (not isinstance(x, tuple) and x.ndim == 0) or input_count(x) == 0:
         raise ValueError("calibration data is empty; pass a few hundred real inputs.")
     model = _load(onnx_model)
     nodes = weighted_nodes(model)
@@ -296,7 +300,7 @@ def calibrate(
         layers.append(LayerQuant(n.node, n.kind, n.weight.shape, s_w.tolist(), float(s_in), groups=n.groups))
         out.append(QuantizedNode(n, s_w, float(s_in), n.node))
     spec = QuantSpec(
-        layers, source="calibration", framework="onnx", metadata={"samples": int(len(x)), "method": method}
+        layers, source="calibration", framework="onnx", metadata={"samples": input_count(x), "method": method}
     )
-    log.info("calibrated %d layers on %d samples (%s)", len(out), len(x), method)
+    log.info("calibrated %d layers on %d samples (%s)", len(out), input_count(x), method)
     return QuantTable(out, spec, "calibration")

@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,98 @@ import numpy.typing as npt
 from exporters.report import ExportReport, TargetResult
 from exporters.verify import nchw_to_nhwc
 
-__all__ = ["Runner", "accuracy", "predict", "runner"]
+__all__ = [
+    "Inputs",
+    "Runner",
+    "accuracy",
+    "as_inputs",
+    "concat_inputs",
+    "input_count",
+    "is_multi",
+    "ort_feed",
+    "predict",
+    "runner",
+    "take",
+]
+
+#: a model's inputs, batch first: one array, or a tuple of arrays with their own dtypes (token ids and
+#: masks stay int64); a dict's values are taken in order
+Inputs = Any
 
 #: an artifact loaded in its runtime: batch of inputs -> ``(N, outputs)``
 Runner = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
+
+
+def _array(a: Any) -> npt.NDArray[Any]:
+    if hasattr(a, "detach") and hasattr(a, "cpu"):  # torch
+        a = a.detach().cpu().numpy()
+    elif hasattr(a, "numpy") and not isinstance(a, np.ndarray):  # tf
+        a = a.numpy()
+    arr = np.asarray(a)
+    # integers (token ids, masks) and booleans keep their dtype; everything else is float32
+    return np.ascontiguousarray(arr if arr.dtype.kind in "iub" else arr.astype(np.float32))
+
+
+def is_multi(x: Any) -> bool:
+    """True for several inputs: a tuple or dict of arrays (a list stays a list of batches or numbers)."""
+    if isinstance(x, Mapping):
+        return True
+    return isinstance(x, tuple) and len(x) > 0 and all(hasattr(a, "shape") for a in x)
+
+
+def as_inputs(x: Any) -> Inputs:
+    """One float32 array, or (several inputs) a tuple of arrays, each keeping an integer or bool dtype.
+
+    Raises:
+        ValueError: several inputs with different batch sizes.
+    """
+    if not is_multi(x):
+        return _array(x)
+    arrays = tuple(_array(a) for a in (x.values() if isinstance(x, Mapping) else x))
+    batches = {len(a) if a.ndim else 1 for a in arrays}
+    if len(batches) > 1:
+        raise ValueError(
+            f"example_input: the inputs have different batch sizes {[len(a) for a in arrays]}; give every input "
+            "the same number of samples (batch first)."
+        )
+    return arrays if len(arrays) > 1 else arrays[0]
+
+
+def input_count(x: Inputs) -> int:
+    """How many samples ``x`` holds."""
+    return len(x[0]) if isinstance(x, tuple) else len(x)
+
+
+def take(x: Inputs, start: int, stop: int) -> Inputs:
+    """Samples ``start:stop`` of every input."""
+    return tuple(a[start:stop] for a in x) if isinstance(x, tuple) else x[start:stop]
+
+
+def concat_inputs(parts: list[Inputs]) -> Inputs:
+    """Concatenate input batches along the batch axis."""
+    if parts and isinstance(parts[0], tuple):
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
+    return np.concatenate(parts)
+
+
+def ort_feed(session: Any, x: Inputs) -> dict[str, Any]:
+    """The onnxruntime feed for ``x``: its arrays in the order of the session's inputs, cast to their types.
+
+    Raises:
+        ValueError: the number of arrays differs from the model's inputs.
+    """
+    inputs = session.get_inputs()
+    arrays = x if isinstance(x, tuple) else (x,)
+    if len(arrays) != len(inputs):
+        raise ValueError(
+            f"the ONNX model takes {len(inputs)} input(s) {[i.name for i in inputs]}; got {len(arrays)} array(s). "
+            "Pass a tuple with one array per input."
+        )
+    types = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+    return {
+        i.name: np.ascontiguousarray(a, dtype=types.get(i.type, np.float32))
+        for i, a in zip(inputs, arrays, strict=True)
+    }
 
 
 def _row(report: ExportReport, target: str) -> TargetResult:
@@ -53,10 +141,12 @@ def _onnx(path: Path, threads: int, batch: int) -> Runner:
     from exporters.onnx_export import ort_session
 
     sess = ort_session(path, threads)
-    name = sess.get_inputs()[0].name
 
-    def run(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        outs = [np.asarray(sess.run(None, {name: x[i : i + batch]})[0], np.float32) for i in range(0, len(x), batch)]
+    def run(x: Inputs) -> npt.NDArray[np.float32]:
+        outs = [
+            np.asarray(sess.run(None, ort_feed(sess, take(x, i, i + batch)))[0], np.float32)
+            for i in range(0, input_count(x), batch)
+        ]
         return np.concatenate(outs)
 
     return run

@@ -19,7 +19,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +31,7 @@ from exporters.onnx_export import ort_session
 from exporters.qdq import lint_qdq, qdq_counts, residual_add_scales, to_qdq
 from exporters.quant import QuantTable
 from exporters.report import TargetResult
+from exporters.runtimes import ort_feed, take
 from exporters.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
 
@@ -72,23 +75,40 @@ def tensorrt_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _input_spec(onnx_path: Path) -> tuple[str, list[int | None]]:
-    """The ONNX graph input's name and dims (None for a symbolic dimension)."""
+def _inputs_spec(onnx_path: Path) -> list[tuple[str, list[int | None]]]:
+    """Every ONNX graph input's name and dims (None for a symbolic dimension)."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
-    inp = next(i for i in model.graph.input if i.name not in inits)
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
-    return inp.name, dims
+    return [
+        (i.name, [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim])
+        for i in model.graph.input
+        if i.name not in inits
+    ]
 
 
-def _shape_flags(name: str, dims: list[int | None], input_shape: tuple[int, ...], max_batch: int) -> str:
+def _input_spec(onnx_path: Path) -> tuple[str, list[int | None]]:
+    """The first ONNX graph input's name and dims (None for a symbolic dimension)."""
+    return _inputs_spec(onnx_path)[0]
+
+
+def _shape_flags(
+    name: str,
+    dims: list[int | None],
+    input_shape: tuple[int, ...],
+    max_batch: int,
+    more_inputs: Sequence[tuple[str, list[int | None]]] = (),
+) -> str:
     if not dims or dims[0] is not None:
         return ""
-    rest = "x".join(str(int(d)) for d in input_shape[1:])
-    one, big = f"1x{rest}", f"{max_batch}x{rest}"
-    return f" --minShapes={name}:{one} --optShapes={name}:{one} --maxShapes={name}:{big}"
+    rests = [(name, "x".join(str(int(d)) for d in input_shape[1:]))]
+    rests += [(n, "x".join(str(int(d or 1)) for d in ds[1:])) for n, ds in more_inputs]
+
+    def shapes(batch: int) -> str:
+        return ",".join(f"{n}:{batch}x{r}" if r else f"{n}:{batch}" for n, r in rests)
+
+    return f" --minShapes={shapes(1)} --optShapes={shapes(1)} --maxShapes={shapes(max_batch)}"
 
 
 def trtexec_command(
@@ -99,6 +119,7 @@ def trtexec_command(
     input_shape: tuple[int, ...],
     engine_name: str,
     max_batch: int = ENGINE_MAX_BATCH,
+    more_inputs: Sequence[tuple[str, list[int | None]]] = (),
 ) -> str:
     """The ``trtexec`` command(s) that build the engine of ``onnx_name`` on the target.
 
@@ -108,7 +129,7 @@ def trtexec_command(
     really computes in fp32. fp16 needs ``--fp16`` on 10.x; 11.x builds only strongly typed networks,
     so the graph is converted to fp16 first with ModelOpt AutoCast.
     """
-    shapes = _shape_flags(input_name, dims, input_shape, max_batch)
+    shapes = _shape_flags(input_name, dims, input_shape, max_batch, more_inputs)
     if precision == "int8":
         return f"trtexec --onnx={onnx_name} --stronglyTyped{shapes} --saveEngine={engine_name}"
     if precision == "fp32":
@@ -159,11 +180,12 @@ def build_engine(
         config.set_flag(fp16)
     elif precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32, not TF32 tensor cores
-    inp = network.get_input(0)
-    if any(int(d) < 0 for d in inp.shape):
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    if any(int(d) < 0 for inp in inputs for d in inp.shape):
         profile = builder.create_optimization_profile()
-        rest = tuple(int(d) for d in input_shape[1:])
-        profile.set_shape(inp.name, (1, *rest), (1, *rest), (max_batch, *rest))
+        for i, inp in enumerate(inputs):  # the batch axis is dynamic, the others are fixed by the export
+            rest = tuple(int(d) for d in input_shape[1:]) if i == 0 else tuple(max(int(d), 1) for d in inp.shape[1:])
+            profile.set_shape(inp.name, (1, *rest), (1, *rest), (max_batch, *rest))
         config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -194,11 +216,12 @@ class EngineRunner:
             raise RuntimeError("TensorRT could not deserialize the engine.")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.input = self.inputs[0]
         self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
 
-    def __call__(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """The engine's output for ``x`` (NCHW float32).
+    def __call__(self, x: Any) -> npt.NDArray[np.float32]:
+        """The engine's output for ``x`` (NCHW float32, or a tuple with one array per engine input).
 
         Raises:
             RuntimeError: an execution fails.
@@ -206,13 +229,18 @@ class EngineRunner:
         torch, trt = self._torch, self._trt
         stream = torch.cuda.current_stream()
         out_type = trt.nptype(self.engine.get_tensor_dtype(self.output))
+        arrays = x if isinstance(x, tuple) else (x,)
         chunks = []
-        for start in range(0, len(x), self.max_batch):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + self.max_batch], dtype=np.float32)).cuda()
-            self.context.set_input_shape(self.input, tuple(xb.shape))
+        for start in range(0, len(arrays[0]), self.max_batch):
+            buffers = []  # the input buffers stay alive until the run is done
+            for name, a in zip(self.inputs, arrays, strict=True):
+                dtype = trt.nptype(self.engine.get_tensor_dtype(name))
+                xb = torch.from_numpy(np.ascontiguousarray(a[start : start + self.max_batch], dtype=dtype)).cuda()
+                self.context.set_input_shape(name, tuple(xb.shape))
+                self.context.set_tensor_address(name, xb.data_ptr())
+                buffers.append(xb)
             shape = tuple(self.context.get_tensor_shape(self.output))
             yb = torch.from_numpy(np.empty(shape, dtype=out_type)).cuda()
-            self.context.set_tensor_address(self.input, xb.data_ptr())
             self.context.set_tensor_address(self.output, yb.data_ptr())
             if not self.context.execute_async_v3(stream.cuda_stream):
                 raise RuntimeError("TensorRT engine execution failed.")
@@ -291,10 +319,9 @@ def export_tensorrt(job: ExportJob) -> TargetResult:
     x = job.samples_nchw()
     if job.verify:
         sess = ort_session(final, job.threads)
-        name = sess.get_inputs()[0].name
-        fill_agreement(result, compare(job.reference, np.asarray(sess.run(None, {name: x})[0])))
-        one = x[:1]
-        result.latency_ms = median_latency_ms(lambda: sess.run(None, {name: one}))
+        fill_agreement(result, compare(job.reference, np.asarray(sess.run(None, ort_feed(sess, x))[0])))
+        one = ort_feed(sess, take(x, 0, 1))
+        result.latency_ms = median_latency_ms(lambda: sess.run(None, one))
         result.threads = job.threads
     engine_ran = _engine(job, final, result, x)
     if job.verify and job.precision == "int8" and not engine_ran:
@@ -312,8 +339,10 @@ def _engine(job: ExportJob, onnx_file: Path, result: TargetResult, x: npt.NDArra
         True when the engine ran and the result's errors and latency are the engine's.
     """
     engine_file = job.artifact(f".{job.precision}.engine")
-    input_name, dims = _input_spec(onnx_file)
-    cmd = trtexec_command(job.precision, onnx_file.name, input_name, dims, job.input_shape, engine_file.name)
+    (input_name, dims), *more = _inputs_spec(onnx_file)
+    cmd = trtexec_command(
+        job.precision, onnx_file.name, input_name, dims, job.input_shape, engine_file.name, more_inputs=more
+    )
     ok, why = tensorrt_available()
     if not ok:
         result.notes.append(
@@ -342,7 +371,7 @@ def _engine(job: ExportJob, onnx_file: Path, result: TargetResult, x: npt.NDArra
     runner = EngineRunner(data)
     fill_agreement(result, compare(job.reference, runner(x)))
     result.notes.append(f"onnxruntime on {onnx_file.name}: max abs error {onnx_err}, top-1 agreement {onnx_top1}")
-    one = x[:1]
-    result.latency_ms = median_latency_ms(lambda: runner(one))
+    first = take(x, 0, 1)
+    result.latency_ms = median_latency_ms(lambda: runner(first))
     result.notes.append("engine latency includes the host-to-device and device-to-host copies")
     return True

@@ -82,6 +82,18 @@ def test_int8_within_bounds_is_ok_and_fp32_bound_is_strict() -> None:
     assert fp32.status == "mismatch" and "max relative error" in fp32.reason
 
 
+def test_int8_spread_bound_replaces_top1_when_no_sample_is_decisive() -> None:
+    rng = np.random.default_rng(4)
+    ref = rng.standard_normal((64, 1, 6, 6)).astype(np.float32)  # a feature map: no top-1 to judge
+    noisy = ref + 0.3 * ref.std() * rng.standard_normal(ref.shape).astype(np.float32)
+    a = compare(ref, noisy)
+    assert a.top1_agreement is None and 0.25 < a.spread_error < 0.35
+    assert "exceeds the bound 0.2" in judge(a, "int8")
+    logits = _logits(n=100)  # clear winners: the top-1 rule decides, the spread bound is the garble check
+    b = compare(logits, logits + 0.1 * logits.std() * rng.standard_normal(logits.shape).astype(np.float32))
+    assert b.decisive >= 10 and b.decisive_top1 == 1.0 and judge(b, "int8") == ""
+
+
 def test_report_is_not_ok_with_a_mismatch_and_round_trips(tmp_path: Path) -> None:
     ref = _logits()
     rows = [_row("fp32", ref, ref), _row("fp32", ref[:, ::-1].copy(), ref)]

@@ -1,0 +1,110 @@
+"""Every torch zoo model exported to every target: it verifies within its precision's bounds, or the cell
+is a known limit whose message names the op or layer and what to do.
+
+CI runs :data:`CI_CELLS` (fp32 and int8 of a few small cases); ``make zoo`` (``FITSLIM_ZOO=full``) runs
+every case at fp32, fp16 and int8 and records one support-table cell per target and precision.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.zoo import full_zoo
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from exporters import export  # noqa: E402
+from exporters.report import TargetResult  # noqa: E402
+from tests.zoo.torch_zoo import CASES  # noqa: E402
+
+pytestmark = [pytest.mark.zoo, pytest.mark.slow]
+
+TARGETS = ("onnx", "ncnn", "tflite", "tensorrt")
+#: the onnx target is always fp32 (the float reference); the other precisions are the other targets
+QUANT_TARGETS = ("ncnn", "tflite", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+#: the cells CI runs (case, precision) -> targets; one case per kind of graph, inside the CI time budget
+CI_CELLS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("user_se", "fp32"): TARGETS,
+    ("user_se", "int8"): ("ncnn", "tflite", "tensorrt"),
+    ("hf_resnet", "int8"): ("ncnn", "tensorrt"),
+    ("user_attention", "fp32"): ("onnx", "ncnn", "tensorrt"),
+    ("user_attention", "int8"): ("ncnn", "tensorrt"),
+    ("hf_bert", "fp32"): TARGETS,
+    ("hf_bert", "int8"): ("tensorrt",),
+}
+
+#: known limits: (case, target, precision) -> (status, pattern the reason must match). Every other cell must
+#: be ``ok``. A ``failed`` reason names the op or layer and what to do.
+EXPECTED: dict[tuple[str, str, str], tuple[str, str]] = {}
+
+#: verification inputs: int8 calibrates on one draw and verifies on another
+SAMPLES = {"fp32": 16, "fp16": 16, "int8": 64}
+
+
+def _cells() -> list[Any]:
+    if full_zoo():
+        return [
+            pytest.param(c, p, TARGETS if p == "fp32" else QUANT_TARGETS, id=f"{c}-{p}")
+            for c in CASES
+            for p in PRECISIONS
+        ]
+    return [pytest.param(c, p, t, id=f"{c}-{p}") for (c, p), t in CI_CELLS.items()]
+
+
+def _first(x: Any) -> Any:
+    return tuple(a[:1] for a in x) if isinstance(x, tuple) else x[:1]
+
+
+def _detail(row: TargetResult) -> str:
+    if row.status != "ok":
+        return row.reason.splitlines()[0] if row.reason else row.status
+    if row.precision == "int8" and row.top1_agreement is not None:
+        return f"top-1 {row.top1_agreement * 100:.0f}%, spread err {row.spread_error or 0:.2f}"
+    return f"rel err {row.max_rel_error or 0:.0e}"
+
+
+@pytest.mark.parametrize(("name", "precision", "targets"), _cells())
+def test_torch_zoo_export(
+    name: str, precision: str, targets: tuple[str, ...], tmp_path: Path, zoo_record: Callable[..., None]
+) -> None:
+    case = CASES[name]
+    model = case.build()
+    n = SAMPLES[precision]
+    samples = case.inputs(n, 2)
+    calibration = case.inputs(n, 1) if precision == "int8" else None
+    report = export(
+        model,
+        list(targets),
+        example_input=_first(samples),
+        calibration=calibration,
+        samples=samples,
+        precision=precision,
+        directory=tmp_path,
+    )
+    problems = []
+    for row in report:
+        zoo_record("torch", name, f"{row.target} {precision}", row.status, _detail(row))
+        expected = EXPECTED.get((name, row.target, precision))
+        if expected is None:
+            if not row.ok:
+                problems.append(f"{row.target} {precision}: {row.status}: {row.reason}")
+            continue
+        status, pattern = expected
+        if row.status != status or not re.search(pattern, row.reason):
+            problems.append(f"{row.target} {precision}: expected {status} /{pattern}/, got {row.status}: {row.reason}")
+        if row.status == "mismatch":  # a mismatch keeps its artifact, named in the report
+            assert row.files and all((tmp_path / f).is_file() for f in row.files), row
+    assert not problems, "\n".join(problems)
+    # the rows that are ok really ran: finite outputs compared on every sample
+    for row in report:
+        if row.ok:
+            assert row.samples == n and row.max_abs_error is not None and np.isfinite(row.max_abs_error), row
