@@ -26,6 +26,7 @@ from exporters.checks import check_onnx_file, output_dir, probe_source
 from exporters.job import ExportJob
 from exporters.quant import QuantTable, calibrate, table_from_spec
 from exporters.report import ExportReport, TargetResult
+from exporters.runtimes import as_inputs, is_multi, take
 from exporters.source import Source, as_numpy, batches_to_numpy, source_weights
 from fitslim.quantspec import QuantSpec
 from fitslim.recipe import EXPORT_TARGETS, PRECISIONS
@@ -62,7 +63,11 @@ def _check_args(targets: Sequence[str], precision: str) -> list[str]:
     return list(dict.fromkeys(targets))
 
 
-def _example(source: Source, example_input: Any, calib: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32]:
+def _example(source: Source, example_input: Any, calib: Any) -> Any:
+    if is_multi(example_input):  # several inputs (token ids, masks): each keeps its dtype, batch first
+        return as_inputs(example_input)
+    if isinstance(calib, tuple):
+        return take(calib, 0, 1)
     if example_input is not None:
         x = as_numpy(example_input)
         declared = source.input_shape()
@@ -104,9 +109,11 @@ def prepare_job(
     source = Source.from_model(model)
     if source.framework == "onnx":
         check_onnx_file(source.model)
-    calib: npt.NDArray[np.float32] | None = None
+    calib: Any = None
     if calibration is not None:
-        if isinstance(calibration, np.ndarray):
+        if is_multi(example_input) and is_multi(calibration):
+            calib = take(as_inputs(calibration), 0, 1024)
+        elif isinstance(calibration, np.ndarray):
             calib = as_numpy(calibration)
         else:
             calib = batches_to_numpy(cast(Iterable[Any], calibration), limit=1024)
@@ -126,10 +133,13 @@ def prepare_job(
             raise
         log.warning("the shared ONNX could not be built: %s", err)
         onnx_path, notes, onnx_error = work / "shared.onnx", [], f"{type(err).__name__}: {err}"
+    multi = isinstance(example, tuple)
     if samples is not None:
-        x = as_numpy(samples)
+        x = as_inputs(samples)
     elif calib is not None:
-        x = calib[:MAX_SAMPLES]
+        x = take(calib, 0, MAX_SAMPLES)
+    elif multi:  # no way to draw random token ids: the example itself
+        x = example
     else:
         # random inputs over the example's value range, plus the example itself
         rng = np.random.default_rng(0)
@@ -139,11 +149,10 @@ def prepare_job(
         x = np.concatenate([example, rng.uniform(lo, hi, size=(7, *example.shape[1:])).astype(np.float32)])
     # a QAT model is compared with its fake-quant form (what the int8 artifacts should reproduce)
     reference = as_numpy(reference_fn(x)) if reference_fn is not None else source.predict(x)
+    first = example[0] if multi else example  # the input shape pnnx / trtexec see first
     shape = tuple(
         int(d)
-        for d in (
-            example.shape if source.layout == "NCHW" or example.ndim != 4 else example.transpose(0, 3, 1, 2).shape
-        )
+        for d in (first.shape if source.layout == "NCHW" or first.ndim != 4 else first.transpose(0, 3, 1, 2).shape)
     )
     table: QuantTable | None = None
     if precision == "int8" and onnx_error is not None:  # no graph to map scales onto; TFLite calibrates itself
@@ -155,7 +164,7 @@ def prepare_job(
             assert calib is not None
             nchw = (
                 calib
-                if source.layout == "NCHW" or calib.ndim != 4
+                if source.layout == "NCHW" or multi or calib.ndim != 4
                 else np.ascontiguousarray(calib.transpose(0, 3, 1, 2))
             )
             table = calibrate(onnx_path, nchw)
@@ -208,6 +217,8 @@ def export(
         model: a ``torch.nn.Module``, a Keras 3 or tf-keras model, or a path to an ``.onnx`` file.
         targets: any of ``"onnx"``, ``"ncnn"``, ``"tflite"``, ``"tensorrt"``.
         example_input: one input batch in the model's layout (NCHW torch, NHWC Keras); needed for torch.
+            A tuple (or dict, values in order) of arrays for a model with several inputs; integer inputs
+            (token ids, masks) keep their dtype, and ``calibration`` / ``samples`` are then tuples too.
         calibration: input batches (arrays, tensors, ``(x, y)`` tuples); required for int8 without a QuantSpec.
         precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
         quant_spec: scales learned by QAT; int8 artifacts then use them and are not re-calibrated.
