@@ -42,7 +42,7 @@ _NEEDS_ONNX = ("onnx", "ncnn", "tensorrt")
 
 #: target → (module, function, the extra that provides its runtime)
 _TARGET_IMPL: dict[str, tuple[str, str, str]] = {
-    "onnx": ("exporters.onnx_export", "export_onnx", "onnx"),
+    "onnx": ("exporters.onnx_int8", "export_onnx", "onnx"),  # fp32 as it is; int8 in ONNX Runtime's QDQ form
     "ncnn": ("exporters.ncnn", "export_ncnn", "ncnn"),
     "tflite": ("exporters.tflite", "export_tflite", "tflite"),
     "tensorrt": ("exporters.tensorrt", "export_tensorrt", "tensorrt"),

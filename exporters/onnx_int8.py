@@ -1,0 +1,305 @@
+"""The ``onnx`` target at ``precision="int8"``: an ONNX that ONNX Runtime's CPU provider runs with int8 kernels.
+
+The TensorRT Q/DQ ONNX (:mod:`exporters.qdq`) quantizes only the *inputs* of Conv/Gemm/MatMul, with
+symmetric int8 activations: TensorRT fuses that form, but ONNX Runtime's CPU provider fuses a
+``DequantizeLinear -> op -> QuantizeLinear`` group into one int8 kernel (``QLinearConv``,
+``QLinearMatMul``, ``QLinearAdd``, ...) only when the op's *output* is quantized too, and it drops a ReLU
+or ReLU6 in front of a ``QuantizeLinear`` only when the quantized range starts at the activation's
+minimum (asymmetric uint8). Without that every Conv runs in float between dequantize and quantize, which
+is slower than the fp32 model.
+
+This module writes the form ONNX Runtime fuses (its own QDQ layout, produced by
+``onnxruntime.quantization``'s QDQ writer on the shared, BatchNorm-folded ONNX):
+
+- activations uint8, per tensor, on every input and output of the quantizable ops (Conv, Gemm, MatMul,
+  Add, Mul, pooling, Concat, reshapes, ...); ReLU / ReLU6 disappear into the range of the ``QuantizeLinear``;
+- weights int8, symmetric, per output channel; biases int32 (scale = input scale x weight scale).
+
+Scales come from the :class:`~exporters.quant.QuantTable` every int8 target shares (a learned QuantSpec,
+used exactly, or fitslim's calibration): weight scales per channel as they are, the input scale ``s`` of
+each quantized layer as uint8 with the same grid (zero point 128 for a signed tensor: ``[-128 s, 127 s]``;
+zero point 0 after a ReLU: ``[0, 255 s]``; after a ReLU6-style clip to ``[0, m]``, scale ``min(s, m / 255)``
+so that dropping the clip stays exact). Tensors no quantized layer reads (residual sums, pooled features,
+attention scores) take min/max ranges from the calibration inputs (the verification samples when there
+are none).
+
+Example:
+    >>> # result = export_onnx(job)          # job.precision == "int8"
+    >>> # int8_kernels("model.int8.onnx")   # {'QLinearConv': 52, ...} in ONNX Runtime's optimized graph
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from exporters.job import ExportJob
+from exporters.quant import QuantTable
+from exporters.report import TargetResult
+from exporters.verify import compare, fill_agreement, median_latency_ms
+from fitslim.fileio import atomic_path
+
+__all__ = ["INT8_KERNELS", "export_onnx", "int8_kernels", "optimized_op_types", "scale_overrides", "to_ort_int8"]
+
+log = logging.getLogger(__name__)
+
+#: ONNX Runtime CPU kernels that compute in int8 (QOperator ops and the ones its QDQ fusion produces).
+INT8_KERNELS = (
+    "QLinearConv",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "ConvInteger",
+    "QGemm",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearGlobalAveragePool",
+    "QLinearAveragePool",
+    "QLinearConcat",
+    "QLinearSigmoid",
+    "QLinearLeakyRelu",
+    "QLinearSoftmax",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "NhwcQLinearConv",
+    "QLinearWhere",
+)
+
+#: How many calibration inputs the range of the unscaled tensors is taken from at most.
+MAX_CALIBRATION = 256
+
+
+def _producers(model: Any) -> dict[str, Any]:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def _constant(model: Any, name: str) -> float | None:
+    from onnx import numpy_helper
+
+    if not name:
+        return None
+    for init in model.graph.initializer:
+        if init.name == name:
+            return float(numpy_helper.to_array(init).reshape(-1)[0])
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output[0] == name:
+            for a in n.attribute:
+                if a.name == "value":
+                    return float(numpy_helper.to_array(a.t).reshape(-1)[0])
+    return None
+
+
+def _activation_bounds(model: Any, tensor: str) -> tuple[float | None, float | None]:
+    """``(low, high)`` the tensor is clipped to by the ReLU / Clip that produces it, else ``(None, None)``."""
+    from onnx import helper
+
+    node = _producers(model).get(tensor)
+    if node is None:
+        return None, None
+    if node.op_type == "Relu":
+        return 0.0, None
+    if node.op_type == "Clip":
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        low = _constant(model, node.input[1]) if len(node.input) > 1 else attrs.get("min")
+        high = _constant(model, node.input[2]) if len(node.input) > 2 else attrs.get("max")
+        return (None if low is None else float(low)), (None if high is None else float(high))
+    return None, None
+
+
+def _weight_axis(model: Any, node_name: str, op: str) -> int:
+    if op == "Conv":
+        return 0
+    if op == "Gemm":
+        for n in model.graph.node:
+            if n.name == node_name:
+                for a in n.attribute:
+                    if a.name == "transB" and a.i:
+                        return 0
+        return 1
+    return 1  # MatMul: weight (in, out)
+
+
+def scale_overrides(model: Any, table: QuantTable) -> dict[str, list[dict[str, Any]]]:
+    """ONNX Runtime tensor overrides that carry the table's scales into its uint8/int8 QDQ layout.
+
+    Returns:
+        ``{tensor: [{"scale", "zero_point", ...}]}``: one entry per weight channel (with ``axis``) for
+        weights, one entry for each quantized layer's input.
+    """
+    from onnxruntime.quantization import QuantType
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    inputs: dict[str, float] = {}
+    for q in table.nodes:
+        axis = _weight_axis(model, q.node.node, q.node.op)
+        out[q.node.weight_name] = [
+            {
+                "scale": np.array(s, np.float32),
+                "zero_point": np.array(0, np.int8),
+                "quant_type": QuantType.QInt8,
+                "axis": axis,
+            }
+            for s in np.asarray(q.weight_scales, np.float32).reshape(-1)
+        ]
+        # a tensor read by several layers keeps the largest scale (the widest range)
+        inputs[q.node.input_name] = max(inputs.get(q.node.input_name, 0.0), float(q.input_scale))
+    for tensor, s in inputs.items():
+        if not s > 0:
+            continue
+        low, high = _activation_bounds(model, tensor)
+        if low is not None and low >= 0.0:
+            scale = s if high is None else min(s, (high - low) / 255.0) if high > low else s
+            zero = 0
+        else:
+            scale, zero = s, 128
+        out[tensor] = [
+            {
+                "scale": np.array(scale, np.float32),
+                "zero_point": np.array(zero, np.uint8),
+                "quant_type": QuantType.QUInt8,
+            }
+        ]
+    return out
+
+
+class _Reader:
+    """An ``onnxruntime.quantization.CalibrationDataReader`` over an array, a few samples at a time."""
+
+    def __init__(self, name: str, data: npt.NDArray[np.float32], batch: int = 16) -> None:
+        self.name = name
+        self.data = data
+        self.batch = batch
+        self._it: Iterator[dict[str, npt.NDArray[np.float32]]] = self._batches()
+
+    def _batches(self) -> Iterator[dict[str, npt.NDArray[np.float32]]]:
+        for i in range(0, len(self.data), self.batch):
+            yield {self.name: self.data[i : i + self.batch]}
+
+    def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = self._batches()
+
+
+def to_ort_int8(
+    onnx_path: str | Path,
+    table: QuantTable,
+    calibration: npt.ArrayLike,
+    out_path: str | Path,
+) -> Path:
+    """Write the ONNX Runtime int8 form of the shared fp32 ONNX at ``onnx_path`` to ``out_path`` (atomically).
+
+    Args:
+        onnx_path: the BatchNorm-folded fp32 ONNX the exporters share.
+        table: the int8 scales (learned or calibrated) of its weighted nodes.
+        calibration: inputs in the ONNX layout (NCHW images) for the ranges of the other tensors.
+        out_path: the destination ``.onnx``.
+
+    Raises:
+        ValueError: no calibration inputs.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    data = np.ascontiguousarray(np.asarray(calibration, dtype=np.float32))[:MAX_CALIBRATION]
+    if data.ndim == 0 or len(data) == 0:
+        raise ValueError("calibration: no inputs for the ranges of the unscaled tensors; pass calibration batches.")
+    model = onnx.load(str(onnx_path))
+    name = model.graph.input[0].name
+    overrides = scale_overrides(model, table)
+    target = Path(out_path)
+    with atomic_path(target) as tmp:
+        quantize_static(
+            str(onnx_path),
+            str(tmp),
+            _Reader(name, data),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+            calibration_providers=["CPUExecutionProvider"],
+            extra_options={
+                "TensorQuantOverrides": overrides,
+                "QDQDisableWeightAdjustForInt32Bias": True,  # keep the table's weight scales exact
+            },
+        )
+    return target
+
+
+def optimized_op_types(path: str | Path, threads: int = 2) -> Counter[str]:
+    """The node types of ONNX Runtime's CPU-optimized graph of ``path`` (what it really executes)."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="fitslim-ort-opt-") as tmp:
+        opt_file = Path(tmp) / "optimized.onnx"
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(opt_file)
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(str(opt_file))
+    return Counter(n.op_type for n in optimized.graph.node)
+
+
+def int8_kernels(path: str | Path, threads: int = 2) -> dict[str, int]:
+    """How many int8 kernels (:data:`INT8_KERNELS`) ONNX Runtime's optimized graph of ``path`` runs, by type."""
+    ops = optimized_op_types(path, threads)
+    return {op: n for op, n in sorted(ops.items()) if op in INT8_KERNELS}
+
+
+def export_onnx(job: ExportJob) -> TargetResult:
+    """The ``onnx`` target: fp32 (and fp16 requests) as the shared ONNX; int8 as ONNX Runtime's QDQ form.
+
+    Raises:
+        ValueError: int8 without scales.
+    """
+    if job.precision != "int8":
+        from exporters.onnx_export import export_onnx as export_float
+
+        return export_float(job)
+    import onnxruntime as ort
+
+    if job.quant is None:
+        raise ValueError("precision: int8 ONNX needs int8 scales; pass calibration batches or a quant_spec.")
+    calib = job.calibration_nchw()
+    data = calib if calib is not None else job.samples_nchw()
+    final = job.artifact(".int8.onnx")
+    to_ort_int8(job.onnx_path, job.quant, data, final)
+    result = TargetResult(
+        "onnx",
+        "int8",
+        files=[final.name],
+        size_bytes=final.stat().st_size,
+        runtime=f"onnxruntime {ort.__version__} (CPU, QDQ uint8/int8)",
+        scales=job.quant.describe(),
+    )
+    if calib is None:
+        result.notes.append("ranges of the tensors without learned scales taken from the verification samples")
+    kernels = int8_kernels(final, job.threads)
+    fp_heavy = {op: n for op, n in optimized_op_types(final, job.threads).items() if op in ("Conv", "MatMul", "Gemm")}
+    result.notes.append(
+        "int8 kernels in ONNX Runtime: " + (", ".join(f"{op} x{n}" for op, n in kernels.items()) or "none")
+        + (f"; still float: {', '.join(f'{op} x{n}' for op, n in fp_heavy.items())}" if fp_heavy else "")
+    )  # fmt: skip
+    if job.verify:
+        from exporters.onnx_export import ort_session
+
+        sess = ort_session(final, job.threads)
+        name = sess.get_inputs()[0].name
+        x = job.samples_nchw()
+        out = np.asarray(sess.run(None, {name: x})[0])
+        fill_agreement(result, compare(job.reference, out))
+        one = x[:1]
+        result.latency_ms = median_latency_ms(lambda: sess.run(None, {name: one}))
+        result.threads = job.threads
+    log.info("ONNX Runtime int8 ONNX written: %s (%s)", final.name, result.notes[-1])
+    return result

@@ -1,0 +1,138 @@
+"""The ``onnx`` target at int8: ONNX Runtime's QDQ form, run with int8 kernels, with the shared scales."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="torch not installed")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+
+import onnx
+import torch
+from onnx import numpy_helper
+
+from exporters import export
+from exporters.onnx_export import to_onnx
+from exporters.onnx_int8 import INT8_KERNELS, int8_kernels, optimized_op_types, scale_overrides, to_ort_int8
+from exporters.quant import QuantizedNode, QuantTable, calibrate
+from exporters.source import Source
+from fitslim.models import torch_model
+from tests.conftest import random_bn_stats
+
+
+def _qdq_params(path: Path) -> tuple[dict[str, Any], dict[str, tuple[float, int]]]:
+    """Weight DequantizeLinear scales by consumer node, activation QuantizeLinear (scale, zero point) by input."""
+    m = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    weights: dict[str, Any] = {}
+    acts: dict[str, tuple[float, int]] = {}
+    for n in m.graph.node:
+        if n.op_type in ("Conv", "Gemm", "MatMul"):
+            dq = producer[n.input[1]]
+            assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].dtype == np.int8
+            weights[n.name] = inits[dq.input[1]]
+        if n.op_type == "QuantizeLinear":
+            acts[n.input[0]] = (float(inits[n.input[1]]), int(inits[n.input[2]]))
+    return weights, acts
+
+
+@pytest.fixture(scope="module")
+def mobilenet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, np.ndarray, Path, Any]:
+    """A small MobileNetV2 (ReLU6, depthwise, residual Adds) with data BatchNorm statistics, its shared ONNX, and
+    the report of its int8 ONNX export."""
+    torch.manual_seed(0)
+    model = random_bn_stats(torch_model("mobilenet_v2", width_multiplier=0.35, num_classes=10, input_size=32), 1)
+    x = np.random.default_rng(0).uniform(0, 1, (64, 3, 32, 32)).astype(np.float32)
+    out = tmp_path_factory.mktemp("mnv2")
+    shared, _ = to_onnx(Source.from_model(model), out / "shared.onnx", x[:1])
+    report = export(str(shared), ["onnx"], calibration=x, precision="int8", directory=out / "exports")
+    return model, x, shared, report
+
+
+def test_int8_onnx_runs_every_conv_and_add_as_int8_kernels(mobilenet: tuple[Any, np.ndarray, Path, Any]) -> None:
+    model, _x, _shared, report = mobilenet
+    r = report["onnx"]
+    assert r.ok, r.reason
+    assert r.precision == "int8" and r.files == ["model.int8.onnx"]
+    path = Path(report.directory) / "model.int8.onnx"
+    ops = optimized_op_types(path)
+    kernels = int8_kernels(path)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    adds = sum(1 for b in model.blocks if b.use_residual)
+    # every convolution became an int8 QLinearConv; none is left in float
+    assert kernels.get("QLinearConv") == convs and ops.get("Conv", 0) == 0 and ops.get("FusedConv", 0) == 0
+    assert adds > 0 and kernels.get("QLinearAdd", 0) == adds  # the residual Adds run in int8 too
+    assert set(kernels) <= set(INT8_KERNELS)
+    assert "QLinearConv x" in " ".join(r.notes)
+
+
+def test_int8_onnx_agrees_with_the_float_model_and_is_smaller(mobilenet: tuple[Any, np.ndarray, Path, Any]) -> None:
+    _model, _x, shared, report = mobilenet
+    r = report["onnx"]
+    assert r.top1_agreement is not None and r.top1_agreement >= 0.9
+    assert r.max_rel_error is not None and r.max_rel_error < 0.1
+    assert r.size_bytes is not None
+    assert r.size_bytes < 0.45 * shared.stat().st_size  # int8 weights: about a quarter, plus Q/DQ parameters
+
+
+def test_int8_onnx_on_digits_keeps_top1(trained_torch_digits: Any, digits_nchw: Any, tmp_path: Path) -> None:
+    report = export(
+        trained_torch_digits,
+        ["onnx"],
+        example_input=digits_nchw.x_test[:1],
+        calibration=digits_nchw.x_train[:256],
+        samples=digits_nchw.x_test,
+        precision="int8",
+        directory=tmp_path,
+    )
+    r = report["onnx"]
+    assert r.ok, r.reason
+    assert r.top1_agreement is not None and r.top1_agreement >= 0.97
+    # sensitivity: different inputs give different outputs
+    from exporters.runtimes import predict
+
+    out = predict(report, "onnx", digits_nchw.x_test[:16])
+    assert np.ptp(out, axis=0).max() > 0.1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_table_scales_are_used_exactly(mobilenet: tuple[Any, np.ndarray, Path, Any], tmp_path: Path) -> None:
+    _model, x, shared, _report = mobilenet
+    base = calibrate(shared, x)
+    # scales unlike any calibration's: the artifact must carry these, not ranges of its own
+    rng = np.random.default_rng(3)
+    nodes = [
+        QuantizedNode(q.node, q.weight_scales * rng.uniform(1.1, 1.6, q.weight_scales.shape).astype(np.float32),
+                      q.input_scale * 1.37, q.spec_layer)
+        for q in base.nodes
+    ]  # fmt: skip
+    table = QuantTable(nodes, base.spec, "qat")
+    path = to_ort_int8(shared, table, x, tmp_path / "model.int8.onnx")
+    weights, acts = _qdq_params(path)
+    overrides = scale_overrides(onnx.load(str(shared)), table)
+    for q in nodes:
+        np.testing.assert_allclose(weights[q.node.node], q.weight_scales, rtol=1e-6)
+        scale, zero = acts[q.node.input_name]
+        expected = overrides[q.node.input_name][0]
+        assert zero == int(expected["zero_point"]) and scale == pytest.approx(float(expected["scale"]), rel=1e-6)
+        if zero == 128:  # signed tensor: the learned grid exactly
+            assert scale == pytest.approx(q.input_scale, rel=1e-6)
+        else:  # after ReLU6: the same grid, or a finer one that keeps [0, 6] exact
+            assert scale == pytest.approx(min(q.input_scale, 6.0 / 255), rel=1e-6)
+    assert acts[nodes[0].node.input_name][1] == 128  # the image input is signed
+
+
+def test_int8_onnx_refuses_without_calibration(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch_model("digits_cnn")
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    shared, _ = to_onnx(Source.from_model(model.eval()), tmp_path / "shared.onnx", x)
+    table = calibrate(shared, np.ones((4, 1, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="calibration"):
+        to_ort_int8(shared, table, np.zeros((0, 1, 8, 8), np.float32), tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
