@@ -83,6 +83,21 @@ _MID_RANGE = "fitslim_mid_range"  # SeparableConv2D: the input of the pointwise 
 _QUANTIZED = ("Dense", "Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D")
 
 
+def _walk(model: Any) -> list[Any]:
+    """Every layer of ``model``, those of nested models (a ConvNeXt's stem and downsampling blocks) included."""
+    out: list[Any] = []
+    seen: set[int] = set()
+    stack = list(reversed(getattr(model, "layers", [])))
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        out.append(layer)
+        stack.extend(reversed(getattr(layer, "layers", None) or []))
+    return out
+
+
 def _err(arg: str, value: Any, what: str, hint: str) -> ValueError:
     return ValueError(f"QuantizationAware({arg}={value!r}): {what} HINT: {hint}")
 
@@ -154,7 +169,7 @@ def folded_weights(model: Any) -> dict[str, npt.NDArray[np.float32]]:
     """
     bn_after = _bn_after(model)
     out: dict[str, npt.NDArray[np.float32]] = {}
-    for layer in model.layers:
+    for layer in _walk(model):
         kind = type(layer).__name__
         if kind not in _QUANTIZED:
             continue
@@ -183,11 +198,11 @@ def _bn_after(model: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     consumers: dict[int, list[Any]] = {}
     try:
-        for layer in model.layers:
+        for layer in _walk(model):
             for node in getattr(layer, "_inbound_nodes", []):
                 for t in node.input_tensors:
                     consumers.setdefault(id(t), []).append(layer)
-        for layer in model.layers:
+        for layer in _walk(model):
             if type(layer).__name__ not in _QUANTIZED or len(getattr(layer, "_inbound_nodes", [])) != 1:
                 continue
             users = consumers.get(id(layer.output), [])
@@ -415,14 +430,15 @@ def fake_quant_inference(model: Any, spec: QuantSpec, fold_bn: bool = False, cli
     Raises:
         ValueError: a spec layer that is not a quantizable layer of ``model``.
     """
-    layers = {layer.name: layer for layer in model.layers}
+    everything = _walk(model)
+    layers = {layer.name: layer for layer in everything}
     bn_after = _bn_after(model) if fold_bn else {}
     # a model after QuantizationAware runs its own fake-quant: set it aside (exactly restored after the block)
     # so the spec's ranges apply once, and clip_only gives a graph without fake-quant ops
-    saved = {id(layer): (layer, layer.__dict__.get("call")) for layer in model.layers}
+    saved = {id(layer): (layer, layer.__dict__.get("call")) for layer in everything}
     names = [x.name for x in spec.layers]
     try:
-        for layer in model.layers:
+        for layer in everything:
             _strip(layer)
         for lq in spec:
             if "/" in lq.name:
@@ -468,7 +484,7 @@ def float_model(model: Any) -> Iterator[Any]:
     Example:
         >>> # with float_model(model): report = exporters.export(model, ["tensorrt"], quant_spec=qat.quant_spec)
     """
-    saved = {id(layer): (layer, layer.__dict__.get("call")) for layer in model.layers}
+    saved = {id(layer): (layer, layer.__dict__.get("call")) for layer in _walk(model)}
     patched = any(_is_patched(layer) for layer, _ in saved.values())
     try:
         if patched:
@@ -717,6 +733,8 @@ class QuantizationAware(keras.callbacks.Callback):
         self.quant_spec: QuantSpec | None = None
         self._state = _State(self.weight_bits, self.activation_bits, per_channel, observer)
         self._layers: list[Any] = []
+        #: every weighted layer of the model: ``"quantized"`` or why it is not (after ``on_train_begin``)
+        self.coverage: dict[str, str] = {}
         self._bns: list[Any] = []
         self._steps: tuple[int, int, int] = (0, 0, 0)
         self._step = 0
@@ -725,20 +743,31 @@ class QuantizationAware(keras.callbacks.Callback):
     # -------------------------------------------------------------------------------- layer selection
 
     def _selected(self, model: Any) -> list[Any]:
+        """The quantized layers (nested models' included); sets :attr:`coverage` for every weighted layer."""
+
         def hit(patterns: list[re.Pattern[str]], name: str) -> bool:
             return any(p.fullmatch(name) for p in patterns)
 
+        leaves = [layer for layer in _walk(model) if not getattr(layer, "layers", None)]
         chosen = []
-        for layer in model.layers:
-            if type(layer).__name__ not in _QUANTIZED:
+        coverage: dict[str, str] = {}
+        for layer in leaves:
+            kind = type(layer).__name__
+            if kind not in _QUANTIZED:
+                if _weighted(layer):
+                    coverage[layer.name] = f"{kind}: no int8 quantizer (quantized kinds: {', '.join(_QUANTIZED)})"
                 continue
             if self._include is not None and not hit(self._include, layer.name):
+                coverage[layer.name] = "not named by include"
                 continue
             if self._exclude is not None and hit(self._exclude, layer.name):
+                coverage[layer.name] = "named by exclude"
                 continue
             chosen.append(layer)
+            coverage[layer.name] = "quantized"
+        self.coverage = coverage
         if self._include is not None:
-            names = [layer.name for layer in model.layers]
+            names = [layer.name for layer in leaves]
             for text, p in zip(self._include_given or [], self._include, strict=True):
                 if not any(p.fullmatch(n) for n in names):
                     raise _err(
@@ -747,7 +776,7 @@ class QuantizationAware(keras.callbacks.Callback):
                         "matches no layer of the model.",
                         f"layer names: {names[:20]}.",
                     )
-            for layer in model.layers:
+            for layer in leaves:
                 if hit(self._include, layer.name) and layer not in chosen and type(layer).__name__ not in _QUANTIZED:
                     raise _err(
                         "include",
@@ -804,8 +833,8 @@ class QuantizationAware(keras.callbacks.Callback):
             int(math.floor(f * total + 0.5)) for f in (self.start, self.freeze_observers, self.freeze_bn)
         )  # type: ignore[assignment]
         self._step = -1  # read at the first batch: BackupAndRestore may restore the optimizer after this hook
-        self._bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-        for layer in model.layers:  # a model quantized by an earlier fit: replace its fake-quant, never stack
+        self._bns = [layer for layer in _walk(model) if isinstance(layer, keras.layers.BatchNormalization)]
+        for layer in _walk(model):  # a model quantized by an earlier fit: replace its fake-quant, never stack
             _strip(layer)
         for layer in self._layers:
             _install(layer, _patched_call(layer, layer.call, self._state))
@@ -819,6 +848,9 @@ class QuantizationAware(keras.callbacks.Callback):
             *self._steps,
             total,
         )
+        left = {name: why for name, why in self.coverage.items() if why != "quantized"}
+        if left:
+            log.info("QuantizationAware: %d weighted layers not quantized: %s", len(left), left)
 
     def _update_flags(self, rebuild: bool) -> None:
         start, freeze_obs, freeze_bn = self._steps
@@ -930,7 +962,7 @@ class QuantizationAware(keras.callbacks.Callback):
         Example:
             >>> # model.fit(x, y, callbacks=[QuantizationAware()]); QuantizationAware.remove(model)
         """
-        for layer in model.layers:
+        for layer in _walk(model):
             _strip(layer)
             _drop_range(layer, _RANGE)
             _drop_range(layer, _MID_RANGE)
@@ -953,7 +985,7 @@ class QuantizationAware(keras.callbacks.Callback):
         """
         twins = []
         for layer in self._layers:
-            twin = target.get_layer(layer.name)
+            twin = _by_name(target, layer.name)
             for name in (_RANGE, _MID_RANGE):
                 if name in layer.__dict__:
                     _add_range(twin, name).assign(ops.convert_to_numpy(getattr(layer, name)))
@@ -978,7 +1010,7 @@ class QuantizationAware(keras.callbacks.Callback):
         layers: list[LayerQuant] = []
         for layer in self._layers:
             kind = type(layer).__name__
-            twin = target.get_layer(layer.name)  # the same layer, or its rebuild with fewer channels
+            twin = _by_name(target, layer.name)  # the same layer, or its rebuild with fewer channels
             amax = float(ops.convert_to_numpy(getattr(layer, _RANGE)))
             if amax <= 0.0:
                 raise _err(
@@ -1017,6 +1049,23 @@ class QuantizationAware(keras.callbacks.Callback):
             framework="keras",
             metadata={"observer": self.observer, "backend": keras.backend.backend()},
         )
+
+
+def _weighted(layer: Any) -> bool:
+    """A layer with a matrix or convolution kernel (what an int8 target would quantize)."""
+    for attr in ("kernel", "depthwise_kernel", "pointwise_kernel"):
+        k = getattr(layer, attr, None)
+        if k is not None and len(getattr(k, "shape", ())) >= 2:
+            return True
+    return False
+
+
+def _by_name(model: Any, name: str) -> Any:
+    """The layer called ``name`` in ``model`` or in one of its nested models."""
+    for layer in _walk(model):
+        if layer.name == name:
+            return layer
+    raise ValueError(f"QuantizationAware: no layer {name!r} in model {model.name!r}.")
 
 
 def _inference_call(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -1,0 +1,180 @@
+"""Every Keras zoo model in a short ``model.fit`` with each callback: it works, or it is refused in
+``on_train_begin`` (before the first step, weights untouched) with a message naming the layer or model.
+
+Columns: ``pruning unstructured`` (50%), ``pruning channel 50%`` (channels removed at fit end: the smaller model
+computes what the masked model computes and trains on), ``qat+export int8`` (``QuantizationAware`` then
+``Export(precision="int8")`` from the learned spec), ``distillation`` (a teacher of the same family).
+CI runs :data:`CI_CELLS`; ``make zoo`` (``FITSLIM_ZOO=full``) runs every case and column and records the cells.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.zoo import full_zoo
+
+keras = pytest.importorskip("keras")
+
+from keras_callbacks import Distillation, Export, Pruning, QuantizationAware  # noqa: E402
+from keras_callbacks.pruning import prunable_layers  # noqa: E402
+from tests.zoo.keras_zoo import CASES  # noqa: E402
+
+pytestmark = [pytest.mark.zoo, pytest.mark.slow]
+
+COLUMNS = ("pruning unstructured", "pruning channel 50%", "qat+export int8", "distillation")
+
+#: the cells CI runs: separable convs, a squeeze-excitation built from keras.ops, a subclassed model
+CI_CELLS = (
+    ("user_sequential", "pruning unstructured"),
+    ("user_sequential", "pruning channel 50%"),
+    ("mobilenet_v3_small", "pruning channel 50%"),
+    ("user_sequential", "qat+export int8"),
+    ("user_subclassed", "distillation"),
+    ("user_subclassed", "pruning channel 50%"),
+)
+
+#: int8 targets: the Q/DQ ONNX (verified in onnxruntime) in CI, every int8 target under make zoo
+TARGETS = ("ncnn", "tflite", "tensorrt") if full_zoo() else ("tensorrt",)
+
+#: known limits: (case, column) -> pattern the refusal must match. Every other cell must be ok.
+REFUSED: dict[tuple[str, str], str] = {
+    ("user_subclassed", "pruning channel 50%"): r"subclassed model.*HINT",
+}
+
+SAMPLES, BATCH = 16, 8
+
+
+def _cells() -> list[Any]:
+    cells = [(c, col) for c in CASES for col in COLUMNS] if full_zoo() else list(CI_CELLS)
+    return [pytest.param(c, col, id=f"{c}-{col.replace(' ', '_')}") for c, col in cells]
+
+
+def _compiled(name: str) -> Any:
+    model = CASES[name].build()
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    return model
+
+
+def _data(name: str) -> tuple[np.ndarray, np.ndarray]:
+    return CASES[name].inputs(SAMPLES, 1), np.arange(SAMPLES) % 10
+
+
+def _kernels(model: Any) -> list[np.ndarray]:
+    return [keras.ops.convert_to_numpy(lay.kernel) for _, lay in prunable_layers(model)]
+
+
+def _predict(model: Any, x: np.ndarray) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))
+
+
+def _unstructured(name: str, tmp_path: Path) -> str:
+    model = _compiled(name)
+    x, y = _data(name)
+    cb = Pruning(sparsity=0.5, end=0.5)
+    history = model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[cb]).history
+    kernels = dict(zip([n for n, _ in prunable_layers(model)], _kernels(model), strict=True))
+    pruned = [kernels[n] for n in cb.layer_names]
+    zeros = sum(k.size - np.count_nonzero(k) for k in pruned) / sum(k.size for k in pruned)
+    # the target is reached exactly over the pruned kernels (counts use round), and nothing else regrew
+    assert zeros == pytest.approx(0.5, abs=1e-3), zeros
+    assert history["pruning/sparsity"][-1] == pytest.approx(zeros, abs=1e-6)
+    everything = sum(k.size - np.count_nonzero(k) for k in kernels.values()) / sum(k.size for k in kernels.values())
+    assert history["pruning/model_sparsity"][-1] == pytest.approx(everything, abs=1e-6)
+    # separable convs are pruned by default, both kernels
+    for n, lay in prunable_layers(model):
+        if "/" in n:
+            assert n in cb.layer_names, n
+            assert (kernels[n] == 0).mean() > 0.05, (n, lay)
+    return f"{len(cb.layer_names)} kernels at {zeros:.2f}, model {everything:.2f}"
+
+
+def _channel(name: str, tmp_path: Path) -> str:
+    model = _compiled(name)
+    x, y = _data(name)
+    cb = Pruning(sparsity=0.5, granularity="channel", end=0.5)
+    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[cb])
+    small = cb.pruned_model
+    assert small is not None
+    ratio = small.count_params() / model.count_params()
+    assert ratio < 0.9, ratio
+    # the smaller model computes what the masked model computes
+    want, got = _predict(model, x), _predict(small, x)
+    spread = float(want.std()) + 1e-6
+    assert np.abs(got - want).max() <= 1e-3 * max(spread, float(np.abs(want).max())), np.abs(got - want).max()
+    # and keeps training: its own forward and the next steps run
+    loss = small.fit(x, y, batch_size=BATCH, epochs=1, verbose=0).history["loss"][-1]
+    assert np.isfinite(loss)
+    return f"params x{ratio:.2f}, {cb._metrics.get('pruning/channel_sparsity', 0):.2f} of channels"
+
+
+def _qat(name: str, tmp_path: Path) -> str:
+    model = _compiled(name)
+    x, y = _data(name)
+    qat = QuantizationAware(start=0.0)
+    export = Export(targets=TARGETS, precision="int8", directory=tmp_path, calibration_batches=2, batch_size=BATCH)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[qat, export])
+    spec, report = qat.quant_spec, export.report
+    assert spec is not None and report is not None
+    left = {n: why for n, why in qat.coverage.items() if why != "quantized"}
+    # 100% of the quantizable layers, or a reason for each one left out
+    assert len(spec) >= sum(why == "quantized" for why in qat.coverage.values()) > 0
+    assert all(why for why in left.values())
+    bad = [f"{r.target}: {r.status} {r.reason or ''}".strip() for r in report if r.status != "ok"]
+    assert not bad, bad
+    agree = min(r.top1_agreement for r in report if r.top1_agreement is not None)
+    covered = f"{len(qat.coverage) - len(left)}/{len(qat.coverage)} layers"
+    return f"{covered}, top-1 >= {agree * 100:.0f}% ({', '.join(TARGETS)})"
+
+
+def _distillation(name: str, tmp_path: Path) -> str:
+    model = _compiled(name)
+    teacher = CASES[name].build()
+    x, y = _data(name)
+    before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
+    teacher_before = [keras.ops.convert_to_numpy(w).copy() for w in teacher.weights]
+    loss = model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[Distillation(teacher)]).history["loss"]
+    assert np.isfinite(loss[-1])
+    after = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    for a, w in zip(teacher_before, teacher.weights, strict=True):
+        np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(w))
+    return f"loss {loss[-1]:.3f}"
+
+
+RUNS: dict[str, Callable[[str, Path], str]] = dict(
+    zip(COLUMNS, (_unstructured, _channel, _qat, _distillation), strict=True)
+)
+
+
+@pytest.mark.parametrize(("name", "column"), _cells())
+def test_keras_zoo_callbacks(name: str, column: str, tmp_path: Path, zoo_record: Callable[..., None]) -> None:
+    expected = REFUSED.get((name, column))
+    if expected is not None:
+        model = _compiled(name)
+        x, y = _data(name)
+        before = [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
+        callbacks = {"pruning channel 50%": [Pruning(sparsity=0.5, granularity="channel")]}[column]
+        with pytest.raises(ValueError) as err:
+            model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=callbacks)
+        zoo_record("keras", name, column, "refused", str(err.value).split(". HINT")[0])
+        assert re.search(expected, str(err.value)), str(err.value)
+        for a, w in zip(before, model.weights, strict=True):  # refused before the first step
+            np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(w))
+        return
+    try:
+        detail = RUNS[column](name, tmp_path)
+    except AssertionError as err:
+        zoo_record("keras", name, column, "mismatch", str(err).splitlines()[0] if str(err) else "assertion")
+        raise
+    except Exception as err:
+        zoo_record("keras", name, column, "failed", f"{type(err).__name__}: {err}".splitlines()[0])
+        raise
+    zoo_record("keras", name, column, "ok", detail)
