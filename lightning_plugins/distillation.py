@@ -377,9 +377,9 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
         if isinstance(teacher, str | os.PathLike):
             if loader is None:
                 raise ValueError(
-                    f"Distillation(teacher={os.fspath(teacher)!r}): a checkpoint path needs teacher_class=... (or "
-                    "loader=...) to build the teacher. HINT: e.g. teacher_class=MyLightningModule, in YAML "
-                    "teacher_class: my_project.models.MyLightningModule; or pass the module."
+                    f"Distillation(teacher={os.fspath(teacher)!r}): a checkpoint path needs loader=... or "
+                    "teacher_class=... to build the teacher. HINT: e.g. teacher_class=MyLightningModule (in YAML "
+                    "teacher_class: my_project.models.MyLightningModule), or pass the module."
                 )
         elif not isinstance(teacher, nn.Module):
             raise TypeError(
