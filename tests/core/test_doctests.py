@@ -15,6 +15,7 @@ MODULES = [
     "fitslim.data",
     "fitslim.schedules",
     "fitslim.sparsity",
+    "fitslim.metrics",
 ]
 
 
