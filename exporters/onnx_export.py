@@ -166,6 +166,31 @@ def _graph_friendly_grouped_conv() -> Iterator[None]:
         tf_nn.conv = original
 
 
+@contextlib.contextmanager
+def _scalar_add_after_conv() -> Iterator[None]:
+    """Keep tf2onnx's transpose optimizer alive on ``Conv -> Add(scalar)`` (MobileNetV3's hard-swish ``x + 3``).
+
+    tf2onnx 1.17 tries to merge the constant into the Conv's bias and fails on a 0-d constant
+    (``max()`` of an empty shape); the whole NHWC->NCHW pass is then skipped, leaving a Transpose around
+    every op and BatchNorm biases out of the convolutions. A scalar is pushed through like any other input.
+    """
+    from tf2onnx.optimizer.transpose_optimizer import TransposeOptimizer
+
+    original = TransposeOptimizer._add_handler
+
+    def add_handler(self: Any, trans: Any, node: Any) -> Any:
+        const = node.inputs[1]
+        if const.is_const() and np.ndim(const.get_tensor_value(as_list=False)) == 0:
+            return self._handle_node_having_branches(trans, node)
+        return original(self, trans, node)
+
+    TransposeOptimizer._add_handler = add_handler
+    try:
+        yield
+    finally:
+        TransposeOptimizer._add_handler = original
+
+
 def _keras_tf_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32], notes: list[str]) -> None:
     import onnx
     import tensorflow as tf
@@ -178,7 +203,7 @@ def _keras_tf_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32], 
         return model(x, training=False)
 
     as_nchw = ["input:0"] if example.ndim == 4 else None
-    with _graph_friendly_grouped_conv():
+    with _graph_friendly_grouped_conv(), _scalar_add_after_conv():
         concrete = forward.get_concrete_function()
         model_proto, _ = tf2onnx.convert.from_function(
             forward,

@@ -1,0 +1,300 @@
+"""Every Keras zoo model exported to every target: it verifies within its precision's bounds, or the cell
+is a known limit whose message names the op or layer and what to do.
+
+CI runs :data:`CI_CELLS` (fp32 and int8 of small cases); ``make zoo`` (``FITSLIM_ZOO=full``) runs every case
+at fp32, fp16 and int8 and records one support-table cell per target and precision. The small unit tests
+below pin the graph fixes the Keras cases need (Pad mode, BatchNorm as Mul/Add, captured constants, grouped
+convolutions and exact GELU, Keras 3 depthwise/separable weights, backend detection).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.zoo import full_zoo
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("tf2onnx")
+
+from exporters import export  # noqa: E402
+from exporters.onnx_export import fix_pad_mode, fold_batchnorm, ort_session, to_onnx  # noqa: E402
+from exporters.quant import weighted_nodes  # noqa: E402
+from exporters.report import TargetResult  # noqa: E402
+from exporters.source import Source, detect_framework, source_weights  # noqa: E402
+from tests.zoo.keras_zoo import CASES  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TARGETS = ("onnx", "ncnn", "tflite", "tensorrt")
+#: the onnx target is fp32 (the float reference); the other precisions are the other targets
+QUANT_TARGETS = ("ncnn", "tflite", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+#: the cells CI runs (case, precision) -> targets: small cases that cover ZeroPadding2D (ncnn Padding),
+#: depthwise/separable convs, squeeze-excitation, a subclassed model and int8 through every quantizing target
+CI_CELLS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("mobilenet", "fp32"): TARGETS,
+    ("mobilenet", "int8"): QUANT_TARGETS,
+    ("user_sequential", "fp32"): TARGETS,
+    ("user_sequential", "int8"): QUANT_TARGETS,
+    ("user_subclassed", "fp32"): TARGETS,
+}
+
+#: known limits: (case, target, precision) -> (status, pattern the reason must match). Every other cell must
+#: be ``ok``. A ``failed`` reason names the op or layer and what to do.
+EXPECTED: dict[tuple[str, str, str], tuple[str, str]] = {}
+
+#: verification inputs: int8 calibrates on one draw and verifies on another
+SAMPLES = {"fp32": 16, "fp16": 16, "int8": 64}
+
+
+def _cells() -> list[Any]:
+    if full_zoo():
+        return [
+            pytest.param(c, p, TARGETS if p == "fp32" else QUANT_TARGETS, id=f"{c}-{p}")
+            for c in CASES
+            for p in PRECISIONS
+        ]
+    return [pytest.param(c, p, t, id=f"{c}-{p}") for (c, p), t in CI_CELLS.items()]
+
+
+def _detail(row: TargetResult) -> str:
+    if row.status != "ok":
+        return row.reason.splitlines()[0] if row.reason else row.status
+    if row.precision == "int8" and row.top1_agreement is not None:
+        return f"top-1 {row.top1_agreement * 100:.0f}%, spread err {row.spread_error or 0:.2f}"
+    return f"rel err {row.max_rel_error or 0:.0e}"
+
+
+@pytest.mark.zoo
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "precision", "targets"), _cells())
+def test_keras_zoo_export(
+    name: str, precision: str, targets: tuple[str, ...], tmp_path: Path, zoo_record: Callable[..., None]
+) -> None:
+    case = CASES[name]
+    model = case.build()
+    n = SAMPLES[precision]
+    samples = case.inputs(n, 2)
+    calibration = case.inputs(n, 1) if precision == "int8" else None
+    report = export(
+        model,
+        list(targets),
+        example_input=samples[:1],
+        calibration=calibration,
+        samples=samples,
+        precision=precision,
+        directory=tmp_path,
+    )
+    problems = []
+    for row in report:
+        zoo_record("keras", name, f"{row.target} {precision}", row.status, _detail(row))
+        expected = EXPECTED.get((name, row.target, precision))
+        if expected is None:
+            if not row.ok:
+                problems.append(f"{row.target} {precision}: {row.status}: {row.reason}")
+            continue
+        status, pattern = expected
+        if row.status != status or not re.search(pattern, row.reason):
+            problems.append(f"{row.target} {precision}: expected {status} /{pattern}/, got {row.status}: {row.reason}")
+        if row.status == "mismatch":  # a mismatch keeps its artifact, named in the report
+            assert row.files and all((tmp_path / f).is_file() for f in row.files), row
+    assert not problems, "\n".join(problems)
+    for row in report:  # the rows that are ok really ran: finite outputs compared on every sample
+        if row.ok:
+            assert row.samples == n and row.max_abs_error is not None and np.isfinite(row.max_abs_error), row
+
+
+# ------------------------------------------------------------------------------------------ graph fixes
+
+
+def _nchw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def _onnx_vs_keras(model: Any, x: np.ndarray, tmp_path: Path) -> tuple[Any, float, list[str]]:
+    path, notes = to_onnx(Source.from_model(model), tmp_path / "m.onnx", x[:1])
+    out = ort_session(path).run(None, {"input": _nchw(x)})[0]
+    ref = np.asarray(model(x, training=False))
+    import onnx
+
+    return onnx.load(str(path)), float(np.abs(out - ref).max() / np.abs(ref).max()), notes
+
+
+def test_zero_padding_becomes_an_explicit_constant_pad(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((9, 11, 3)),
+            keras.layers.Conv2D(4, 1),
+            keras.layers.ZeroPadding2D(((1, 0), (2, 1))),  # before a pool, as in ResNet: a Pad node stays
+            keras.layers.MaxPooling2D(3, strides=2),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(5),
+        ]
+    )
+    x = np.random.default_rng(0).standard_normal((3, 9, 11, 3)).astype(np.float32)
+    m, rel, _ = _onnx_vs_keras(model, x, tmp_path)
+    pads = [n for n in m.graph.node if n.op_type == "Pad"]
+    assert pads and all(any(a.name == "mode" and a.s == b"constant" for a in n.attribute) for n in pads)
+    assert rel < 1e-5
+    assert fix_pad_mode(m) == 0  # already explicit: nothing left to change
+
+
+def _conv_mul_add_graph(mul: np.ndarray, add: np.ndarray) -> Any:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    w = np.random.default_rng(1).normal(size=(4, 3, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["c", "s"], ["m"], name="bn_mul"),
+        helper.make_node("Add", ["m", "b"], ["y"], name="bn_add"),
+    ]
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (mul, "s"), (add, "b"))]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 7, 5])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _run(model: Any, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # compare the graph as written
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, {"x": x})[0])
+
+
+def test_batchnorm_written_as_mul_add_is_folded_and_other_shapes_are_not() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((1, 3, 7, 5), dtype=np.float32)
+    per_channel = _conv_mul_add_graph(
+        rng.normal(size=(4, 1, 1)).astype(np.float32), rng.normal(size=(1, 4, 1, 1)).astype(np.float32)
+    )
+    before = _run(per_channel, x)
+    assert fold_batchnorm(per_channel) == 2
+    assert [n.op_type for n in per_channel.graph.node] == ["Conv"]
+    np.testing.assert_allclose(_run(per_channel, x), before, rtol=1e-5, atol=1e-5)
+    # a constant varying along the width is no per-channel scale: folding it would be wrong
+    along_w = _conv_mul_add_graph(rng.normal(size=(5,)).astype(np.float32), np.ones((4, 1, 1), np.float32))
+    assert fold_batchnorm(along_w) == 0 and len(along_w.graph.node) == 3
+    ones = np.ones((4, 1, 1), np.float32)
+    assert fold_batchnorm(_conv_mul_add_graph(ones, ones), mul_add=False) == 0  # BatchNormalization nodes only
+
+
+def test_normalization_constants_grouped_conv_and_exact_gelu_convert(tmp_path: Path) -> None:
+    """EfficientNet's Normalization and ConvNeXt's grouped 7x7 conv + exact GELU, in a small model."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((10, 12, 3))
+    y = keras.layers.Normalization(mean=[0.1, 0.2, 0.3], variance=[1.5, 2.0, 0.5])(inputs)
+    y = keras.layers.Conv2D(8, 1)(y)
+    y = keras.layers.Conv2D(8, 7, padding="same", groups=8)(y)
+    y = keras.layers.LayerNormalization(epsilon=1e-6)(y)
+    y = keras.layers.Activation(lambda t: keras.activations.gelu(t, approximate=False))(y)
+    y = keras.layers.GlobalAveragePooling2D()(y)
+    model = keras.Model(inputs, keras.layers.Dense(4)(y))
+    x = np.random.default_rng(0).standard_normal((4, 10, 12, 3)).astype(np.float32)
+    m, rel, notes = _onnx_vs_keras(model, x, tmp_path)
+    ops = {n.op_type for n in m.graph.node}
+    assert [i.name for i in m.graph.input] == ["input"]  # no constant left as an input to feed
+    assert "Erf" in ops and not ops & {"StatefulPartitionedCall", "Erfc"}
+    assert any(n.op_type == "Conv" and any(a.name == "group" and a.i == 8 for a in n.attribute) for n in m.graph.node)
+    assert rel < 1e-5
+
+
+def test_source_weights_match_the_onnx_kernels_of_depthwise_and_separable_layers(tmp_path: Path) -> None:
+    """Keras 3 DepthwiseConv2D keeps its kernel in ``kernel``; SeparableConv2D gives two kernels: each source
+    weight must equal (up to the folded BatchNorm's per-channel factor) exactly one ONNX node's weight."""
+    model = CASES["user_sequential"].build()
+    x = CASES["user_sequential"].inputs(2, 0)
+    path, _ = to_onnx(Source.from_model(model), tmp_path / "s.onnx", x[:1])
+    import onnx
+
+    nodes = weighted_nodes(onnx.load(str(path)))
+    weights = source_weights(Source.from_model(model))
+    kinds = {type(layer).__name__: layer.name for layer in model.layers}
+    assert {kinds["DepthwiseConv2D"], kinds["SeparableConv2D"], f"{kinds['SeparableConv2D']}/pointwise"} <= set(weights)
+    assert len(weights) == len(nodes)
+    for name, w in weights.items():
+        hits = []
+        for n in nodes:
+            if n.weight.shape != w.shape:
+                continue
+            a, b = n.weight.reshape(len(w), -1).astype(np.float64), w.reshape(len(w), -1).astype(np.float64)
+            cos = np.abs((a * b).sum(1)) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+            if np.all(cos > 0.9999):
+                hits.append(n.node)
+        assert len(hits) == 1, (name, w.shape, hits)
+
+
+def test_keras_model_is_detected_as_keras() -> None:
+    assert detect_framework(CASES["user_subclassed"].build()) == "keras"
+
+
+_BACKEND_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, tempfile
+    import numpy as np
+    import keras
+    from exporters import export
+    from exporters.source import detect_framework
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((12, 10, 3)),
+        keras.layers.ZeroPadding2D(1),
+        keras.layers.Conv2D(6, 3, use_bias=False),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+        keras.layers.DepthwiseConv2D(3, padding="same"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(5),
+    ])
+    x = np.random.default_rng(0).standard_normal((8, 12, 10, 3)).astype(np.float32)
+    report = export(model, ["onnx", "tflite"], example_input=x[:1], samples=x, directory=tempfile.mkdtemp())
+    print(json.dumps({"framework": detect_framework(model),
+                      "rows": [[r.target, r.status, r.reason, r.max_rel_error] for r in report]}))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_other_backends_export_onnx_or_say_why(backend: str) -> None:
+    """On torch and JAX a Keras model is a Keras model (not a torch module); ONNX works or names what it needs,
+    and TFLite names the backend it needs."""
+    import importlib.util
+    import json
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} not installed")
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _BACKEND_SCRIPT], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["framework"] == "keras"
+    rows = {t: (status, reason, rel) for t, status, reason, rel in out["rows"]}
+    status, reason, rel = rows["onnx"]
+    if backend == "jax" and importlib.util.find_spec("jax2onnx") is None:
+        assert status == "failed" and "jax2onnx" in reason and "KERAS_BACKEND=tensorflow" in reason
+    else:
+        assert status == "ok" and rel is not None and rel <= 1e-4, rows["onnx"]
+    status, reason, _ = rows["tflite"]
+    assert status == "failed" and "KERAS_BACKEND=tensorflow" in reason and backend in reason
