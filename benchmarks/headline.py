@@ -1,6 +1,10 @@
-"""Headline benchmark: dense fp32 MobileNetV2 before, int8 + channel-pruned + distilled after, side by side.
+"""Headline benchmark: speed at 224x224, then dense fp32 MobileNetV2 before, int8 + pruned + distilled after.
 
-Run: ``python -m benchmarks.headline [--quick] [--output results.md] [--threads 2]``.
+Run: ``python -m benchmarks.headline [--quick] [--output results.md] [--threads 2] [--no-speed]``.
+
+Full mode starts with the speed tables at 224x224 (:mod:`benchmarks.speed224`: MobileNetV2 alpha 1.0,
+ResNet-50 and a ViT-tiny-sized transformer; dense fp32 vs 50% channels vs int8 vs both in onnxruntime,
+ncnn and LiteRT). The trained digits models below are the accuracy tables.
 
 The shape of the classic MobileNetV2 compression result (int8 weights, 30-50% of the channels removed,
 distillation from the dense model to recover accuracy: parameters, size, accuracy and latency before ->
@@ -511,6 +515,14 @@ def run(args: argparse.Namespace) -> str:
         + (" **Quick mode: too few epochs for meaningful accuracy.**" if args.quick else ""),
         "",
     ]
+    if args.speed:  # the headline at real resolutions first; the digits tables below are the accuracy tables
+        from benchmarks import speed224
+
+        speed_args = speed224.parser().parse_args(
+            ["--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+        )
+        speed224.main_defaults(speed_args)
+        lines = [speed224.run(speed_args), ""] + lines
     for cfg in chosen:
         before, after = measure(cfg, args, work)
         lines += [f"### {cfg.name}", ""]
@@ -530,7 +542,15 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--burst", type=int, default=10, help="timed calls per artifact per round")
     parser.add_argument("--models", nargs="+", choices=["mobilenet_v2", "digits_cnn"], default=None)
     parser.add_argument("--output", default=None, help="also write the Markdown here")
+    parser.add_argument(
+        "--speed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the 224x224 speed tables (benchmarks.speed224) first (default: on in full mode, off in quick mode)",
+    )
     args = parser.parse_args(argv)
+    if args.speed is None:
+        args.speed = not args.quick
     if args.rounds is None:
         args.rounds = 3 if args.quick else 20
     logging.basicConfig(level=logging.INFO, format="%(message)s")
