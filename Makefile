@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fitslim-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck clean bench
+.PHONY: install demo test lint typecheck clean bench zoo
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ typecheck: install
 
 test: lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The whole model zoo (every case, target and precision; long): failing cells are expected and recorded,
+# the support table in docs/zoo-support.md is the output.
+ZOO_RESULTS ?= zoo-results
+zoo: install
+	rm -f $(ZOO_RESULTS)/cells.jsonl
+	-FITSLIM_ZOO=full FITSLIM_ZOO_RESULTS=$(ZOO_RESULTS) $(PY) -m pytest -m zoo tests/zoo $(PYTEST_ARGS)
+	$(PY) -m tests.zoo.table $(ZOO_RESULTS)/cells.jsonl --output docs/zoo-support.md
 
 bench: install
 	$(PY) -m benchmarks --output benchmarks/results.md

@@ -1,0 +1,110 @@
+"""Render the zoo's support table: ``cells.jsonl`` (one cell per line, written by ``zoo_record``) → Markdown.
+
+One table per framework; rows are the zoo cases, columns the recorded columns (target and precision), a
+cell is ``ok`` with its agreement, or the status with its short reason. A later cell for the same
+(framework, case, column) replaces an earlier one. Totals per framework follow each table.
+
+Usage: ``python -m tests.zoo.table [cells.jsonl] [--output docs/zoo-support.md]`` (default input:
+``$FITSLIM_ZOO_RESULTS/cells.jsonl``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+TARGET_ORDER = ("onnx", "ncnn", "tflite", "tensorrt")
+PRECISION_ORDER = ("fp32", "fp16", "int8")
+STATUS_ORDER = ("ok", "mismatch", "failed", "refused")
+
+HEADER = """# Model zoo support
+
+Every architecture of the test zoo (`tests/zoo/`: HuggingFace `transformers` models built from small configs,
+`keras.applications` with `weights=None`, and user-style models; random weights, no downloads) exported to
+every target and precision, and verified in the target's own runtime. `ok` means finite outputs within the
+precision's bounds (fp32: max relative error 1e-4; fp16: 1e-2; int8: top-1 agreement of at least 97% on
+the samples whose top-2 margin is meaningful, or a bounded error against the outputs' input-to-input
+spread when none is; see `exporters/verify.py`). `mismatch`: the artifact was written and kept, but its
+outputs are not finite or out of bounds. `failed` / `refused`: no artifact; the reason names the op or
+layer. `not run` (or a case missing from a table) was not part of the run that wrote this file.
+Regenerate with `make zoo`.
+"""
+
+
+def load(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The cells of a ``cells.jsonl``, last one winning per (framework, case, column).
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    cells: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            c = json.loads(line)
+            cells[(c["framework"], c["case"], c["column"])] = c
+    return list(cells.values())
+
+
+def _column_key(column: str) -> tuple[int, int, str]:
+    target, _, precision = column.partition(" ")
+    t = TARGET_ORDER.index(target) if target in TARGET_ORDER else len(TARGET_ORDER)
+    p = PRECISION_ORDER.index(precision) if precision in PRECISION_ORDER else len(PRECISION_ORDER)
+    return (p, t, column)
+
+
+def _cell(c: dict[str, Any]) -> str:
+    detail = " ".join(str(c.get("detail", "")).split())
+    if len(detail) > 140:
+        detail = detail[:137] + "..."
+    text = c["status"] if not detail else f"{c['status']}: {detail}"
+    return text.replace("|", "\\|")
+
+
+def render(cells: list[dict[str, Any]]) -> str:
+    """The Markdown document: one table per framework, then its totals."""
+    out = [HEADER]
+    for framework in sorted({c["framework"] for c in cells}):
+        mine = [c for c in cells if c["framework"] == framework]
+        cases = list(dict.fromkeys(c["case"] for c in mine))
+        columns = sorted({c["column"] for c in mine}, key=_column_key)
+        grid = {(c["case"], c["column"]): c for c in mine}
+        out.append(f"## {framework}\n")
+        out.append("| case | " + " | ".join(columns) + " |")
+        out.append("|---|" + "---|" * len(columns))
+        for case in cases:
+            row = [_cell(grid[(case, col)]) if (case, col) in grid else "not run" for col in columns]
+            out.append(f"| {case} | " + " | ".join(row) + " |")
+        totals = Counter(c["status"] for c in mine)
+        parts = [f"{totals[s]} {s}" for s in STATUS_ORDER if totals[s]]
+        out.append(f"\nTotals ({framework}, {len(mine)} cells): " + ", ".join(parts) + ".\n")
+    if not cells:
+        out.append("No cells were recorded.\n")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cells", nargs="?", help="cells.jsonl (default: $FITSLIM_ZOO_RESULTS/cells.jsonl)")
+    parser.add_argument("--output", default="docs/zoo-support.md", help="the Markdown file to write")
+    args = parser.parse_args(argv)
+    source = args.cells or os.path.join(os.environ.get("FITSLIM_ZOO_RESULTS", "zoo-results"), "cells.jsonl")
+    if not Path(source).is_file():
+        print(f"no zoo cells at {source}; run the zoo tests with FITSLIM_ZOO_RESULTS set first", file=sys.stderr)
+        return 2
+    text = render(load(source))
+    target = Path(args.output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.partial")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
