@@ -86,6 +86,12 @@ def build(name: str, half: bool, size: int) -> Any:
                 num_labels=1000,
             )
             hf = transformers.ResNetForImageClassification(cfg)
+        elif name == "vit_100m":  # ViT-Base widths with 14 layers: about 100M parameters
+            cfg = transformers.ViTConfig(
+                image_size=size, patch_size=16, hidden_size=768, num_hidden_layers=14, num_attention_heads=12,
+                intermediate_size=3072, num_labels=1000,
+            )  # fmt: skip
+            hf = transformers.ViTForImageClassification(cfg)
         else:
             cfg = transformers.ViTConfig(
                 image_size=size,
