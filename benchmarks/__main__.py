@@ -59,7 +59,19 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
         "headline",
         "benchmarks.headline",
+        "speed at 224x224 (MobileNetV2, ResNet-50, ViT-tiny: 50% channels / int8 in three runtimes), then "
         "MobileNetV2 and digits CNN before -> after int8 + channel pruning + distillation (Lightning)",
+    ),
+    Benchmark(
+        "peers",
+        "benchmarks.peers",
+        "fitslim int8 vs ORT quantize_static, the TFLite converter's int8 PTQ and ncnn fp32 (MobileNetV2-224)",
+    ),
+    Benchmark(
+        "scaling",
+        "benchmarks.scaling",
+        "export wall time and peak memory vs parameters: MobileNetV2, ResNet-50, ~100M ViT, every target",
+        quick=("--models", "mobilenet_v2", "--size", "96"),
     ),
     Benchmark(
         "export",
