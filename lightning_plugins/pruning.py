@@ -28,8 +28,7 @@ from typing_extensions import override
 
 from fitslim.schedules import SparsitySchedule
 from fitslim.sparsity import magnitude_masks, n_of_m_mask, pruning_args
-from lightning_plugins._channels import ChannelPlan, Structure, build_plan, rebind_optimizers, shrink
-from lightning_plugins._channels import _axes as channel_axes
+from lightning_plugins._channels import ATTENTION_MODES, ChannelPlan, Structure, build_plan, rebind_optimizers, shrink
 from lightning_plugins._compat import pl
 from lightning_plugins._masks import (
     MASK_SUFFIX,
@@ -86,6 +85,10 @@ def _first_input(trainer: Any) -> Any:
     from exporters.source import batch_input
 
     loader = trainer.train_dataloader
+    if loader is None:  # on_fit_start runs before the fit loop sets its loader up: ask the loader's source
+        source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
+        if source is not None and source.is_defined():
+            loader = source.dataloader()
     if isinstance(loader, Sequence | Mapping):
         loader = next(iter(loader.values() if isinstance(loader, Mapping) else loader))
     dataset = getattr(loader, "dataset", None)
@@ -109,8 +112,12 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
 
     - ``"unstructured"``: single weights of Conv/Linear layers, smallest magnitude first.
     - ``"channel"``: output channels, scored by the L1/L2 norm of their filters (summed over the layers that
-      produce the channel); every layer sharing the channel (BN, residual adds, depthwise convs, the next
-      layer's inputs) is masked with it. The classifier head (the last Linear, or the last conv when there is
+      produce the channel); every layer sharing the channel (BN, LayerNorm, residual adds, depthwise convs, the
+      next layer's inputs) is masked with it. Grouped convs and GroupNorm lose whole groups and attention
+      modules whole heads (see ``attention``), each group to the target. Before the first step every group is
+      removed once on trial and put back: one whose removal breaks the forward is refused, naming its layer.
+      (LayerNorm normalizes over the masked zeros until the channels are removed; the fit after ``end``
+      adapts to the removal.) The classifier head (the last Linear, or the last conv when there is
       none) never loses outputs; the first conv is left alone unless an ``include`` pattern names it. With
       ``make_permanent`` the channels are removed physically at the schedule's ``end`` (the rest of the fit
       fine-tunes the smaller model; the optimizers are rebound to it) or at fit end when the schedule runs
@@ -144,6 +151,10 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
         round_to: channel granularity only: keep a multiple of this many channels in every group (the
             best-scoring pruned channels are kept again), e.g. 8 so runtimes' blocked kernels still apply; the
             sparsity reached may then fall below the target.
+        attention: channel granularity only: ``"heads"`` prunes attention modules with q/k/v projections (HF
+            style) by whole heads, q/k/v/o together, and updates the module's head count so its own reshape
+            still works; ``"mlp"`` leaves the q/k/v/o projections alone and prunes MLP hidden dimensions and
+            convs only.
 
     Raises:
         ValueError: a sparsity outside [0, 1), ``end <= start``, an unknown granularity / scope / schedule /
@@ -177,6 +188,7 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
         end_step: int | None = None,
         example_input: Any = None,
         round_to: int | None = None,
+        attention: str = "heads",
     ) -> None:
         super().__init__()
         args = pruning_args(
@@ -201,6 +213,9 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
         self.importance = importance
         self.make_permanent = make_permanent
         self.round_to = args.round_to
+        if attention not in ATTENTION_MODES:
+            raise _fail("attention", f"unknown {attention!r}", f"choose one of {list(ATTENTION_MODES)}")
+        self.attention = attention
         self.include = _check_selectors("include", include)
         self.exclude = _check_selectors("exclude", exclude)
         self.example_input = example_input
@@ -274,7 +289,11 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
         selection = select_layers(module, self.include, self.exclude, channel_defaults=self.granularity == "channel")
         if self.granularity == "channel":
             self._plan = build_plan(
-                module, selection.selected, self._example_input(trainer, module), explicit=selection.explicit
+                module,
+                selection.selected,
+                self._example_input(trainer, module),
+                explicit=selection.explicit,
+                attention=self.attention,
             )
             params = self._plan.params
         else:
@@ -493,24 +512,15 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
             return
         keep = self._keep or self._plan.keep_from_masks(self._masks.params, self._masks.numpy())
         module = self._plan.root_module
-        old = {(p.layer, p.param): getattr(module.get_submodule(p.layer), p.param) for p in self._plan.params}
+        old = {(n, k): p for n, sub in module.named_modules() for k, p in sub.named_parameters(recurse=False)}
         before = sum(p.numel() for p in module.parameters())
         self._masks.remove()
         self._masks = None
-        self._structure = self._plan.remove(keep)
+        self._structure, sliced = self._plan.remove(keep)
         swaps: dict[int, tuple[nn.Parameter, dict[int, list[int]]]] = {}
-        for layer, entry in self._structure.items():
-            sub = module.get_submodule(layer)
-            for param in ("weight", "bias"):
-                new, previous = getattr(sub, param, None), old.get((layer, param))
-                if new is None or previous is None or new is previous:
-                    continue
-                dims = {
-                    d: entry[a]
-                    for is_out in (True, False)
-                    for p, d, a in channel_axes(sub, is_out)
-                    if p == param and a in entry
-                }
+        for (layer, param), dims in sliced.items():
+            new, previous = getattr(module.get_submodule(layer), param, None), old.get((layer, param))
+            if isinstance(new, nn.Parameter) and previous is not None and new is not previous:
                 swaps[id(previous)] = (new, dims)
         rebound = rebind_optimizers(trainer.optimizers, swaps)
         _rewrap_ddp(trainer)

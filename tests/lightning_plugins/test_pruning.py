@@ -98,6 +98,14 @@ class _LinearLN(pl.LightningModule):  # type: ignore[name-defined]
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+class _Reshaped(_LinearLN):
+    """fc1's 16 outputs are read as a 4x4 grid: removing any of them breaks the forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln(self.fc1(x.flatten(1)))
+        return self.fc2(h.view(-1, 4, 4).transpose(1, 2).reshape(-1, 16))
+
+
 class _NoWeights(_LinearLN):
     def __init__(self) -> None:
         pl.LightningModule.__init__(self)
@@ -117,7 +125,7 @@ class _NoWeights(_LinearLN):
         ),
         (_module, {"include": [nn.Conv3d]}, r"Pruning\(include=...\): type Conv3d matches no prunable layer"),
         (_NoWeights, {}, r"has no prunable layer"),
-        (_LinearLN, {"granularity": "channel"}, r"layer 'ln' \(LayerNorm\) is in the channel group of 'fc1'"),
+        (_Reshaped, {"granularity": "channel"}, r"removing channels of the group rooted at 'fc1' .* breaks the model"),
         (_module, {"granularity": "channel", "include": ["stem.conv"]}, r"layer 'model.stem.conv' cannot be channel"),
         (
             _module,
