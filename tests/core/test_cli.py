@@ -50,9 +50,7 @@ def test_export_and_report_round_trip(
     from exporters.onnx_export import to_onnx
     from exporters.source import Source
 
-    model, _ = to_onnx(
-        Source.from_model(trained_torch_digits), tmp_path / "digits.onnx", digits_nchw.x_test[:1]
-    )
+    model, _ = to_onnx(Source.from_model(trained_torch_digits), tmp_path / "digits.onnx", digits_nchw.x_test[:1])
     calib = tmp_path / "calib.npy"
     np.save(calib, digits_nchw.x_train[:64])
     out = tmp_path / "exports"
@@ -65,3 +63,98 @@ def test_export_and_report_round_trip(
     assert "onnx    fp32       ok" in capsys.readouterr().out
     assert main(["export", str(model), "--to", "onnx", "--input-shape", "1,x,8"]) == 2
     assert "--input-shape" in capsys.readouterr().err
+
+
+def _report(folder: Path) -> dict[str, Any]:
+    import json
+
+    return {r["target"]: r for r in json.loads((folder / "report.json").read_text())["results"]}
+
+
+@pytest.mark.slow
+def test_export_lightning_checkpoint_and_exported_program(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A Trainer-written .ckpt (with --module) and a torch.export .pt2 (static batch 1) export and verify."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("lightning")
+    pytest.importorskip("ncnn")
+    from lightning.pytorch import Trainer
+
+    from lightning_plugins.reference import DigitsClassifier, DigitsDataModule
+
+    torch.manual_seed(0)
+    module = DigitsClassifier(width=0.5)
+    trainer = Trainer(
+        max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
+    ckpt = tmp_path / "digits.ckpt"
+    trainer.save_checkpoint(ckpt)
+    pt2 = tmp_path / "digits.pt2"
+    torch.export.save(torch.export.export(module.model.eval(), (torch.rand(1, 1, 8, 8),)), str(pt2))
+    capsys.readouterr()
+
+    module_path = "lightning_plugins.reference.DigitsClassifier"
+    out = tmp_path / "from_ckpt"
+    argv = [
+        str(ckpt),
+        "--module",
+        module_path,
+        "--input-shape",
+        "1,1,8,8",
+        "--to",
+        "onnx",
+        "ncnn",
+        "--output",
+        str(out),
+    ]
+    assert main(["export", *argv]) == 0, capsys.readouterr()
+    rows = _report(out)
+    assert rows["onnx"]["status"] == rows["ncnn"]["status"] == "ok" and rows["ncnn"]["top1_agreement"] == 1.0
+    assert "Export of torch DigitsClassifier" in capsys.readouterr().out
+
+    out = tmp_path / "from_pt2"  # no --input-shape: the program carries its example input
+    assert main(["export", str(pt2), "--to", "onnx", "--output", str(out)]) == 0, capsys.readouterr()
+    rows = _report(out)
+    assert rows["onnx"]["status"] == "ok" and rows["onnx"]["max_abs_error"] < 1e-4
+    assert (out / "model.onnx").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_export_keras_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("keras")
+    pytest.importorskip("ai_edge_litert")
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from keras_callbacks.reference import build_digits_classifier
+
+    path = tmp_path / "digits.keras"
+    build_digits_classifier(width=0.5).save(path)
+    out = tmp_path / "exports"
+    assert main(["export", str(path), "--to", "tflite", "--output", str(out)]) == 0, capsys.readouterr()
+    rows = _report(out)
+    assert rows["tflite"]["status"] == "ok" and rows["tflite"]["top1_agreement"] == 1.0, rows
+    assert (out / "model.tflite").stat().st_size > 1000
+
+
+def test_failed_target_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A target that fails (or does not match) makes the exit status 1, with the report still written."""
+    pytest.importorskip("onnxruntime")
+    import exporters.ncnn
+    from tests.test_bad_inputs import _tiny_onnx
+
+    def broken(job: Any) -> Any:
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setattr(exporters.ncnn, "export_ncnn", broken)
+    model = _tiny_onnx(tmp_path / "tiny.onnx")
+    out = tmp_path / "exports"
+    assert main(["export", str(model), "--to", "onnx", "ncnn", "--output", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"fitslim export: ncnn failed (see {out / 'report.md'})"
+    assert "Traceback" not in captured.err
+    rows = _report(out)
+    assert rows["onnx"]["status"] == "ok" and rows["ncnn"]["status"] == "failed"
+    assert "converter crashed" in rows["ncnn"]["reason"]
