@@ -107,6 +107,11 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "benchmarks.keras",
         "Keras callbacks vs tfmot: pruning and QAT overhead, exported int8 accuracy",
     ),
+    Benchmark(
+        "zoo_keras",
+        "benchmarks.zoo_keras",
+        "Keras zoo families on digits: unstructured 50%, channel 50% and QAT accuracy against dense",
+    ),
 )
 
 
