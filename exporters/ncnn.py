@@ -33,7 +33,15 @@ from exporters.ncnn_int8 import NcnnParam, write_int8
 from exporters.report import TargetResult
 from exporters.verify import compare, fill_agreement, median_latency_ms
 
-__all__ = ["PRECISION_SUFFIX", "NcnnModel", "export_ncnn", "run_pnnx"]
+__all__ = [
+    "PRECISION_SUFFIX",
+    "NcnnModel",
+    "export_ncnn",
+    "keep_for_inspection",
+    "run_pnnx",
+    "strip_nan_guards",
+    "unknown_layers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -275,11 +283,101 @@ def export_ncnn(job: ExportJob) -> TargetResult:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+#: what to do about a layer type ncnn does not have, by type
+_LAYER_HINTS = {
+    "IsNaN": "it comes from a NaN guard (torch.isnan / nan_to_num) that is not the softmax guard fitslim removes; "
+    "drop it from the model for export",
+}
+
+
+def unknown_layers(param: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """``(type, name)`` of every layer of an ncnn ``.param`` that ncnn does not have (it would refuse to load)."""
+    ncnn = _ncnn()
+    graph = NcnnParam.parse(Path(param).read_text(encoding="utf-8"), str(param))
+    return [(layer.type, layer.name) for layer in graph.layers if ncnn.layer_to_index(layer.type) < 0]
+
+
+def keep_for_inspection(job: ExportJob, files: list[Path], what: str) -> Path:
+    """Copy ``files`` into ``<directory>/failed/<what>/`` (replacing an earlier copy) and return that folder."""
+    folder = job.directory / "failed" / what
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        if f.is_file():
+            shutil.copyfile(f, folder / f.name)
+    return folder
+
+
+def strip_nan_guards(model: Any) -> int:
+    """Remove ``Where(IsNaN(softmax), c, softmax)`` guards in place (ncnn has no IsNaN layer); returns the count.
+
+    torch's ONNX lowering of ``scaled_dot_product_attention`` guards the softmax against fully masked rows
+    (all scores ``-inf`` give NaN). Only such rows differ without the guard, and an ncnn model has no mask input.
+    """
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in g.output}
+    removed = 0
+    for where in list(g.node):
+        if where.op_type != "Where" or len(where.input) != 3:
+            continue
+        isnan = producer.get(where.input[0])
+        if isnan is None or isnan.op_type != "IsNaN" or isnan.input[0] != where.input[2]:
+            continue
+        kept, out = where.input[2], where.output[0]
+        if out in graph_outputs:
+            continue
+        for c in consumers.get(out, []):
+            for k, name in enumerate(c.input):
+                if name == out:
+                    c.input[k] = kept
+        g.node.remove(where)
+        if all(c is where for c in consumers.get(isnan.output[0], [])):
+            g.node.remove(isnan)
+        removed += 1
+    return removed
+
+
+def _ncnn_onnx(job: ExportJob, scratch: Path, notes: list[str]) -> Path:
+    """The shared ONNX with the rewrites pnnx/ncnn need (a copy in ``scratch``; the shared file is untouched)."""
+    import onnx
+
+    model = onnx.load(str(job.onnx_path))
+    guards = strip_nan_guards(model)
+    if not guards:
+        return job.onnx_path
+    notes.append(f"removed {guards} IsNaN/Where guard(s) after Softmax (they change only fully masked rows)")
+    path = scratch / "ncnn_input.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
 def _export(job: ExportJob, scratch: Path) -> TargetResult:
     import ncnn
 
-    param, binary = run_pnnx(job.onnx_path, job.input_shape, scratch / "pnnx", fp16=job.precision == "fp16")
-    result = TargetResult("ncnn", job.precision, runtime=f"ncnn {ncnn.__version__}")
+    what = f"ncnn-{job.precision}"
+    notes: list[str] = []
+    onnx_path = _ncnn_onnx(job, scratch, notes)
+    try:
+        param, binary = run_pnnx(onnx_path, job.input_shape, scratch / "pnnx", fp16=job.precision == "fp16")
+    except RuntimeError as err:
+        kept = keep_for_inspection(job, [onnx_path, *sorted((scratch / "pnnx").glob("*"))], what)
+        raise RuntimeError(f"{err}\nthe ONNX given to pnnx and pnnx's outputs are kept in {kept}") from err
+    unknown = unknown_layers(param)
+    if unknown:
+        kept = keep_for_inspection(job, [param, binary, onnx_path], what)
+        layers = ", ".join(f"{t} (layer {n!r})" for t, n in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        hints = "; ".join(f"{t}: {_LAYER_HINTS[t]}" for t in dict.fromkeys(t for t, _ in unknown) if t in _LAYER_HINTS)
+        raise RuntimeError(
+            f"ncnn cannot load what pnnx wrote: {len(unknown)} layer(s) of a type ncnn does not have: {layers}. "
+            f"HINT: {hints or 'rewrite that op in the model'}, or export to 'onnx', 'tflite' or 'tensorrt'. "
+            f"The .param/.bin and the ONNX are kept in {kept}"
+        )
+    result = TargetResult("ncnn", job.precision, runtime=f"ncnn {ncnn.__version__}", notes=notes)
     if job.precision == "int8" and job.quant is not None:
         fp32_size = param.stat().st_size + binary.stat().st_size
         src_param, src_bin = param, binary
@@ -293,7 +391,11 @@ def _export(job: ExportJob, scratch: Path) -> TargetResult:
         result.notes.append(f"size {fp32_size / 1024:.1f} KB fp32 → {int8_size / 1024:.1f} KB int8 ({ratio:.2f}x)")
     if job.verify:
         # verified before it is installed: a model ncnn cannot load or run never reaches the directory
-        _verify(job, result, param, binary)
+        try:
+            _verify(job, result, param, binary)
+        except (RuntimeError, ValueError) as err:
+            kept = keep_for_inspection(job, [param, binary, onnx_path], what)
+            raise RuntimeError(f"{err}; the .param/.bin and the ONNX are kept in {kept}") from err
     suffix = PRECISION_SUFFIX[job.precision]
     final_param, final_bin = job.artifact(f"{suffix}.param"), job.artifact(f"{suffix}.bin")
     _install_pair([(param, final_param), (binary, final_bin)])

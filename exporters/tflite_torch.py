@@ -408,6 +408,12 @@ def convert_torch(job: ExportJob) -> TorchConversion:
         ImportError: litert-torch is missing (names the extra to install).
         ValueError: int8 without a scale table or calibration inputs; a model that still runs fake-quant ops.
     """
+    if isinstance(job.samples, tuple):
+        dtypes = ", ".join(str(a.dtype) for a in job.samples)
+        raise ValueError(
+            f"tflite: this torch model takes {len(job.samples)} inputs ({dtypes}); fitslim's LiteRT verification "
+            "feeds one input tensor, so several inputs are not converted yet. Export it to 'onnx' or 'tensorrt'."
+        )
     litert_torch = _litert()
     try:
         return _convert(job, litert_torch)

@@ -173,3 +173,60 @@ def test_export_reports_nan_ncnn_outputs_as_mismatch(tmp_path: Path, monkeypatch
     row = report["ncnn"]
     assert row.status == "mismatch" and "not finite" in row.reason
     assert row.files == ["model.ncnn.param", "model.ncnn.bin"] and (tmp_path / "model.ncnn.param").is_file()
+
+
+# ---- ncnn: layers it cannot load are named, the files kept; softmax NaN guards are removed -----------
+
+
+def test_ncnn_names_a_layer_it_does_not_have(tmp_path: Path) -> None:
+    pytest.importorskip("ncnn")
+    from exporters.ncnn import unknown_layers
+
+    param = tmp_path / "model.ncnn.param"
+    param.write_text(
+        "7767517\n3 3\nInput in0 0 1 in0\nIsNaN isnan_12 1 1 in0 1\nReLU relu_0 1 1 1 out0\n", encoding="utf-8"
+    )
+    assert unknown_layers(param) == [("IsNaN", "isnan_12")]
+
+
+def test_softmax_nan_guard_is_removed_and_nothing_else() -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from exporters.ncnn import strip_nan_guards
+
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    nodes = [
+        helper.make_node("Softmax", ["x"], ["s"], axis=-1),
+        helper.make_node("IsNaN", ["s"], ["nan"]),
+        helper.make_node("Where", ["nan", "zero", "s"], ["guarded"]),
+        helper.make_node("MatMul", ["guarded", "x"], ["y"]),
+        helper.make_node("IsNaN", ["x"], ["xnan"]),  # a NaN test of something else stays
+        helper.make_node("Where", ["xnan", "zero", "y"], ["out"]),
+    ]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 2]) for n in ("x", "out")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [vi[0]], [vi[1]], [zero]))
+    assert strip_nan_guards(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["Softmax", "MatMul", "IsNaN", "Where"] and model.graph.node[1].input[0] == "s"
+    onnx.checker.check_model(model)
+
+
+@pytest.mark.slow
+def test_an_ncnn_model_that_cannot_load_is_kept_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ncnn")
+    from exporters import export
+    from exporters.ncnn import NcnnModel
+
+    def cannot_load(self: NcnnModel, param: Any, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(f"ncnn could not load {param}")
+
+    monkeypatch.setattr(NcnnModel, "__init__", cannot_load)
+    model = _Tiny.build()
+    x = np.random.default_rng(0).standard_normal((4, 3, 9, 11)).astype(np.float32)
+    report = export(model, ["ncnn"], example_input=x[:1], samples=x, directory=tmp_path)
+    row = report["ncnn"]
+    kept = tmp_path / "failed" / "ncnn-fp32"
+    assert row.status == "failed" and f"kept in {kept}" in row.reason, row.reason
+    assert sorted(p.name for p in kept.iterdir()) == ["model.ncnn.bin", "model.ncnn.param", "shared.onnx"]
+    assert not (tmp_path / "model.ncnn.param").exists()  # nothing half-verified under the final names
