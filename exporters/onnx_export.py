@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from exporters.checks import legacy_trace_check
 from exporters.job import ExportJob
 from exporters.report import TargetResult
 from exporters.runtimes import ort_feed, take
@@ -80,17 +81,22 @@ def _torch_to_onnx(model: Any, path: Path, example: Any, notes: list[str]) -> No
             program.save(str(path), external_data=False)
         except Exception as err:  # dynamo cannot trace some models; the legacy exporter often can
             log.warning("dynamo ONNX export failed (%s); falling back to the legacy exporter", err)
-            notes.append(f"legacy torch.onnx exporter used: dynamo failed with {type(err).__name__}: {err}")
-            torch.onnx.export(
-                model,
-                xs,
-                str(path),
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=names,
-                output_names=["output"],
-                dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}},
-            )
+
+            def legacy(inputs: tuple[Any, ...], out: Path) -> None:
+                ts = tuple(torch.from_numpy(np.concatenate([a[:1], a[:1]])).to(device) for a in inputs)
+                torch.onnx.export(
+                    model,
+                    ts,
+                    str(out),
+                    dynamo=False,
+                    opset_version=OPSET,
+                    input_names=names,
+                    output_names=["output"],
+                    dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}},
+                )
+
+            legacy(arrays, path)
+            notes.append(legacy_trace_check(legacy, tuple(np.asarray(a[:1]) for a in arrays), path, err))
     finally:
         model.train(was_training)
 

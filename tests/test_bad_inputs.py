@@ -379,3 +379,62 @@ def test_pickle_is_never_loaded(files: dict[str, Path], tmp_path: Path, capsys: 
     assert pickle.dumps(Payload())  # the payload is real
     err = _run_bad([str(files["tiny.onnx"]), "--to", "onnx", "--calibration", str(path)], tmp_path / "out", capsys)
     assert "--calibration" in err and not marker.exists()
+
+
+def _branchy() -> Any:
+    torch = pytest.importorskip("torch")
+
+    class Branchy(torch.nn.Module):
+        """Branches on its input: torch.export cannot trace it, the legacy tracer keeps one branch."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.a = torch.nn.Linear(64, 10)
+            self.b = torch.nn.Linear(64, 10)
+
+        def forward(self, x: Any) -> Any:
+            x = x.flatten(1)
+            return self.a(x) if x.sum() > 0 else self.b(x)
+
+    return Branchy()
+
+
+@pytest.mark.slow
+def test_legacy_tracer_fallback_is_refused_for_data_dependent_branches(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from exporters import export
+
+    x = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
+    report = export(_branchy(), ["onnx", "ncnn"], example_input=x, directory=tmp_path / "e")
+    for row in report:
+        assert row.status == "failed", row
+        assert "legacy torch.onnx tracer" in row.reason and "branches on its input data" in row.reason, row.reason
+        assert "torch.cond" in row.reason
+    assert not list((tmp_path / "e").glob("*.onnx")) and not list((tmp_path / "e").rglob("*.partial"))
+
+
+@pytest.mark.slow
+def test_legacy_tracer_fallback_is_a_warning_in_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When torch.export fails on a model without data-dependent branches, the trace is used, and the report says so."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from exporters import export
+
+    real = torch.onnx.export
+
+    def dynamo_fails(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("dynamo"):
+            raise RuntimeError("simulated torch.export failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    x = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
+    report = export(model, ["onnx"], example_input=x, directory=tmp_path / "e")
+    assert report["onnx"].status == "ok", report["onnx"].reason
+    notes = " ".join(report["onnx"].notes)
+    assert "WARNING: the legacy torch.onnx tracer was used" in notes and "simulated torch.export failure" in notes
+    assert "a second trace on another input computes the same outputs" in notes
+    assert "WARNING: the legacy torch.onnx tracer" in (tmp_path / "e" / "report.md").read_text()
