@@ -40,19 +40,28 @@ TARGETS = ("onnx", "ncnn", "tflite", "tensorrt")
 QUANT_TARGETS = ("ncnn", "tflite", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 
-#: the cells CI runs (case, precision) -> targets: small cases that cover ZeroPadding2D (ncnn Padding),
-#: depthwise/separable convs, squeeze-excitation, a subclassed model and int8 through every quantizing target
+#: the cells CI runs (case, precision) -> targets: small cases that cover ZeroPadding2D (ncnn Padding) and
+#: BatchNorm after depthwise convs (MobileNet), depthwise/separable convs, squeeze-excitation, a subclassed
+#: model, and int8 through every quantizing target
 CI_CELLS: dict[tuple[str, str], tuple[str, ...]] = {
     ("mobilenet", "fp32"): TARGETS,
-    ("mobilenet", "int8"): QUANT_TARGETS,
     ("user_sequential", "fp32"): TARGETS,
     ("user_sequential", "int8"): QUANT_TARGETS,
     ("user_subclassed", "fp32"): TARGETS,
+    ("user_subclassed", "int8"): QUANT_TARGETS,
 }
+
+#: random-weight deep nets lose their (small) input-to-input logit differences to int8 rounding itself: the
+#: same scales simulated in float ONNX (fake-quant, no runtime involved) agree as badly, and the TFLite
+#: converter's own calibration does little better, so these cells are recorded as mismatches, not hidden
+_INT8_SENSITIVE = r"top-1 agreement .* under the int8 bound|RMS error .* exceeds the bound"
 
 #: known limits: (case, target, precision) -> (status, pattern the reason must match). Every other cell must
 #: be ``ok``. A ``failed`` reason names the op or layer and what to do.
-EXPECTED: dict[tuple[str, str, str], tuple[str, str]] = {}
+EXPECTED: dict[tuple[str, str, str], tuple[str, str]] = {
+    **{("mobilenet", t, "int8"): ("mismatch", _INT8_SENSITIVE) for t in QUANT_TARGETS},
+    **{("mobilenet_v3_small", t, "int8"): ("mismatch", _INT8_SENSITIVE) for t in QUANT_TARGETS},
+}
 
 #: verification inputs: int8 calibrates on one draw and verifies on another
 SAMPLES = {"fp32": 16, "fp16": 16, "int8": 64}
