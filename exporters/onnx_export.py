@@ -298,6 +298,11 @@ def _keras_jax_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32],
         with contextlib.redirect_stdout(io.StringIO()):
             model.export(str(raw), format="onnx", input_signature=sig, opset_version=OPSET, verbose=False)
         m = onnx.load(str(raw))
+    except ImportError as err:  # jax2onnx is there, one of its own dependencies is not
+        raise ValueError(
+            f"exporting a Keras model on the JAX backend to ONNX: jax2onnx could not run ({err}); install it with "
+            "its dependencies (pip install jax2onnx), or export with KERAS_BACKEND=tensorflow or torch."
+        ) from err
     finally:
         raw.unlink(missing_ok=True)
     if example.ndim == 4:
