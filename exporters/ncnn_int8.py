@@ -66,7 +66,7 @@ TAG_INT8 = 0x000D4B38
 TAG_FP32_RAW = 0x0002C056
 
 #: Layers this writer quantizes.
-QUANTIZED_TYPES = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
+QUANTIZED_TYPES = ("Convolution", "ConvolutionDepthWise", "InnerProduct", "Gemm")
 #: Layers that can requantize their output to int8 (ncnn reads a top-blob scale only for these).
 _FUSE_PRODUCERS = ("Convolution", "ConvolutionDepthWise")
 #: Layers that take an int8 blob as it is (their x86 kernels skip quantizing an 8-bit input). ncnn2int8
@@ -380,6 +380,17 @@ def _reads(layer: NcnnLayer) -> list[tuple[str, bool, int]]:
         return [("data", g(21, 1) == 0, n)] if n else []
     if t == "Gemm" and not (g(4) or g(5) or g(6)):
         return []
+    if t == "Gemm" and not g(4) and g(5):  # a constant B (a Linear's weight) times the input blob A
+        n, k, m, c_type = g(8), g(9), g(7), g(10)
+        out = [("weight", True, n * k)]
+        if g(6) and c_type != -1:
+            count = {0: 1, 1: m, 2: m, 3: n * m, 4: n}.get(c_type)
+            if count is None:
+                raise ValueError(f"{where}: constant_broadcast_type_C 10={c_type} is not one ncnn reads")
+            out.append(("bias", True, count))
+        if g(18):
+            out.append(("weight_scales", False, 1))
+        return out
     if t == "Gemm" or t in _UNSUPPORTED_WEIGHTED:
         raise ValueError(
             f"{where} holds weights the ncnn int8 writer cannot quantize "
@@ -491,16 +502,18 @@ def _match(table: QuantTable, w: npt.NDArray[np.float32], used: dict[str, str], 
 def _quantize_layer(data: LayerData, table: QuantTable, used: dict[str, str], notes: list[str]) -> _Quantized:
     layer = data.layer
     where = f"ncnn layer {layer.name!r} ({layer.type})"
-    if layer.get_int(8):
-        raise ValueError(f"{where} is already int8 (8={layer.get_int(8)}); pass the fp32 model pnnx wrote.")
+    gemm = layer.type == "Gemm"
+    if layer.get_int(18 if gemm else 8):
+        raise ValueError(f"{where} is already int8; pass the fp32 model pnnx wrote.")
     chunk = data.chunks["weight"]
     if chunk.tag == TAG_INT8:
         raise ValueError(f"{where} already stores int8 weights; pass the fp32 model pnnx wrote.")
-    num_output = layer.get_int(0)
+    num_output = layer.get_int(8 if gemm else 0)
     flat = np.asarray(chunk.values(), dtype=np.float32)
     if num_output <= 0 or flat.size % num_output:
         raise ValueError(f"{where}: weight size {flat.size} is not a multiple of num_output {num_output}")
-    w = flat.reshape(num_output, -1)
+    transposed = gemm and not layer.get_int(3)  # transB=0 stores B as (K, N)
+    w = flat.reshape(-1, num_output).T if transposed else flat.reshape(num_output, -1)
     entry = _match(table, w, used, layer)
     used[entry.node.node] = layer.name
     scales = np.asarray(entry.weight_scales, dtype=np.float32).reshape(-1)
@@ -511,6 +524,25 @@ def _quantize_layer(data: LayerData, table: QuantTable, used: dict[str, str], no
         )
     if not np.all(np.isfinite(scales) & (scales > 0)) or not (np.isfinite(entry.input_scale) and entry.input_scale > 0):
         raise ValueError(f"{where}: the table entry {entry.node.node!r} has a zero, negative or non-finite scale.")
+    if gemm:
+        # ncnn's int8 Gemm has one weight scale for all of B and quantizes its input per row at run time:
+        # the largest channel scale clips no weight; the table's input scale is not used
+        scale = np.float32(scales.max())
+        notes.append(
+            f"{layer.name}: Gemm int8 uses one weight scale (the largest of {num_output}) and ncnn's per-row "
+            "dynamic input quantization"
+        )
+        q = quantize(w, np.full(num_output, scale, np.float32), axis=0, rounding="half_away")
+        stored = q.T if transposed else q
+        return _Quantized(
+            layer,
+            entry,
+            np.ascontiguousarray(stored).reshape(-1),
+            data.chunks.get("bias"),
+            np.asarray([ncnn_multiplier(scale)], dtype=np.float32),
+            np.float32(ncnn_multiplier(np.float32(entry.input_scale))),
+            2,
+        )
     if layer.type == "ConvolutionDepthWise":
         group = layer.get_int(7, 1)
         if group <= 0 or num_output % group:
@@ -576,6 +608,8 @@ def _int8_bytes(q: _Quantized) -> bytes:
     if q.bias is not None:
         parts.append(q.bias.data)
     parts.append(q.weight_multipliers.astype("<f4").tobytes())
+    if q.layer.type == "Gemm":  # B's one scale and no input scale (ncnn quantizes A per row)
+        return b"".join(parts)
     parts.append(np.asarray([q.input_multiplier], dtype="<f4").tobytes())
     if q.top_multiplier is not None:
         parts.append(np.asarray([q.top_multiplier], dtype="<f4").tobytes())
@@ -639,7 +673,7 @@ def write_int8(
         if q is None:
             out.extend(c.data for c in ld.chunks.values())
             continue
-        q.layer.set(8, q.int8_scale_term)
+        q.layer.set(18 if q.layer.type == "Gemm" else 8, q.int8_scale_term)
         summary.layers[q.layer.name] = q.entry.node.node
         out.append(_int8_bytes(q))
     blob = b"".join(out)

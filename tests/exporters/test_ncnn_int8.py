@@ -296,7 +296,7 @@ def test_graph_layer_without_table_entry_is_named(handmade: Handmade, tmp_path: 
         ("Embed", ""),
         ("LSTM", ""),
         ("MultiHeadAttention", ""),
-        ("Gemm", " 5=1"),
+        ("Gemm", " 4=1 7=2 9=3"),  # a constant A (not a Linear's weight) has per-row scales: not written
     ],
 )
 def test_unknown_weighted_layer_type_is_named(handmade: Handmade, tmp_path: Path, new_type: str, extra: str) -> None:
@@ -583,3 +583,23 @@ def test_failed_verification_installs_nothing(
         export_ncnn(_handmade_job(handmade, tmp_path, monkeypatch, wrong))
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
     assert list((tmp_path / "work").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_linear_on_token_axis_becomes_int8_gemm(tmp_path: Path) -> None:
+    """nn.Linear on (N, tokens, C) comes out of pnnx as Gemm: int8 B (one scale, 18=2), verified in ncnn."""
+    torch = pytest.importorskip("torch")
+    from exporters import export
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)).eval()
+    x = np.random.default_rng(0).standard_normal((64, 6, 8)).astype(np.float32)
+    report = export(model, ["ncnn"], example_input=x[:1], calibration=x, samples=x, precision="int8",
+                    directory=tmp_path)  # fmt: skip
+    row = report["ncnn"]
+    assert row.ok, row.reason
+    layers = read_model(tmp_path / "model.int8.ncnn.param", tmp_path / "model.int8.ncnn.bin")
+    gemms = [ld for ld in layers if ld.layer.type == "Gemm"]
+    assert len(gemms) == 2 and all(ld.layer.get_int(18) == 2 for ld in gemms)
+    assert all(ld.chunks["weight"].tag == TAG_INT8 and ld.chunks["weight_scales"].values().size == 1 for ld in gemms)
+    assert row.spread_error is not None and row.spread_error < 0.05
