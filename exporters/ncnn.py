@@ -227,7 +227,9 @@ class NcnnModel:
         """
         x = np.ascontiguousarray(sample, dtype=np.float32)
         ex = self.net.create_extractor()
-        if ex.input(self.input_name, self._ncnn.Mat(x)) != 0:
+        # an owned copy: a layer running in place on the input (a scalar BinaryOp such as Keras' Rescaling)
+        # crashes ncnn (SIGSEGV) when the input Mat only wraps the NumPy buffer
+        if ex.input(self.input_name, self._ncnn.Mat(x).clone()) != 0:
             raise RuntimeError(f"ncnn rejected input blob {self.input_name!r} of shape {x.shape}")
         ret, mat = ex.extract(self.output_name)
         if ret != 0:
