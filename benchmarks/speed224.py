@@ -170,7 +170,7 @@ def measure_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         report = export(
             model,
-            TARGETS,
+            args.targets,
             example_input=calib[:1],
             calibration=calib if precision == "int8" else None,
             samples=samples,
@@ -352,7 +352,7 @@ def run(args: argparse.Namespace) -> str:
         if not (args.reuse and out.is_file()):
             cmd = [sys.executable, "-m", "benchmarks.speed224", "--child", name, "--json", str(out)]
             cmd += ["--threads", str(args.threads), "--rounds", str(args.rounds), "--burst", str(args.burst)]
-            cmd += ["--size", str(args.size), "--calibration", str(args.calibration)]
+            cmd += ["--size", str(args.size), "--calibration", str(args.calibration), "--targets", *args.targets]
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, check=False)
             log.info("%s: %.0f s, exit %d", name, time.perf_counter() - t0, proc.returncode)
@@ -380,6 +380,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=int, default=None, help="calibration inputs (default 64, quick 16)")
     p.add_argument("--cache", default=None, help="keep each model's JSON record here")
     p.add_argument("--reuse", action="store_true", help="render from cached records where present")
+    p.add_argument("--targets", nargs="+", choices=TARGETS, default=TARGETS, help="runtimes to export to and time")
     p.add_argument("--ncnn-options", action="store_true", help="also time ncnn under several ncnn.Option settings")
     p.add_argument("--output", default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
