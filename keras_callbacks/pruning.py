@@ -154,9 +154,12 @@ class Pruning(keras.callbacks.Callback):
       ``include`` (then an error).
     - ``"channel"``: output channels of Dense/Conv layers, scored by the L1/L2 norm of their filters (summed over
       the producers of a group); channels joined by ``Add``-like layers, squeeze-excitation ``Multiply`` and
-      element-wise ``keras.ops`` nodes (hard-sigmoid's ``x + 3``) form one group, and Batch/LayerNormalization,
+      element-wise ``keras.ops`` nodes (hard-sigmoid's ``x + 3``) form one group, and BatchNormalization,
       depthwise convs, separable convs' depthwise kernels, channel-only ``Reshape`` and the consuming layers' input
-      slices follow. Separable convs are pruned like convs (their filters). The classifier head never loses outputs,
+      slices follow. Separable convs are pruned like convs (their filters). A LayerNormalization freezes the
+      channels it normalizes (its statistics over the channel axis change when channels are removed, so the
+      masked model and the smaller one would differ); the hidden units of the MLP after it are pruned. The
+      classifier head never loses outputs,
       the first conv is left alone unless ``include`` names it, and a group that reaches a layer without a
       channel rule (Flatten, Reshape, Concatenate, ...) is left alone. During ``fit`` the channels are masked
       (zeros); with ``make_permanent`` the model is rebuilt at ``on_train_end`` from its config with fewer
@@ -582,7 +585,7 @@ class Pruning(keras.callbacks.Callback):
                 values = [depthwise, pointwise, *rest]
             elif out_idx is not None and isinstance(layer, _DEPTHWISE):
                 values = [np.take(values[0], out_idx, axis=-2), *[np.take(v, out_idx, axis=0) for v in values[1:]]]
-            elif out_idx is not None:  # BatchNormalization, LayerNormalization: every variable is per channel
+            elif out_idx is not None:  # BatchNormalization: every variable is per channel
                 values = [np.take(v, out_idx, axis=0) for v in values]
             new.get_layer(name).set_weights(values)
         if trial:
@@ -809,9 +812,7 @@ class ChannelGraph:
                     self.frozen.add(g)
                 self.members.setdefault(g, []).append(layer)
                 self.out_group[layer.name] = g
-            elif isinstance(layer, keras.layers.BatchNormalization | keras.layers.LayerNormalization) and _last_axis(
-                layer
-            ):
+            elif isinstance(layer, keras.layers.BatchNormalization) and _last_axis(layer):
                 g = self._find(ins[0])
                 self.members.setdefault(g, []).append(layer)
                 self.out_group[layer.name] = g

@@ -179,3 +179,46 @@ def test_keras_zoo_callbacks(name: str, column: str, tmp_path: Path, zoo_record:
         zoo_record("keras", name, column, "failed", f"{type(err).__name__}: {err}".splitlines()[0])
         raise
     zoo_record("keras", name, column, "ok", detail)
+
+
+def _attention_blocks() -> Any:
+    """Squeeze-excitation through Reshape and keras.ops (hard-sigmoid), a spatial gate, LayerNorm, separable."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    x = keras.layers.Conv2D(16, 3, padding="same", name="expand")(x)
+    x = keras.layers.BatchNormalization(name="expand_bn")(x)
+    s = keras.layers.GlobalAveragePooling2D()(x)
+    s = keras.layers.Reshape((1, 1, 16), name="se_reshape")(s)
+    s = keras.layers.Conv2D(4, 1, activation="relu", name="se_reduce")(s)
+    s = keras.layers.Conv2D(16, 1, name="se_expand")(s)
+    s = keras.layers.ReLU(6.0)(s + 3.0) * (1.0 / 6.0)
+    x = keras.layers.Multiply(name="se_mul")([x, s])
+    gate = keras.layers.Conv2D(1, 1, activation="sigmoid", name="spatial_gate")(x)
+    x = keras.layers.Multiply(name="gate_mul")([x, gate])
+    x = keras.layers.SeparableConv2D(16, 3, padding="same", name="sep")(x)
+    x = keras.layers.LayerNormalization(name="ln")(x)
+    x = keras.layers.Dense(24, activation="gelu", name="mlp")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="head")(x))
+
+
+def test_channel_groups_follow_keras_ops_broadcasts_layernorm_and_separable_convs() -> None:
+    model = _attention_blocks()
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).standard_normal((16, 16, 16, 3)).astype(np.float32)
+    y = np.arange(16) % 10
+    cb = Pruning(sparsity=0.5, granularity="channel", end=0.5)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[cb])
+    small = cb.pruned_model
+    assert small is not None
+    # the squeeze-excitation (through Reshape and x + 3, * 1/6) is pruned with the channels it scales ...
+    assert small.get_layer("expand").filters == small.get_layer("se_expand").filters < 16
+    assert small.get_layer("se_reshape").target_shape[-1] == small.get_layer("expand").filters
+    # ... the spatial gate (one channel, broadcast) keeps its single output; the separable conv takes fewer
+    # inputs and keeps its outputs, which a LayerNorm normalizes; the MLP after it loses hidden units
+    assert small.get_layer("spatial_gate").filters == 1
+    assert small.get_layer("sep").depthwise_kernel.shape[-2] == small.get_layer("expand").filters
+    assert small.get_layer("sep").filters == 16 and tuple(small.get_layer("ln").gamma.shape) == (16,)
+    assert small.get_layer("mlp").units < 24
+    np.testing.assert_allclose(_predict(small, x), _predict(model, x), rtol=1e-4, atol=1e-4)
