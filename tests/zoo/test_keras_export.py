@@ -227,6 +227,27 @@ def test_normalization_constants_grouped_conv_and_exact_gelu_convert(tmp_path: P
     assert rel < 1e-5
 
 
+@pytest.mark.slow
+def test_rescaling_first_layer_runs_in_ncnn(tmp_path: Path) -> None:
+    """EfficientNet starts with Rescaling: pnnx writes a scalar BinaryOp that runs in place on the input blob,
+    which crashed ncnn (SIGSEGV, the whole process) on an input Mat that only wrapped the NumPy buffer."""
+    pytest.importorskip("ncnn")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((12, 10, 3)),
+            keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Conv2D(4, 3),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(5),
+        ]
+    )
+    x = np.random.default_rng(0).uniform(0, 255, (6, 12, 10, 3)).astype(np.float32)
+    report = export(model, ["ncnn"], example_input=x[:1], samples=x, directory=tmp_path)
+    row = report["ncnn"]
+    assert row.ok and row.samples == 6 and row.max_rel_error is not None and row.max_rel_error <= 1e-4, row
+
+
 def test_source_weights_match_the_onnx_kernels_of_depthwise_and_separable_layers(tmp_path: Path) -> None:
     """Keras 3 DepthwiseConv2D keeps its kernel in ``kernel``; SeparableConv2D gives two kernels: each source
     weight must equal (up to the folded BatchNorm's per-channel factor) exactly one ONNX node's weight."""
