@@ -37,6 +37,7 @@ __all__ = [
     "PRECISION_SUFFIX",
     "NcnnModel",
     "export_ncnn",
+    "global_pools",
     "keep_for_inspection",
     "run_pnnx",
     "strip_nan_guards",
@@ -344,15 +345,58 @@ def strip_nan_guards(model: Any) -> int:
     return removed
 
 
+def global_pools(model: Any) -> int:
+    """Turn an ``AveragePool`` whose one window covers its whole unpadded input into ``GlobalAveragePool``.
+
+    HF EfficientNet pools with ``AvgPool2d(kernel, ceil_mode=True)`` and a kernel larger than the feature
+    map: one output value, the mean of the map; pnnx gives it a wrong shape and ncnn then computes garbage.
+    Returns the number of nodes rewritten (in place).
+    """
+    from onnx import helper, shape_inference
+
+    inferred = shape_inference.infer_shapes(model)
+    dims: dict[str, list[int]] = {}
+    for v in list(inferred.graph.value_info) + list(inferred.graph.input):
+        dims[v.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "AveragePool":
+            continue
+        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        spatial = dims.get(node.input[0], [])[2:]
+        kernel = list(a.get("kernel_shape", []))
+        strides = list(a.get("strides", [1] * len(kernel)))
+        pads = list(a.get("pads", [0] * 2 * len(kernel)))
+        auto_pad = a.get("auto_pad", b"NOTSET")
+        if not spatial or 0 in spatial or len(kernel) != len(spatial) or any(pads):
+            continue
+        if auto_pad not in (b"NOTSET", "NOTSET"):
+            continue
+        ceil = int(a.get("ceil_mode", 0))
+        # one window: floor mode needs k == H; ceil mode gives one output for H <= k < H + s
+        sizes = zip(kernel, spatial, strides, strict=True)
+        one = all((k == h) if not ceil else (h <= k < h + st) for k, h, st in sizes)
+        if not one:
+            continue
+        node.op_type = "GlobalAveragePool"
+        del node.attribute[:]
+        changed += 1
+    return changed
+
+
 def _ncnn_onnx(job: ExportJob, scratch: Path, notes: list[str]) -> Path:
     """The shared ONNX with the rewrites pnnx/ncnn need (a copy in ``scratch``; the shared file is untouched)."""
     import onnx
 
     model = onnx.load(str(job.onnx_path))
     guards = strip_nan_guards(model)
-    if not guards:
+    pools = global_pools(model)
+    if not guards and not pools:
         return job.onnx_path
-    notes.append(f"removed {guards} IsNaN/Where guard(s) after Softmax (they change only fully masked rows)")
+    if guards:
+        notes.append(f"removed {guards} IsNaN/Where guard(s) after Softmax (they change only fully masked rows)")
+    if pools:
+        notes.append(f"{pools} AveragePool(s) whose one window covers the whole map written as GlobalAveragePool")
     path = scratch / "ncnn_input.onnx"
     onnx.save(model, str(path))
     return path

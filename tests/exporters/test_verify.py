@@ -230,3 +230,26 @@ def test_an_ncnn_model_that_cannot_load_is_kept_and_named(tmp_path: Path, monkey
     assert row.status == "failed" and f"kept in {kept}" in row.reason, row.reason
     assert sorted(p.name for p in kept.iterdir()) == ["model.ncnn.bin", "model.ncnn.param", "shared.onnx"]
     assert not (tmp_path / "model.ncnn.param").exists()  # nothing half-verified under the final names
+
+
+def test_whole_map_average_pool_becomes_global_and_others_stay() -> None:
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from exporters.ncnn import global_pools
+
+    def model(kernel: int, ceil: int) -> Any:  # EfficientNet's head: AvgPool2d(320, ceil_mode=True) on 2x2
+        node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[kernel] * 2, strides=[kernel] * 2,
+                                ceil_mode=ceil, count_include_pad=1)  # fmt: skip
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        return helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 18)])
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 2, 2)).astype(np.float32)
+    before = model(320, 1)
+    want = ort.InferenceSession(before.SerializeToString()).run(None, {"x": x})[0]
+    assert global_pools(before) == 1 and before.graph.node[0].op_type == "GlobalAveragePool"
+    got = ort.InferenceSession(before.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert global_pools(model(1, 0)) == 0 and global_pools(model(320, 0)) == 0  # a real pool / no window
