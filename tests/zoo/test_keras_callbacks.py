@@ -222,3 +222,18 @@ def test_channel_groups_follow_keras_ops_broadcasts_layernorm_and_separable_conv
     assert small.get_layer("sep").filters == 16 and tuple(small.get_layer("ln").gamma.shape) == (16,)
     assert small.get_layer("mlp").units < 24
     np.testing.assert_allclose(_predict(small, x), _predict(model, x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_graph_that_cannot_be_rebuilt_is_refused_before_the_first_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _compiled("user_sequential")
+    x, y = _data("user_sequential")
+    before = [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
+
+    def rebuild(self: Pruning, model: Any, trial: bool = False) -> Any:
+        raise ValueError("Inputs have incompatible shapes at layer 'conv2d_1'")
+
+    monkeypatch.setattr(Pruning, "_rebuild", rebuild)
+    with pytest.raises(ValueError, match=r"granularity=.*cannot be rebuilt.*'conv2d_1'.*HINT"):
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[Pruning(granularity="channel")])
+    for a, w in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(w))
