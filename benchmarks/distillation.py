@@ -81,6 +81,7 @@ class Setting:
 
 
 GRID = [
+    Setting(1.0, 0.5),
     Setting(2.0, 0.5),
     Setting(4.0, 0.5),
     Setting(4.0, 0.7),

@@ -112,8 +112,8 @@ _FIELDS: dict[str, dict[str, _Field]] = {
     },
     "distillation": {
         "teacher": _Field("str", None, nullable=True, hint="a checkpoint path, or give the teacher in code"),
-        "temperature": _Field("float", 4.0, lo=0.0, lo_open=True),
-        "alpha": _Field("float", 0.7, lo=0.0, hi=1.0),
+        "temperature": _Field("float", 1.0, lo=0.0, lo_open=True),
+        "alpha": _Field("float", 0.5, lo=0.0, hi=1.0),
         "loss": _Field("choice", "kl", choices=("kl", "mse")),
         "features": _Field("str_map", None, nullable=True, hint="{student_layer: teacher_layer}"),
         "feature_weight": _Field("float", 1.0, lo=0.0),

@@ -234,8 +234,8 @@ class Distillation(keras.callbacks.Callback):
     def __init__(
         self,
         teacher: Any,
-        temperature: float = 4.0,
-        alpha: float = 0.7,
+        temperature: float = 1.0,
+        alpha: float = 0.5,
         loss: str | Callable[[Any, Any], Any] = "kl",
         features: Mapping[str, str] | None = None,
         feature_weight: float = 1.0,

@@ -348,8 +348,8 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
     def __init__(
         self,
         teacher: nn.Module | str | os.PathLike[str],
-        temperature: float = 4.0,
-        alpha: float = 0.7,
+        temperature: float = 1.0,
+        alpha: float = 0.5,
         # callables first: a YAML config's import path ("torch.nn.functional.mse_loss") then becomes the function
         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | str = "kl",
         features: Mapping[str, str] | None = None,

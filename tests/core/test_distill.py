@@ -45,7 +45,7 @@ def test_settings_normalise_and_round_trip() -> None:
     assert s.differences(s.to_dict()) == []
     assert DistillationSettings(temperature=3.0).differences(s.to_dict()) == [
         "temperature: 2.0 → 3.0",
-        "alpha: 1.0 → 0.7",
+        "alpha: 1.0 → 0.5",
         "features: {'a': 'b'} → {}",
         "feature_weight: 0.0 → 1.0",
     ]
