@@ -59,7 +59,7 @@ def check_onnx_file(path: str | os.PathLike[str]) -> None:
         ) from err
 
 
-def probe_source(source: Any, example: npt.NDArray[np.float32]) -> None:
+def probe_source(source: Any, example: Any) -> None:
     """Run the source model once on the example input, so a wrong shape or layout is named as such.
 
     Raises:
@@ -67,9 +67,12 @@ def probe_source(source: Any, example: npt.NDArray[np.float32]) -> None:
     """
     if source.framework == "onnx":
         return
+    several = isinstance(example, tuple)
+    first = tuple(a[:1] for a in example) if several else example[:1]
     try:
-        source.predict(example[:1])
+        source.predict(first)
     except Exception as err:
+        shape = " and ".join(str(tuple(a.shape)) for a in example) if several else str(tuple(example.shape))
         layout = (
             "torch models take NCHW (batch, channels, height, width): np.transpose(x, (0, 3, 1, 2)) turns NHWC into it"
             if source.framework == "torch"
@@ -77,7 +80,7 @@ def probe_source(source: Any, example: npt.NDArray[np.float32]) -> None:
             "into it"
         )
         raise ValueError(
-            f"example_input: the model fails on an input of shape {tuple(example.shape)} ({_why(err)}); pass "
+            f"example_input: the model fails on an input of shape {shape} ({_why(err)}); pass "
             f"inputs (example_input, calibration) the model takes; {layout}."
         ) from err
 

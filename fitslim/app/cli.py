@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import os
 import re
@@ -359,15 +360,17 @@ def _program_module(torch: Any, program: Any) -> Any:
             self.training = mode  # the graph is already in inference form; it refuses train()/eval()
             return self
 
-        def forward(self, *args: Any) -> Any:
-            return self.program(*args)
+    # forward takes the program's named inputs, so exporters can give dynamic shapes and ONNX names per input
+    names = [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter(n, kind) for n in ["self", *names]]
 
-    class SingleInputProgramModule(ExportedProgramModule):
-        def forward(self, x: Any) -> Any:  # one named input: the exporters give dynamic_shapes per argument
-            return self.program(x)
+    def forward(self: Any, *args: Any) -> Any:
+        return self.program(*args)
 
-    n_inputs = sum(1 for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT")
-    return SingleInputProgramModule() if n_inputs == 1 else ExportedProgramModule()
+    forward.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    cls = type("ExportedProgramModule", (ExportedProgramModule,), {"forward": forward})
+    return cls()
 
 
 def _load_ckpt(path: Path, module: str | None) -> _Loaded:

@@ -158,3 +158,38 @@ def test_failed_target_exits_1(
     rows = _report(out)
     assert rows["onnx"]["status"] == "ok" and rows["ncnn"]["status"] == "failed"
     assert "converter crashed" in rows["ncnn"]["reason"]
+
+
+@pytest.mark.slow
+def test_export_two_integer_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An ExportedProgram taking token ids and a mask: one --input-shape and --input-dtype per input."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 8)
+            self.fc = torch.nn.Linear(8, 3)
+
+        def forward(self, ids: Any, mask: Any) -> Any:
+            h = self.emb(ids) * mask.unsqueeze(-1).float()
+            return self.fc(h.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).float())
+
+    torch.manual_seed(0)
+    ids, mask = torch.randint(0, 50, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(Pooled().eval(), (ids, mask), dynamic_shapes=({0: batch}, {0: batch}))
+    torch.export.save(program, str(tmp_path / "pooled.pt2"))
+    out = tmp_path / "exports"
+    shapes = ["--input-shape", "1,6", "--input-shape", "1,6", "--input-dtype", "int64", "--input-dtype", "int64"]
+    assert main(["export", str(tmp_path / "pooled.pt2"), "--to", "onnx", *shapes, "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = _report(out)
+    assert rows["onnx"]["status"] == "ok" and rows["onnx"]["max_abs_error"] < 1e-4, rows
+    assert "legacy" not in printed  # torch.export traced it: no fallback
+    inputs = onnx.load(str(out / "model.onnx")).graph.input
+    assert [(i.name, i.type.tensor_type.elem_type) for i in inputs] == [
+        ("ids", onnx.TensorProto.INT64),
+        ("mask", onnx.TensorProto.INT64),
+    ]
