@@ -31,7 +31,7 @@ import numpy.typing as npt
 from exporters.job import ExportJob
 from exporters.ncnn_int8 import NcnnParam, write_int8
 from exporters.report import TargetResult
-from exporters.verify import compare, fill_agreement, median_latency_ms
+from exporters.verify import compare, fill_agreement, judge, median_latency_ms
 
 __all__ = [
     "PRECISION_SUFFIX",
@@ -457,6 +457,17 @@ def _verify(job: ExportJob, result: TargetResult, param: Path, binary: Path) -> 
     reference = np.asarray(job.reference)
     out = model.predict(x, tuple(reference.shape[1:]))
     fill_agreement(result, compare(reference, out))
+    if result.status == "mismatch" and job.precision == "int8":
+        # ncnn's x86 packed int8 kernels are wrong for some graphs (grouped int8 convs feeding
+        # squeeze-excitation); say whether the unpacked kernels agree, which is a setting at deployment
+        unpacked = NcnnModel(param, binary, job.precision, job.threads, {"use_packing_layout": False})
+        again = compare(reference, unpacked.predict(x, tuple(reference.shape[1:])))
+        if not judge(again, job.precision):
+            top1 = "" if again.decisive_top1 is None else f", top-1 {again.decisive_top1 * 100:.0f}%"
+            result.reason += (
+                f"; with net.opt.use_packing_layout = False the same files agree (spread error "
+                f"{again.spread_error:.2f}{top1}): set it where the model is deployed"
+            )
     one = x[0]
     result.latency_ms = median_latency_ms(lambda: model(one))
     result.threads = job.threads
