@@ -1040,6 +1040,10 @@ class QuantizationAware(keras.callbacks.Callback):
                     dk = twin.kernel if kind == "DepthwiseConv2D" else twin.depthwise_kernel
                     groups = int(dk.shape[2])
                     lkind = "depthwise_conv2d" if int(dk.shape[3]) == 1 else "conv2d"
+                elif int(getattr(twin, "groups", 1) or 1) > 1:  # a grouped Conv2D (ConvNeXt's depthwise 7x7)
+                    groups = int(twin.groups)
+                    if lkind == "conv2d" and groups == w.shape[0] and w.shape[1] == 1:
+                        lkind = "depthwise_conv2d"  # as exporters.quant.weighted_nodes names it
                 layers.append(LayerQuant(name, lkind, w.shape, s_w.tolist(), s_in, groups=groups))
         return QuantSpec(
             layers,
