@@ -42,8 +42,8 @@ def test_each_runtime_scores_like_the_torch_model(tmp_path: Path, trained_torch_
     want, logits = _model_accuracy(trained_torch_digits, d.x_test, d.y_test)
     onnx_out = predict(report, "onnx", d.x_test)
     assert onnx_out.shape == logits.shape
-    np.testing.assert_allclose(onnx_out, logits, rtol=1e-4, atol=1e-4)  # the onnx target stays fp32
-    for target in ("ncnn", "tflite", "tensorrt"):  # int8: within two points of the float model
+    assert report["onnx"].precision == "int8"  # ONNX Runtime's int8 form
+    for target in ("onnx", "ncnn", "tflite", "tensorrt"):  # int8: within two points of the float model
         acc = accuracy(report, target, d.x_test, d.y_test)
         assert abs(acc - want) <= 0.02, (target, acc, want)
     # the report saved on disk is enough: scoring an earlier export later
