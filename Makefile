@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fitslim-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck clean bench zoo
+.PHONY: install demo test lint typecheck clean bench zoo one-framework
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ zoo: install
 	rm -f $(ZOO_RESULTS)/cells.jsonl
 	-FITSLIM_ZOO=full FITSLIM_ZOO_RESULTS=$(ZOO_RESULTS) $(PY) -m pytest -m zoo tests/zoo $(PYTEST_ARGS)
 	$(PY) -m tests.zoo.table $(ZOO_RESULTS)/cells.jsonl --output docs/zoo-support.md
+
+# Each README quickstart in a fresh venv holding one framework's extras (CI's second step; a few minutes).
+one-framework: install
+	$(PY) .ci/one_framework.py
 
 bench: install
 	$(PY) -m benchmarks --output benchmarks/results.md
