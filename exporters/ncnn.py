@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,7 @@ __all__ = [
     "PRECISION_SUFFIX",
     "NcnnModel",
     "export_ncnn",
+    "fix_reduction_axes",
     "global_pools",
     "keep_for_inspection",
     "run_pnnx",
@@ -137,7 +139,31 @@ def run_pnnx(
         raise RuntimeError(f"pnnx failed ({how}) on {onnx_path}; its last output:\n{_tail(output)}")
     if not param.is_file() or not binary.is_file() or param.stat().st_size == 0:
         raise RuntimeError(f"pnnx exited 0 but wrote no ncnn model for {onnx_path}; its last output:\n{_tail(output)}")
+    fix_reduction_axes(param)
     return param, binary
+
+
+_ONE_AXIS = re.compile(r"(?<= )-23303=(-?\d+)(?= |$)")
+
+
+def fix_reduction_axes(param: str | os.PathLike[str]) -> int:
+    """Repair one-axis ``Reduction`` layers in a pnnx-written ``.param`` (in place); returns how many.
+
+    pnnx writes ``torch.mean(dim=1)`` (a LayerNorm over channels as tf2onnx writes it, e.g. ConvNeXt) as
+    ``-23303=0``: the axis without the array's count, which ncnn reads as *no* axes, so the mean is wrong. An
+    array is ``-23303=count,axis,...``; a bare value with ``1=0`` (not reduce-all) is the lone axis.
+    """
+    path = Path(param)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    fixed = 0
+    for i, line in enumerate(lines):
+        if line.startswith("Reduction ") and " 1=0 " in f"{line.rstrip()} " and _ONE_AXIS.search(line):
+            lines[i] = _ONE_AXIS.sub(lambda m: f"-23303=1,{m.group(1)}", line)
+            fixed += 1
+    if fixed:
+        path.write_text("".join(lines), encoding="utf-8")
+        log.debug("pnnx param: %d one-axis Reduction layer(s) given their axes count", fixed)
+    return fixed
 
 
 def _install_pair(pairs: list[tuple[Path, Path]]) -> None:

@@ -227,6 +227,25 @@ def test_normalization_constants_grouped_conv_and_exact_gelu_convert(tmp_path: P
     assert rel < 1e-5
 
 
+def test_one_axis_reduction_gets_its_axes_count(tmp_path: Path) -> None:
+    """ConvNeXt's LayerNorm as tf2onnx writes it (ReduceMean over channels) came out of pnnx as ``-23303=0``:
+    ncnn read no axes and the model's output was unrelated to the source (max rel error 1.0)."""
+    from exporters.ncnn import fix_reduction_axes
+
+    text = (
+        "7767517\n4 4\nInput in0 0 1 in0\n"
+        "Reduction mean_1 1 1 in0 1 0=3 1=0 -23303=0 4=1 5=1\n"
+        "Reduction mean_2 1 1 1 2 0=3 1=0 -23303=2,1,2 4=1 5=1\n"
+        "Reduction sum_3 1 1 2 3 0=0 1=1 -23303=0 4=0 5=1\n"
+    )
+    param = tmp_path / "m.param"
+    param.write_text(text)
+    assert fix_reduction_axes(param) == 1
+    lines = param.read_text().splitlines()
+    assert lines[3].endswith("0=3 1=0 -23303=1,0 4=1 5=1")  # the lone axis, now with its count
+    assert lines[4:] == text.splitlines()[4:]  # full arrays and reduce-all layers untouched
+
+
 @pytest.mark.slow
 def test_rescaling_first_layer_runs_in_ncnn(tmp_path: Path) -> None:
     """EfficientNet starts with Rescaling: pnnx writes a scalar BinaryOp that runs in place on the input blob,
