@@ -133,6 +133,12 @@ def prepare_job(
             raise
         log.warning("the shared ONNX could not be built: %s", err)
         onnx_path, notes, onnx_error = work / "shared.onnx", [], f"{type(err).__name__}: {err}"
+    declared = source.input_shape() if source.framework == "onnx" else None
+    if declared and isinstance(declared[0], int) and declared[0] > 0:  # torch.onnx.export's default batch of 1
+        notes.append(
+            f"the ONNX file has a fixed batch of {declared[0]}: it was verified and calibrated {declared[0]} "
+            "sample(s) at a time"
+        )
     multi = isinstance(example, tuple)
     if samples is not None:
         x = as_inputs(samples)

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from exporters.checks import legacy_trace_check
 from exporters.job import ExportJob
 from exporters.report import TargetResult
-from exporters.runtimes import ort_feed, take
+from exporters.runtimes import ort_feed, ort_run, take
 from exporters.source import Source, keras_backend
 from exporters.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
@@ -570,7 +570,7 @@ def export_onnx(job: ExportJob) -> TargetResult:
     if job.verify:
         sess = ort_session(final, job.threads)
         x = job.samples_nchw()
-        out = np.asarray(sess.run(None, ort_feed(sess, x))[0])
+        out = np.asarray(ort_run(sess, x)[0])
         fill_agreement(result, compare(job.reference, out))
         one = ort_feed(sess, take(x, 0, 1))
         result.latency_ms = median_latency_ms(lambda: sess.run(None, one))

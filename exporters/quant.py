@@ -239,7 +239,7 @@ def activation_values(model: Any, names: list[str], data: Any, batch: int = 32) 
     import onnx
     import onnxruntime as ort
 
-    from exporters.runtimes import input_count, ort_feed, take
+    from exporters.runtimes import fixed_batch, input_count, ort_feed, take
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -252,6 +252,7 @@ def activation_values(model: Any, names: list[str], data: Any, batch: int = 32) 
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     out_names = [o.name for o in sess.get_outputs()]
     seen: dict[str, list[Any]] = {n: [] for n in names}
+    batch = fixed_batch(sess) or batch  # a static-batch ONNX file runs in its own batch size (often 1)
     for i in range(0, input_count(data), batch):
         outs = sess.run(out_names, ort_feed(sess, take(data, i, i + batch)))
         for name, value in zip(out_names, outs, strict=True):

@@ -29,9 +29,11 @@ __all__ = [
     "accuracy",
     "as_inputs",
     "concat_inputs",
+    "fixed_batch",
     "input_count",
     "is_multi",
     "ort_feed",
+    "ort_run",
     "predict",
     "runner",
     "take",
@@ -117,6 +119,26 @@ def ort_feed(session: Any, x: Inputs) -> dict[str, Any]:
     }
 
 
+def fixed_batch(session: Any) -> int | None:
+    """The batch size an onnxruntime session's first input is fixed to (``torch.onnx.export``'s default), or None."""
+    dim = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def ort_run(session: Any, x: Inputs, output_names: list[str] | None = None, batch: int = 256) -> list[Any]:
+    """Run ``x`` through an onnxruntime session in chunks of ``batch``, or of the model's fixed batch size.
+
+    Raises:
+        ValueError: a fixed batch size that does not divide the number of samples.
+    """
+    n = input_count(x)
+    step = fixed_batch(session) or batch
+    if n % step and fixed_batch(session):
+        raise ValueError(f"the ONNX model takes batches of exactly {step}; got {n} samples, not a multiple of it.")
+    chunks = [session.run(output_names, ort_feed(session, take(x, i, i + step))) for i in range(0, n, step)]
+    return [np.concatenate([np.asarray(c[k]) for c in chunks]) for k in range(len(chunks[0]))]
+
+
 def _row(report: ExportReport, target: str) -> TargetResult:
     rows = [r for r in report if r.target == target]
     if not rows:
@@ -143,11 +165,7 @@ def _onnx(path: Path, threads: int, batch: int) -> Runner:
     sess = ort_session(path, threads)
 
     def run(x: Inputs) -> npt.NDArray[np.float32]:
-        outs = [
-            np.asarray(sess.run(None, ort_feed(sess, take(x, i, i + batch)))[0], np.float32)
-            for i in range(0, input_count(x), batch)
-        ]
-        return np.concatenate(outs)
+        return np.asarray(ort_run(sess, x, batch=batch)[0], np.float32)
 
     return run
 

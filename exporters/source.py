@@ -275,6 +275,6 @@ class Source:
         if sess is None:
             sess = ort.InferenceSession(str(self.model), providers=["CPUExecutionProvider"])
             self._ort = sess
-        from exporters.runtimes import ort_feed
+        from exporters.runtimes import ort_run
 
-        return np.asarray(sess.run(None, ort_feed(sess, a))[0], dtype=np.float32)
+        return np.asarray(ort_run(sess, a)[0], dtype=np.float32)

@@ -31,7 +31,7 @@ from exporters.onnx_export import ort_session
 from exporters.qdq import lint_qdq, qdq_counts, residual_add_scales, to_qdq
 from exporters.quant import QuantTable
 from exporters.report import TargetResult
-from exporters.runtimes import ort_feed, take
+from exporters.runtimes import ort_feed, ort_run, take
 from exporters.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
 
@@ -319,7 +319,7 @@ def export_tensorrt(job: ExportJob) -> TargetResult:
     x = job.samples_nchw()
     if job.verify:
         sess = ort_session(final, job.threads)
-        fill_agreement(result, compare(job.reference, np.asarray(sess.run(None, ort_feed(sess, x))[0])))
+        fill_agreement(result, compare(job.reference, np.asarray(ort_run(sess, x)[0])))
         one = ort_feed(sess, take(x, 0, 1))
         result.latency_ms = median_latency_ms(lambda: sess.run(None, one))
         result.threads = job.threads

@@ -253,3 +253,22 @@ def test_whole_map_average_pool_becomes_global_and_others_stay() -> None:
     got = ort.InferenceSession(before.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert global_pools(model(1, 0)) == 0 and global_pools(model(320, 0)) == 0  # a real pool / no window
+
+
+@pytest.mark.slow
+def test_static_batch_onnx_file_is_verified_and_calibrated_one_sample_at_a_time(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from exporters import export
+
+    model = _Tiny.build()
+    path = tmp_path / "fixed.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 9, 11),), str(path), dynamo=False, input_names=["x"])  # batch 1
+    x = np.random.default_rng(0).standard_normal((16, 3, 9, 11)).astype(np.float32)
+    int8 = export(str(path), ["tensorrt"], calibration=x, samples=x, precision="int8", directory=tmp_path / "q")
+    fp32 = export(str(path), ["onnx", "ncnn"], samples=x, directory=tmp_path / "f")
+    assert int8["tensorrt"].ok and int8["tensorrt"].samples == 16, int8
+    assert fp32.ok and [r.samples for r in fp32] == [16, 16], fp32
+    for report in (int8, fp32):
+        notes = [n for r in report for n in r.notes]
+        assert any("fixed batch of 1: it was verified and calibrated 1 sample(s) at a time" in n for n in notes)

@@ -35,9 +35,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 CI_CELLS: dict[tuple[str, str], tuple[str, ...]] = {
     ("user_se", "fp32"): TARGETS,
     ("user_se", "int8"): ("ncnn", "tflite", "tensorrt"),
-    ("hf_resnet", "int8"): ("ncnn", "tensorrt"),
-    ("user_attention", "fp32"): ("onnx", "ncnn", "tensorrt"),
-    ("user_attention", "int8"): ("ncnn", "tensorrt"),
+    ("user_attention", "fp32"): ("onnx", "ncnn"),
     ("hf_bert", "fp32"): TARGETS,
     ("hf_bert", "int8"): ("tensorrt",),
 }
@@ -50,6 +48,7 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str]] = {
         for text in ("hf_bert", "hf_distilbert")
         for p in PRECISIONS
     },
+    **{("user_attention", "ncnn", p): ("failed", r"ncnn does not have: .*torch\.unbind") for p in PRECISIONS},
     **{
         (text, "tflite", p): ("failed", r"tflite: this torch model takes 2 inputs \(int64, int64\)")
         for text in ("hf_bert", "hf_distilbert")
