@@ -243,3 +243,36 @@ def test_export_precision_auto_resolves_from_the_quant_spec() -> None:
     assert Recipe.from_dict({"export": {"targets": ["onnx"]}}).export["precision"] == "auto"
     with pytest.raises(ValueError, match=r"Export\(precision=...\): unknown 'int4'.*'auto'"):
         ExportSettings(precision="int4")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+def test_mixed_precision_on_cuda_keeps_masks_exact_and_exports(precision: str, tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    case = CASES["user_grouped"]
+    module = ZooModule(case.build().train())
+    loader = _loader(case, 10)
+    pruning = Pruning(sparsity=0.5, start=0.0, end=0.5, make_permanent=False)
+    qat = QuantizationAware(start=0.5, calibration_steps=1)
+    export = Export(targets=["tensorrt"], directory=tmp_path / "exports", calibration_batches=2)
+    seen: list[bool] = []
+
+    class MasksHold(pl.Callback):  # type: ignore[misc]
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+            masks = pruning.masks
+            assert masks is not None
+            params, bufs = masks.tensors()
+            exact = [bool((p[~b] == 0).all()) and p.dtype == torch.float32 for p, b in zip(params, bufs, strict=True)]
+            seen.append(all(exact))
+
+    trainer = pl.Trainer(
+        max_epochs=2, accelerator="gpu", devices=1, precision=precision, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+        callbacks=[pruning, MasksHold(), qat, export],
+    )  # fmt: skip
+    trainer.fit(module, loader)
+    assert seen and all(seen)  # pruned weights exactly zero (fp32 master weights) after every step
+    assert qat.quant_spec is not None and export.report is not None
+    row = export.report.results[0]
+    assert (row.precision, row.status) == ("int8", "ok"), row  # a CUDA-trained model's int8 export verifies
