@@ -43,6 +43,9 @@ DEFAULT_CASES = ("mobilenet", "mobilenet_v2", "mobilenet_v3_small", "user_sequen
 _PIXEL_RANGE = {"mobilenet_v3": 255.0, "efficientnet": 255.0}
 TOLERANCE = 2.0  # points
 LEARNING_RATE = 3e-3
+#: channel pruning removes 50% of every group (``"global"``, one threshold over all groups, emptied whole
+#: groups of the briefly trained models: MobileNet 74.3% against 88.5% dense at 8 epochs)
+CHANNEL_SCOPE = "layer"
 #: BatchNormalization momentum for the short fine-tune (keras.applications use 0.99-0.999, whose moving
 #: statistics would still hold the random-input initialization after a few hundred steps); the same for all
 BN_MOMENTUM = 0.9
@@ -93,7 +96,7 @@ def run_case(name: str, epochs: int, seed: int = 0, limit: int | None = None, ba
         if variant == "unstructured 50%":
             callbacks = [Pruning(sparsity=0.5, end=0.6)]
         elif variant == "channel 50%":
-            callbacks = [Pruning(sparsity=0.5, granularity="channel", end=0.6)]
+            callbacks = [Pruning(sparsity=0.5, granularity="channel", scope=CHANNEL_SCOPE, end=0.6)]
         elif variant == "qat int8":
             callbacks = [QuantizationAware(start=0.5)]
         t0 = time.perf_counter()
@@ -150,7 +153,8 @@ def main(argv: list[str] | None = None) -> str:
         f"Test accuracy (%) on the bundled digits' test split ({len(data(cases[0])[3])} images), each variant "
         f"trained {epochs} epochs (Adam {LEARNING_RATE:g}, batch 32, BatchNorm momentum {BN_MOMENTUM}) from the same "
         "initial weights; in brackets the "
-        "difference from dense in points. Channel 50%: the smaller rebuilt model, its parameters relative to "
+        f"difference from dense in points. Channel 50% (scope={CHANNEL_SCOPE!r}): the smaller rebuilt model, its "
+        "parameters relative to "
         "dense. QAT: the fake-quant int8 model after fit, QuantSpec coverage of the weighted layers.\n\n"
         f"{table(rows)}\n\nTotal {time.perf_counter() - t0:.0f} s.\n"
     )
