@@ -189,10 +189,12 @@ class Pruning(keras.callbacks.Callback):
         round_to: channel granularity only: keep a multiple of this many channels in every group (the
             best-scoring pruned channels are kept again), e.g. 8 so runtimes' blocked kernels still apply; the
             sparsity reached may then fall below the target.
+        attention: ``"heads"`` or ``"mlp"``, as on the Lightning callback (which prunes HF-style attention by
+            whole heads or leaves it alone); Keras attention layers are not channel-pruned in either mode.
 
     Raises:
         ValueError: a sparsity outside [0, 1), ``end <= start``, an unknown granularity / scope / schedule /
-            importance, 2:4 with a sparsity other than 0.5; and in ``on_train_begin``: an ``include`` entry
+            importance / attention, 2:4 with a sparsity other than 0.5; and in ``on_train_begin``: an ``include`` entry
             that matches nothing, a model with no prunable layer, a fit without a known step count,
             ``steps_per_execution > 1``, channel pruning of a subclassed model, with no removable group or of a
             graph that cannot be rebuilt with fewer channels.
@@ -223,6 +225,7 @@ class Pruning(keras.callbacks.Callback):
         end_step: int | None = None,
         example_input: Any = None,
         round_to: int | None = None,
+        attention: str = "heads",
     ) -> None:
         super().__init__()
         args = pruning_args(
@@ -247,6 +250,9 @@ class Pruning(keras.callbacks.Callback):
         self.importance = importance
         self.make_permanent = make_permanent
         self.round_to = args.round_to
+        if attention not in ("heads", "mlp"):
+            raise ValueError(f"Pruning(attention=...): unknown {attention!r}. HINT: choose one of ['heads', 'mlp'].")
+        self.attention = attention
         self.include = _check_selectors("include", include)
         self.exclude = _check_selectors("exclude", exclude)
         self.example_input = example_input
