@@ -342,7 +342,12 @@ def export_tflite(job: ExportJob) -> TargetResult:
         result.notes.append(kernel_summary(interpreter, require_int8=job.precision == "int8"))
         result.notes.append(_input_note(interpreter, "NCHW" if framework == "torch" else "NHWC"))
         if job.verify:
-            outputs, latency = _run_samples(interpreter, samples)
+            if isinstance(samples, tuple):  # several inputs (token ids, masks), from torch
+                from exporters.tflite_torch import run_samples_multi
+
+                outputs, latency = run_samples_multi(interpreter, samples)
+            else:
+                outputs, latency = _run_samples(interpreter, samples)
             fill_agreement(result, compare(job.reference, outputs))
             result.latency_ms = latency
     result.notes.extend(conversion.notes)

@@ -23,6 +23,7 @@ import copy
 import importlib
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ from exporters.job import ExportJob
 from exporters.quant import QuantizedNode, QuantTable
 from exporters.tflite import CALIBRATION_LIMIT, quiet
 
-__all__ = ["TorchConversion", "convert_torch", "pt2e_quantize"]
+__all__ = ["TorchConversion", "convert_torch", "pt2e_quantize", "run_samples_multi"]
 
 log = logging.getLogger(__name__)
 
@@ -408,11 +409,11 @@ def convert_torch(job: ExportJob) -> TorchConversion:
         ImportError: litert-torch is missing (names the extra to install).
         ValueError: int8 without a scale table or calibration inputs; a model that still runs fake-quant ops.
     """
-    if isinstance(job.samples, tuple):
+    if isinstance(job.samples, tuple) and job.precision == "int8":
         dtypes = ", ".join(str(a.dtype) for a in job.samples)
         raise ValueError(
-            f"tflite: this torch model takes {len(job.samples)} inputs ({dtypes}); fitslim's LiteRT verification "
-            "feeds one input tensor, so several inputs are not converted yet. Export it to 'onnx' or 'tensorrt'."
+            f"tflite: this torch model takes {len(job.samples)} inputs ({dtypes}); int8 TFLite (PT2E calibration) "
+            "takes one input tensor here. Export it at fp32/fp16 for TFLite, or int8 to 'tensorrt'."
         )
     litert_torch = _litert()
     try:
@@ -430,16 +431,18 @@ def _convert(job: ExportJob, litert_torch: Any) -> TorchConversion:
 
     model = copy.deepcopy(job.source.model).cpu().eval()
     samples = job.samples_nchw()
-    example = torch.from_numpy(np.ascontiguousarray(samples[:1]))
+    arrays = samples if isinstance(samples, tuple) else (samples,)
+    args = tuple(torch.from_numpy(np.ascontiguousarray(a[:1])) for a in arrays)  # several inputs keep their dtypes
+    example = args[0]
     notes: list[str] = []
     with quiet():
         if job.precision == "fp32":
-            edge = litert_torch.convert(model, (example,))
+            edge = litert_torch.convert(model, args)
             return TorchConversion(bytes(edge.model_content()))
         if job.precision == "fp16":
             from litert_torch.generative.quantize import quant_recipes
 
-            edge = litert_torch.convert(model, (example,), quant_config=quant_recipes.full_fp16_recipe())
+            edge = litert_torch.convert(model, args, quant_config=quant_recipes.full_fp16_recipe())
             notes.append("fp16 weights (ai-edge-quantizer FLOAT_CAST), dequantized to float32 at load; float32 math")
             return TorchConversion(bytes(edge.model_content()), notes=notes)
         if job.precision != "int8":
@@ -461,3 +464,42 @@ def _convert(job: ExportJob, litert_torch: Any) -> TorchConversion:
         edge = litert_torch.convert(converted, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
         content = _float_io(bytes(edge.model_content()))
     return TorchConversion(content, scales, notes)
+
+
+def run_samples_multi(interpreter: Any, samples: tuple[Any, ...]) -> tuple[npt.NDArray[np.float32], float]:
+    """Run a LiteRT model with several inputs (token ids, masks) one sample at a time.
+
+    The model's inputs are matched to ``samples`` by litert-torch's ``args_<i>`` names (their order in the
+    torch ``forward``), else taken in the interpreter's order. Returns the stacked outputs and the median
+    single-sample latency.
+
+    Raises:
+        ValueError: the model has another number of inputs.
+    """
+    from exporters.verify import median_latency_ms
+
+    details = list(interpreter.get_input_details())
+    if len(details) != len(samples):
+        raise ValueError(f"tflite: the model takes {len(details)} inputs; got {len(samples)} arrays.")
+
+    def position(d: dict[str, Any]) -> int:
+        found = re.search(r"args_(\d+)", str(d.get("name", "")))
+        return int(found.group(1)) if found else details.index(d)
+
+    details.sort(key=position)
+    for d, a in zip(details, samples, strict=True):
+        interpreter.resize_tensor_input(d["index"], [1, *a.shape[1:]])
+    interpreter.allocate_tensors()
+    out = interpreter.get_output_details()[0]
+
+    def feed(i: int) -> None:
+        for d, a in zip(details, samples, strict=True):
+            interpreter.set_tensor(d["index"], np.ascontiguousarray(a[i : i + 1], dtype=np.dtype(d["dtype"])))
+
+    outputs = []
+    for i in range(len(samples[0])):
+        feed(i)
+        interpreter.invoke()
+        outputs.append(np.asarray(interpreter.get_tensor(out["index"]), dtype=np.float32).copy())
+    feed(0)
+    return np.concatenate(outputs), median_latency_ms(interpreter.invoke)
