@@ -49,7 +49,11 @@ def _size_mb(path: Path) -> float:
 
 
 def _run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
+    except subprocess.TimeoutExpired as err:
+        out = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+        return subprocess.CompletedProcess(argv, -9, out, f"timed out after {err.timeout:.0f} s")
 
 
 def check(name: str, work: Path, wheel: Path) -> list[str]:
