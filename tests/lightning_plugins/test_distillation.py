@@ -332,7 +332,7 @@ def test_kd_loss_equals_independent_references_on_fixed_logits(temperature: floa
     value = float(ours.detach())
     assert value == pytest.approx(PINNED_KD[temperature], rel=1e-12)
     # Hinton et al.: T² · KL(softmax(t/T) ‖ softmax(s/T)), PyTorch's batch-mean reduction.
-    hinton = F.kl_div(F.log_softmax(s / temperature, 1), F.softmax(t / temperature, 1), reduction="batchmean")
+    hinton = F.kl_div(F.log_softmax(s.detach() / temperature, 1), F.softmax(t / temperature, 1), reduction="batchmean")
     assert value == pytest.approx(float(hinton) * temperature**2, rel=1e-12)
     # torchdistill KDLoss: its soft term alone has no T², its combined loss weights the hard loss by its alpha,
     # so Distillation(alpha=a) is KDLoss(alpha=1 - a).
