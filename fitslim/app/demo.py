@@ -364,13 +364,16 @@ def _keras(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) -> F
     callbacks = from_recipe(_recipe_for("keras", out), teacher=dense_model)
     recorder = _keras_recorder()
     pruning, export_cb = callbacks[0], callbacks[-1]
+    schedule = _Cosine(finetune_epochs, 3e-3)
     student.fit(
         d.x_train,
         d.y_train,
         batch_size=64,
         epochs=finetune_epochs,
         validation_data=(d.x_val, d.y_val),
-        callbacks=[pruning, recorder, *callbacks[1:]],
+        # the fine-tune's learning rate decays like the Lightning module's (CosineAnnealingLR), so the recipe
+        # runs under the same schedule on both sides
+        callbacks=[pruning, recorder, *callbacks[1:], keras.callbacks.LearningRateScheduler(schedule)],
         verbose=verbose,
     )
     if export_cb.report is None:
