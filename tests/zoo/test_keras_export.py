@@ -60,7 +60,6 @@ _INT8_SENSITIVE = r"top-1 agreement .* under the int8 bound|RMS error .* exceeds
 #: be ``ok``. A ``failed`` reason names the op or layer and what to do.
 EXPECTED: dict[tuple[str, str, str], tuple[str, str]] = {
     **{("mobilenet", t, "int8"): ("mismatch", _INT8_SENSITIVE) for t in QUANT_TARGETS},
-    **{("mobilenet_v3_small", t, "int8"): ("mismatch", _INT8_SENSITIVE) for t in QUANT_TARGETS},
 }
 
 #: verification inputs: int8 calibrates on one draw and verifies on another
@@ -323,7 +322,16 @@ _BACKEND_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "torch",
+        # on JAX the ONNX row only names what to install (no jax2onnx here): kept out of CI's time budget
+        pytest.param(
+            "jax", marks=[pytest.mark.zoo, pytest.mark.skipif(not full_zoo(), reason="runs under FITSLIM_ZOO=full")]
+        ),
+    ],
+)
 def test_other_backends_export_onnx_or_say_why(backend: str) -> None:
     """On torch and JAX a Keras model is a Keras model (not a torch module); ONNX works or names what it needs,
     and TFLite names the backend it needs."""
