@@ -114,7 +114,7 @@ def run_case(name: str, epochs: int, seed: int = 0, limit: int | None = None, ba
         out[f"{variant} s"] = time.perf_counter() - t0
         log.info("%s %s: %.1f%% (%.0f s)", name, variant, out[variant], out[f"{variant} s"])
         keras.backend.clear_session()
-    out["within"] = all(abs(out[v] - out["dense"]) <= TOLERANCE for v in VARIANTS[1:])
+    out["within"] = all(out[v] >= out["dense"] - TOLERANCE for v in VARIANTS[1:])  # at most 2 points lost
     return out
 
 
