@@ -683,7 +683,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = {"demo": _demo, "export": _export, "report": _report}[args.command]
     try:
         return command(args)
-    except (UsageError, ValueError, TypeError, FileNotFoundError, ImportError) as err:
+    except (
+        UsageError,
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        PermissionError,
+        NotADirectoryError,
+        ImportError,
+    ) as err:
         if args.debug:
             traceback.print_exc()
         print(f"fitslim {args.command}: {_flags(str(err))}", file=sys.stderr)
