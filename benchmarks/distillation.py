@@ -3,7 +3,7 @@
 Run: ``python -m benchmarks.distillation [--frameworks lightning keras] [--seeds 5] [--epochs 30] [--quick]
 [--output results.md]``.
 
-Four parts, every accuracy on the digits test split unless said otherwise, every arm with the same seeds,
+Five parts, every accuracy on the digits test split unless said otherwise, every arm with the same seeds,
 data order, epochs and optimizer (Adam 1e-2 with per-epoch cosine decay, batch 64):
 
 1. **Diagnostics.** The wide teacher (reference digits CNN, width 4, trained once with Lightning and copied
@@ -22,7 +22,12 @@ data order, epochs and optimizer (Adam 1e-2 with per-epoch cosine decay, batch 6
    from that dense model, and exported int8; the artifact (Lightning: int8 ncnn; Keras: int8 TFLite) is scored
    on the test split in its own runtime through :mod:`exporters.runtimes`.
 
-Goals: part 3 mean gain >= +1 pt, part 4 mean gain >= +0.5 pt; the report says plainly when one is missed.
+5. **Step time** (Lightning): the time of a training batch for the plain student, the student plus the same
+   teacher inference done by a bare callback (the floor for any distillation), and the distilled student,
+   measured round-robin in one process (median CPU time of the training thread, and wall clock).
+
+Goals: part 3 mean gain >= +1 pt, part 4 mean gain >= +0.5 pt, part 5 <= 1.1x of student + teacher inference;
+the report says plainly when one is missed.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ RECOVERY_RECIPE: dict[str, Any] = {
     "quantization": {"start": 0.6, "freeze_bn": 0.8, "freeze_observers": 0.9},
     "export": {"precision": "int8"},
 }
-PARTS = ("select", "students", "recovery")
+PARTS = ("select", "students", "recovery", "timing")
 RECOVERY_TARGET = {"lightning": "ncnn", "keras": "tflite"}
 
 
@@ -205,6 +210,52 @@ def lightning_recovery(dense: nn.Module, seed: int, epochs: int, distil: bool, f
         evaluate_accuracy(model, d.x_test, d.y_test),
         accuracy(report, RECOVERY_TARGET["lightning"], d.x_test, d.y_test),
     )
+
+
+class StepTimer(pl.Callback):  # type: ignore[name-defined]
+    """CPU and wall time of every training batch (put it first in the callback list)."""
+
+    def __init__(self, skip: int = 3) -> None:
+        self.skip = skip
+        self.cpu: list[float] = []
+        self.wall: list[float] = []
+        self._t0 = (0.0, 0.0)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._t0 = (time.thread_time(), time.perf_counter())
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx >= self.skip:
+            self.cpu.append(time.thread_time() - self._t0[0])
+            self.wall.append(time.perf_counter() - self._t0[1])
+
+
+class TeacherInference(pl.Callback):  # type: ignore[name-defined]
+    """Runs the teacher on each batch (eval, no_grad), as any distillation must: the baseline's extra work."""
+
+    def __init__(self, teacher: nn.Module) -> None:
+        self.teacher = teacher
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        with torch.no_grad():
+            self.teacher(batch[0])
+
+
+def time_steps(
+    configs: dict[str, Callable[[], list[Any]]], width: float, rounds: int, epochs: int
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Per-step (CPU, wall) seconds of each configuration, measured round-robin in this process."""
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in configs}
+    for r in range(rounds):
+        order = list(configs) if r % 2 == 0 else list(reversed(configs))
+        for name in order:
+            timer = StepTimer()
+            pl.seed_everything(r, verbose=False)
+            module = DigitsClassifier(width=width)
+            _trainer(epochs, [timer, *configs[name]()]).fit(module, DigitsDataModule(seed=r))
+            times[name][0].extend(timer.cpu)
+            times[name][1].extend(timer.wall)
+    return times
 
 
 # ------------------------------------------------------------------------------------------------ Keras
@@ -419,6 +470,33 @@ def run(args: argparse.Namespace) -> str:
                                          [a - b for a, b in zip(art_k, art_p, strict=True)], 0.5))  # fmt: skip
                 log.info("%s recovery: %s", fw, verdicts[-1])
 
+    # 5. step time, side by side (Lightning)
+    if "timing" in args.parts and "lightning" in args.frameworks:
+        from lightning_plugins import Distillation
+
+        configs: dict[str, Callable[[], list[Any]]] = {
+            "student": lambda: [],
+            "student + teacher inference": lambda: [TeacherInference(teacher)],
+            "Distillation (defaults)": lambda: [Distillation(teacher)],
+        }
+        times = time_steps(configs, args.student_width, args.rounds, 1)
+        cpu = {name: statistics.median(t[0]) * 1e3 for name, t in times.items()}
+        wall = {name: statistics.median(t[1]) * 1e3 for name, t in times.items()}
+        base = "student + teacher inference"
+        ratio = cpu["Distillation (defaults)"] / cpu[base]
+        lines += [
+            "## 5. Step time (Lightning; median over interleaved rounds, first 3 steps of each fit skipped)",
+            "",
+            "| training step | median CPU ms/step | vs student + teacher inference | median wall ms/step |",
+            "|---|---|---|---|",
+            *[f"| {n} | {cpu[n]:.3f} | {cpu[n] / cpu[base]:.3f}x | {wall[n]:.3f} |" for n in times],
+            "",
+        ]
+        verdicts.append(
+            f"step time, Distillation / (student + teacher inference), CPU: {ratio:.3f}x; goal <= 1.1x: "
+            f"{'met' if ratio <= 1.1 else 'MISSED'}."
+        )
+
     lines += ["## Verdict", "", *[f"- {v}" for v in verdicts], "",
               f"Total benchmark wall time {time.perf_counter() - t_start:.0f} s."]  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -439,12 +517,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--recovery-epochs", type=int, default=8, help="fine-tuning epochs of the recovery part (0: none)"
     )
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved timing rounds (1 epoch each)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--quick", action="store_true", help="a smoke test: 2 seeds, few epochs; figures mean nothing")
     parser.add_argument("--output", default=None, help="also write the Markdown report here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.select_seeds, args.epochs, args.short_epochs = 2, 1, 2, 0
+        args.seeds, args.select_seeds, args.epochs, args.short_epochs, args.rounds = 2, 1, 2, 0, 1
         args.teacher_epochs, args.dense_epochs, args.recovery_epochs = 2, 2, 2
     if args.seeds < 2:
         parser.error("--seeds must be >= 2 (the report gives a standard deviation)")
