@@ -41,6 +41,7 @@ COLUMNS = ("pruning unstructured", "pruning channel 50%", "qat+export int8", "di
 _CI = {
     ("user_grouped", "pruning unstructured"),
     ("user_grouped", "pruning channel 50%"),
+    ("hf_regnet", "pruning channel 50%"),
     ("hf_vit", "pruning channel 50%"),
     ("hf_convnext", "pruning channel 50%"),
     ("user_attention", "pruning channel 50%"),
@@ -222,7 +223,7 @@ def test_lightning_callback_on_zoo(name: str, column: str, tmp_path: Path, zoo_r
 
 def test_zoo_cells_cover_every_ci_family() -> None:
     families = {CASES[n].family for n, _ in _CI}
-    assert {"vit", "convnext", "user_grouped", "user_attention"} <= families
+    assert {"regnet", "vit", "convnext", "user_grouped", "user_attention"} <= families
     assert set(_REFUSED) <= {(n, c) for n in CASES for c in COLUMNS}
     assert os.environ.get("FITSLIM_ZOO", "") != "full" or len(_cells()) == len(select(CASES)) * len(COLUMNS)
 
