@@ -112,6 +112,11 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "benchmarks.zoo_keras",
         "Keras zoo families on digits: unstructured 50%, channel 50% and QAT accuracy against dense",
     ),
+    Benchmark(
+        "zoo_lightning",
+        "benchmarks.zoo_lightning",
+        "torch zoo families on digits (Lightning): unstructured 50%, channel 50% and QAT accuracy against dense",
+    ),
 )
 
 

@@ -1,6 +1,6 @@
 """Accuracy of the Lightning callbacks on zoo architectures: dense vs pruned vs QAT at equal epochs.
 
-Run: ``python benchmarks/zoo_lightning.py [--quick] [--output results.md] [--families user_se,hf_resnet]``.
+Run: ``python benchmarks/zoo_lightning.py [--quick] [--output results.md] [--families hf_resnet,user_se]``.
 
 For each torch zoo family (architectures from ``tests/zoo/torch_zoo.py``, random initialization, no download)
 a short training on the bundled digits, upsampled to ``--size`` pixels and repeated over the three input
@@ -48,7 +48,7 @@ from lightning_plugins.quantization import simulate
 __all__ = ["VARIANTS", "Result", "run_variant"]
 
 VARIANTS = ("dense", "unstructured 50%", "channel 50%", "qat int8")
-DEFAULT_FAMILIES = ("user_se", "user_grouped", "hf_resnet")
+DEFAULT_FAMILIES = ("hf_resnet", "user_grouped", "hf_convnext")
 
 
 class Classifier(pl.LightningModule):  # type: ignore[name-defined]
@@ -100,7 +100,7 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def run_variant(
-    family: str, variant: str, *, epochs: int, size: int = 32, seed: int = 0, lr: float = 3e-3, batch_size: int = 32
+    family: str, variant: str, *, epochs: int, size: int = 16, seed: int = 0, lr: float = 3e-3, batch_size: int = 32
 ) -> Result:
     """Train one zoo family as one variant on the upsampled digits and return its test accuracy."""
     from tests.zoo.torch_zoo import CASES
@@ -181,10 +181,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--families", default=",".join(DEFAULT_FAMILIES))
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--size", type=int, default=16)
+    parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if args.quick:
         args.families, args.epochs, args.seeds = DEFAULT_FAMILIES[0], 4, 1
