@@ -221,6 +221,7 @@ NCNN_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("use_int8_packed=False", {"use_int8_packed": False}),
     ("use_sgemm_convolution=False", {"use_sgemm_convolution": False}),
     ("use_winograd_convolution=False", {"use_winograd_convolution": False}),
+    ("openmp_blocktime=0", {"openmp_blocktime": 0}),  # no spin-waiting of idle OpenMP workers
 )
 
 
