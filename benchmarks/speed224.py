@@ -308,7 +308,9 @@ def table(rec: dict[str, Any]) -> list[str]:
         if c.get("status") not in ("ok",) and c.get("reason")
     ]
     exports = ", ".join(f"{k}: {v['export_s']:.0f} s" for k, v in variants.items())
-    lines += ["", f"Export wall time (onnx + ncnn + tflite, verification included): {exports}."]
+    done = sorted({t for v in variants.values() for t in v["targets"]})
+    rss = max(v["max_rss_mb"] for v in variants.values()) / 1024
+    lines += ["", f"Export wall time ({' + '.join(done)}, verification included): {exports}; peak RSS {rss:.1f} GB."]
     return lines + ([""] + problems if problems else [])
 
 
