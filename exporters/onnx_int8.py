@@ -284,8 +284,9 @@ def export_onnx(job: ExportJob) -> TargetResult:
     )
     if calib is None:
         result.notes.append("ranges of the tensors without learned scales taken from the verification samples")
-    kernels = int8_kernels(final, job.threads)
-    fp_heavy = {op: n for op, n in optimized_op_types(final, job.threads).items() if op in ("Conv", "MatMul", "Gemm")}
+    ops = optimized_op_types(final, job.threads)
+    kernels = {op: n for op, n in sorted(ops.items()) if op in INT8_KERNELS}
+    fp_heavy = {op: n for op, n in ops.items() if op in ("Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul")}
     result.notes.append(
         "int8 kernels in ONNX Runtime: " + (", ".join(f"{op} x{n}" for op, n in kernels.items()) or "none")
         + (f"; still float: {', '.join(f'{op} x{n}' for op, n in fp_heavy.items())}" if fp_heavy else "")
