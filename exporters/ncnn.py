@@ -414,7 +414,10 @@ def _ncnn_onnx(job: ExportJob, scratch: Path, notes: list[str]) -> Path:
     """The shared ONNX with the rewrites pnnx/ncnn need (a copy in ``scratch``; the shared file is untouched)."""
     import onnx
 
-    model = onnx.load(str(job.onnx_path))
+    try:
+        model = onnx.load(str(job.onnx_path))
+    except Exception:  # an unreadable file: pnnx reports it with its own words
+        return job.onnx_path
     guards = strip_nan_guards(model)
     pools = global_pools(model)
     if not guards and not pools:
