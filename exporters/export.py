@@ -69,7 +69,7 @@ def _example(source: Source, example_input: Any, calib: Any) -> Any:
     if isinstance(calib, tuple):
         return take(calib, 0, 1)
     if example_input is not None:
-        x = as_numpy(example_input)
+        x = as_inputs(example_input)  # float32, or the integer dtype of token ids
         declared = source.input_shape()
         if declared is not None and x.ndim == len(declared) - 1:
             x = x[None]
@@ -114,7 +114,7 @@ def prepare_job(
         if is_multi(example_input) and is_multi(calibration):
             calib = take(as_inputs(calibration), 0, 1024)
         elif isinstance(calibration, np.ndarray):
-            calib = as_numpy(calibration)
+            calib = as_inputs(calibration)
         else:
             calib = batches_to_numpy(cast(Iterable[Any], calibration), limit=1024)
     if precision == "int8" and calib is None and quant_spec is None:

@@ -53,8 +53,9 @@ def _array(a: Any) -> npt.NDArray[Any]:
     elif hasattr(a, "numpy") and not isinstance(a, np.ndarray):  # tf
         a = a.numpy()
     arr = np.asarray(a)
-    # integers (token ids, masks) and booleans keep their dtype; everything else is float32
-    return np.ascontiguousarray(arr if arr.dtype.kind in "iub" else arr.astype(np.float32))
+    # signed integers (token ids, masks) and booleans keep their dtype; everything else, uint8 images
+    # included, is float32
+    return np.ascontiguousarray(arr if arr.dtype.kind in "ib" else arr.astype(np.float32))
 
 
 def is_multi(x: Any) -> bool:

@@ -141,10 +141,14 @@ class ExportSettings:
             log.info("fitslim Export(precision='auto'): exporting at %s (%s)", precision,
                      "a QuantSpec is present" if precision == "int8" else "no QuantSpec: no QAT ran")
         try:
-            calibration = self.calibration if self.calibration is not None else (list(batches) or None)
+            from exporters.runtimes import concat_inputs, take
+
+            several = bool(batches) and isinstance(batches[0], tuple)  # several inputs: (ids, mask), ...
+            default_calibration = (concat_inputs(list(batches)) if several else list(batches)) if batches else None
+            calibration = self.calibration if self.calibration is not None else default_calibration
             example = self.example_input
             if example is None and batches:
-                example = batches[0][:1]
+                example = take(batches[0], 0, 1)
             spec = self.quant_spec or (found_spec if precision == "int8" else None)
             report = export(
                 model,

@@ -159,8 +159,8 @@ def batch_input(batch: Any) -> Any:
     return batch
 
 
-def batches_to_numpy(batches: Iterable[Any], limit: int | None = None) -> npt.NDArray[np.float32]:
-    """Stack input batches (arrays, tensors, ``(x, y)`` tuples or dicts) into one float32 array.
+def batches_to_numpy(batches: Iterable[Any], limit: int | None = None) -> npt.NDArray[Any]:
+    """Stack input batches (arrays, tensors, ``(x, y)`` tuples or dicts) into one array (float32, or int64 ids).
 
     Args:
         batches: the iterable of batches.
@@ -169,10 +169,12 @@ def batches_to_numpy(batches: Iterable[Any], limit: int | None = None) -> npt.ND
     Raises:
         ValueError: no batch, or batches whose sample shapes differ.
     """
-    arrays: list[npt.NDArray[np.float32]] = []
+    from exporters.runtimes import as_inputs
+
+    arrays: list[npt.NDArray[Any]] = []
     total = 0
     for batch in batches:
-        a = as_numpy(batch_input(batch))
+        a = as_inputs(batch_input(batch))  # token ids stay integers
         arrays.append(a)
         total += len(a)
         if limit is not None and total >= limit:

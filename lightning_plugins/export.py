@@ -18,8 +18,9 @@ from typing import Any
 from typing_extensions import override
 
 from exporters.report import ExportReport
+from exporters.runtimes import as_inputs
 from exporters.settings import ExportSettings, quant_spec_arg
-from exporters.source import as_numpy, batch_input
+from exporters.source import batch_input
 from fitslim.metrics import export_metrics
 from fitslim.quantspec import QuantSpec
 from lightning_plugins._compat import pl
@@ -124,7 +125,8 @@ class Export(pl.Callback):  # type: ignore[name-defined]
         if loader is None:
             return []
         get = self.settings.input_fn or batch_input
-        return [as_numpy(get(b)) for b in islice(iter(loader), self.settings.calibration_batches)]
+        # as_inputs keeps integer inputs (token ids, masks) and several inputs (input_fn=lambda b: b[:-1])
+        return [as_inputs(get(b)) for b in islice(iter(loader), self.settings.calibration_batches)]
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:

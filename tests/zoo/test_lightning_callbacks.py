@@ -301,3 +301,23 @@ def test_compressed_vit_stays_within_two_points_of_dense(
     zoo_record("torch", "hf_vit", f"accuracy {variant}", "ok" if delta >= -2.0 else "mismatch",
                f"{100 * acc:.1f}% vs dense {100 * vit_dense_accuracy:.1f}% ({delta:+.1f} pt)")  # fmt: skip
     assert delta >= -2.0, f"{variant}: {100 * acc:.1f}% vs dense {100 * vit_dense_accuracy:.1f}%"
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["ids-only", "ids-and-mask"])
+def test_export_callback_keeps_token_ids_of_a_text_model(with_mask: bool, tmp_path: Path) -> None:
+    """BERT batches ``(input_ids, attention_mask, label)``: the Export callback keeps the ids int64 and, with
+    ``input_fn``, both inputs; the ONNX artifact takes them with their own dtypes and verifies."""
+    import onnx
+
+    case = CASES["hf_bert"]
+    module = ZooModule(case.build())
+    loader = _loader(case, classes=3)
+    input_fn = (lambda b: tuple(b[:-1])) if with_mask else None
+    export = Export(targets=["onnx"], directory=tmp_path / "exports", calibration_batches=2, input_fn=input_fn)
+    _trainer(tmp_path, [export]).fit(module, loader)
+    assert export.report is not None
+    row = export.report.results[0]
+    assert (row.precision, row.status) == ("fp32", "ok"), row.reason
+    graph = onnx.load(str(tmp_path / "exports" / "model.onnx")).graph
+    dtypes = [i.type.tensor_type.elem_type for i in graph.input]
+    assert dtypes == [onnx.TensorProto.INT64] * (2 if with_mask else 1), dtypes
