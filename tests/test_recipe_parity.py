@@ -236,12 +236,12 @@ def test_same_artifacts(runs: tuple[Run, Run]) -> None:
     files = {name: sorted(p.name for p in run.export_dir.iterdir()) for name, run in (("L", lightning), ("K", keras))}
     assert files["L"] == files["K"]
     assert files["L"] == sorted(
-        ["model.onnx", "model.int8.ncnn.param", "model.int8.ncnn.bin", "quant_spec.json", "report.json", "report.md"]
+        ["model.int8.onnx", "model.int8.ncnn.param", "model.int8.ncnn.bin", "quant_spec.json", "report.json", "report.md"]
     )
     for run in runs:
         assert run.report is not None and run.report.ok, str(run.report)
         assert {r.target: sorted(r.files) for r in run.report} == {
-            "onnx": ["model.onnx"],
+            "onnx": ["model.int8.onnx"],  # ONNX Runtime's int8 (QDQ) form
             "ncnn": ["model.int8.ncnn.bin", "model.int8.ncnn.param"],
         }
-        assert {r.target: r.precision for r in run.report} == {"onnx": "fp32", "ncnn": "int8"}
+        assert {r.target: r.precision for r in run.report} == {"onnx": "int8", "ncnn": "int8"}
