@@ -140,14 +140,14 @@ def test_run_pnnx_reports_missing_model(tmp_path: Path) -> None:
 
 def test_missing_ncnn_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ncnn", None)
-    with pytest.raises(ImportError, match=r"pip install 'fitslim\[export\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'fitslim\[ncnn\]'"):
         export_ncnn(_bare_job(tmp_path, tmp_path / "m.onnx"))
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_pnnx_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pnnx", None)
-    with pytest.raises(ImportError, match=r"pnnx.*pip install 'fitslim\[export\]'"):
+    with pytest.raises(ImportError, match=r"pnnx.*pip install 'fitslim\[ncnn\]'"):
         run_pnnx(tmp_path / "m.onnx", (1, 1, 8, 8), tmp_path / "scratch", fp16=False)
 
 
