@@ -29,6 +29,7 @@ __all__ = [
     "batches_to_numpy",
     "detect_framework",
     "keras_backend",
+    "keras_layers",
     "source_weights",
 ]
 
@@ -77,7 +78,7 @@ def keras_backend(framework: str) -> str:
     return os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
-def _keras_layers(model: Any) -> list[Any]:
+def keras_layers(model: Any) -> list[Any]:
     """Every layer of a Keras model, nested models and layers of subclassed models included, each once."""
     seen: set[int] = set()
     out: list[Any] = []
@@ -117,7 +118,7 @@ def source_weights(source: Source) -> dict[str, npt.NDArray[np.float32]]:
     def dense_or_conv(k: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return np.ascontiguousarray(k.transpose(k.ndim - 1, k.ndim - 2, *range(k.ndim - 2)))
 
-    for layer in _keras_layers(source.model):
+    for layer in keras_layers(source.model):
         kind = type(layer).__name__
         pointwise = getattr(layer, "pointwise_kernel", None)
         dw = getattr(layer, "depthwise_kernel", None)

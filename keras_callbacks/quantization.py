@@ -53,6 +53,7 @@ import numpy.typing as npt
 from keras import ops
 from typing_extensions import override
 
+from exporters.source import keras_layers
 from fitslim.int8 import MIN_SCALE, absmax_scale, qmax
 from fitslim.metrics import QAT_PHASES, qat_metrics
 from fitslim.quantspec import LayerQuant, QuantSpec
@@ -83,19 +84,8 @@ _MID_RANGE = "fitslim_mid_range"  # SeparableConv2D: the input of the pointwise 
 _QUANTIZED = ("Dense", "Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D")
 
 
-def _walk(model: Any) -> list[Any]:
-    """Every layer of ``model``, those of nested models (a ConvNeXt's stem and downsampling blocks) included."""
-    out: list[Any] = []
-    seen: set[int] = set()
-    stack = list(reversed(getattr(model, "layers", [])))
-    while stack:
-        layer = stack.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        out.append(layer)
-        stack.extend(reversed(getattr(layer, "layers", None) or []))
-    return out
+#: every layer of a model, those of nested models (a ConvNeXt's stem and downsampling blocks) included
+_walk = keras_layers
 
 
 def _err(arg: str, value: Any, what: str, hint: str) -> ValueError:

@@ -236,7 +236,8 @@ def test_same_artifacts(runs: tuple[Run, Run]) -> None:
     files = {name: sorted(p.name for p in run.export_dir.iterdir()) for name, run in (("L", lightning), ("K", keras))}
     assert files["L"] == files["K"]
     assert files["L"] == sorted(
-        ["model.int8.onnx", "model.int8.ncnn.param", "model.int8.ncnn.bin", "quant_spec.json", "report.json", "report.md"]
+        ["model.int8.onnx", "model.int8.ncnn.param", "model.int8.ncnn.bin", "quant_spec.json", "report.json",
+         "report.md"]  # fmt: skip
     )
     for run in runs:
         assert run.report is not None and run.report.ok, str(run.report)

@@ -7,13 +7,15 @@ the one small config per family that ``make test`` runs; ``make zoo`` (``FITSLIM
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ZooCase", "full_zoo", "select"]
+__all__ = ["ZooCase", "check_report", "full_zoo", "select"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +69,45 @@ def token_batch(vocab: int, length: int) -> Callable[[int, int], tuple[np.ndarra
         return ids, mask
 
     return make
+
+
+def cell_detail(row: Any) -> str:
+    """A support-table cell's text for one report row: the reason, or how close the artifact is."""
+    if row.status != "ok":
+        return str(row.reason.splitlines()[0]) if row.reason else str(row.status)
+    if row.precision == "int8" and row.top1_agreement is not None:
+        decisive = ""
+        if row.decisive_top1 is not None:
+            decisive = f", {row.decisive_top1 * 100:.0f}% of {row.decisive_samples} decisive"
+        return f"top-1 {row.top1_agreement * 100:.0f}%{decisive}, spread err {row.spread_error or 0:.2f}"
+    return f"rel err {row.max_rel_error or 0:.0e}"
+
+
+def check_report(
+    report: Any,
+    framework: str,
+    name: str,
+    precision: str,
+    expected: dict[tuple[str, str, str], tuple[str, str]],
+    record: Callable[..., None],
+    directory: Path,
+) -> list[str]:
+    """Record every row of an export report as a table cell; return the rows that break expectations.
+
+    A row with no entry in ``expected`` must be ok; one with an entry must have that status and a reason
+    matching its pattern. A mismatch must keep its artifact, named in the report.
+    """
+    problems = []
+    for row in report:
+        record(framework, name, f"{row.target} {precision}", row.status, cell_detail(row))
+        want = expected.get((name, row.target, precision))
+        if want is None:
+            if not row.ok:
+                problems.append(f"{row.target} {precision}: {row.status}: {row.reason}")
+            continue
+        status, pattern = want
+        if row.status != status or not re.search(pattern, row.reason):
+            problems.append(f"{row.target} {precision}: expected {status} /{pattern}/, got {row.status}: {row.reason}")
+        if row.status == "mismatch" and not (row.files and all((directory / f).is_file() for f in row.files)):
+            problems.append(f"{row.target} {precision}: a mismatch must keep its artifact; files {row.files}")
+    return problems

@@ -10,7 +10,6 @@ convolutions and exact GELU, Keras 3 depthwise/separable weights, backend detect
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.zoo import full_zoo
+from tests.zoo import check_report, full_zoo
 
 keras = pytest.importorskip("keras")
 pytest.importorskip("tf2onnx")
@@ -29,7 +28,6 @@ pytest.importorskip("tf2onnx")
 from exporters import export  # noqa: E402
 from exporters.onnx_export import fix_pad_mode, fold_batchnorm, ort_session, to_onnx  # noqa: E402
 from exporters.quant import weighted_nodes  # noqa: E402
-from exporters.report import TargetResult  # noqa: E402
 from exporters.source import Source, detect_framework, source_weights  # noqa: E402
 from tests.zoo.keras_zoo import CASES  # noqa: E402
 
@@ -78,12 +76,6 @@ def _cells() -> list[Any]:
     return [pytest.param(c, p, t, id=f"{c}-{p}") for (c, p), t in CI_CELLS.items()]
 
 
-def _detail(row: TargetResult) -> str:
-    if row.status != "ok":
-        return row.reason.splitlines()[0] if row.reason else row.status
-    if row.precision == "int8" and row.top1_agreement is not None:
-        return f"top-1 {row.top1_agreement * 100:.0f}%, spread err {row.spread_error or 0:.2f}"
-    return f"rel err {row.max_rel_error or 0:.0e}"
 
 
 @pytest.mark.zoo
@@ -106,19 +98,7 @@ def test_keras_zoo_export(
         precision=precision,
         directory=tmp_path,
     )
-    problems = []
-    for row in report:
-        zoo_record("keras", name, f"{row.target} {precision}", row.status, _detail(row))
-        expected = EXPECTED.get((name, row.target, precision))
-        if expected is None:
-            if not row.ok:
-                problems.append(f"{row.target} {precision}: {row.status}: {row.reason}")
-            continue
-        status, pattern = expected
-        if row.status != status or not re.search(pattern, row.reason):
-            problems.append(f"{row.target} {precision}: expected {status} /{pattern}/, got {row.status}: {row.reason}")
-        if row.status == "mismatch":  # a mismatch keeps its artifact, named in the report
-            assert row.files and all((tmp_path / f).is_file() for f in row.files), row
+    problems = check_report(report, "keras", name, precision, EXPECTED, zoo_record, tmp_path)
     assert not problems, "\n".join(problems)
     for row in report:  # the rows that are ok really ran: finite outputs compared on every sample
         if row.ok:

@@ -7,7 +7,6 @@ every case at fp32, fp16 and int8 and records one support-table cell per target 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.zoo import full_zoo
+from tests.zoo import check_report, full_zoo
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from exporters import export  # noqa: E402
-from exporters.report import TargetResult  # noqa: E402
 from tests.zoo.torch_zoo import CASES  # noqa: E402
 
 pytestmark = [pytest.mark.zoo, pytest.mark.slow]
@@ -73,15 +71,6 @@ def _first(x: Any) -> Any:
     return tuple(a[:1] for a in x) if isinstance(x, tuple) else x[:1]
 
 
-def _detail(row: TargetResult) -> str:
-    if row.status != "ok":
-        return row.reason.splitlines()[0] if row.reason else row.status
-    if row.precision == "int8" and row.top1_agreement is not None:
-        decisive = ""
-        if row.decisive_top1 is not None:
-            decisive = f", {row.decisive_top1 * 100:.0f}% of {row.decisive_samples} decisive"
-        return f"top-1 {row.top1_agreement * 100:.0f}%{decisive}, spread err {row.spread_error or 0:.2f}"
-    return f"rel err {row.max_rel_error or 0:.0e}"
 
 
 @pytest.mark.parametrize(("name", "precision", "targets"), _cells())
@@ -102,19 +91,7 @@ def test_torch_zoo_export(
         precision=precision,
         directory=tmp_path,
     )
-    problems = []
-    for row in report:
-        zoo_record("torch", name, f"{row.target} {precision}", row.status, _detail(row))
-        expected = EXPECTED.get((name, row.target, precision))
-        if expected is None:
-            if not row.ok:
-                problems.append(f"{row.target} {precision}: {row.status}: {row.reason}")
-            continue
-        status, pattern = expected
-        if row.status != status or not re.search(pattern, row.reason):
-            problems.append(f"{row.target} {precision}: expected {status} /{pattern}/, got {row.status}: {row.reason}")
-        if row.status == "mismatch":  # a mismatch keeps its artifact, named in the report
-            assert row.files and all((tmp_path / f).is_file() for f in row.files), row
+    problems = check_report(report, "torch", name, precision, EXPECTED, zoo_record, tmp_path)
     assert not problems, "\n".join(problems)
     # the rows that are ok really ran: finite outputs compared on every sample
     for row in report:
