@@ -579,9 +579,13 @@ def test_failed_verification_installs_nothing(
     from exporters.ncnn import export_ncnn
 
     wrong = np.zeros((len(handmade.x), 7), np.float32)  # the model has 10 outputs
-    with pytest.raises(ValueError, match=r"ncnn output 0 has shape \(10,\)"):
+    with pytest.raises(RuntimeError, match=r"ncnn output 0 has shape \(10,\).*kept in .*failed/ncnn-int8"):
         export_ncnn(_handmade_job(handmade, tmp_path, monkeypatch, wrong))
-    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    out = tmp_path / "out"
+    # nothing is installed as an artifact; the files are kept for inspection under failed/ only
+    assert sorted(p.name for p in out.iterdir()) == ["failed"]
+    kept = {p.name for p in (out / "failed" / "ncnn-int8").iterdir()}
+    assert {"model.int8.ncnn.param", "model.int8.ncnn.bin"} <= kept, kept
     assert list((tmp_path / "work").iterdir()) == []
 
 
