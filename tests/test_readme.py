@@ -27,7 +27,7 @@ EXPECTED: dict[str, tuple[str, dict[str, tuple[str, list[str]]]]] = {
     "lightning": (
         "exports/lightning",
         {
-            "onnx": ("fp32", ["model.onnx"]),
+            "onnx": ("int8", ["model.int8.onnx"]),  # after QAT, ONNX Runtime's int8 (QDQ) form
             "ncnn": ("int8", ["model.int8.ncnn.bin", "model.int8.ncnn.param"]),
         },
     ),
