@@ -34,7 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.speed224 import build, images, time_interleaved
+from benchmarks.headline import time_interleaved
+from benchmarks.speed224 import build, images
 
 log = logging.getLogger("benchmarks.peers")
 

@@ -43,6 +43,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.headline import time_interleaved  # one interleaved timer for every benchmark
+
 log = logging.getLogger("benchmarks.speed224")
 
 MODELS = ("mobilenet_v2", "resnet50", "vit_tiny")
@@ -130,23 +132,6 @@ def build(name: str, half: bool, size: int) -> Any:
 
 def count_params(model: Any) -> int:
     return int(sum(p.numel() for p in model.parameters()))
-
-
-def time_interleaved(runners: list[Any], x: np.ndarray, rounds: int, burst: int) -> list[list[float]]:
-    """Single-sample latencies (ms) per runner, ``rounds`` rounds in rotating order, one warm-up call each."""
-    times: list[list[float]] = [[] for _ in runners]
-    for run in runners:
-        run(x)
-    n = len(runners)
-    for r in range(rounds):
-        for k in range(n):
-            i = (r + k) % n
-            runners[i](x)
-            for _ in range(burst):
-                t0 = time.perf_counter()
-                runners[i](x)
-                times[i].append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 def measure_model(name: str, args: argparse.Namespace) -> dict[str, Any]:

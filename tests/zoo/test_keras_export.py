@@ -76,8 +76,6 @@ def _cells() -> list[Any]:
     return [pytest.param(c, p, t, id=f"{c}-{p}") for (c, p), t in CI_CELLS.items()]
 
 
-
-
 @pytest.mark.zoo
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "precision", "targets"), _cells())

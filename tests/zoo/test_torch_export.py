@@ -71,8 +71,6 @@ def _first(x: Any) -> Any:
     return tuple(a[:1] for a in x) if isinstance(x, tuple) else x[:1]
 
 
-
-
 @pytest.mark.parametrize(("name", "precision", "targets"), _cells())
 def test_torch_zoo_export(
     name: str, precision: str, targets: tuple[str, ...], tmp_path: Path, zoo_record: Callable[..., None]
