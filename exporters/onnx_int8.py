@@ -43,6 +43,7 @@ import numpy.typing as npt
 from exporters.job import ExportJob
 from exporters.quant import QuantTable
 from exporters.report import TargetResult
+from exporters.runtimes import Inputs, as_inputs, input_count, ort_feed, ort_run, take
 from exporters.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
 
@@ -169,19 +170,24 @@ def scale_overrides(model: Any, table: QuantTable) -> dict[str, list[dict[str, A
 
 
 class _Reader:
-    """An ``onnxruntime.quantization.CalibrationDataReader`` over an array, a few samples at a time."""
+    """An ``onnxruntime.quantization.CalibrationDataReader`` over the inputs, a few samples at a time.
 
-    def __init__(self, name: str, data: npt.NDArray[np.float32], batch: int = 16) -> None:
-        self.name = name
+    ``data`` is one array or a tuple with one array per graph input (token ids and masks keep their dtype);
+    ``names`` are the graph inputs in order.
+    """
+
+    def __init__(self, names: list[str], data: Inputs, batch: int = 16) -> None:
+        self.names = names
         self.data = data
         self.batch = batch
-        self._it: Iterator[dict[str, npt.NDArray[np.float32]]] = self._batches()
+        self._it: Iterator[dict[str, Any]] = self._batches()
 
-    def _batches(self) -> Iterator[dict[str, npt.NDArray[np.float32]]]:
-        for i in range(0, len(self.data), self.batch):
-            yield {self.name: self.data[i : i + self.batch]}
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        arrays = self.data if isinstance(self.data, tuple) else (self.data,)
+        for i in range(0, input_count(self.data), self.batch):
+            yield {n: np.ascontiguousarray(a[i : i + self.batch]) for n, a in zip(self.names, arrays, strict=True)}
 
-    def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
+    def get_next(self) -> dict[str, Any] | None:
         return next(self._it, None)
 
     def rewind(self) -> None:
@@ -199,27 +205,35 @@ def to_ort_int8(
     Args:
         onnx_path: the BatchNorm-folded fp32 ONNX the exporters share.
         table: the int8 scales (learned or calibrated) of its weighted nodes.
-        calibration: inputs in the ONNX layout (NCHW images) for the ranges of the other tensors.
+        calibration: inputs in the ONNX layout (NCHW images) for the ranges of the other tensors; a tuple with
+            one array per graph input for a model with several (int64 token ids and masks keep their dtype).
         out_path: the destination ``.onnx``.
 
     Raises:
-        ValueError: no calibration inputs.
+        ValueError: no calibration inputs, or not one array per graph input.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    data = np.ascontiguousarray(np.asarray(calibration, dtype=np.float32))[:MAX_CALIBRATION]
-    if data.ndim == 0 or len(data) == 0:
+    data = as_inputs(calibration)
+    if (not isinstance(data, tuple) and data.ndim == 0) or input_count(data) == 0:
         raise ValueError("calibration: no inputs for the ranges of the unscaled tensors; pass calibration batches.")
+    data = take(data, 0, MAX_CALIBRATION)
     model = onnx.load(str(onnx_path))
-    name = model.graph.input[0].name
+    inits = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    if len(names) != (len(data) if isinstance(data, tuple) else 1):
+        raise ValueError(
+            f"calibration: the ONNX model takes {len(names)} input(s) {names}; got "
+            f"{len(data) if isinstance(data, tuple) else 1} array(s). Pass a tuple with one array per input."
+        )
     overrides = scale_overrides(model, table)
     target = Path(out_path)
     with atomic_path(target) as tmp:
         quantize_static(
             str(onnx_path),
             str(tmp),
-            _Reader(name, data),
+            _Reader(names, data),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
@@ -295,12 +309,11 @@ def export_onnx(job: ExportJob) -> TargetResult:
         from exporters.onnx_export import ort_session
 
         sess = ort_session(final, job.threads)
-        name = sess.get_inputs()[0].name
         x = job.samples_nchw()
-        out = np.asarray(sess.run(None, {name: x})[0])
+        out = np.asarray(ort_run(sess, x)[0])
         fill_agreement(result, compare(job.reference, out))
-        one = x[:1]
-        result.latency_ms = median_latency_ms(lambda: sess.run(None, {name: one}))
+        one = ort_feed(sess, take(x, 0, 1))
+        result.latency_ms = median_latency_ms(lambda: sess.run(None, one))
         result.threads = job.threads
     log.info("ONNX Runtime int8 ONNX written: %s (%s)", final.name, result.notes[-1])
     return result

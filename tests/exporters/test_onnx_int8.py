@@ -136,3 +136,57 @@ def test_int8_onnx_refuses_without_calibration(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="calibration"):
         to_ort_int8(shared, table, np.zeros((0, 1, 8, 8), np.float32), tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
+
+
+class _TokenNet(torch.nn.Module):
+    """Token ids and a padding mask in, class logits out: an embedding, a masked mean, two Linear layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 16)
+        self.hidden = torch.nn.Linear(16, 32)
+        self.head = torch.nn.Linear(32, 5)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        m = attention_mask.unsqueeze(-1).to(torch.float32)
+        pooled = (self.embed(input_ids) * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return self.head(torch.relu(self.hidden(pooled)))
+
+
+def _tokens(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, 50, (n, 12), dtype=np.int64)
+    mask = np.ones((n, 12), np.int64)
+    for i in range(n):
+        keep = int(rng.integers(4, 13))
+        ids[i, keep:], mask[i, keep:] = 0, 0
+    return ids, mask
+
+
+def test_int8_onnx_calibrates_and_verifies_every_input_of_a_token_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _TokenNet().eval()
+    samples, calibration = _tokens(64, 2), _tokens(64, 1)
+    report = export(
+        model, ["onnx"], example_input=tuple(a[:1] for a in samples), calibration=calibration, samples=samples,
+        precision="int8", directory=tmp_path,
+    )  # fmt: skip
+    r = report["onnx"]
+    assert r.ok, r.reason
+    assert r.samples == 64 and r.top1_agreement is not None and r.top1_agreement >= 0.9
+    path = tmp_path / "model.int8.onnx"
+    graph_inputs = {i.name: i.type.tensor_type.elem_type for i in onnx.load(str(path)).graph.input}
+    assert graph_inputs == {"input_ids": onnx.TensorProto.INT64, "attention_mask": onnx.TensorProto.INT64}
+    assert int8_kernels(path)  # the Linear layers run as int8 kernels
+
+
+def test_to_ort_int8_names_the_inputs_a_single_array_cannot_feed(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _TokenNet().eval()
+    ids, mask = _tokens(8, 0)
+    shared, _ = to_onnx(Source.from_model(model), tmp_path / "shared.onnx", (ids[:1], mask[:1]))
+    table = calibrate(shared, (ids, mask))
+    with pytest.raises(
+        ValueError, match=r"calibration: the ONNX model takes 2 input\(s\) \['input_ids', 'attention_mask'\]"
+    ):
+        to_ort_int8(shared, table, ids, tmp_path / "int8.onnx")
