@@ -98,6 +98,7 @@ _FIELDS: dict[str, dict[str, _Field]] = {
         "importance": _Field("choice", "l1", choices=("l1", "l2")),
         "make_permanent": _Field("bool", True),
         "round_to": _Field("int", None, lo=1, nullable=True, hint="channel granularity: keep multiples of it, e.g. 8"),
+        "attention": _Field("choice", "heads", choices=("heads", "mlp")),
     },
     "quantization": {
         "start": _Field("float", 0.6, lo=0.0, hi=1.0, hint="a fraction of the fit"),

@@ -94,6 +94,7 @@ def test_missing_sections_are_none_and_empty_section_gets_defaults() -> None:
         ({"pruning": {"frequency": 0}}, r"^pruning.frequency: 0 is out of range \[1, inf\]"),
         ({"pruning": {"round_to": 8}}, r"^pruning.round_to: rounds kept channel counts, but granularity is unstr"),
         ({"pruning": {"granularity": "channel", "round_to": 0}}, r"^pruning.round_to: 0 is out of range \[1, inf\]"),
+        ({"pruning": {"attention": "qkv"}}, r"^pruning.attention: 'qkv' is not one of \['heads', 'mlp'\]"),
         ({"pruning": {"frequency": 2.5}}, r"^pruning.frequency: expected an integer"),
         ({"pruning": {"include": "conv"}}, r"^pruning.include: expected a list"),
         ({"pruning": {"make_permanent": "yes"}}, r"^pruning.make_permanent: expected true or false"),
