@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from exporters.job import ExportJob
 from exporters.ncnn_int8 import NcnnParam, write_int8
+from exporters.onnx_export import global_pools
 from exporters.report import TargetResult
 from exporters.verify import compare, fill_agreement, judge, median_latency_ms
 
@@ -369,45 +370,6 @@ def strip_nan_guards(model: Any) -> int:
             g.node.remove(isnan)
         removed += 1
     return removed
-
-
-def global_pools(model: Any) -> int:
-    """Turn an ``AveragePool`` whose one window covers its whole unpadded input into ``GlobalAveragePool``.
-
-    HF EfficientNet pools with ``AvgPool2d(kernel, ceil_mode=True)`` and a kernel larger than the feature
-    map: one output value, the mean of the map; pnnx gives it a wrong shape and ncnn then computes garbage.
-    Returns the number of nodes rewritten (in place).
-    """
-    from onnx import helper, shape_inference
-
-    inferred = shape_inference.infer_shapes(model)
-    dims: dict[str, list[int]] = {}
-    for v in list(inferred.graph.value_info) + list(inferred.graph.input):
-        dims[v.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
-    changed = 0
-    for node in model.graph.node:
-        if node.op_type != "AveragePool":
-            continue
-        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
-        spatial = dims.get(node.input[0], [])[2:]
-        kernel = list(a.get("kernel_shape", []))
-        strides = list(a.get("strides", [1] * len(kernel)))
-        pads = list(a.get("pads", [0] * 2 * len(kernel)))
-        auto_pad = a.get("auto_pad", b"NOTSET")
-        if not spatial or 0 in spatial or len(kernel) != len(spatial) or any(pads):
-            continue
-        if auto_pad not in (b"NOTSET", "NOTSET"):
-            continue
-        ceil = int(a.get("ceil_mode", 0))
-        # one window: floor mode needs k == H; ceil mode gives one output for H <= k < H + s
-        sizes = zip(kernel, spatial, strides, strict=True)
-        one = all((k == h) if not ceil else (h <= k < h + st) for k, h, st in sizes)
-        if not one:
-            continue
-        node.op_type = "GlobalAveragePool"
-        del node.attribute[:]
-        changed += 1
-    return changed
 
 
 def _ncnn_onnx(job: ExportJob, scratch: Path, notes: list[str]) -> Path:

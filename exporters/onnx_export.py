@@ -31,7 +31,7 @@ from exporters.source import Source, keras_backend
 from exporters.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
 
-__all__ = ["OPSET", "export_onnx", "fix_pad_mode", "fold_batchnorm", "to_onnx"]
+__all__ = ["OPSET", "export_onnx", "fix_pad_mode", "fold_batchnorm", "global_pools", "to_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -464,6 +464,48 @@ def _drop_unused(model: Any) -> None:
     g.initializer.extend(keep)
 
 
+def global_pools(model: Any) -> int:
+    """Turn an ``AveragePool`` whose one window covers its whole unpadded input into ``GlobalAveragePool``.
+
+    HF EfficientNet pools with ``AvgPool2d(kernel, ceil_mode=True)`` and a kernel larger than the feature
+    map: one output value, the mean of the map (torch divides by the window's part inside the input). The
+    converters and int8 kernels downstream get that window wrong: pnnx gives it a wrong shape (ncnn then
+    computes garbage) and ONNX Runtime's int8 ``QLinearAveragePool`` divides by the whole 320x320 kernel
+    (every output 0). ``GlobalAveragePool`` is the same mean, which every runtime reads alike.
+    Returns the number of nodes rewritten (in place).
+    """
+    from onnx import helper, shape_inference
+
+    inferred = shape_inference.infer_shapes(model)
+    dims: dict[str, list[int]] = {}
+    for v in list(inferred.graph.value_info) + list(inferred.graph.input):
+        dims[v.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "AveragePool":
+            continue
+        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        spatial = dims.get(node.input[0], [])[2:]
+        kernel = list(a.get("kernel_shape", []))
+        strides = list(a.get("strides", [1] * len(kernel)))
+        pads = list(a.get("pads", [0] * 2 * len(kernel)))
+        auto_pad = a.get("auto_pad", b"NOTSET")
+        if not spatial or 0 in spatial or len(kernel) != len(spatial) or any(pads):
+            continue
+        if auto_pad not in (b"NOTSET", "NOTSET"):
+            continue
+        ceil = int(a.get("ceil_mode", 0))
+        # one window: floor mode needs k == H; ceil mode gives one output for H <= k < H + s
+        sizes = zip(kernel, spatial, strides, strict=True)
+        one = all((k == h) if not ceil else (h <= k < h + st) for k, h, st in sizes)
+        if not one:
+            continue
+        node.op_type = "GlobalAveragePool"
+        del node.attribute[:]
+        changed += 1
+    return changed
+
+
 def fix_pad_mode(model: Any) -> int:
     """Write ``mode="constant"`` on every ``Pad`` that leaves it implicit (in place; same semantics).
 
@@ -522,6 +564,9 @@ def to_onnx(source: Source, path: str | Path, example_input: npt.ArrayLike) -> t
             Path(str(raw) + ".data").unlink(missing_ok=True)
         for node in model.graph.node:  # the torch exporter's per-node debug info (stack traces) is not needed
             del node.metadata_props[:]
+        pools = global_pools(model)
+        if pools:
+            notes.append(f"{pools} AveragePool(s) whose one window covers the whole map written as GlobalAveragePool")
         pads = fix_pad_mode(model)
         if pads:
             log.debug("Pad: mode='constant' made explicit on %d node(s)", pads)

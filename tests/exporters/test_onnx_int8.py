@@ -190,3 +190,31 @@ def test_to_ort_int8_names_the_inputs_a_single_array_cannot_feed(tmp_path: Path)
         ValueError, match=r"calibration: the ONNX model takes 2 input\(s\) \['input_ids', 'attention_mask'\]"
     ):
         to_ort_int8(shared, table, ids, tmp_path / "int8.onnx")
+
+
+class _CeilPoolNet(torch.nn.Module):
+    """HF EfficientNet's head: ``AvgPool2d`` with a kernel larger than the map and ``ceil_mode=True``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, stride=4)
+        self.pool = torch.nn.AvgPool2d(32, ceil_mode=True)
+        self.head = torch.nn.Linear(16, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+
+
+def test_a_pool_window_over_the_whole_map_becomes_global_and_int8_agrees(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _CeilPoolNet().eval()
+    x = np.random.default_rng(0).standard_normal((64, 3, 13, 11)).astype(np.float32)
+    shared, notes = to_onnx(Source.from_model(model), tmp_path / "shared.onnx", x[:1])
+    ops = [n.op_type for n in onnx.load(str(shared)).graph.node]
+    assert "GlobalAveragePool" in ops and "AveragePool" not in ops
+    assert any("GlobalAveragePool" in n for n in notes)
+    report = export(model, ["onnx"], example_input=x[:1], calibration=x, precision="int8", directory=tmp_path / "e")
+    r = report["onnx"]
+    # ONNX Runtime's int8 QLinearAveragePool divides a ceil-mode window by the whole kernel: every output 0
+    assert r.ok, r.reason
+    assert r.spread_error is not None and r.spread_error < 0.2
