@@ -42,6 +42,15 @@ STEPS = (
 )
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (pnnx runs as one).
+
+    Unlike wall time, CPU time hardly grows when other processes share the cores, so it is reported beside it.
+    """
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _child(name: str, size: int, out: Path, targets: list[str]) -> None:
     import torch
 
@@ -59,6 +68,7 @@ def _child(name: str, size: int, out: Path, targets: list[str]) -> None:
     for precision, target in STEPS:
         if target not in targets:
             continue
+        cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
         report = export(
             model, [target], example_input=calib[:1], calibration=calib if precision == "int8" else None,
@@ -70,6 +80,8 @@ def _child(name: str, size: int, out: Path, targets: list[str]) -> None:
                 "precision": precision,
                 "target": target,
                 "seconds": time.perf_counter() - t0,
+                "cpu_seconds": _cpu_seconds() - cpu0,
+                "load": os.getloadavg()[0],
                 "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "status": row.status,
                 "reason": row.reason[:200],
@@ -83,11 +95,12 @@ def render(records: list[dict[str, Any]], size: int) -> str:
     lines = [
         f"## Export cost vs model size ({size}x{size}, 2 threads)",
         "",
-        "Wall seconds per target (one `export()` call each: shared ONNX + conversion + verification), and the "
-        "process's peak RSS after it.",
+        "Wall seconds / CPU seconds per target (one `export()` call each: shared ONNX + conversion + "
+        "verification), and the process's peak RSS after it. Wall time grows with whatever else runs on the "
+        "machine (the 1-minute load average after each model is given); CPU time hardly does.",
         "",
-        "| model | params | " + " | ".join(f"{p} {t}" for p, t in STEPS) + " | total | peak RSS |",
-        "|---|---|" + "---|" * (len(STEPS) + 2),
+        "| model | params | " + " | ".join(f"{p} {t}" for p, t in STEPS) + " | total | peak RSS | load average |",
+        "|---|---|" + "---|" * (len(STEPS) + 3),
     ]
     for rec in records:
         if "params" not in rec:
@@ -97,15 +110,21 @@ def render(records: list[dict[str, Any]], size: int) -> str:
         cells = []
         for key in STEPS:
             s = by.get(key)
+            cpu = f" / {s['cpu_seconds']:.0f}" if s is not None and "cpu_seconds" in s else ""
             cells.append(
-                "-" if s is None else f"{s['seconds']:.0f} s" + ("" if s["status"] == "ok" else f" ({s['status']})")
+                "-"
+                if s is None
+                else f"{s['seconds']:.0f}{cpu} s" + ("" if s["status"] == "ok" else f" ({s['status']})")
             )
         total = sum(s["seconds"] for s in rec.get("steps", []))
+        total_cpu = sum(s.get("cpu_seconds", 0.0) for s in rec.get("steps", []))
+        loads = [s["load"] for s in rec.get("steps", []) if "load" in s]
         peak = max((s["max_rss_mb"] for s in rec.get("steps", [])), default=0.0)
         lines.append(
             f"| {rec['model']} | {rec['params'] / 1e6:.1f} M | "
             + " | ".join(cells)
-            + f" | {total:.0f} s | {peak / 1024:.1f} GB |"
+            + f" | {total:.0f} / {total_cpu:.0f} s | {peak / 1024:.1f} GB | "
+            + (f"{min(loads):.1f}-{max(loads):.1f} |" if loads else "- |")
         )
     problems = [
         f"- {rec['model']} {s['precision']} {s['target']}: {s['status']}: {s['reason']}"

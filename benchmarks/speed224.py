@@ -188,15 +188,44 @@ def measure_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         record["variants"][variant] = {
             "params": count_params(model),
             "export_s": seconds,
+            "export_load": os.getloadavg()[0],  # how busy the machine was: export wall times depend on it
             "max_rss_mb": rss_mb,
             "targets": rows,
         }
         log.info("%s %s: exported in %.0f s, max RSS %.0f MB", name, variant, seconds, rss_mb)
         del model
-    x = samples[:1]
+    _time(record, runners, keys, samples[:1], args)
+    return record
+
+
+def _time(record: dict[str, Any], runners: list[Any], keys: list[tuple[str, str]], x: Any, args: Any) -> None:
+    """Time the loaded artifacts interleaved; store median/min/max per cell and the load around the run."""
+    before = os.getloadavg()[0]
     times = time_interleaved(runners, x, args.rounds, args.burst)
     for (variant, target), t in zip(keys, times, strict=True):
         record["variants"][variant]["targets"][target]["ms"] = [statistics.median(t), min(t), max(t)]
+    record["timing_load"] = [before, os.getloadavg()[0]]
+
+
+def retime(record: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Time a cached record's artifacts again (``--reuse --retime``): export once, time on a quiet machine."""
+    from exporters import runtimes
+    from exporters.report import ExportReport
+
+    work = Path(record["workdir"])
+    runners: list[Any] = []
+    keys: list[tuple[str, str]] = []
+    for variant, v in record["variants"].items():
+        path = work / variant.replace(" ", "_").replace("%", "") / "report.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{record['model']} {variant}: {path} is gone; run without --reuse to export again")
+        report = ExportReport.load(path)
+        for target, cell in v["targets"].items():
+            if cell.get("ms") is not None:
+                runners.append(runtimes.runner(report, target, args.threads))
+                keys.append((variant, target))
+    _time(record, runners, keys, images(32, 7, int(record["size"]))[:1], args)
+    record["rounds"], record["burst"], record["threads"] = args.rounds, args.burst, args.threads
     return record
 
 
@@ -295,7 +324,15 @@ def table(rec: dict[str, Any]) -> list[str]:
     exports = ", ".join(f"{k}: {v['export_s']:.0f} s" for k, v in variants.items())
     done = sorted({t for v in variants.values() for t in v["targets"]})
     rss = max(v["max_rss_mb"] for v in variants.values()) / 1024
-    lines += ["", f"Export wall time ({' + '.join(done)}, verification included): {exports}; peak RSS {rss:.1f} GB."]
+    loads = ", ".join(f"{v['export_load']:.1f}" for v in variants.values() if "export_load" in v)
+    lines += [
+        "",
+        f"Export wall time ({' + '.join(done)}, verification included): {exports}; peak RSS {rss:.1f} GB"
+        + (f"; 1-minute load average after each export: {loads} (2 cores)." if loads else "."),
+    ]
+    if "timing_load" in rec:
+        lo, hi = rec["timing_load"]
+        lines.append(f"Load average before / after the timing rounds: {lo:.1f} / {hi:.1f}.")
     return lines + ([""] + problems if problems else [])
 
 
@@ -347,7 +384,13 @@ def run(args: argparse.Namespace) -> str:
             if proc.returncode != 0 or not out.is_file():
                 records.append({"model": name, "error": f"exit status {proc.returncode}"})
                 continue
-        records.append(json.loads(out.read_text(encoding="utf-8")))
+            records.append(json.loads(out.read_text(encoding="utf-8")))
+        else:
+            record = json.loads(out.read_text(encoding="utf-8"))
+            if args.retime:
+                record = retime(record, args)
+                out.write_text(json.dumps(record, indent=1), encoding="utf-8")
+            records.append(record)
     text = render(records, args)
     if args.ncnn_options:
         for rec in records:
@@ -368,6 +411,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=int, default=None, help="calibration inputs (default 64, quick 16)")
     p.add_argument("--cache", default=None, help="keep each model's JSON record here")
     p.add_argument("--reuse", action="store_true", help="render from cached records where present")
+    p.add_argument(
+        "--retime", action="store_true", help="with --reuse: time the cached artifacts again (same rounds/threads)"
+    )
     p.add_argument("--targets", nargs="+", choices=TARGETS, default=TARGETS, help="runtimes to export to and time")
     p.add_argument("--ncnn-options", action="store_true", help="also time ncnn under several ncnn.Option settings")
     p.add_argument("--output", default=None)

@@ -108,3 +108,30 @@ def test_real_benchmarks_accept_the_runner_arguments() -> None:
             assert re.search(r"def main\(argv", source), bench.module
         for flag in flags:
             assert f'"{flag}"' in source, f"{bench.module} has no {flag} option"
+
+
+def test_scaling_table_reports_cpu_time_and_load_beside_wall_time() -> None:
+    from benchmarks import scaling
+
+    step = {"precision": "fp32", "target": "onnx", "seconds": 30.0, "cpu_seconds": 12.0, "load": 3.5}
+    step |= {"max_rss_mb": 2048.0, "status": "ok", "reason": ""}
+    text = scaling.render([{"model": "resnet50", "params": 25.6e6, "steps": [step]}], 224)
+    row = next(line for line in text.splitlines() if line.startswith("| resnet50"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    header = next(line for line in text.splitlines() if line.startswith("| model"))
+    assert len(cells) == len(header.strip("|").split("|"))  # one cell per column
+    assert cells[2] == "30 / 12 s" and cells[-3] == "30 / 12 s" and cells[-1] == "3.5-3.5"
+    before = scaling._cpu_seconds()
+    sum(i * i for i in range(300_000))
+    assert scaling._cpu_seconds() > before
+
+
+def test_speed224_retime_refuses_a_record_whose_artifacts_are_gone(tmp_path: Path) -> None:
+    import argparse
+
+    from benchmarks import speed224
+
+    record = {"model": "mobilenet_v2", "size": 32, "workdir": str(tmp_path / "gone"), "variants": {"dense fp32": {}}}
+    args = argparse.Namespace(threads=1, rounds=1, burst=1)
+    with pytest.raises(FileNotFoundError, match="run without --reuse"):
+        speed224.retime(record, args)
