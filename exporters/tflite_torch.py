@@ -164,10 +164,18 @@ def _quantizer(pinnable: bool) -> Any:
         """
 
         def annotate(self, model: Any) -> Any:
-            from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+            from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
 
             model = super().annotate(model)
+            _drop_non_tensor_annotations(model)
             for node in model.graph.nodes:
+                if _is_constant_pad(node) and "quantization_annotation" not in node.meta and node.args:
+                    # a zero pad keeps its input's scale (TFLite's int8 PAD needs equal scales), as a max pool does
+                    src = node.args[0]
+                    node.meta["quantization_annotation"] = QuantizationAnnotation(
+                        input_qspec_map={src: act}, output_qspec=SharedQuantizationSpec((src, node)), _annotated=True
+                    )
+                    continue
                 ann = node.meta.get("quantization_annotation")
                 if (
                     node.op == "call_function"
@@ -192,6 +200,111 @@ def _export_for_calibration(model: Any, example: Any) -> tuple[Any, int]:
     except Exception as err:  # a model whose code fixes the batch size: calibrate one sample at a time
         log.debug("dynamic-batch export failed (%s); calibrating one sample at a time", err)
         return torch.export.export(model, (example,)).module(), 1
+
+
+def _is_tensor(node: Any) -> bool:
+    import torch
+
+    return isinstance(getattr(node, "meta", {}).get("val"), torch.Tensor)
+
+
+def _drop_non_tensor_annotations(model: Any) -> None:
+    """Remove int8 annotations on symbolic sizes (``sym_size`` of a dynamic batch, Swin's window arithmetic).
+
+    litert-torch's ``mul``/``add`` annotators match shape arithmetic too; an observer on a Python int fails
+    (``'int' object has no attribute 'numel'``). Such values are not tensors and stay as they are.
+    """
+    for node in model.graph.nodes:
+        ann = node.meta.get("quantization_annotation")
+        if ann is None:
+            continue
+        for src in [s for s in ann.input_qspec_map if not _is_tensor(s)]:
+            del ann.input_qspec_map[src]
+        if not _is_tensor(node):
+            ann.output_qspec = None
+        if not ann.input_qspec_map and ann.output_qspec is None:
+            del node.meta["quantization_annotation"]
+
+
+def _is_constant_pad(node: Any) -> bool:
+    import torch
+
+    aten = torch.ops.aten
+    if getattr(node, "op", None) != "call_function":
+        return False
+    if node.target is aten.constant_pad_nd.default:
+        return len(node.args) < 3 or not node.args[2]
+    if node.target is aten.pad.default:
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+        return mode == "constant" and not value
+    return False
+
+
+def _ints(value: Any, n: int) -> list[int]:
+    return [int(v) for v in value] if isinstance(value, list | tuple) else [int(value)] * n
+
+
+def _rewrite_for_quantization(gm: Any) -> list[str]:
+    """Rewrite graph patterns litert-torch cannot quantize or lay out into equivalent ones it can.
+
+    - ``aten.pad`` with all-zero pads (HuggingFace's TF-style "same" padding before 1x1 convs): removed.
+    - ``aten.conv2d.padding`` (string padding, ``padding="same"``): litert-torch's quantizer annotates only
+      ``aten.conv2d.default``, so such convs stayed float; rewritten to ``conv2d.default`` with the
+      equivalent integer padding, preceded by a constant ``pad`` where "same" is asymmetric.
+
+    Returns one line per kind of rewrite, for the report.
+    """
+    import torch
+
+    aten = torch.ops.aten
+    graph = gm.graph
+    removed = same = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target in (aten.pad.default, aten.constant_pad_nd.default) and len(node.args) >= 2:
+            mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+            if (node.target is aten.constant_pad_nd.default or mode == "constant") and not any(node.args[1]):
+                node.replace_all_uses_with(node.args[0])
+                graph.erase_node(node)
+                removed += 1
+        elif node.target is aten.conv2d.padding:
+            args = list(node.args) + [None] * (7 - len(node.args))
+            x, w, b, stride, padding, dilation, groups = args
+            stride = _ints(stride if stride is not None else 1, 2)
+            dilation = _ints(dilation if dilation is not None else 1, 2)
+            groups = int(groups) if groups is not None else 1
+            padding = padding if padding is not None else "valid"
+            kernel = list(w.meta["val"].shape[2:])
+            pads = [0, 0, 0, 0]  # left, right, top, bottom (F.pad order, last dim first)
+            if padding == "same":
+                for axis, (k, d) in enumerate(zip(kernel, dilation, strict=True)):
+                    total = d * (int(k) - 1)
+                    pads[2 * (1 - axis)] = total // 2
+                    pads[2 * (1 - axis) + 1] = total - total // 2
+            symmetric = pads[0] == pads[1] and pads[2] == pads[3]
+            with graph.inserting_before(node):
+                src = x
+                conv_pad = [pads[2], pads[0]] if symmetric else [0, 0]
+                if not symmetric:
+                    src = graph.call_function(aten.pad.default, (x, pads, "constant", 0.0))
+                    src.meta = dict(x.meta)
+                    src.meta["val"] = torch.nn.functional.pad(x.meta["val"], pads)
+                conv = graph.call_function(aten.conv2d.default, (src, w, b, stride, conv_pad, dilation, groups))
+            conv.meta = dict(node.meta)
+            node.replace_all_uses_with(conv)
+            graph.erase_node(node)
+            same += 1
+    notes = []
+    if removed:
+        notes.append(f"{removed} zero-width pad(s) removed before quantization")
+    if same:
+        notes.append(f"{same} conv(s) with string padding rewritten to explicit padding for int8 kernels")
+    if notes:
+        graph.lint()
+        gm.recompile()
+    return notes
 
 
 def _op_name(node: Any) -> str:
@@ -302,6 +415,7 @@ def pt2e_quantize(
 
     pin = table is not None and table.origin == "qat"
     exported, batch = _export_for_calibration(model, example)
+    rewrites = _rewrite_for_quantization(exported)
     fake = sorted(
         {str(n.target) for n in exported.graph.nodes if n.op == "call_function" and "fake_quant" in str(n.target)}
     )
@@ -309,10 +423,11 @@ def pt2e_quantize(
         raise ValueError(_FAKE_QUANT.format(", ".join(fake)))
     quantizer = _quantizer(pinnable=pin)
     prepared = prepare_pt2e(exported, quantizer)
-    notes: list[str] = []
+    notes: list[str] = list(rewrites)
     pinned = 0
     if pin and table is not None:
-        pinned, notes = _pin_scales(prepared, table)
+        pinned, pin_notes = _pin_scales(prepared, table)
+        notes.extend(pin_notes)
     with torch.no_grad():
         for i in range(0, len(data), batch):
             prepared(torch.from_numpy(np.ascontiguousarray(data[i : i + batch])))
