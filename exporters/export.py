@@ -193,6 +193,36 @@ def prepare_job(
     )
 
 
+def _locate_int8_error(job: ExportJob, result: TargetResult) -> str:
+    """Where a mismatched int8 artifact's error originates (see :func:`exporters.verify.locate_int8_error`).
+
+    The onnx and tensorrt targets are measured on their own Q/DQ file; ncnn and TFLite on a Q/DQ ONNX with the
+    same scales (their runtimes cannot save intermediate tensors), which the text says. Failures here only
+    lose the explanation.
+    """
+    from exporters.verify import locate_int8_error
+
+    if job.onnx_error is not None or job.quant is None or not job.quant.nodes:
+        return ""
+    try:
+        own = [f for f in result.files if f.endswith(".onnx")]
+        if own:
+            qdq, proxy = job.directory / own[0], ""
+        else:
+            import onnx
+
+            from exporters.qdq import to_qdq
+
+            qdq = job.workdir / "locate.qdq.onnx"
+            onnx.save(to_qdq(job.onnx_path, job.quant), str(qdq))
+            proxy = " (measured on a Q/DQ ONNX with the same scales)"
+        where = locate_int8_error(job.onnx_path, qdq, job.samples_nchw())
+        return f"{where}{proxy}" if where else ""
+    except Exception as err:  # the explanation is a bonus; the mismatch itself is already reported
+        log.debug("could not locate the int8 error of %s: %s", result.target, err)
+        return ""
+
+
 def _target_fn(target: str) -> Callable[[ExportJob], TargetResult]:
     module, fn, _extra = _TARGET_IMPL[target]
     impl: Callable[[ExportJob], TargetResult] = getattr(importlib.import_module(module), fn)
@@ -315,6 +345,10 @@ def _export(
             except Exception as err:  # one target failing must not lose the others
                 log.exception("export to %s failed", target)
                 result = TargetResult(target, precision, status="failed", reason=f"{type(err).__name__}: {err}")
+            if result.status == "mismatch" and precision == "int8" and job.quant is not None:
+                where = _locate_int8_error(job, result)
+                if where:
+                    result.reason = f"{result.reason}; {where}"
             if job.quant is not None and not result.scales and result.status == "ok":
                 result.scales = job.quant.describe()
             report.results.append(result)

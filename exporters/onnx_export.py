@@ -15,6 +15,7 @@ import contextlib
 import importlib.util
 import io
 import logging
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -432,7 +433,9 @@ def fold_batchnorm(model: Any, mul_add: bool = True) -> int:
                     w_new, b_new = w * vec.reshape(-1, *([1] * (w.ndim - 1))), b * vec
                 else:
                     w_new, b_new = w, b + vec
-            base = conv.name or conv.output[0]
+            # named after the source layer's weight (``blocks.0.conv.weight`` -> ``blocks.0.conv_folded0_w``) so
+            # reports can still name the layer
+            base = re.sub(r"(\.weight|_folded\d+_w)$", "", conv.input[1]) or conv.name or conv.output[0]
             w_name, b_name = f"{base}_folded{folded}_w", f"{base}_folded{folded}_b"
             g.initializer.extend(
                 [

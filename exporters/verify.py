@@ -38,6 +38,8 @@ __all__ = [
     "compare",
     "fill_agreement",
     "judge",
+    "layer_name",
+    "locate_int8_error",
     "median_latency_ms",
     "nchw_to_nhwc",
     "nhwc_to_nchw",
@@ -225,3 +227,163 @@ def nhwc_to_nchw(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """(N, H, W, C) → (N, C, H, W); other ranks are returned unchanged."""
     a = np.asarray(x, dtype=np.float32)
     return np.ascontiguousarray(a.transpose(0, 3, 1, 2)) if a.ndim == 4 else a
+
+
+#: a node's own int8 error is large when the noise it adds is at least ~3% of its output's power (SQNR in dB)
+LARGE_INT8_ERROR_DB = 15.0
+
+#: at most this many samples are run through the float and Q/DQ models to locate an int8 error
+LOCATE_SAMPLES = 16
+
+
+def _sqnr_db(reference: Any, other: Any) -> float:
+    from onnxruntime.quantization.qdq_loss_debug import compute_signal_to_quantization_noice_ratio
+
+    return float(compute_signal_to_quantization_noice_ratio(reference, other))
+
+
+def _own_db(out_db: float, in_db: float) -> float:
+    """The SQNR of the noise a node adds itself: its output's relative noise power less its inputs'."""
+    added = 10.0 ** (-out_db / 10.0) - (10.0 ** (-in_db / 10.0) if math.isfinite(in_db) else 0.0)
+    return -10.0 * math.log10(added) if added > 0 else math.inf
+
+
+def layer_name(model: Any, node: Any) -> str:
+    """A node's source layer: the name of its weight (``blocks.0.conv.weight`` -> ``blocks.0.conv``), else its own."""
+    import re
+
+    inits = {i.name for i in model.graph.initializer}
+    for name in node.input[1:2]:
+        if name in inits:
+            stem = re.sub(r"(_folded\d+_w|\.weight|\.kernel|/ReadVariableOp:0|:0)$", "", name)
+            if stem and not stem.startswith(("onnx::", "val_", "const")):
+                return stem
+    return str(node.name or node.output[0])
+
+
+def _activations(path: str, feeds: list[dict[str, Any]], tmp: str) -> dict[str, Any]:
+    from pathlib import Path
+
+    from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
+
+    augmented = str(Path(tmp) / (Path(path).stem + ".augmented.onnx"))
+    modify_model_output_intermediate_tensors(path, augmented)
+    return {k: np.concatenate([np.asarray(a).reshape(-1) for a in v]) for k, v in collect_activations(
+        augmented, iter(feeds)).items()}  # fmt: skip
+
+
+def locate_int8_error(float_onnx: Any, qdq_onnx: Any, inputs: Any, samples: int = LOCATE_SAMPLES) -> str:
+    """Where an int8 model's error comes from, in words, from ONNX Runtime's per-tensor activation comparison.
+
+    Both models run on the same inputs with every intermediate tensor saved
+    (``onnxruntime.quantization.qdq_loss_debug``); each tensor of the float graph is compared with its
+    namesake in the Q/DQ graph (SQNR in dB), and each Q/DQ pair's output with its input. The first node
+    whose own contribution (its output's noise less its inputs') has an SQNR under
+    :data:`LARGE_INT8_ERROR_DB` is where the error originates; when there is none, the error builds up over
+    many layers and the text says so.
+
+    Args:
+        float_onnx: the float ONNX (path); graph node outputs keep their names in ``qdq_onnx``.
+        qdq_onnx: the same graph with QuantizeLinear/DequantizeLinear (path).
+        inputs: one array or a tuple of arrays (one per graph input), batch first.
+        samples: at most this many samples are run.
+
+    Returns:
+        A sentence for a report (empty when nothing was measured).
+    """
+    import tempfile
+
+    import onnx
+
+    model = onnx.load(str(float_onnx))
+    inits = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    arrays = inputs if isinstance(inputs, tuple) else (inputs,)
+    if len(arrays) != len(names):
+        return ""
+    types = {onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_}
+    dtypes = [types.get(i.type.tensor_type.elem_type, np.float32) for i in model.graph.input if i.name in names]
+    n = min(samples, len(arrays[0]))
+    feeds: list[dict[str, Any]] = [
+        {k: np.ascontiguousarray(a[i : i + 1], dtype=t) for k, a, t in zip(names, arrays, dtypes, strict=True)}
+        for i in range(n)
+    ]
+    with tempfile.TemporaryDirectory(prefix="fitslim-int8-locate-") as tmp:
+        ref = _activations(str(float_onnx), feeds, tmp)
+        got = _activations(str(qdq_onnx), feeds, tmp)
+    qmodel = onnx.load(str(qdq_onnx))
+    producer = {o: nd for nd in qmodel.graph.node for o in nd.output}
+    # what the Q/DQ graph's consumers read for a float tensor: the DequantizeLinear output of its Q/DQ pair, else
+    # the tensor itself when the same kind of node made it (ONNX Runtime folds a ReLU into its QuantizeLinear
+    # and the Conv's output takes the ReLU's name); and the int8 grid's own loss on each quantized activation
+    seen: dict[str, Any] = {}
+    grid: dict[str, float] = {}
+    for dq in qmodel.graph.node:
+        q = producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in got and dq.output[0] in got:
+            seen[q.input[0]] = got[dq.output[0]]
+            grid[q.input[0]] = min(grid.get(q.input[0], math.inf), _sqnr_db(got[q.input[0]], got[dq.output[0]]))
+    sqnr: dict[str, float] = {}
+    pending: dict[str, tuple[list[Any], float]] = {}  # tensors not compared: the nodes behind them, their inputs' dB
+    first = None
+    first_inputs: list[str] = []
+    worst: tuple[float, Any, float, float] | None = None
+    layers = 0
+    for node in model.graph.node:
+        members, in_db = [], math.inf
+        for i in node.input:
+            if i in sqnr:
+                in_db = min(in_db, sqnr[i])
+            elif i in pending:
+                more, db = pending[i]
+                members += [m for m in more if m not in members]
+                in_db = min(in_db, db)
+        members.append(node)
+        values = {}
+        for o in node.output:
+            value = seen.get(o)
+            if value is None and o in got and producer.get(o) is not None and producer[o].op_type == node.op_type:
+                value = got[o]
+            if value is not None and o in ref and ref[o].shape == value.shape:
+                values[o] = value
+        if not values or node.op_type in ("Constant", "Shape"):
+            for o in node.output:
+                pending[o] = (members, in_db)
+            continue
+        out_db = min(_sqnr_db(ref[o], v) for o, v in values.items())
+        for o in node.output:
+            sqnr[o] = out_db
+        own = _own_db(out_db, in_db)
+        layers += 1
+        named = next((m for m in members if layer_name(model, m) != (m.name or m.output[0])), node)
+        if worst is None or own < worst[0]:
+            worst = (own, named, out_db, in_db)
+        if first is None and own < LARGE_INT8_ERROR_DB and out_db < LARGE_INT8_ERROR_DB:
+            first = (own, named, out_db, in_db)
+            first_inputs = [i for m in members for i in m.input]
+    if worst is None or not sqnr:
+        return ""
+    last = model.graph.output[0].name
+    out_final = sqnr.get(last, min(sqnr.values()))
+
+    def where(node: Any, out_db: float, in_db: float) -> str:
+        came = f", from {in_db:.1f} dB at its inputs" if math.isfinite(in_db) else ""
+        return f"{layer_name(model, node)!r} ({node.op_type}, SQNR {out_db:.1f} dB{came})"
+
+    if first is not None:
+        _own, node, out_db, in_db = first
+        lossy = [(grid[i], i) for i in first_inputs if i in grid and grid[i] < LARGE_INT8_ERROR_DB]
+        text = f"int8 error first becomes large at {where(node, out_db, in_db)}"
+        if lossy:
+            db, tensor = min(lossy)
+            text += (
+                f"; its input {tensor!r} loses the signal on its int8 grid (SQNR {db:.0f} dB: a range too wide for "
+                "256 levels)"
+            )
+        return text + ": train with QuantizationAware (learned ranges) or export this model at fp16"
+    _own, node, out_db, in_db = worst
+    return (
+        f"int8 error builds up over {layers} layers with no single large step (output SQNR {out_final:.0f} dB; "
+        f"largest step at {where(node, out_db, in_db)}): calibrate on more representative inputs or train with "
+        "QuantizationAware"
+    )

@@ -272,3 +272,72 @@ def test_static_batch_onnx_file_is_verified_and_calibrated_one_sample_at_a_time(
     for report in (int8, fp32):
         notes = [n for r in report for n in r.notes]
         assert any("fixed batch of 1: it was verified and calibrated 1 sample(s) at a time" in n for n in notes)
+
+
+def _wide_range_net() -> Any:
+    """A conv net whose middle activation has one channel ~3000x larger than the rest, which the next conv ignores.
+
+    In float the huge channel changes nothing; in int8 its range sets the per-tensor input scale of ``conv3``
+    (about 50 per step), so every other channel rounds to zero there.
+    """
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.conv3 = nn.Conv2d(8, 16, 3, padding=1)
+            self.head = nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+            x = torch.relu(self.conv3(x))
+            return self.head(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        net.conv2.bias[0] = 6000.0  # the un-quantizable activation
+        net.conv3.weight[:, 0] = 0.0  # ... that no output depends on
+    return net
+
+
+def test_an_int8_mismatch_names_the_layer_where_the_error_originates(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from exporters import export
+
+    model = _wide_range_net()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 3, 12, 10)).astype(np.float32)
+    report = export(
+        model, ["onnx", "tensorrt"], example_input=x[:1], calibration=x, samples=x[::-1].copy(), precision="int8",
+        directory=tmp_path,
+    )  # fmt: skip
+    for row in report:
+        assert row.status == "mismatch", (row.target, row.status, row.reason)
+        assert "int8 error first becomes large at 'conv3' (Conv" in row.reason, row.reason
+        assert row.reason.endswith("train with QuantizationAware (learned ranges) or export this model at fp16")
+
+
+def test_a_gradual_int8_error_is_not_pinned_on_one_layer(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from exporters.onnx_export import to_onnx
+    from exporters.qdq import to_qdq
+    from exporters.quant import calibrate
+    from exporters.source import Source
+    from exporters.verify import locate_int8_error
+
+    model = _wide_range_net()
+    with __import__("torch").no_grad():
+        model.conv2.bias[0] = 0.0  # an ordinary network: every step's int8 noise is small
+    x = np.random.default_rng(1).standard_normal((16, 3, 12, 10)).astype(np.float32)
+    shared, _ = to_onnx(Source.from_model(model), tmp_path / "shared.onnx", x[:1])
+    onnx.save(to_qdq(shared, calibrate(shared, x)), str(tmp_path / "qdq.onnx"))
+    text = locate_int8_error(shared, tmp_path / "qdq.onnx", x)
+    assert text.startswith("int8 error builds up over"), text

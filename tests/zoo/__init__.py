@@ -71,15 +71,29 @@ def token_batch(vocab: int, length: int) -> Callable[[int, int], tuple[np.ndarra
     return make
 
 
+def _figures(row: Any) -> str:
+    if row.top1_agreement is None:
+        return f"rel err {row.max_rel_error or 0:.0e}, spread err {row.spread_error or 0:.2f}"
+    decisive = ""
+    if row.decisive_top1 is not None:
+        decisive = f", {row.decisive_top1 * 100:.0f}% of {row.decisive_samples} decisive"
+    return f"top-1 {row.top1_agreement * 100:.0f}%{decisive}, spread err {row.spread_error or 0:.2f}"
+
+
 def cell_detail(row: Any) -> str:
-    """A support-table cell's text for one report row: the reason, or how close the artifact is."""
+    """A support-table cell's text for one report row: the reason, or how close the artifact is.
+
+    A mismatch gives its figures and, for int8, where the error originates (the reason's ``int8 error ...``
+    clause).
+    """
+    if row.status == "mismatch" and row.max_abs_error is not None and np.isfinite(row.max_abs_error):
+        reason = str(row.reason.splitlines()[0]) if row.reason else ""
+        where = reason[reason.index("int8 error") :] if "int8 error" in reason else ""
+        return _figures(row) + (f"; {where}" if where else "")
     if row.status != "ok":
         return str(row.reason.splitlines()[0]) if row.reason else str(row.status)
     if row.precision == "int8" and row.top1_agreement is not None:
-        decisive = ""
-        if row.decisive_top1 is not None:
-            decisive = f", {row.decisive_top1 * 100:.0f}% of {row.decisive_samples} decisive"
-        return f"top-1 {row.top1_agreement * 100:.0f}%{decisive}, spread err {row.spread_error or 0:.2f}"
+        return _figures(row)
     return f"rel err {row.max_rel_error or 0:.0e}"
 
 

@@ -59,8 +59,8 @@ def _column_key(column: str) -> tuple[int, int, str]:
 
 def _cell(c: dict[str, Any]) -> str:
     detail = " ".join(str(c.get("detail", "")).split())
-    if len(detail) > 140:
-        detail = detail[:137] + "..."
+    if len(detail) > 260:
+        detail = detail[:257] + "..."
     text = c["status"] if not detail else f"{c['status']}: {detail}"
     return text.replace("|", "\\|")
 
