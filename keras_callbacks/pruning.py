@@ -189,15 +189,20 @@ class Pruning(keras.callbacks.Callback):
         round_to: channel granularity only: keep a multiple of this many channels in every group (the
             best-scoring pruned channels are kept again), e.g. 8 so runtimes' blocked kernels still apply; the
             sparsity reached may then fall below the target.
-        attention: ``"heads"`` or ``"mlp"``, as on the Lightning callback (which prunes HF-style attention by
-            whole heads or leaves it alone); Keras attention layers are not channel-pruned in either mode.
+        attention: channel granularity only. ``"heads"``: every ``keras.layers.MultiHeadAttention`` loses whole
+            heads (per layer, to the schedule's target, at least one head kept), scored by the L1/L2 norm of the
+            head's query, key, value and output kernels; during ``fit`` the head's slices of those kernels and of
+            the query/key/value biases are masked, and the rebuilt model has a smaller ``num_heads`` with the kept
+            slices. ``"mlp"``: attention layers stay whole and only Dense/Conv hidden dimensions are pruned.
+            An attention layer inside a nested model, or one whose kernels do not have the per-head layout, is
+            refused with ``"heads"`` in ``on_train_begin``, naming it.
 
     Raises:
         ValueError: a sparsity outside [0, 1), ``end <= start``, an unknown granularity / scope / schedule /
             importance / attention, 2:4 with a sparsity other than 0.5; and in ``on_train_begin``: an ``include`` entry
             that matches nothing, a model with no prunable layer, a fit without a known step count,
             ``steps_per_execution > 1``, channel pruning of a subclassed model, with no removable group or of a
-            graph that cannot be rebuilt with fewer channels.
+            graph that cannot be rebuilt with fewer channels, an attention layer that cannot lose whole heads.
         TypeError: an argument of the wrong type.
 
     Example:
@@ -274,6 +279,10 @@ class Pruning(keras.callbacks.Callback):
         self._before = 0.0
         self._metrics: dict[str, float] = {}
         self._others: tuple[int, int] = (0, 0)  # zeros and size of the kernels this callback does not prune
+        # attention="heads": {layer name: (layer, [(per-head variable, head axis)])}, head keep-masks, mask variables
+        self._heads: dict[str, tuple[Any, list[tuple[Any, int]]]] = {}
+        self._head_keep: dict[str, np.ndarray] = {}
+        self._head_mask_vars: list[Any] = []
 
     @property
     def masks(self) -> dict[str, np.ndarray]:
@@ -372,6 +381,7 @@ class Pruning(keras.callbacks.Callback):
             _check_graph(model)
         self._layers = self._select(model)
         if self.granularity == "channel":
+            self._heads = _attention_heads(model) if self.attention == "heads" else {}
             self._prepare_channels(model)
         self._resolved = self.schedule.resolve(self._total_steps())
         self._before = self._zero_fraction()
@@ -389,7 +399,13 @@ class Pruning(keras.callbacks.Callback):
             )
             for n, lay in self._layers
         ]
-        self._apply_fn = masking_function([_kernel(layer) for _, layer in self._layers], self._mask_vars)
+        head_vars = [v for _, parts in self._heads.values() for v, _ in parts]
+        self._head_mask_vars = [
+            keras.Variable(np.ones(tuple(v.shape)), dtype=v.dtype, trainable=False, name="head_mask") for v in head_vars
+        ]
+        self._apply_fn = masking_function(
+            [_kernel(layer) for _, layer in self._layers] + head_vars, self._mask_vars + self._head_mask_vars
+        )
         self._undo = patch_train_step(model, self._apply_fn)
 
     def _zero_fraction(self) -> float:
@@ -418,6 +434,16 @@ class Pruning(keras.callbacks.Callback):
         if self._keep:
             kept = sum(int(k.sum()) for k in self._keep.values())
             self._metrics["pruning/channel_sparsity"] = 1 - kept / max(sum(k.size for k in self._keep.values()), 1)
+        if self._head_keep:
+            head_masks = [
+                _head_mask(var, axis, self._head_keep[name])
+                for name, (_, parts) in self._heads.items()
+                for var, axis in parts
+            ]
+            for var, m in zip(self._head_mask_vars, head_masks, strict=True):
+                var.assign(m.astype(var.dtype))
+            kept = sum(int(k.sum()) for k in self._head_keep.values())
+            self._metrics["pruning/head_sparsity"] = 1 - kept / max(sum(k.size for k in self._head_keep.values()), 1)
 
     def _apply(self) -> None:
         if self._apply_fn is not None:
@@ -443,6 +469,11 @@ class Pruning(keras.callbacks.Callback):
             masks = magnitude_masks(weights, target, self.scope, self.importance)
         self._last_update = step
         self._target = target
+        if self._heads:
+            self._head_keep = {
+                name: channel_masks([_head_scores(parts, self.importance)], target, "layer")[0]
+                for name, (_, parts) in self._heads.items()
+            }
         self._set_masks(masks)
         self._apply()
         log.debug("Pruning: step %d target %.4f sparsity %.4f", step, target, self._metrics["pruning/sparsity"])
@@ -460,6 +491,9 @@ class Pruning(keras.callbacks.Callback):
             for g in self._graph.groups():
                 k = to_numpy(_kernel(self._graph.producers[g][0]))
                 self._keep[g] = np.any(k.reshape(-1, k.shape[-1]) != 0, axis=0)
+        for name, (layer, _) in self._heads.items():
+            out = to_numpy(layer._output_dense.kernel)  # (heads, value_dim, model dim)
+            self._head_keep[name] = np.any(out.reshape(out.shape[0], -1) != 0, axis=1)
         self._set_masks([to_numpy(_kernel(layer)) != 0 for _, layer in self._layers])
         log.info("Pruning: resumed at step %d with the masks of step %d (from the weights' zeros)", step, last)
 
@@ -469,7 +503,7 @@ class Pruning(keras.callbacks.Callback):
         """Build the channel groups; the masked layers become every kernel that carries a pruned group."""
         graph = ChannelGraph(model, {name for name, _ in self._layers})
         groups = graph.groups()
-        if not groups:
+        if not groups and not self._heads:
             raise _fail(
                 "granularity",
                 "channel pruning found no channel group it can remove (every group reaches an output, a layer "
@@ -502,6 +536,9 @@ class Pruning(keras.callbacks.Callback):
         for g in graph.groups():
             n = int(_kernel(graph.producers[g][0]).shape[-1])
             self._keep[g] = np.arange(n) < max(1, n // 2)
+        self._head_keep = {
+            name: np.arange(lay.num_heads) < max(1, lay.num_heads // 2) for name, (lay, _) in self._heads.items()
+        }
         try:
             self._rebuild(model, trial=True)
         except Exception as err:  # any failure of the trial rebuild is the user's answer
@@ -512,6 +549,7 @@ class Pruning(keras.callbacks.Callback):
             ) from err
         finally:
             self._keep = {}
+            self._head_keep = {}
 
     def _channel_masks(self, target: float, weights: list[np.ndarray]) -> list[np.ndarray]:
         graph = self._graph
@@ -561,8 +599,20 @@ class Pruning(keras.callbacks.Callback):
                 cfg["filters" if "filters" in cfg else "units"] = kept[cfg["name"]]
             if cfg.get("name") in reshaped:
                 cfg["target_shape"] = [*cfg["target_shape"][:-1], reshaped[cfg["name"]]]
+            if cfg.get("name") in self._head_keep:
+                cfg["num_heads"] = int(self._head_keep[cfg["name"]].sum())
         new = (keras.Sequential if isinstance(model, keras.Sequential) else keras.Model).from_config(config)
+        for name, keep in self._head_keep.items():
+            layer, parts = self._heads[name]
+            axes = {id(v): axis for v, axis in parts}
+            idx = np.flatnonzero(keep)
+            values = [
+                np.take(to_numpy(w), idx, axis=axes[id(w)]) if id(w) in axes else to_numpy(w) for w in layer.weights
+            ]
+            new.get_layer(name).set_weights(values)
         for name, layer in graph.layers.items():
+            if name in self._head_keep:
+                continue
             # the layer's own variables; ones other callbacks attached (QAT ranges) are not in the clean clone
             own = [w for w in layer.weights if not str(getattr(w, "name", "")).startswith("fitslim_")]
             values = [to_numpy(w) for w in own]
@@ -650,7 +700,12 @@ class Pruning(keras.callbacks.Callback):
             self._update(step)
         if self._masks is not None:
             self._apply()
-        if self.granularity == "channel" and self.make_permanent and self._graph is not None and self._keep:
+        if (
+            self.granularity == "channel"
+            and self.make_permanent
+            and self._graph is not None
+            and (self._keep or self._head_keep)
+        ):
             self.pruned_model = self._rebuild(self.model)
             # for an Export callback after this one (bypassing Keras' layer tracking, which would adopt it)
             self.model.__dict__["_fitslim_pruned_model"] = self.pruned_model
@@ -666,6 +721,7 @@ class Pruning(keras.callbacks.Callback):
         self._resolved = None
         self._apply_fn = None
         self._mask_vars = []
+        self._head_mask_vars = []
         self._step_count = None
 
 
@@ -733,6 +789,65 @@ def _keeps_channels(layer: Any) -> bool:
     if not before or not after or before[-1] != after[-1] or before[-1] is None:
         return False
     return all(d == 1 for d in before[:-1]) and all(d == 1 for d in after[:-1])
+
+
+def _attention_heads(model: Any) -> dict[str, tuple[Any, list[tuple[Any, int]]]]:
+    """``{name: (layer, [(variable, head axis)])}`` for every MultiHeadAttention of ``model`` (``attention="heads"``).
+
+    The per-head variables are the query/key/value kernels ``(dim, heads, key_dim)`` and biases ``(heads, key_dim)``
+    and the output kernel ``(heads, value_dim, dim)``; the output bias is shared by all heads.
+
+    Raises:
+        ValueError: an attention layer inside a nested model (the rebuild takes the outer config only) or one
+            whose kernels do not have that layout, naming it.
+    """
+    out: dict[str, tuple[Any, list[tuple[Any, int]]]] = {}
+
+    def refuse(name: str, why: str) -> ValueError:
+        return _fail(
+            "attention",
+            f"attention layer {name!r} cannot lose whole heads: {why}",
+            "pass attention='mlp' to leave attention layers whole and prune the MLP hidden dimensions",
+        )
+
+    def walk(container: Any, nested: str | None) -> None:
+        for layer in getattr(container, "layers", []):
+            if isinstance(layer, keras.layers.MultiHeadAttention):
+                if nested is not None:
+                    raise refuse(layer.name, f"it is inside the nested model {nested!r}")
+                parts: list[tuple[Any, int]] = []
+                heads = int(layer.num_heads)
+                for sub in ("_query_dense", "_key_dense", "_value_dense", "_output_dense"):
+                    dense = getattr(layer, sub, None)
+                    kernel = getattr(dense, "kernel", None)
+                    axis = 0 if sub == "_output_dense" else 1
+                    if kernel is None or len(kernel.shape) != 3 or int(kernel.shape[axis]) != heads:
+                        shape = None if kernel is None else tuple(kernel.shape)
+                        raise refuse(layer.name, f"its {sub[1:]} kernel {shape} has no heads axis of size {heads}")
+                    parts.append((kernel, axis))
+                    bias = getattr(dense, "bias", None)
+                    if bias is not None and sub != "_output_dense":
+                        parts.append((bias, 0))
+                if heads > 1:
+                    out[layer.name] = (layer, parts)
+            elif hasattr(layer, "layers"):
+                walk(layer, nested or layer.name)
+
+    walk(model, None)
+    return out
+
+
+def _head_scores(parts: list[tuple[Any, int]], importance: str) -> np.ndarray:
+    """One score per head: the L1/L2 norm of its slices of the query, key, value and output kernels."""
+    kernels = [np.moveaxis(to_numpy(v), axis, 0) for v, axis in parts if len(v.shape) == 3]
+    return np.asarray(channel_scores(kernels, importance))
+
+
+def _head_mask(var: Any, axis: int, keep: np.ndarray) -> np.ndarray:
+    """The keep-mask of a per-head variable: ``keep`` broadcast along every axis but the heads axis."""
+    shape = [1] * len(var.shape)
+    shape[axis] = keep.size
+    return np.broadcast_to(keep.reshape(shape), tuple(var.shape)).copy()
 
 
 def _check_graph(model: Any) -> None:

@@ -392,3 +392,78 @@ def test_channel_round_to_keeps_a_multiple_of_eight(digits_nhwc: Any) -> None:
     assert cb.pruned_model.get_layer("transition_conv").filters == 16
     with pytest.raises(ValueError, match=r"Pruning\(round_to=...\)"):
         Pruning(granularity="unstructured", round_to=8)
+
+
+# -- attention: whole heads of MultiHeadAttention, or the MLP only ----------------------------------------
+
+
+def _attention_model(nested: bool = False) -> Any:
+    """A transformer block: MultiHeadAttention (4 heads) + residual + LayerNorm + MLP, optionally in a sub-model."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 16))
+    x = keras.layers.Dense(16, name="embed")(inputs)
+    if nested:
+        inner_in = keras.Input((6, 16))
+        inner = keras.Model(inner_in, keras.layers.MultiHeadAttention(4, 8, name="mha")(inner_in, inner_in), name="blk")
+        a = inner(x)
+    else:
+        a = keras.layers.MultiHeadAttention(num_heads=4, key_dim=8, name="mha")(x, x)
+    x = keras.layers.LayerNormalization(name="ln")(keras.layers.Add()([x, a]))
+    h = keras.layers.Dense(32, activation="gelu", name="mlp_up")(x)
+    x = keras.layers.Add()([x, keras.layers.Dense(16, name="mlp_down")(h)])
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="head")(x))
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def _tokens() -> tuple[np.ndarray, np.ndarray]:
+    return np.random.default_rng(0).standard_normal((16, 6, 16)).astype(np.float32), np.arange(16) % 10
+
+
+def _mha_kernels(layer: Any) -> list[np.ndarray]:
+    parts = (layer._query_dense, layer._key_dense, layer._value_dense, layer._output_dense)
+    return [keras.ops.convert_to_numpy(p.kernel) for p in parts]
+
+
+def test_attention_heads_removes_whole_heads_and_the_smaller_model_computes_the_same() -> None:
+    model = _attention_model()
+    x, y = _tokens()
+    cb = Pruning(sparsity=0.5, granularity="channel", end=0.5, attention="heads")
+    logs = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[cb]).history
+    assert logs["pruning/head_sparsity"][-1] == pytest.approx(0.5)
+    # in the masked model two heads are zero in q, k, v (axis 1) and o (axis 0), the same two everywhere
+    q, k, v, o = _mha_kernels(model.get_layer("mha"))
+    dead = [~np.any(w != 0, axis=tuple(i for i in range(3) if i != a)) for w, a in ((q, 1), (k, 1), (v, 1), (o, 0))]
+    assert dead[0].sum() == 2 and all(np.array_equal(d, dead[0]) for d in dead)
+    small = cb.pruned_model
+    mha = small.get_layer("mha")
+    assert mha.num_heads == 2 and [w.shape for w in _mha_kernels(mha)] == [(16, 2, 8)] * 3 + [(2, 8, 16)]
+    assert small.get_layer("mlp_up").units < 32  # the MLP is pruned as well
+    want = keras.ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(small(x, training=False)), want, rtol=1e-5, atol=1e-5)
+    assert np.isfinite(small.fit(x, y, batch_size=8, epochs=1, verbose=0).history["loss"][-1])
+
+
+def test_attention_mlp_leaves_attention_whole() -> None:
+    model = _attention_model()
+    x, y = _tokens()
+    cb = Pruning(sparsity=0.5, granularity="channel", end=0.5, attention="mlp")
+    logs = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[cb]).history
+    assert "pruning/head_sparsity" not in logs
+    assert all(np.count_nonzero(w) == w.size for w in _mha_kernels(model.get_layer("mha")))
+    small = cb.pruned_model
+    assert small.get_layer("mha").num_heads == 4 and small.get_layer("mlp_up").units == 16
+
+
+def test_attention_heads_that_cannot_be_removed_are_refused_before_the_first_step() -> None:
+    model = _attention_model(nested=True)
+    x, y = _tokens()
+    before = [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
+    with pytest.raises(ValueError, match=r"Pruning\(attention=.*'mha'.*nested model 'blk'.*HINT: pass attention='mlp'"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[Pruning(granularity="channel")])
+    for a, w in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(w))
+    cb = Pruning(sparsity=0.5, granularity="channel", end=0.5, attention="mlp")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb])  # the way out named in the message works
+    assert cb.pruned_model.get_layer("mlp_up").units == 16
