@@ -12,13 +12,22 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["check_onnx_file", "legacy_trace_check", "output_dir", "probe_source"]
+__all__ = [
+    "check_onnx_file",
+    "converter_error",
+    "converter_summary",
+    "failing_op",
+    "legacy_trace_check",
+    "output_dir",
+    "probe_source",
+]
 
 
 def _why(err: BaseException) -> str:
@@ -139,3 +148,109 @@ def legacy_trace_check(
     finally:
         second.unlink(missing_ok=True)
     return warning + "; a second trace on another input computes the same outputs."
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err`` and the exceptions it was raised from or during, outermost first."""
+    out: list[BaseException] = []
+    e: BaseException | None = err
+    while e is not None and e not in out and len(out) < 8:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def _fx_node(value: Any) -> bool:
+    return type(value).__module__ == "torch.fx.node" and hasattr(value, "target") and hasattr(value, "meta")
+
+
+def _tf2onnx_node(value: Any) -> bool:
+    return type(value).__module__.startswith("tf2onnx") and hasattr(value, "type") and hasattr(value, "name")
+
+
+def _short_type(t: Any) -> str:
+    name = t.__name__ if isinstance(t, type) else str(t)
+    return name.rsplit(".", 1)[-1].rstrip("'>")
+
+
+def _describe_fx(node: Any) -> str:
+    op = str(node.target) if node.op == "call_function" else f"{node.op} {node.target}"
+    text = f"node {op!r}"
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, kind = list(stack.values())[-1]
+        path = re.sub(r"^L\['self'\]\.?", "", str(path)).replace("._modules['", ".").replace("']", "")
+        path = re.sub(r"\[(\d+)\]", r".\1", path)
+        if path:
+            text += f" in layer {path!r} ({_short_type(kind)})"
+    return text
+
+
+#: converter error texts that name the op (or layer) that broke
+_TEXT_PATTERNS = (
+    (re.compile(r"While executing %\w+ : .*?target=([\w.:]+)"), "node {0!r}"),
+    (re.compile(r"Exporting the operator '([\w:.]+)'"), "op {0!r}"),
+    (re.compile(r"No Op registered for (\w+)"), "TensorFlow op {0!r}"),
+    (re.compile(r"Unsupported ops: Counter\(\{([^}]*)\}\)"), "ops {0}"),
+    (re.compile(r"'(tfl?\.\w+)' op"), "op {0!r}"),
+)
+
+
+def failing_op(err: BaseException) -> str:
+    """The op, node and layer a converter failed on, read from its exception, or ``""`` when nothing names one.
+
+    Torch converters (``torch.export``-based ONNX export, litert-torch) fail while handling an FX node: the
+    innermost node in the traceback's frames names the aten op and, from its ``nn_module_stack``, the layer.
+    tf2onnx handlers hold their node the same way. Otherwise the converter's text is searched for an op name
+    (TensorFlow's ``'tf.Op' op``, ``No Op registered for``, torch's ``Exporting the operator``), and a
+    ``loc("...")`` gives the Keras layer.
+
+    Example:
+        >>> failing_op(RuntimeError("No Op registered for StatefulPartitionedCall"))
+        "TensorFlow op 'StatefulPartitionedCall'"
+    """
+    for e in _chain(err):
+        found: Any = None
+        tb = e.__traceback__
+        while tb is not None:
+            for value in list(tb.tb_frame.f_locals.values()):
+                if _fx_node(value) or _tf2onnx_node(value):
+                    found = value
+            tb = tb.tb_next
+        if found is not None:
+            if _fx_node(found):
+                return _describe_fx(found)
+            return f"node {str(found.name)!r} ({found.type})"
+    for e in _chain(err):
+        text = str(e)
+        for pattern, form in _TEXT_PATTERNS:
+            m = pattern.search(text)
+            if m:
+                what = form.format(m.group(1))
+                # a TensorFlow location: loc(fused["Svd:", "model/layer/Svd@__inference_..."]) -> model/layer
+                paths = [p.split("@")[0] for p in re.findall(r'"([^"]+)"', text[: m.start()][-400:]) if "/" in p]
+                return what + (f" in layer {paths[-1].rsplit('/', 1)[0]!r}" if paths else "")
+    return ""
+
+
+def converter_summary(err: BaseException) -> str:
+    """``Type: message`` on one line; a torch export error's own summary line when it has one."""
+    text = str(err)
+    m = re.search(r"## Exception summary\s+<class '([\w.]+)'>: (.+)", text)
+    if m:
+        return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()[:200]}"
+    return _why(err)
+
+
+def converter_error(err: BaseException, what: str, converter: str, instead: str) -> RuntimeError:
+    """A RuntimeError that names the converter, the op/node/layer it broke on, the original error and a way out.
+
+    Args:
+        err: the converter's exception.
+        what: the artifact, e.g. ``"tflite int8"``.
+        converter: e.g. ``"litert-torch"``.
+        instead: what to try, e.g. ``"try precision='fp32' for tflite or the onnx/tensorrt targets"``.
+    """
+    where = failing_op(err)
+    on = f" on {where}" if where else ""
+    return RuntimeError(f"{what}: {converter} failed{on} ({converter_summary(err)}); {instead}")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.checks import legacy_trace_check
+from exporters.checks import converter_error, failing_op, legacy_trace_check
 from exporters.job import ExportJob
 from exporters.report import TargetResult
 from exporters.runtimes import ort_feed, ort_run, take
@@ -528,6 +528,32 @@ def fix_pad_mode(model: Any) -> int:
     return changed
 
 
+_INSTEAD = (
+    "the tflite target converts without ONNX; for onnx, ncnn and tensorrt rewrite that layer with standard ops (or "
+    "register an ONNX translation for a custom op)"
+)
+
+
+def _untranslated(err: Exception, model: Any, source: Source) -> Exception:
+    """The checker's error, or (an op the converter left untranslated) one naming that op's nodes and the way out."""
+    m = re.search(r"No Op registered for (\w+)", str(err))
+    nodes = [n.name or n.output[0] for n in model.graph.node if m and n.op_type == m.group(1)]
+    if m is None or not nodes or source.framework == "onnx":
+        return err
+    more = f" and {len(nodes) - 1} more" if len(nodes) > 1 else ""
+    return RuntimeError(
+        f"ONNX export: {_converter_name(source)} left op {m.group(1)!r} without an ONNX translation (node "
+        f"{nodes[0]!r}{more}); {_INSTEAD}"
+    )
+
+
+def _converter_name(source: Source) -> str:
+    if source.framework == "torch":
+        return "torch.onnx.export (dynamo, then the legacy exporter)"
+    backend = keras_backend(source.framework)
+    return {"torch": "torch.onnx.export", "jax": "jax2onnx"}.get(backend, "tf2onnx")
+
+
 def to_onnx(source: Source, path: str | Path, example_input: npt.ArrayLike) -> tuple[Path, list[str]]:
     """Write the shared ONNX for ``source`` to ``path`` (atomically) and return it with notes.
 
@@ -562,6 +588,10 @@ def to_onnx(source: Source, path: str | Path, example_input: npt.ArrayLike) -> t
             else:
                 shutil.copyfile(source.model, raw)
             model = onnx.load(str(raw))
+        except Exception as err:
+            if source.framework == "onnx" or (isinstance(err, ValueError) and not failing_op(err)):
+                raise  # our own refusals already say what to do
+            raise converter_error(err, "ONNX export", _converter_name(source), _INSTEAD) from err
         finally:
             raw.unlink(missing_ok=True)
             Path(str(raw) + ".data").unlink(missing_ok=True)
@@ -580,7 +610,10 @@ def to_onnx(source: Source, path: str | Path, example_input: npt.ArrayLike) -> t
             notes.append(
                 f"folded {n} BatchNorm node(s) (BatchNormalization, or per-channel Mul/Add) into the preceding Conv"
             )
-        onnx.checker.check_model(model, full_check=True)
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as err:
+            raise _untranslated(err, model, source) from err
         onnx.save(model, str(tmp), save_as_external_data=False)
     return target, notes
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from exporters.checks import converter_error, failing_op
 from exporters.job import ExportJob
 from exporters.report import TargetResult
 from exporters.verify import compare, fill_agreement, median_latency_ms
@@ -322,15 +323,28 @@ def export_tflite(job: ExportJob) -> TargetResult:
     framework = job.source.framework
     if job.precision not in SUFFIXES:
         raise ValueError(f"target tflite: precision {job.precision!r} is not one of {list(SUFFIXES)}.")
-    if framework in ("keras", "tf_keras"):
-        conversion, samples = _convert_keras(job), job.samples_nhwc()
-    elif framework == "torch":
-        conversion, samples = _convert_torch(job), job.samples_nchw()
-    else:
+    if framework not in ("keras", "tf_keras", "torch"):
         raise ValueError(
             f"target tflite: a {framework} source cannot be converted here (onnx2tf needs Python 3.12); "
             "export the torch or Keras model itself."
         )
+    try:
+        if framework == "torch":
+            conversion, samples = _convert_torch(job), job.samples_nchw()
+        else:
+            conversion, samples = _convert_keras(job), job.samples_nhwc()
+    except ImportError:
+        raise
+    except Exception as err:
+        if str(err).startswith(("target tflite", "tflite:")) and not failing_op(err):
+            raise  # our own refusals already say what to do
+        instead = (
+            "try precision='fp32' or 'fp16' for tflite, or the onnx/tensorrt targets at int8"
+            if job.precision == "int8"
+            else "try the onnx, ncnn or tensorrt targets"
+        )
+        converter = "litert-torch" if framework == "torch" else "the TFLite converter"
+        raise converter_error(err, f"tflite {job.precision}", converter, instead) from err
     interpreter_cls = _interpreter_class()
     path: Path = job.artifact(SUFFIXES[job.precision])
     result = TargetResult("tflite", job.precision, files=[path.name], threads=job.threads, runtime=tflite_runtime())

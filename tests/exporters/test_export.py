@@ -175,8 +175,12 @@ def test_keras_source_to_every_target_nhwc(trained_keras_digits: Any, digits_nhw
     pytest.importorskip("tf2onnx")
     pytest.importorskip("ncnn")
     report = export(
-        trained_keras_digits, ["onnx", "ncnn", "tflite", "tensorrt"], example_input=digits_nhwc.x_test[:1],
-        calibration=[digits_nhwc.x_train[:256]], precision="fp32", directory=tmp_path / "fp32",
+        trained_keras_digits,
+        ["onnx", "ncnn", "tflite", "tensorrt"],
+        example_input=digits_nhwc.x_test[:1],
+        calibration=[digits_nhwc.x_train[:256]],
+        precision="fp32",
+        directory=tmp_path / "fp32",
         samples=digits_nhwc.x_test,
     )
     assert report.ok, str(report)
@@ -185,11 +189,83 @@ def test_keras_source_to_every_target_nhwc(trained_keras_digits: Any, digits_nhw
         assert r.max_rel_error is not None and r.max_rel_error <= 1e-4, (r.target, r.max_rel_error)
         assert r.top1_agreement == 1.0
     int8 = export(
-        trained_keras_digits, ["ncnn", "tflite", "tensorrt"], example_input=digits_nhwc.x_test[:1],
-        calibration=[digits_nhwc.x_train[:256]], precision="int8", directory=tmp_path / "int8",
+        trained_keras_digits,
+        ["ncnn", "tflite", "tensorrt"],
+        example_input=digits_nhwc.x_test[:1],
+        calibration=[digits_nhwc.x_train[:256]],
+        precision="int8",
+        directory=tmp_path / "int8",
         samples=digits_nhwc.x_test,
     )
     assert int8.ok, str(int8)
     for r in int8:
         assert r.top1_agreement is not None and r.top1_agreement >= 0.99, (r.target, r.top1_agreement)
     assert (tmp_path / "int8" / "quant_spec.json").is_file()
+
+
+_BOOM: list[Any] = []
+
+
+def _boom_op() -> Any:
+    """A custom torch op neither ONNX exporter nor litert-torch knows (registered once per process)."""
+    if not _BOOM:
+
+        @torch.library.custom_op("fitslim_test::boom", mutates_args=())
+        def boom(x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+        @boom.register_fake
+        def _(x: torch.Tensor) -> torch.Tensor:
+            return torch.empty_like(x)
+
+        _BOOM.append(torch.ops.fitslim_test.boom)
+    return _BOOM[0]
+
+
+class _Boom(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _boom_op()(x)
+
+
+class _BoomNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.block = torch.nn.Sequential(torch.nn.ReLU(), _Boom())
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.slow
+def test_a_converter_failure_names_the_op_the_layer_and_the_way_out(tmp_path: Path) -> None:
+    pytest.importorskip("litert_torch")
+    x = np.random.default_rng(0).standard_normal((8, 3, 12, 10)).astype(np.float32)
+    report = export(_BoomNet().eval(), ["onnx", "tflite"], example_input=x[:1], calibration=x, precision="int8",
+                    directory=tmp_path)  # fmt: skip
+    where = "node 'fitslim_test.boom.default' in layer 'block.1' (_Boom)"
+    onnx_row, tflite_row = report["onnx"], report["tflite"]
+    assert onnx_row.status == "failed" and tflite_row.status == "failed"
+    assert f"ONNX export: torch.onnx.export (dynamo, then the legacy exporter) failed on {where}" in onnx_row.reason
+    assert "the tflite target converts without ONNX" in onnx_row.reason
+    assert f"tflite int8: litert-torch failed on {where} (RuntimeError: Lowering not found" in tflite_row.reason
+    assert tflite_row.reason.endswith("try precision='fp32' or 'fp16' for tflite, or the onnx/tensorrt targets at int8")
+
+
+def test_failing_op_reads_converter_texts() -> None:
+    from exporters.checks import converter_error, failing_op
+
+    assert failing_op(ValueError("nothing here")) == ""
+    tf_text = (
+        'loc(fused["Svd:", "sequential/svd_layer/Svd@__inference_forward_12"]): error: \'tf.Svd\' op is neither a '
+        "custom op nor a flex op"
+    )
+    assert failing_op(RuntimeError(tf_text)) == "op 'tf.Svd' in layer 'sequential/svd_layer'"
+    assert failing_op(RuntimeError("No Op registered for StatefulPartitionedCall")) == (
+        "TensorFlow op 'StatefulPartitionedCall'"
+    )
+    err = RuntimeError("Exporting the operator 'aten::unique_dim' to ONNX opset version 18 is not supported")
+    msg = str(converter_error(err, "ONNX export", "torch.onnx.export", "rewrite it"))
+    assert msg.startswith("ONNX export: torch.onnx.export failed on op 'aten::unique_dim' (RuntimeError: Exporting")
+    assert msg.endswith("; rewrite it")

@@ -618,3 +618,29 @@ def test_keras_mobilenet_int8_is_small_and_int8(tmp_path: Path) -> None:
     assert fp32.size_bytes is not None and int8.size_bytes is not None
     assert int8.size_bytes <= 0.35 * fp32.size_bytes, (int8.size_bytes, fp32.size_bytes)
     assert all(k["dtypes"] == ("int8", "int8") for k in kernels(tmp_path / "int8" / "model.int8.tflite"))
+
+
+@pytest.mark.slow
+def test_an_op_no_converter_has_is_named_with_its_keras_layer(tmp_path: Path) -> None:
+    keras = pytest.importorskip("keras")
+    tf = pytest.importorskip("tensorflow")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the TFLite converter needs the TensorFlow backend")
+
+    class SingularValues(keras.layers.Layer):
+        def call(self, x: Any) -> Any:
+            return tf.linalg.svd(tf.reshape(x, (-1, 4, 4)), compute_uv=False)
+
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Flatten()(keras.layers.Conv2D(1, 1)(inp))
+    model = keras.Model(inp, keras.layers.Dense(3)(SingularValues(name="svd_layer")(h)))
+    x = np.random.default_rng(0).standard_normal((8, 8, 8, 1)).astype(np.float32)
+    report = export(model, ["onnx", "tflite"], example_input=x[:1], directory=tmp_path)
+    tflite_row, onnx_row = report["tflite"], report["onnx"]
+    assert tflite_row.status == "failed" and onnx_row.status == "failed"
+    assert tflite_row.reason.startswith(
+        "RuntimeError: tflite fp32: the TFLite converter failed on op 'tf.Svd' in layer "
+    )
+    assert "/svd_layer" in tflite_row.reason and tflite_row.reason.endswith("try the onnx, ncnn or tensorrt targets")
+    assert "tf2onnx left op 'Svd' without an ONNX translation (node '" in onnx_row.reason
+    assert "the tflite target converts without ONNX" in onnx_row.reason
