@@ -6,8 +6,12 @@ with pnnx, writes two int8 models with :func:`exporters.ncnn_int8.write_int8` (r
 and times single 1x3x160x160 extractions in ncnn (warm-up, then rounds that time every variant once;
 medians). Prints one table.
 
+``--model pointwise|conv3x3|depthwise`` times a stack of four layers of one kind instead (56x56 maps,
+conv-BN-ReLU), which shows which kernel kind gains or loses from int8 on the machine at hand.
+
 Run:
     .venv/bin/python benchmarks/ncnn_int8.py [--threads 2] [--repeats 50] [--width 1.0] [--size 160]
+        [--model mobilenet_v2|pointwise|conv3x3|depthwise]
 """
 
 from __future__ import annotations
@@ -33,6 +37,25 @@ def random_bn_stats(model: Any, seed: int = 0) -> Any:
     return randomize_batchnorm(model, seed)
 
 
+#: one-kind stacks: (input channels, conv kwargs) of four conv-BN-ReLU layers on 56x56 maps
+KINDS: dict[str, tuple[int, dict[str, int]]] = {
+    "pointwise": (256, {"kernel_size": 1}),
+    "conv3x3": (128, {"kernel_size": 3, "padding": 1}),
+    "depthwise": (384, {"kernel_size": 3, "padding": 1, "groups": 384}),
+}
+
+
+def layer_stack(kind: str) -> Any:
+    """Four conv-BN-ReLU layers of one kind (see :data:`KINDS`), random BatchNorm statistics."""
+    from torch import nn
+
+    channels, conv = KINDS[kind]
+    layers: list[nn.Module] = []
+    for _ in range(4):
+        layers += [nn.Conv2d(channels, channels, **conv), nn.BatchNorm2d(channels), nn.ReLU()]
+    return random_bn_stats(nn.Sequential(*layers).eval())
+
+
 def main(argv: list[str] | None = None) -> str:
     """Run the benchmark and return (and log) the table.
 
@@ -52,14 +75,22 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--calibration", type=int, default=32, help="random calibration inputs")
+    parser.add_argument("--model", choices=["mobilenet_v2", *KINDS], default="mobilenet_v2")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    model = random_bn_stats(
-        torch_model("mobilenet_v2", width_multiplier=args.width, num_classes=1000, in_channels=3, input_size=args.size)
-    )
+    if args.model == "mobilenet_v2":
+        model = random_bn_stats(
+            torch_model(
+                "mobilenet_v2", width_multiplier=args.width, num_classes=1000, in_channels=3, input_size=args.size
+            )
+        )
+        shape = (3, args.size, args.size)
+    else:
+        model = layer_stack(args.model)
+        shape = (KINDS[args.model][0], 56, 56)
     rng = np.random.default_rng(0)
-    calib = rng.uniform(0.0, 1.0, size=(args.calibration, 3, args.size, args.size)).astype(np.float32)
+    calib = rng.uniform(0.0, 1.0, size=(args.calibration, *shape)).astype(np.float32)
     work = Path(tempfile.mkdtemp(prefix="fitslim-ncnn-bench-"))
     try:
         job = prepare_job(
@@ -114,9 +145,13 @@ def main(argv: list[str] | None = None) -> str:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    what = (
+        f"MobileNetV2 alpha={args.width} {args.size}x{args.size}, 1000 classes"
+        if args.model == "mobilenet_v2"
+        else f"four {args.model} conv-BN-ReLU layers, {shape[0]} channels, 56x56"
+    )
     head = (
-        f"ncnn MobileNetV2 alpha={args.width} {args.size}x{args.size}, 1000 classes, random BN stats, "
-        f"{args.threads} threads, median of {args.repeats} interleaved single extractions"
+        f"ncnn {what}, random BN stats, {args.threads} threads, median of {args.repeats} interleaved single extractions"
     )
     lines = [
         head,
