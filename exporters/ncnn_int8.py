@@ -16,6 +16,11 @@ group. Weights are stored pre-quantized (int8 tag) with :func:`fitslim.int8.quan
 rounding (half away from zero), so the file is about a quarter of the fp32 one and ncnn runs exactly the
 integers the NumPy reference computes with. ncnn's multipliers are ``1 / scale``.
 
+MultiHeadAttention gets ``18=2`` (ncnn's ``int8_scale_term``): its four weight matrices (q, k, v, out) are
+stored int8 with their float biases, followed by per-row q, k and v multipliers and one multiplier for the
+output projection (the largest channel scale, so no weight is clipped); ncnn quantizes the layer's
+activations at run time, so no input scale is stored.
+
 Where an int8 Convolution/ConvolutionDepthWise feeds only int8 layers (directly, or through a Split
 whose every branch is one, all with the same input scale) the requantize is fused as ``ncnn2int8``
 does: ``8=102``/``101`` and the consumer's input multiplier appended as the top-blob scale, so the
@@ -66,7 +71,9 @@ TAG_INT8 = 0x000D4B38
 TAG_FP32_RAW = 0x0002C056
 
 #: Layers this writer quantizes.
-QUANTIZED_TYPES = ("Convolution", "ConvolutionDepthWise", "InnerProduct", "Gemm")
+QUANTIZED_TYPES = ("Convolution", "ConvolutionDepthWise", "InnerProduct", "Gemm", "MultiHeadAttention")
+#: MultiHeadAttention's four projections, in the order ncnn's ``load_model`` reads them
+_MHA_PROJECTIONS = ("q", "k", "v", "out")
 #: Layers that can requantize their output to int8 (ncnn reads a top-blob scale only for these).
 _FUSE_PRODUCERS = ("Convolution", "ConvolutionDepthWise")
 #: Layers that take an int8 blob as it is (their x86 kernels skip quantizing an 8-bit input). ncnn2int8
@@ -104,7 +111,6 @@ _UNSUPPORTED_WEIGHTED = (
     "GRU",
     "LSTM",
     "RNN",
-    "MultiHeadAttention",
     "Quantize",
     "Dequantize",
     "Requantize",
@@ -391,6 +397,26 @@ def _reads(layer: NcnnLayer) -> list[tuple[str, bool, int]]:
         if g(18):
             out.append(("weight_scales", False, 1))
         return out
+    if t == "MultiHeadAttention":
+        embed, size = g(0), g(2)
+        if embed <= 0 or size % embed:
+            raise ValueError(f"{where}: weight_data_size 2={size} is not a multiple of embed_dim 0={embed}")
+        qdim, kdim, vdim = size // embed, g(3, embed), g(4, embed)
+        out = []
+        for proj, (n_in, n_out) in zip(
+            _MHA_PROJECTIONS, ((qdim, embed), (kdim, embed), (vdim, embed), (embed, qdim)), strict=True
+        ):
+            out += [(f"{proj}_weight", True, n_in * n_out), (f"{proj}_bias", False, n_out)]
+        term = g(18)
+        if term == 0:
+            return out
+        if term not in (1, 2, 3):
+            raise ValueError(f"{where}: int8_scale_term 18={term} is not one this writer reads (int8: 2)")
+        return (
+            out
+            + [(f"{p}_weight_scales", False, embed) for p in _MHA_PROJECTIONS[:3]]
+            + [("out_weight_scale", False, 1)]
+        )
     if t == "Gemm" or t in _UNSUPPORTED_WEIGHTED:
         raise ValueError(
             f"{where} holds weights the ncnn int8 writer cannot quantize "
@@ -497,6 +523,60 @@ def _match(table: QuantTable, w: npt.NDArray[np.float32], used: dict[str, str], 
             "It would stay float; the converter changed its weights or the table belongs to another model."
         )
     return entry
+
+
+def _checked_scales(entry: QuantizedNode, n: int, where: str) -> npt.NDArray[np.float32]:
+    scales = np.asarray(entry.weight_scales, dtype=np.float32).reshape(-1)
+    if scales.size != n:
+        raise ValueError(
+            f"{where}: the table entry {entry.node.node!r} has {scales.size} weight scales for {n} outputs."
+        )
+    if not np.all(np.isfinite(scales) & (scales > 0)):
+        raise ValueError(f"{where}: the table entry {entry.node.node!r} has a zero, negative or non-finite scale.")
+    return scales
+
+
+def _mha_bytes(data: LayerData, table: QuantTable, used: dict[str, str], notes: list[str]) -> tuple[bytes, list[str]]:
+    """ncnn's int8 MultiHeadAttention (``18=2``): int8 weights, then q/k/v per-row and one out weight multiplier.
+
+    ncnn quantizes the layer's activations at run time (per tensor / per row), so only weight scales are
+    stored; the table's input scales of the four projections are not used. The output projection has one
+    scale in ncnn: the largest of its channels' scales, so no weight is clipped. Returns the bytes and the
+    table nodes the four projections took their scales from.
+    """
+    layer = data.layer
+    where = f"ncnn layer {layer.name!r} (MultiHeadAttention)"
+    if layer.get_int(18):
+        raise ValueError(f"{where} is already int8; pass the fp32 model pnnx wrote.")
+    embed = layer.get_int(0)
+    parts: list[bytes] = []
+    multipliers: list[npt.NDArray[np.float32]] = []
+    nodes: list[str] = []
+    for proj in _MHA_PROJECTIONS:
+        chunk = data.chunks[f"{proj}_weight"]
+        if chunk.tag == TAG_INT8:
+            raise ValueError(f"{where} already stores int8 weights; pass the fp32 model pnnx wrote.")
+        n_out = embed if proj != "out" else chunk.count // embed
+        w = np.asarray(chunk.values(), dtype=np.float32).reshape(n_out, -1)
+        entry = _match(table, w, used, layer)
+        used[entry.node.node] = layer.name
+        nodes.append(entry.node.node)
+        scales = _checked_scales(entry, n_out, f"{where} {proj} projection")
+        if proj == "out":
+            scales = np.full(n_out, scales.max(), np.float32)
+            multipliers.append(np.asarray([ncnn_multiplier(scales[0])], dtype=np.float32))
+        else:
+            multipliers.append(np.asarray(ncnn_multiplier(scales), dtype=np.float32))
+        body = quantize(w, scales, axis=0, rounding="half_away").astype(np.int8).tobytes()
+        parts += [TAG_INT8.to_bytes(4, "little"), body, b"\0" * (_align4(len(body)) - len(body))]
+        parts.append(data.chunks[f"{proj}_bias"].data)
+    parts += [m.astype("<f4").tobytes() for m in multipliers]
+    layer.set(18, 2)
+    notes.append(
+        f"{layer.name}: MultiHeadAttention int8 with per-channel q/k/v and one output-projection weight scale; "
+        "ncnn quantizes its activations at run time"
+    )
+    return b"".join(parts), nodes
 
 
 def _quantize_layer(data: LayerData, table: QuantTable, used: dict[str, str], notes: list[str]) -> _Quantized:
@@ -650,8 +730,12 @@ def write_int8(
     summary = Int8Summary(bytes_in=len(data))
     used: dict[str, str] = {}
     quantized: dict[int, _Quantized] = {}
+    attention: dict[int, bytes] = {}
     for i, ld in enumerate(walked):
-        if ld.layer.type in QUANTIZED_TYPES and "weight" in ld.chunks:
+        if ld.layer.type == "MultiHeadAttention":
+            attention[i], nodes = _mha_bytes(ld, table, used, summary.notes)
+            summary.layers[ld.layer.name] = ", ".join(nodes)
+        elif ld.layer.type in QUANTIZED_TYPES and "weight" in ld.chunks:
             quantized[i] = _quantize_layer(ld, table, used, summary.notes)
         elif ld.chunks:
             summary.kept_float.append(f"{ld.layer.name} ({ld.layer.type})")
@@ -669,6 +753,9 @@ def write_int8(
         _fuse(net, quantized, summary)
     out: list[bytes] = []
     for i, ld in enumerate(walked):
+        if i in attention:
+            out.append(attention[i])
+            continue
         q = quantized.get(i)
         if q is None:
             out.extend(c.data for c in ld.chunks.values())

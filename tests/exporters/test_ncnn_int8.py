@@ -295,7 +295,7 @@ def test_graph_layer_without_table_entry_is_named(handmade: Handmade, tmp_path: 
         ("DeconvolutionDepthWise", ""),
         ("Embed", ""),
         ("LSTM", ""),
-        ("MultiHeadAttention", ""),
+        ("GRU", ""),
         ("Gemm", " 4=1 7=2 9=3"),  # a constant A (not a Linear's weight) has per-row scales: not written
     ],
 )
@@ -607,3 +607,61 @@ def test_linear_on_token_axis_becomes_int8_gemm(tmp_path: Path) -> None:
     assert len(gemms) == 2 and all(ld.layer.get_int(18) == 2 for ld in gemms)
     assert all(ld.chunks["weight"].tag == TAG_INT8 and ld.chunks["weight_scales"].values().size == 1 for ld in gemms)
     assert row.spread_error is not None and row.spread_error < 0.05
+
+
+@pytest.mark.slow
+def test_attention_becomes_int8_multiheadattention(tmp_path: Path) -> None:
+    """q/k/v/out Linears around SDPA come out of pnnx as MultiHeadAttention: int8 (18=2), verified in ncnn.
+
+    ncnn reads four int8 weight matrices with their biases, then per-row q/k/v multipliers and one
+    output-projection multiplier; each stored row must dequantize to the torch weight within half a step.
+    """
+    pytest.importorskip("torch")
+    import torch
+    import torch.nn.functional as F
+
+    from exporters import export
+
+    class Attention(torch.nn.Module):
+        def __init__(self, dim: int = 32, heads: int = 4) -> None:
+            super().__init__()
+            self.heads = heads
+            self.patch = torch.nn.Conv2d(3, dim, 4, stride=4)
+            self.q, self.k, self.v, self.o = (torch.nn.Linear(dim, dim) for _ in range(4))
+            self.head = torch.nn.Linear(dim, 10)
+
+        def split(self, t: Any, b: int, n: int, d: int) -> Any:
+            return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+        def forward(self, x: Any) -> Any:
+            x = self.patch(x).flatten(2).transpose(1, 2)
+            b, n, d = x.shape
+            q, k, v = (self.split(f(x), b, n, d) for f in (self.q, self.k, self.v))
+            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+            return self.head((x + self.o(a)).mean(1))
+
+    torch.manual_seed(0)
+    model = Attention().eval()
+    for m in model.modules():  # unit-gain init: data-like activations, no tied logits
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
+    x = np.random.default_rng(0).standard_normal((64, 3, 16, 16)).astype(np.float32)
+    calib = np.random.default_rng(1).standard_normal((64, 3, 16, 16)).astype(np.float32)
+    report = export(model, ["ncnn"], example_input=x[:1], calibration=calib, samples=x, precision="int8",
+                    directory=tmp_path)  # fmt: skip
+    row = report["ncnn"]
+    assert row.ok, row.reason
+    layers = read_model(tmp_path / "model.int8.ncnn.param", tmp_path / "model.int8.ncnn.bin")
+    [mha] = [ld for ld in layers if ld.layer.type == "MultiHeadAttention"]
+    assert mha.layer.get_int(18) == 2
+    for proj, linear in zip(("q", "k", "v", "out"), (model.q, model.k, model.v, model.o), strict=True):
+        assert mha.chunks[f"{proj}_weight"].tag == TAG_INT8
+        stored = mha.chunks[f"{proj}_weight"].values().reshape(32, 32).astype(np.float32)
+        role = f"{proj}_weight_scales" if proj != "out" else "out_weight_scale"
+        multipliers = mha.chunks[role].values()
+        assert multipliers.size == (32 if proj != "out" else 1)
+        w = linear.weight.detach().numpy()
+        step = 1 / multipliers.reshape(-1, 1)
+        assert np.all(np.abs(stored * step - w) <= step / 2 + 1e-6), proj
+        np.testing.assert_array_equal(mha.chunks[f"{proj}_bias"].values(), linear.bias.detach().numpy())
+    assert any("MultiHeadAttention int8" in n for n in row.notes)
