@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from exporters.job import ExportJob
-from exporters.ncnn_int8 import NcnnParam, write_int8
+from exporters.ncnn_int8 import NcnnLayer, NcnnParam, write_int8
 from exporters.onnx_export import global_pools
 from exporters.report import TargetResult
 from exporters.verify import compare, fill_agreement, judge, median_latency_ms
@@ -141,6 +141,7 @@ def run_pnnx(
     if not param.is_file() or not binary.is_file() or param.stat().st_size == 0:
         raise RuntimeError(f"pnnx exited 0 but wrote no ncnn model for {onnx_path}; its last output:\n{_tail(output)}")
     fix_reduction_axes(param)
+    lower_unbind(param, work / "model.pnnx.param")
     return param, binary
 
 
@@ -165,6 +166,89 @@ def fix_reduction_axes(param: str | os.PathLike[str]) -> int:
         path.write_text("".join(lines), encoding="utf-8")
         log.debug("pnnx param: %d one-axis Reduction layer(s) given their axes count", fixed)
     return fixed
+
+
+_SHAPE = re.compile(r"#(\S+?)=\(([\d,]*)\)")
+
+
+def _pnnx_shapes(line: str) -> dict[str, list[int]]:
+    """Blob name → static shape from a pnnx.param line's ``#blob=(d0,d1,...)f32`` annotations."""
+    return {m.group(1): [int(d) for d in m.group(2).split(",") if d] for m in _SHAPE.finditer(line)}
+
+
+def lower_unbind(param: str | os.PathLike[str], pnnx_param: str | os.PathLike[str]) -> int:
+    """Lower ``torch.unbind`` over a leading axis ahead of the batch into ncnn ``Slice`` + ``Reshape`` (in place).
+
+    ``qkv.reshape(b, n, 3, heads, d).permute(2, 0, 3, 1, 4)`` then ``q, k, v = ...`` (or ``.unbind(0)``) moves
+    the batch to the second axis; pnnx then leaves a ``Tensor.reshape`` (``*_ncnnbatch2dim_*``) and a
+    ``torch.unbind`` that ncnn does not have. With batch 1 the ncnn blob is the tensor without that axis, so
+    the unbind is a ``Slice`` along ncnn's first axis, each piece reshaped to its static shape (read from
+    pnnx.param). Returns the number of unbinds lowered; anything else is left as it was.
+    """
+    path, pnnx_path = Path(param), Path(pnnx_param)
+    if not pnnx_path.is_file():
+        return 0
+    text = path.read_text(encoding="utf-8")
+    if "torch.unbind" not in text:
+        return 0
+    info: dict[str, tuple[int, list[int], list[list[int]]]] = {}
+    for line in pnnx_path.read_text(encoding="utf-8").splitlines():
+        tok = line.split()
+        if len(tok) < 4 or tok[0] != "torch.unbind":
+            continue
+        nb, nt = int(tok[2]), int(tok[3])
+        bottoms, tops = tok[4 : 4 + nb], tok[4 + nb : 4 + nb + nt]
+        shapes = _pnnx_shapes(line)
+        dim = next((int(t.split("=", 1)[1]) for t in tok if t.startswith("dim=")), None)
+        if dim is None or len(bottoms) != 1 or bottoms[0] not in shapes or any(t not in shapes for t in tops):
+            continue
+        info[tok[1]] = (dim, shapes[bottoms[0]], [shapes[t] for t in tops])
+    net = NcnnParam.parse(text, str(path))
+    producer = {top: i for i, layer in enumerate(net.layers) for top in layer.tops}
+    consumers = net.consumers()
+    layers = list(net.layers)
+    lowered = 0
+    for layer in net.layers:
+        found = info.get(layer.name)
+        if layer.type != "torch.unbind" or found is None or len(layer.bottoms) != 1:
+            continue
+        dim, shape, outs = found
+        # the one case handled: unbind over axis 0 of (K, 1, ...) with every piece (1, ...): batch 1 at axis 1
+        if dim != 0 or len(shape) < 2 or shape[1] != 1 or len(shape) > 5 or any(o != shape[1:] for o in outs):
+            continue
+        if len(outs) != shape[0] or len(layer.tops) != shape[0]:
+            continue
+        src = layer.bottoms[0]
+        fix = layers[producer[src]] if src in producer else None
+        if fix is not None and fix.type == "Tensor.reshape" and "ncnnbatch2dim" in fix.name:
+            if len(consumers.get(src, [])) != 1 or len(fix.bottoms) != 1:
+                continue
+            layers.remove(fix)  # identity on the ncnn blob: the batch axis it would move is not there
+            src = fix.bottoms[0]
+        pieces = [f"{layer.name}_piece{i}" for i in range(len(layer.tops))]
+        sl = NcnnLayer(
+            "Slice",
+            layer.name,
+            [src],
+            pieces,
+            {"-23300": ",".join([str(len(pieces))] + ["-233"] * len(pieces)), "1": "0"},
+        )
+        at = layers.index(layer)
+        reshapes = []
+        ncnn_shape = outs[0][1:]  # the piece without its batch axis, outermost first
+        keys = {1: ["0"], 2: ["1", "0"], 3: ["2", "1", "0"], 4: ["2", "11", "1", "0"]}[len(ncnn_shape)]
+        for piece, top in zip(pieces, layer.tops, strict=True):
+            params = {k: str(d) for k, d in zip(keys, ncnn_shape, strict=True)}
+            reshapes.append(NcnnLayer("Reshape", f"{piece}_reshape", [piece], [top], params))
+        layers[at : at + 1] = [sl, *reshapes]
+        lowered += 1
+    if lowered:
+        net.layers = layers
+        blobs = {b for layer in layers for b in (*layer.bottoms, *layer.tops)}
+        net.blob_count = len(blobs)
+        path.write_text(net.dumps(), encoding="utf-8")
+        log.debug("pnnx param: %d torch.unbind layer(s) lowered to Slice + Reshape", lowered)
+    return lowered
 
 
 def _install_pair(pairs: list[tuple[Path, Path]]) -> None:

@@ -202,3 +202,37 @@ def test_install_pair_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.Monk
         ncnn_target._install_pair([(src / "a.bin", dest / "m.param"), (src / "a.param", dest / "m.bin")])
     assert (dest / "m.param").read_text() == "param" and (dest / "m.bin").read_bytes() == b"bin"
     assert sorted(p.name for p in dest.iterdir()) == ["m.bin", "m.param"]
+
+
+class QKVUnbind(torch.nn.Module):
+    """Patch embedding, one fused qkv Linear split by ``reshape(b, n, 3, heads, d).permute(2, 0, 3, 1, 4)`` and
+    unpacking (a ``torch.unbind`` whose batch sits on the second axis), SDPA, output Linear, mean, head."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.patch = torch.nn.Conv2d(3, dim, 4, stride=4)
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.proj = torch.nn.Linear(dim, dim)
+        self.head = torch.nn.Linear(dim, 10)
+
+    def forward(self, x: Any) -> Any:
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        return self.head((x + self.proj(a)).mean(1))
+
+
+@pytest.mark.slow
+def test_fused_qkv_unbind_is_lowered_to_slice(tmp_path: Path) -> None:
+    """pnnx leaves Tensor.reshape + torch.unbind (ncnn has neither); they become Slice + Reshape and verify."""
+    torch.manual_seed(0)
+    model = QKVUnbind().eval()
+    x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    job = prepare_job(model, "fp32", tmp_path, tmp_path / "work", example_input=x[:1], samples=x)
+    r = export_ncnn(job)
+    assert r.ok, r.reason
+    assert r.max_rel_error is not None and r.max_rel_error <= 1e-4
+    types = [ld.layer.type for ld in read_model(tmp_path / "model.ncnn.param", tmp_path / "model.ncnn.bin")]
+    assert "Slice" in types and "torch.unbind" not in types and "Tensor.reshape" not in types
