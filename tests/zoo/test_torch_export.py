@@ -46,7 +46,6 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str]] = {
         for text in ("hf_bert", "hf_distilbert")
         for p in PRECISIONS
     },
-    **{("user_attention", "ncnn", p): ("failed", r"ncnn does not have: .*torch\.unbind") for p in PRECISIONS},
     **{
         (text, "tflite", "int8"): ("failed", r"tflite: this torch model takes 2 inputs \(int64, int64\); int8 TFLite")
         for text in ("hf_bert", "hf_distilbert")
