@@ -26,6 +26,14 @@ learned or calibrated scales stay exact. Otherwise, with ``calibration`` data, t
 over it (onnxruntime on the fp32 graph); without, the input scale of the first quantized layer
 downstream of the Add output (through Relu/Clip/MaxPool/reshapes), which bounds the Add's result.
 
+With learned scales (a QAT table) the model to reproduce is the fake-quant model, which computes residual
+Adds on unclipped inputs and whose activations can differ widely from the float graph's (its layer inputs are
+clipped to the learned ranges; the float weights alone may give values orders of magnitude larger). So with
+``calibration`` the Add inputs are measured on the graph with the table's layer Q/DQ in place (what the
+fake-quant model computes), and a tensor the learned range of its reading layer would clip gets its own,
+measured scale instead of the reused one: the int8 Add then only rounds, as closely as int8 can to the
+fake-quant model's float Add.
+
 Rounding: weights are quantized with :func:`fitslim.int8.quantize` using round half to even, because
 that is what ONNX ``QuantizeLinear`` specifies, what onnxruntime and TensorRT's quantize layer execute,
 what onnxruntime's own quantizer writes for weights (NumPy ``round``), and what torch's fake-quant used
@@ -254,9 +262,7 @@ def _weight_axis(node: Any, ndim: int) -> int:
     return ndim - 1  # MatMul: (..., K, N)
 
 
-def _activation_absmax(
-    model: Any, names: Sequence[str], data: Any, batch: int = 32
-) -> dict[str, float]:
+def _activation_absmax(model: Any, names: Sequence[str], data: Any, batch: int = 32) -> dict[str, float]:
     """Largest ``|value|`` of each named tensor of the fp32 graph over ``data`` (onnxruntime)."""
     values = activation_values(model, list(names), data, batch)
     return {n: max((float(v.max()) for v in values[n] if v.size), default=0.0) for n in names}
@@ -308,6 +314,8 @@ def residual_add_scales(
 
     chosen: list[ResidualInput] = []
     pending: list[tuple[str, int, str, str]] = []
+    learned = table.origin == "qat"
+    reuse: dict[tuple[str, int], tuple[str, float]] = {}  # QAT: the reading layer's scale, kept unless it clips
     for add_i, main, skip in _residual_adds(g, set(quantized)):
         add = g.node[add_i]
         name = _node_id(add, add_i)
@@ -315,7 +323,11 @@ def residual_add_scales(
             if role == "main" and residual != "both":
                 continue
             tensor = str(add.input[index])
-            if reads.get(tensor):
+            if reads.get(tensor) and learned and calibration is not None:
+                layer, scale = max(reads[tensor], key=lambda r: r[1])
+                pending.append((name, index, tensor, role))
+                reuse[(name, index)] = (layer, scale)
+            elif reads.get(tensor):
                 layer, scale = max(reads[tensor], key=lambda r: r[1])
                 chosen.append(ResidualInput(name, index, tensor, role, scale, f"input scale of {layer}", "reused"))
             elif calibration is not None:
@@ -334,9 +346,16 @@ def residual_add_scales(
                 )
     if pending:
         data = as_inputs(calibration)
-        ranges = _activation_absmax(onnx_model, sorted({p[2] for p in pending}), data)
+        # QAT: measured where the fake-quant model computes them (layer inputs quantized, Adds float)
+        graph = to_qdq(onnx_model, table, residual_inputs=[]) if learned else onnx_model
+        ranges = _activation_absmax(graph, sorted({p[2] for p in pending}), data)
         for name, index, tensor, role in pending:
             scale = float(absmax_scale(np.float32(ranges[tensor])))
+            if (name, index) in reuse:
+                layer, kept = reuse[(name, index)]
+                if scale <= kept:  # the learned range holds the tensor: the same Q/DQ pair, exact
+                    chosen.append(ResidualInput(name, index, tensor, role, kept, f"input scale of {layer}", "reused"))
+                    continue
             chosen.append(
                 ResidualInput(
                     name,

@@ -711,3 +711,46 @@ def test_channel_pruning_then_qat_exports_the_smaller_int8_model(digits_nhwc: An
     assert report is not None and report.ok, report
     for target in ("ncnn", "tensorrt"):
         assert "learned QuantSpec" in report[target].scales and report[target].top1_agreement >= 0.97, report
+
+
+# -- residual Adds after QAT: the int8 Add reads what the fake-quant model adds ------------------------------
+
+
+def _residual_net() -> Any:
+    """conv-BN-ReLU, then a block whose skip input is also the next conv's input (the Add reuses its Q/DQ)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    t = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3, padding="same")(inputs)))
+    y = keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3, padding="same", name="block_conv")(t))
+    x = keras.layers.ReLU()(keras.layers.Add(name="residual")([t, y]))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="head")(x))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=loss)
+    return model
+
+
+class _ClipRange(keras.callbacks.Callback):
+    """After the last epoch, before the spec is built: ``block_conv``'s learned range covers a quarter of its input."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        var = self.model.get_layer("block_conv").__dict__["fitslim_input_range"]
+        var.assign(var * 0.25)
+
+
+def test_int8_residual_add_follows_the_fake_quant_model_not_the_clipped_range(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    from keras_callbacks import Export
+
+    model = _residual_net()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 12, 12, 3)).astype(np.float32), np.arange(64) % 10
+    qat = QuantizationAware(start=0.0)
+    export = Export(targets=["tensorrt"], precision="int8", directory=tmp_path, calibration_batches=4, batch_size=16)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[qat, _ClipRange(), export])
+    (row,) = [r for r in export.report if r.target == "tensorrt"]
+    # the fake-quant model clips block_conv's input to its learned range but adds the unclipped skip tensor; the
+    # int8 Add must not clip it to that range (a reused scale would): it gets a scale measured on the Q/DQ graph
+    assert row.status == "ok", row.reason
+    assert "measured on calibration data" in " ".join(row.notes), row.notes
+    assert row.decisive_top1 is not None and row.decisive_top1 >= 0.97
