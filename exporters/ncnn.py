@@ -401,6 +401,12 @@ def export_ncnn(job: ExportJob) -> TargetResult:
 _LAYER_HINTS = {
     "IsNaN": "it comes from a NaN guard (torch.isnan / nan_to_num) that is not the softmax guard fitslim removes; "
     "drop it from the model for export",
+    "Tensor.reshape": "a reshape ncnn cannot hold: more than 4 dimensions besides the batch (e.g. Swin's window "
+    "partition to 6-D) or a batch axis moved away from the front; keep reshapes within 4 dimensions per sample",
+    "Tensor.slice": "a strided slice (x[:, 0::2], e.g. Swin's patch merging): ncnn's Crop has no step; use a "
+    "reshape and a plain slice, or a stride-2 conv",
+    "torch.unbind": "an unbind (or q, k, v = t unpacking) that fitslim could not lower to Slice (it lowers only "
+    "axis 0 with the batch of 1 right after it); index with a plain slice instead",
 }
 
 

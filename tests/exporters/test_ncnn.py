@@ -236,3 +236,25 @@ def test_fused_qkv_unbind_is_lowered_to_slice(tmp_path: Path) -> None:
     assert r.max_rel_error is not None and r.max_rel_error <= 1e-4
     types = [ld.layer.type for ld in read_model(tmp_path / "model.ncnn.param", tmp_path / "model.ncnn.bin")]
     assert "Slice" in types and "torch.unbind" not in types and "Tensor.reshape" not in types
+
+
+class StridedSlice(torch.nn.Module):
+    """Swin-style patch merging: the four stride-2 phases of the map concatenated on channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Conv2d(32, 4, 1)
+
+    def forward(self, x: Any) -> Any:
+        x = self.conv(x)
+        return self.head(torch.cat([x[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)], 1))
+
+
+def test_strided_slice_is_refused_with_the_layer_and_why(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    job = prepare_job(StridedSlice().eval(), "fp32", tmp_path, tmp_path / "work", example_input=x[:1], samples=x)
+    with pytest.raises(RuntimeError, match=r"Tensor\.slice \(layer '[^']+'\).*ncnn's Crop has no step"):
+        export_ncnn(job)
+    assert not list(tmp_path.glob("model.ncnn.*"))
