@@ -17,11 +17,17 @@ import numpy as np
 
 from fitslim.models import keras_model
 
-__all__ = ["build_digits_classifier", "evaluate_accuracy"]
+__all__ = ["ADAM_EPSILON", "build_digits_classifier", "evaluate_accuracy"]
+
+#: Adam's epsilon: ``torch.optim.Adam``'s default, as the Lightning reference module trains (Keras' own is 1e-7)
+ADAM_EPSILON = 1e-8
 
 
 def build_digits_classifier(width: float = 1.0, size: int = 8, lr: float = 1e-2) -> Any:
     """The reference digits CNN (NHWC), compiled with Adam and sparse cross-entropy on logits.
+
+    The optimizer is the Lightning twin's (:class:`lightning_plugins.reference.DigitsClassifier`):
+    ``torch.optim.Adam`` with its defaults (the same betas; ``epsilon=1e-8``, not Keras' 1e-7).
 
     Args:
         width: channel width multiplier (teacher 2-4, student 0.5).
@@ -32,7 +38,7 @@ def build_digits_classifier(width: float = 1.0, size: int = 8, lr: float = 1e-2)
 
     model = keras_model("digits_cnn", width=width, input_size=size)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        optimizer=keras.optimizers.Adam(learning_rate=lr, epsilon=ADAM_EPSILON),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
