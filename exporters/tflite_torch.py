@@ -9,6 +9,11 @@ exactly; tensors the spec does not describe (residual sums, the logits) are obse
 calibration inputs (or, without any, the verification samples). Without a QuantSpec, litert-torch's own
 observers (histogram activations, per-channel min/max weights) calibrate every tensor.
 
+Before ``prepare_pt2e`` the exported graph is rewritten where litert-torch would fail or leave float
+kernels (each numerically identical): zero-width ``pad`` nodes (HuggingFace's TF-style "same" padding)
+are removed and the remaining constant pads keep their input's scale, ``padding="same"`` convolutions
+become explicit padding, and shape arithmetic on a symbolic batch size gets no observer.
+
 litert-torch's static int8 conversion gives the model int8 inputs and outputs; fitslim adds a
 ``QUANTIZE`` at the input and a ``DEQUANTIZE`` at the output so users feed and read float32, like the
 Keras path.
@@ -270,13 +275,17 @@ def _rewrite_for_quantization(gm: Any) -> list[str]:
                 graph.erase_node(node)
                 removed += 1
         elif node.target is aten.conv2d.padding:
-            args = list(node.args) + [None] * (7 - len(node.args))
+            names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+            args = list(node.args) + [node.kwargs.get(k) for k in names[len(node.args) :]]
             x, w, b, stride, padding, dilation, groups = args
             stride = _ints(stride if stride is not None else 1, 2)
             dilation = _ints(dilation if dilation is not None else 1, 2)
             groups = int(groups) if groups is not None else 1
             padding = padding if padding is not None else "valid"
-            kernel = list(w.meta["val"].shape[2:])
+            weight = w.meta.get("val") if w.op != "get_attr" else _attr(gm, w.target)
+            if weight is None or len(weight.shape) != 4:
+                continue  # not a 2-D conv with a known weight: left as it is (its check names it if it stays float)
+            kernel = list(weight.shape[2:])
             pads = [0, 0, 0, 0]  # left, right, top, bottom (F.pad order, last dim first)
             if padding == "same":
                 for axis, (k, d) in enumerate(zip(kernel, dilation, strict=True)):
