@@ -730,7 +730,7 @@ def _residual_net() -> Any:
     return model
 
 
-class _ClipRange(keras.callbacks.Callback):
+class _ClipRange(_Callback):
     """After the last epoch, before the spec is built: ``block_conv``'s learned range covers a quarter of its input."""
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -748,6 +748,7 @@ def test_int8_residual_add_follows_the_fake_quant_model_not_the_clipped_range(tm
     qat = QuantizationAware(start=0.0)
     export = Export(targets=["tensorrt"], precision="int8", directory=tmp_path, calibration_batches=4, batch_size=16)
     model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[qat, _ClipRange(), export])
+    assert export.report is not None
     (row,) = [r for r in export.report if r.target == "tensorrt"]
     # the fake-quant model clips block_conv's input to its learned range but adds the unclipped skip tensor; the
     # int8 Add must not clip it to that range (a reused scale would): it gets a scale measured on the Q/DQ graph
