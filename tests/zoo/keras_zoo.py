@@ -51,19 +51,21 @@ def _app(name: str, size: int, **kwargs: Any) -> Callable[[], keras.Model]:
 
 def _sequential() -> keras.Model:
     keras.utils.set_random_seed(0)
-    return keras.Sequential([
-        keras.Input((32, 32, 3)),
-        keras.layers.Conv2D(16, 3, padding="same", use_bias=False),
-        keras.layers.BatchNormalization(),
-        keras.layers.ReLU(),
-        keras.layers.SeparableConv2D(32, 3, strides=2, padding="same"),
-        keras.layers.Activation("swish"),
-        keras.layers.DepthwiseConv2D(3, padding="same"),
-        keras.layers.Conv2D(32, 1, activation="relu"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dropout(0.1),
-        keras.layers.Dense(10),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(16, 3, padding="same", use_bias=False),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.SeparableConv2D(32, 3, strides=2, padding="same"),
+            keras.layers.Activation("swish"),
+            keras.layers.DepthwiseConv2D(3, padding="same"),
+            keras.layers.Conv2D(32, 1, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dropout(0.1),
+            keras.layers.Dense(10),
+        ]
+    )
 
 
 class _Subclassed(keras.Model):
@@ -94,8 +96,14 @@ def _subclassed() -> keras.Model:
     return model
 
 
-def _case(name: str, family: str, make: Callable[[], keras.Model], size: int = 32, ci: bool = False,
-          tags: tuple[str, ...] = ()) -> ZooCase:
+def _case(
+    name: str,
+    family: str,
+    make: Callable[[], keras.Model],
+    size: int = 32,
+    ci: bool = False,
+    tags: tuple[str, ...] = (),
+) -> ZooCase:
     inputs = image_batch((size, size, 3))
 
     def build() -> keras.Model:
@@ -104,22 +112,31 @@ def _case(name: str, family: str, make: Callable[[], keras.Model], size: int = 3
     return ZooCase(name, family, build, inputs, "vision", ci, tags)
 
 
+# ci=True: the cases CI exports at fp32 and int8. The full-size keras.applications cannot be made smaller and
+# exceed the CI budget on a loaded 2-core machine (fp32 ONNX + int8 Q/DQ took 51 s for ResNet50, 39 s for
+# DenseNet121, 27 s for EfficientNetB0), so ResNet, EfficientNet, DenseNet, ConvNeXt, Xception, Inception,
+# NASNet and VGG run under make zoo only.
 _ALL = [
     _case("mobilenet", "mobilenet", _app("MobileNet", 32, alpha=0.25), ci=True),
     _case("mobilenet_v2", "mobilenet_v2", _app("MobileNetV2", 32, alpha=0.35), ci=True),
-    _case("mobilenet_v3_small", "mobilenet_v3", _app("MobileNetV3Small", 32, alpha=0.75, minimalistic=False),
-          ci=True, tags=("se",)),
+    _case(
+        "mobilenet_v3_small",
+        "mobilenet_v3",
+        _app("MobileNetV3Small", 32, alpha=0.75, minimalistic=False),
+        ci=True,
+        tags=("se",),
+    ),
     _case("mobilenet_v3_large", "mobilenet_v3", _app("MobileNetV3Large", 32, alpha=0.75), tags=("se",)),
-    _case("resnet50", "resnet", _app("ResNet50", 32), ci=True),
+    _case("resnet50", "resnet", _app("ResNet50", 32)),
     _case("resnet50_v2", "resnet", _app("ResNet50V2", 32)),
-    _case("efficientnet_b0", "efficientnet", _app("EfficientNetB0", 32), ci=True, tags=("se", "normalization")),
+    _case("efficientnet_b0", "efficientnet", _app("EfficientNetB0", 32), tags=("se", "normalization")),
     _case("efficientnet_v2_b0", "efficientnet", _app("EfficientNetV2B0", 32), tags=("se", "rescaling")),
-    _case("densenet121", "densenet", _app("DenseNet121", 32), ci=True),
-    _case("convnext_tiny", "convnext", _app("ConvNeXtTiny", 32), ci=True, tags=("layernorm",)),
-    _case("xception", "xception", _app("Xception", 71), 71, ci=True, tags=("separable",)),
-    _case("inception_v3", "inception", _app("InceptionV3", 75), 75, ci=True),
-    _case("nasnet_mobile", "nasnet", _app("NASNetMobile", 32), ci=True, tags=("separable",)),
-    _case("vgg16", "vgg", _app("VGG16", 32), ci=True),
+    _case("densenet121", "densenet", _app("DenseNet121", 32)),
+    _case("convnext_tiny", "convnext", _app("ConvNeXtTiny", 32), tags=("layernorm",)),
+    _case("xception", "xception", _app("Xception", 71), 71, tags=("separable",)),
+    _case("inception_v3", "inception", _app("InceptionV3", 75), 75),
+    _case("nasnet_mobile", "nasnet", _app("NASNetMobile", 32), tags=("separable",)),
+    _case("vgg16", "vgg", _app("VGG16", 32)),
     _case("user_sequential", "user_sequential", _sequential, ci=True, tags=("separable",)),
     _case("user_subclassed", "user_subclassed", _subclassed, ci=True, tags=("subclassed", "se")),
 ]
@@ -140,6 +157,8 @@ if __name__ == "__main__":  # a quick look at the zoo: parameters and output spr
         t0 = time.perf_counter()
         model, x = build(case.name)
         y = np.asarray(model(x, training=False))
-        print(f"{case.name:20s} {model.count_params():>11,d} params  out {y.shape}  "
-              f"finite {bool(np.isfinite(y).all())}  std {float(y.std()):.3f}  "
-              f"{time.perf_counter() - t0:.1f}s  ci={case.ci}")
+        print(
+            f"{case.name:20s} {model.count_params():>11,d} params  out {y.shape}  "
+            f"finite {bool(np.isfinite(y).all())}  std {float(y.std()):.3f}  "
+            f"{time.perf_counter() - t0:.1f}s  ci={case.ci}"
+        )

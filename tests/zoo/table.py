@@ -30,7 +30,9 @@ every target and precision, and verified in the target's own runtime. `ok` means
 precision's bounds (fp32: max relative error 1e-4; fp16: 1e-2; int8: top-1 agreement of at least 97% on
 the samples whose top-2 margin is meaningful, or a bounded error against the outputs' input-to-input
 spread when none is; see `exporters/verify.py`). `mismatch`: the artifact was written and kept, but its
-outputs are not finite or out of bounds. `failed` / `refused`: no artifact; the reason names the op or
+outputs are not finite or out of bounds; an int8 mismatch says where the int8 error originates (the first layer
+whose own int8 noise is large, from ONNX Runtime's per-tensor comparison of the float and Q/DQ graphs) or that
+it builds up over many layers. `failed` / `refused`: no artifact; the reason names the op or
 layer. `not run` (or a case missing from a table) was not part of the run that wrote this file.
 Regenerate with `make zoo`.
 """

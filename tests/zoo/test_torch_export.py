@@ -1,8 +1,9 @@
 """Every torch zoo model exported to every target: it verifies within its precision's bounds, or the cell
 is a known limit whose message names the op or layer and what to do.
 
-CI runs :data:`CI_CELLS` (fp32 and int8 of a few small cases); ``make zoo`` (``FITSLIM_ZOO=full``) runs
-every case at fp32, fp16 and int8 and records one support-table cell per target and precision.
+CI runs one small case per family (``ci=True``) at fp32 and int8 (:func:`test_torch_family_fp32_and_int8`,
+:data:`CI_EXTRA` adds targets on a few); ``make zoo`` (``FITSLIM_ZOO=full``) runs every case at fp32, fp16 and
+int8 and records one support-table cell per target and precision.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.zoo import check_report, full_zoo
+from tests.zoo import check_report, full_zoo, select
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -29,14 +30,21 @@ TARGETS = ("onnx", "ncnn", "tflite", "tensorrt")
 QUANT_TARGETS = TARGETS
 PRECISIONS = ("fp32", "fp16", "int8")
 
-#: the cells CI runs (case, precision) -> targets; one case per kind of graph, inside the CI time budget
-CI_CELLS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("user_se", "fp32"): ("onnx", "ncnn", "tensorrt"),
-    ("user_se", "int8"): ("ncnn", "tflite", "tensorrt"),
-    ("user_attention", "fp32"): ("onnx", "ncnn"),
-    ("hf_bert", "fp32"): TARGETS,
-    ("hf_bert", "int8"): ("tensorrt",),
+#: CI (``make test``): each family's small case (``ci=True``) at fp32 and int8. fp32 exports the shared ONNX
+#: (the hub every ONNX-based target starts from) plus the targets listed here; int8 calibrates from that ONNX
+#: file to the TensorRT Q/DQ ONNX plus the listed targets (tflite converts the torch model itself). One case per
+#: kind of graph adds ncnn / TFLite, inside the CI time budget.
+CI_EXTRA: dict[tuple[str, str], tuple[str, ...]] = {
+    ("user_se", "fp32"): ("ncnn", "tensorrt"),
+    ("user_se", "int8"): ("ncnn", "tflite"),
+    ("user_attention", "fp32"): ("ncnn",),
+    ("hf_bert", "fp32"): ("ncnn", "tflite", "tensorrt"),
 }
+
+#: int8 cells of the CI subset that are known mismatches: random-weight depthwise / attention stacks lose their
+#: small logit differences to int8 rounding; the reason must still say where the int8 error comes from
+_WHERE = r"int8 error (first becomes large at '[^']+' \(\w+|builds up over \d+ layers)"
+CI_MISMATCH = ("hf_mobilenet_v1", "hf_mobilenet_v2", "hf_efficientnet", "hf_mobilevit")
 
 #: known limits: (case, target, precision) -> (status, pattern the reason must match). Every other cell must
 #: be ``ok``. A ``failed`` reason names the op or layer and what to do.
@@ -50,6 +58,7 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str]] = {
         (text, "tflite", "int8"): ("failed", r"tflite: this torch model takes 2 inputs \(int64, int64\); int8 TFLite")
         for text in ("hf_bert", "hf_distilbert")
     },
+    **{(case, "tensorrt", "int8"): ("mismatch", _WHERE) for case in CI_MISMATCH},
 }
 
 #: verification inputs: int8 calibrates on one draw and verifies on another
@@ -63,11 +72,20 @@ def _cells() -> list[Any]:
             for c in CASES
             for p in PRECISIONS
         ]
-    return [pytest.param(c, p, t, id=f"{c}-{p}") for (c, p), t in CI_CELLS.items()]
+    return []
 
 
 def _first(x: Any) -> Any:
     return tuple(a[:1] for a in x) if isinstance(x, tuple) else x[:1]
+
+
+def _check(report: Any, name: str, precision: str, n: int, directory: Path, record: Callable[..., None]) -> None:
+    problems = check_report(report, "torch", name, precision, EXPECTED, record, directory)
+    assert not problems, "\n".join(problems)
+    # the rows that are ok really ran: finite outputs compared on every sample
+    for row in report:
+        if row.ok:
+            assert row.samples == n and row.max_abs_error is not None and np.isfinite(row.max_abs_error), row
 
 
 @pytest.mark.parametrize(("name", "precision", "targets"), _cells())
@@ -88,9 +106,31 @@ def test_torch_zoo_export(
         precision=precision,
         directory=tmp_path,
     )
-    problems = check_report(report, "torch", name, precision, EXPECTED, zoo_record, tmp_path)
-    assert not problems, "\n".join(problems)
-    # the rows that are ok really ran: finite outputs compared on every sample
-    for row in report:
-        if row.ok:
-            assert row.samples == n and row.max_abs_error is not None and np.isfinite(row.max_abs_error), row
+    _check(report, name, precision, n, tmp_path, zoo_record)
+
+
+@pytest.mark.skipif(full_zoo(), reason="make zoo runs every case, target and precision (test_torch_zoo_export)")
+@pytest.mark.parametrize("name", [c.name for c in select(CASES)])
+def test_torch_family_fp32_and_int8(name: str, tmp_path: Path, zoo_record: Callable[..., None]) -> None:
+    case = CASES[name]
+    model = case.build()
+    samples = case.inputs(SAMPLES["fp32"], 2)
+    fp32 = export(
+        model, ["onnx", *CI_EXTRA.get((name, "fp32"), ())], example_input=_first(samples), samples=samples,
+        directory=tmp_path / "fp32",
+    )  # fmt: skip
+    _check(fp32, name, "fp32", SAMPLES["fp32"], tmp_path / "fp32", zoo_record)
+    n = SAMPLES["int8"]
+    samples, calibration = case.inputs(n, 2), case.inputs(n, 1)
+    int8_args: dict[str, Any] = {"calibration": calibration, "samples": samples, "precision": "int8"}
+    # the int8 targets that start from ONNX take the exported file: no second conversion; its outputs are the
+    # reference, equal to the model's within the fp32 bound checked just above
+    onnx_file = str(tmp_path / "fp32" / "model.onnx")
+    extra = CI_EXTRA.get((name, "int8"), ())
+    from_onnx = ["tensorrt", *(t for t in extra if t != "tflite")]
+    report = export(onnx_file, from_onnx, example_input=_first(samples), directory=tmp_path / "int8", **int8_args)
+    if "tflite" in extra:
+        report.results += export(
+            model, ["tflite"], example_input=_first(samples), directory=tmp_path / "int8", **int8_args
+        ).results
+    _check(report, name, "int8", n, tmp_path / "int8", zoo_record)
