@@ -237,3 +237,27 @@ def test_a_graph_that_cannot_be_rebuilt_is_refused_before_the_first_step(monkeyp
         model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[Pruning(granularity="channel")])
     for a, w in zip(before, model.weights, strict=True):
         np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(w))
+
+
+#: the families of the accuracy check (benchmarks/zoo_keras.py gives the whole table): 8 epochs on the digits
+ACCURACY_CASES = ("mobilenet", "mobilenet_v3_small", "user_sequential")
+
+
+@pytest.mark.parametrize("name", ACCURACY_CASES)
+def test_compressed_keras_zoo_model_stays_within_two_points_of_dense(
+    name: str, zoo_record: Callable[..., None]
+) -> None:
+    """Unstructured 50%, channel 50% and QAT int8 each within 2 points of dense at equal epochs (one seed)."""
+    if not full_zoo():
+        pytest.skip("four 8-epoch fits per family: runs under FITSLIM_ZOO=full (make zoo)")
+    from benchmarks.zoo_keras import TOLERANCE, VARIANTS, run_case
+
+    row = run_case(name, epochs=8)
+    lost = []
+    for variant in VARIANTS[1:]:
+        delta = row[variant] - row["dense"]
+        zoo_record("keras", name, f"accuracy {variant}", "ok" if delta >= -TOLERANCE else "mismatch",
+                   f"{row[variant]:.1f}% vs dense {row['dense']:.1f}% ({delta:+.1f} pt)")  # fmt: skip
+        if delta < -TOLERANCE:
+            lost.append(f"{variant}: {row[variant]:.1f}% vs dense {row['dense']:.1f}%")
+    assert not lost, lost
