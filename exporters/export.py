@@ -39,6 +39,8 @@ TARGETS = EXPORT_TARGETS
 
 #: targets converted from the shared ONNX (TFLite converts the Keras / torch model itself)
 _NEEDS_ONNX = ("onnx", "ncnn", "tensorrt")
+#: ``export(..., ncnn_depthwise=...)``: the ncnn layer types each choice keeps in fp32 in an int8 model
+NCNN_DEPTHWISE: dict[str, tuple[str, ...]] = {"int8": (), "float": ("ConvolutionDepthWise",)}
 
 #: target → (module, function, the extra that provides its runtime)
 _TARGET_IMPL: dict[str, tuple[str, str, str]] = {
@@ -243,6 +245,7 @@ def export(
     samples: npt.ArrayLike | None = None,
     reference_fn: Callable[[npt.NDArray[np.float32]], npt.ArrayLike] | None = None,
     tflite_int8: Callable[[Any, QuantSpec, npt.NDArray[np.float32]], bytes] | None = None,
+    ncnn_depthwise: str = "int8",
 ) -> ExportReport:
     """Export ``model`` to each target, verify every artifact in its runtime, and return the report.
 
@@ -268,6 +271,9 @@ def export(
             itself); the QAT callbacks pass their fake-quant model here.
         tflite_int8: a caller-supplied int8 TFLite conversion ``(model, spec, representative) -> bytes``
             used for Keras models with a learned spec (the Keras QAT callback provides it).
+        ncnn_depthwise: ``"int8"`` (default: every weighted layer of the ncnn int8 model is int8, what ARM
+            devices run fastest) or ``"float"`` (depthwise and grouped convolutions stay fp32 inside the int8 model: on x86,
+            ncnn's int8 depthwise kernel is slower than its fp32 one). Only the ncnn int8 artifact changes.
 
     A Keras model quantized by ``keras_callbacks.QuantizationAware`` (it runs its fake-quant after ``fit``) is
     exported as its float model with its learned QuantSpec (int8), compared against its fake-quant outputs.
@@ -275,6 +281,11 @@ def export(
     Raises:
         ValueError: unknown target, precision or model type; int8 without calibration or QuantSpec.
     """
+    if ncnn_depthwise not in NCNN_DEPTHWISE:
+        raise ValueError(
+            f"ncnn_depthwise: unknown {ncnn_depthwise!r}; choose one of {list(NCNN_DEPTHWISE)} ('float' keeps "
+            "depthwise convolutions fp32 in the ncnn int8 model, faster on x86)."
+        )
     int8 = None if isinstance(model, str | os.PathLike) else getattr(model, "_fitslim_int8", None)
     view: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if int8 is not None:
@@ -287,7 +298,7 @@ def export(
     with view:
         return _export(
             model, targets, example_input, calibration, precision, quant_spec, directory, verify, threads,
-            progress, samples, reference_fn, tflite_int8,
+            progress, samples, reference_fn, tflite_int8, NCNN_DEPTHWISE[ncnn_depthwise],
         )  # fmt: skip
 
 
@@ -305,6 +316,7 @@ def _export(
     samples: npt.ArrayLike | None,
     reference_fn: Callable[[npt.NDArray[np.float32]], npt.ArrayLike] | None,
     tflite_int8: Callable[[Any, QuantSpec, npt.NDArray[np.float32]], bytes] | None,
+    ncnn_keep_float: tuple[str, ...] = (),
 ) -> ExportReport:
     chosen = _check_args(targets, precision)
     say = progress or (lambda msg: log.info("%s", msg))
@@ -328,6 +340,7 @@ def _export(
             reference_fn=reference_fn,
             tflite_int8=tflite_int8,
         )
+        job.ncnn_keep_float = ncnn_keep_float
         report = ExportReport(source=job.source.description, directory=str(out_dir))
         for target in chosen:
             say(f"exporting {target} ({precision})")

@@ -49,6 +49,8 @@ class ExportJob:
             -> bytes``): the Keras QAT callback passes one that keeps its learned ranges.
         onnx_error: why the shared ONNX could not be built (``onnx_path`` then does not exist); the
             targets that start from it fail with this reason, TFLite still runs.
+        ncnn_keep_float: ncnn layer types the ncnn int8 model keeps in fp32 (``("ConvolutionDepthWise",)``
+            for ``export(..., ncnn_depthwise="float")``).
     """
 
     source: Source
@@ -67,6 +69,7 @@ class ExportJob:
     notes: list[str] = field(default_factory=list)
     tflite_int8: Callable[[Any, QuantSpec, npt.NDArray[np.float32]], bytes] | None = None
     onnx_error: str | None = None
+    ncnn_keep_float: tuple[str, ...] = ()
 
     def samples_nchw(self) -> npt.NDArray[np.float32]:
         """Verification inputs in NCHW (the ONNX / ncnn layout)."""

@@ -509,7 +509,7 @@ def _export(job: ExportJob, scratch: Path) -> TargetResult:
         fp32_size = param.stat().st_size + binary.stat().st_size
         src_param, src_bin = param, binary
         param, binary = scratch / "model.int8.ncnn.param", scratch / "model.int8.ncnn.bin"
-        summary = write_int8(src_param, src_bin, param, binary, job.quant)
+        summary = write_int8(src_param, src_bin, param, binary, job.quant, keep_float=job.ncnn_keep_float)
         result.scales = job.quant.describe()
         result.notes.append(summary.describe())
         result.notes.extend(summary.notes)

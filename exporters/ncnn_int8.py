@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -703,6 +704,7 @@ def write_int8(
     bin_out: str | os.PathLike[str],
     table: QuantTable,
     fuse: bool = True,
+    keep_float: Sequence[str] = (),
 ) -> Int8Summary:
     """Write an int8 ncnn model from an fp32 one and a QuantTable.
 
@@ -719,11 +721,17 @@ def write_int8(
         table: the int8 scales of the same model's ONNX graph.
         fuse: fuse requantize where an int8 Convolution/ConvolutionDepthWise feeds only int8 layers
             (``8=102``/``101`` plus a top-blob scale).
+        keep_float: ncnn layer types written in fp32 inside the int8 model (e.g. ``("ConvolutionDepthWise",)``:
+            on x86 ncnn's int8 depthwise kernel is slower than its fp32 one); their table entries are matched by
+            weight as usual, so a wrong table still fails, and they are listed as kept float.
 
     Raises:
         ValueError: a weighted layer type the writer does not quantize, an ncnn weighted layer with no table
             entry, a table entry with no ncnn layer, or a malformed/already-int8 input, each named.
     """
+    bad = [t for t in keep_float if t not in QUANTIZED_TYPES]
+    if bad:
+        raise ValueError(f"keep_float: {bad} are not int8 layer types; choose from {list(QUANTIZED_TYPES)}.")
     net = NcnnParam.parse(Path(param_in).read_text(encoding="utf-8"), str(param_in))
     data = Path(bin_in).read_bytes()
     walked = _walk(net, data, str(bin_in))
@@ -732,7 +740,10 @@ def write_int8(
     quantized: dict[int, _Quantized] = {}
     attention: dict[int, bytes] = {}
     for i, ld in enumerate(walked):
-        if ld.layer.type == "MultiHeadAttention":
+        if ld.layer.type in keep_float and "weight" in ld.chunks:
+            _quantize_layer(ld, table, used, [])  # matched and checked like an int8 layer, then left as it is
+            summary.kept_float.append(f"{ld.layer.name} ({ld.layer.type})")
+        elif ld.layer.type == "MultiHeadAttention":
             attention[i], nodes = _mha_bytes(ld, table, used, summary.notes)
             summary.layers[ld.layer.name] = ", ".join(nodes)
         elif ld.layer.type in QUANTIZED_TYPES and "weight" in ld.chunks:

@@ -266,6 +266,40 @@ def test_handmade_fused_equals_unfused_and_tracks_fp32(handmade: Handmade, tmp_p
     assert np.abs(fused[0] - fused[1]).max() > 0.05 * np.abs(fused).max()  # not a constant output
 
 
+def test_keep_float_leaves_depthwise_layers_fp32_and_still_tracks_fp32(handmade: Handmade, tmp_path: Path) -> None:
+    """``keep_float=("ConvolutionDepthWise",)`` (``export(..., ncnn_depthwise="float")``): mixed int8/fp32 model."""
+    param, binary = tmp_path / "m.param", tmp_path / "m.bin"
+    summary = write_int8(
+        handmade.param, handmade.bin, param, binary, handmade.table, keep_float=("ConvolutionDepthWise",)
+    )
+    assert set(summary.layers) == {"conv0", "conv1", "fc"}
+    assert summary.kept_float == ["bn0 (BatchNorm)", "dw (ConvolutionDepthWise)", "gconv (ConvolutionDepthWise)"]
+    assert summary.fused == []  # conv1 feeds a float layer, gconv is float: nothing to fuse
+    fp32 = {ld.layer.name: ld for ld in read_model(handmade.param, handmade.bin)}
+    mixed = {ld.layer.name: ld for ld in read_model(param, binary)}
+    for name in ("dw", "gconv"):  # byte for byte the fp32 layer, no int8 term
+        assert mixed[name].layer.get_int(8) == 0
+        assert [c.data for c in mixed[name].chunks.values()] == [c.data for c in fp32[name].chunks.values()]
+    assert mixed["conv1"].layer.get_int(8) == 2 and mixed["conv1"].chunks["weight"].tag == TAG_INT8
+    out = _run_ncnn(param, binary, "int8", handmade.x)
+    ref = _run_ncnn(handmade.param, handmade.bin, "fp32", handmade.x)
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 0.05
+    assert np.mean(out.argmax(1) == ref.argmax(1)) >= 0.9
+
+
+def test_keep_float_of_an_unknown_type_is_named(handmade: Handmade, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"keep_float: \['Pooling'\] are not int8 layer types"):
+        write_int8(
+            handmade.param,
+            handmade.bin,
+            tmp_path / "x.param",
+            tmp_path / "x.bin",
+            handmade.table,
+            keep_float=["Pooling"],
+        )
+    assert not (tmp_path / "x.param").exists() and not (tmp_path / "x.bin").exists()
+
+
 def test_table_node_missing_from_graph_is_named(handmade: Handmade, tmp_path: Path) -> None:
     ghost_w = np.random.default_rng(5).normal(size=(4, 3, 3, 3)).astype(np.float32)
     ghost = QuantizedNode(
@@ -665,3 +699,32 @@ def test_attention_becomes_int8_multiheadattention(tmp_path: Path) -> None:
         assert np.all(np.abs(stored * step - w) <= step / 2 + 1e-6), proj
         np.testing.assert_array_equal(mha.chunks[f"{proj}_bias"].values(), linear.bias.detach().numpy())
     assert any("MultiHeadAttention int8" in n for n in row.notes)
+
+
+def test_export_ncnn_depthwise_float_writes_a_verified_mixed_model(tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    from exporters import export
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(),
+        nn.Conv2d(16, 8, 1), nn.Flatten(), nn.Linear(8 * 8 * 8, 10),
+    ).eval()  # fmt: skip
+    x = np.random.default_rng(0).uniform(-1, 1, size=(64, 3, 8, 8)).astype(np.float32)
+    report = export(
+        model, ["ncnn"], example_input=x[:1], calibration=x, precision="int8", directory=tmp_path / "out",
+        ncnn_depthwise="float",
+    )  # fmt: skip
+    row = report["ncnn"]
+    assert row.ok, row.reason
+    assert any("kept float" in n and "ConvolutionDepthWise" in n for n in row.notes)
+    layers = {
+        ld.layer.type: ld.layer
+        for ld in read_model(tmp_path / "out" / "model.int8.ncnn.param", tmp_path / "out" / "model.int8.ncnn.bin")
+    }
+    assert layers["ConvolutionDepthWise"].get_int(8) == 0
+    assert layers["Convolution"].get_int(8) in (2, 102)
+    with pytest.raises(ValueError, match="ncnn_depthwise: unknown 'fp16'; choose one of"):
+        export(model, ["ncnn"], example_input=x[:1], calibration=x, precision="int8", ncnn_depthwise="fp16")
