@@ -272,8 +272,9 @@ def export(
         tflite_int8: a caller-supplied int8 TFLite conversion ``(model, spec, representative) -> bytes``
             used for Keras models with a learned spec (the Keras QAT callback provides it).
         ncnn_depthwise: ``"int8"`` (default: every weighted layer of the ncnn int8 model is int8, what ARM
-            devices run fastest) or ``"float"`` (depthwise and grouped convolutions stay fp32 inside the int8 model: on x86,
-            ncnn's int8 depthwise kernel is slower than its fp32 one). Only the ncnn int8 artifact changes.
+            devices run fastest) or ``"float"`` (depthwise and grouped convolutions stay fp32 inside the int8
+            model: on x86, ncnn's int8 depthwise kernel is slower than its fp32 one). Only the ncnn int8
+            artifact changes.
 
     A Keras model quantized by ``keras_callbacks.QuantizationAware`` (it runs its fake-quant after ``fit``) is
     exported as its float model with its learned QuantSpec (int8), compared against its fake-quant outputs.

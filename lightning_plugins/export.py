@@ -85,6 +85,8 @@ class Export(pl.Callback):  # type: ignore[name-defined]
         verify: run each artifact in its runtime and compare with the module.
         threads: runtime threads for verification and latency.
         input_fn: ``batch -> input`` when batches are not ``(x, y)`` tuples or dicts with ``x``/``input``/``image``.
+        ncnn_depthwise: ``"int8"`` (default) or ``"float"``: depthwise convolutions stay fp32 in the ncnn int8
+            model, which is faster on x86 (ncnn's int8 depthwise kernel is slower than its fp32 one there).
 
     Raises:
         ValueError: unknown target or precision, or a ``quant_spec`` path that holds no QuantSpec.
@@ -102,6 +104,7 @@ class Export(pl.Callback):  # type: ignore[name-defined]
         verify: bool = True,
         threads: int = 2,
         input_fn: Callable[[Any], Any] | None = None,
+        ncnn_depthwise: str = "int8",
     ) -> None:
         super().__init__()
         self.settings = ExportSettings(
@@ -115,6 +118,7 @@ class Export(pl.Callback):  # type: ignore[name-defined]
             verify,
             threads,
             input_fn,
+            ncnn_depthwise,
         )
         self.report: ExportReport | None = None
 

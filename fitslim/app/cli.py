@@ -124,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--quant-spec", default=None, help="a quant_spec.json learned by QAT")
     exp.add_argument("--output", default="exports", help="output folder (default: %(default)s)")
     exp.add_argument("--threads", type=int, default=2)
+    exp.add_argument(
+        "--ncnn-depthwise",
+        choices=["int8", "float"],
+        default="int8",
+        help="float: depthwise convolutions stay fp32 in the ncnn int8 model, faster on x86 (default: %(default)s)",
+    )
     exp.add_argument("--no-verify", action="store_true", help="skip running each artifact in its runtime")
     exp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     rep = sub.add_parser("report", help="print the report of an earlier export")
@@ -562,6 +568,7 @@ def _export(args: argparse.Namespace) -> int:
             verify=not args.no_verify,
             threads=args.threads,
             progress=progress,
+            ncnn_depthwise=args.ncnn_depthwise,
         )
     except BaseException:
         if not existed:

@@ -728,3 +728,15 @@ def test_export_ncnn_depthwise_float_writes_a_verified_mixed_model(tmp_path: Pat
     assert layers["Convolution"].get_int(8) in (2, 102)
     with pytest.raises(ValueError, match="ncnn_depthwise: unknown 'fp16'; choose one of"):
         export(model, ["ncnn"], example_input=x[:1], calibration=x, precision="int8", ncnn_depthwise="fp16")
+
+
+def test_ncnn_depthwise_reaches_the_callbacks_and_the_cli() -> None:
+    from exporters.settings import ExportSettings
+    from fitslim.app.cli import _parser
+    from lightning_plugins import Export
+
+    assert Export(targets=["ncnn"], ncnn_depthwise="float").settings.ncnn_depthwise == "float"
+    with pytest.raises(ValueError, match=r"Export\(ncnn_depthwise=...\): unknown 'half'"):
+        ExportSettings(ncnn_depthwise="half")
+    args = _parser().parse_args(["export", "model.onnx", "--to", "ncnn", "--ncnn-depthwise", "float"])
+    assert args.ncnn_depthwise == "float"
