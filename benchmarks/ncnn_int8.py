@@ -2,7 +2,8 @@
 
 Builds ``torch_model("mobilenet_v2", width_multiplier=1.0, num_classes=1000, input_size=160)`` with random
 BatchNorm statistics (so folding is exercised), calibrates int8 scales on random uniform inputs, converts
-with pnnx, writes two int8 models with :func:`exporters.ncnn_int8.write_int8` (requantize fused and not),
+with pnnx, writes three int8 models with :func:`exporters.ncnn_int8.write_int8` (requantize fused and not,
+and fused with depthwise convolutions kept fp32: ``ncnn_depthwise="float"``),
 and times single 1x3x160x160 extractions in ncnn (warm-up, then rounds that time every variant once;
 medians). Prints one table.
 
@@ -107,8 +108,12 @@ def main(argv: list[str] | None = None) -> str:
         fp32_param, fp32_bin = run_pnnx(job.onnx_path, job.input_shape, work / "pnnx", fp16=False)
         variants: dict[str, tuple[Path, Path, str]] = {"fp32": (fp32_param, fp32_bin, "fp32")}
         fusions = {}
-        for label, fuse in (("int8 (no fusion)", False), ("int8 + requantize fusion", True)):
-            stem = work / ("int8_fused" if fuse else "int8_plain")
+        for label, fuse, keep in (
+            ("int8 (no fusion)", False, ()),
+            ("int8 + requantize fusion", True, ()),
+            ("int8, depthwise fp32", True, ("ConvolutionDepthWise",)),  # export(..., ncnn_depthwise="float")
+        ):
+            stem = work / label.replace(" ", "_").replace(",", "").replace("+", "").replace("(", "").replace(")", "")
             summary = write_int8(
                 fp32_param,
                 fp32_bin,
@@ -116,6 +121,7 @@ def main(argv: list[str] | None = None) -> str:
                 stem.with_suffix(".bin"),
                 job.quant,
                 fuse=fuse,
+                keep_float=keep,
             )
             variants[label] = (stem.with_suffix(".param"), stem.with_suffix(".bin"), "int8")
             fusions[label] = summary.describe()
