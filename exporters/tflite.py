@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.checks import converter_error, failing_op
+from exporters.checks import converter_error
 from exporters.job import ExportJob
 from exporters.report import TargetResult
 from exporters.verify import compare, fill_agreement, median_latency_ms
@@ -336,7 +336,7 @@ def export_tflite(job: ExportJob) -> TargetResult:
     except ImportError:
         raise
     except Exception as err:
-        if str(err).startswith(("target tflite", "tflite:")) and not failing_op(err):
+        if str(err).startswith(("target tflite", "tflite:")):
             raise  # our own refusals already say what to do
         instead = (
             "try precision='fp32' or 'fp16' for tflite, or the onnx/tensorrt targets at int8"
