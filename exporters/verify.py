@@ -278,9 +278,10 @@ def locate_int8_error(float_onnx: Any, qdq_onnx: Any, inputs: Any, samples: int 
     Both models run on the same inputs with every intermediate tensor saved
     (``onnxruntime.quantization.qdq_loss_debug``); each tensor of the float graph is compared with its
     namesake in the Q/DQ graph (SQNR in dB), and each Q/DQ pair's output with its input. The first node
-    whose own contribution (its output's noise less its inputs') has an SQNR under
-    :data:`LARGE_INT8_ERROR_DB` is where the error originates; when there is none, the error builds up over
-    many layers and the text says so.
+    that reads an activation its int8 grid cannot carry (Q/DQ SQNR under :data:`LARGE_INT8_ERROR_DB`), or whose
+    own contribution (its output's noise less its inputs') is under that bound and at least doubles the noise
+    it receives, is where the error originates; when there is none, the error builds up over many layers and
+    the text says so.
 
     Args:
         float_onnx: the float ONNX (path); graph node outputs keep their names in ``qdq_onnx``.
@@ -318,11 +319,15 @@ def locate_int8_error(float_onnx: Any, qdq_onnx: Any, inputs: Any, samples: int 
     # and the Conv's output takes the ReLU's name); and the int8 grid's own loss on each quantized activation
     seen: dict[str, Any] = {}
     grid: dict[str, float] = {}
+    made_by = {o: nd.op_type for nd in model.graph.node for o in nd.output}
     for dq in qmodel.graph.node:
         q = producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
         if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in got and dq.output[0] in got:
-            seen[q.input[0]] = got[dq.output[0]]
-            grid[q.input[0]] = min(grid.get(q.input[0], math.inf), _sqnr_db(got[q.input[0]], got[dq.output[0]]))
+            t = q.input[0]
+            seen[t] = got[dq.output[0]]
+            # a ReLU / Clip folded into the QuantizeLinear's range is no loss of the grid
+            if t in made_by and t in producer and producer[t].op_type == made_by[t]:
+                grid[t] = min(grid.get(t, math.inf), _sqnr_db(got[t], got[dq.output[0]]))
     sqnr: dict[str, float] = {}
     pending: dict[str, tuple[list[Any], float]] = {}  # tensors not compared: the nodes behind them, their inputs' dB
     first = None
@@ -358,9 +363,14 @@ def locate_int8_error(float_onnx: Any, qdq_onnx: Any, inputs: Any, samples: int 
         named = next((m for m in members if layer_name(model, m) != (m.name or m.output[0])), node)
         if worst is None or own < worst[0]:
             worst = (own, named, out_db, in_db)
-        if first is None and own < LARGE_INT8_ERROR_DB and out_db < LARGE_INT8_ERROR_DB:
+        inputs = [i for m in members for i in m.input]
+        # the origin: an input the int8 grid itself cannot carry, or a node that at least doubles the noise it
+        # receives (3 dB) and leaves it large; a small step on an already noisy signal is accumulation
+        lossy_input = any(grid.get(i, math.inf) < LARGE_INT8_ERROR_DB for i in inputs)
+        own_large = own < LARGE_INT8_ERROR_DB and out_db < LARGE_INT8_ERROR_DB and out_db <= in_db - 3.0
+        if first is None and (lossy_input or own_large):
             first = (own, named, out_db, in_db)
-            first_inputs = [i for m in members for i in m.input]
+            first_inputs = inputs
     if worst is None or not sqnr:
         return ""
     last = model.graph.output[0].name
