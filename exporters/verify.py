@@ -332,6 +332,7 @@ def locate_int8_error(float_onnx: Any, qdq_onnx: Any, inputs: Any, samples: int 
     pending: dict[str, tuple[list[Any], float]] = {}  # tensors not compared: the nodes behind them, their inputs' dB
     first = None
     first_inputs: list[str] = []
+    first_outputs: list[str] = []
     worst: tuple[float, Any, float, float] | None = None
     layers = 0
     for node in model.graph.node:
@@ -366,11 +367,12 @@ def locate_int8_error(float_onnx: Any, qdq_onnx: Any, inputs: Any, samples: int 
         inputs = [i for m in members for i in m.input]
         # the origin: an input the int8 grid itself cannot carry, or a node that at least doubles the noise it
         # receives (3 dB) and leaves it large; a small step on an already noisy signal is accumulation
-        lossy_input = any(grid.get(i, math.inf) < LARGE_INT8_ERROR_DB for i in inputs)
+        lossy_grid = any(grid.get(t, math.inf) < LARGE_INT8_ERROR_DB for t in [*inputs, *node.output])
         own_large = own < LARGE_INT8_ERROR_DB and out_db < LARGE_INT8_ERROR_DB and out_db <= in_db - 3.0
-        if first is None and (lossy_input or own_large):
+        if first is None and (lossy_grid or own_large):
             first = (own, named, out_db, in_db)
             first_inputs = inputs
+            first_outputs = list(node.output)
     if worst is None or not sqnr:
         return ""
     last = model.graph.output[0].name
@@ -382,14 +384,18 @@ def locate_int8_error(float_onnx: Any, qdq_onnx: Any, inputs: Any, samples: int 
 
     if first is not None:
         _own, node, out_db, in_db = first
-        lossy = [(grid[i], i) for i in first_inputs if i in grid and grid[i] < LARGE_INT8_ERROR_DB]
         text = f"int8 error first becomes large at {where(node, out_db, in_db)}"
-        if lossy:
-            db, tensor = min(lossy)
-            text += (
-                f"; its input {tensor!r} loses the signal on its int8 grid (SQNR {db:.0f} dB: a range too wide for "
-                "256 levels)"
-            )
+        for role, tensors in (("input", first_inputs), ("output", first_outputs)):
+            lossy = [(grid[t], t) for t in tensors if grid.get(t, math.inf) < LARGE_INT8_ERROR_DB]
+            if lossy:
+                db, tensor = min(lossy)
+                readers = [layer_name(model, n) for n in model.graph.node if tensor in n.input]
+                read = f", read by {', '.join(repr(r) for r in readers[:3])}" if role == "output" and readers else ""
+                text += (
+                    f"; its {role} {tensor!r} loses the signal on its int8 grid (SQNR {db:.0f} dB: a range too wide "
+                    f"for 256 levels{read})"
+                )
+                break
         return text + ": train with QuantizationAware (learned ranges) or export this model at fp16"
     _own, node, out_db, in_db = worst
     return (

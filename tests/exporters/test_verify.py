@@ -341,3 +341,32 @@ def test_a_gradual_int8_error_is_not_pinned_on_one_layer(tmp_path: Path) -> None
     onnx.save(to_qdq(shared, calibrate(shared, x)), str(tmp_path / "qdq.onnx"))
     text = locate_int8_error(shared, tmp_path / "qdq.onnx", x)
     assert text.startswith("int8 error builds up over"), text
+
+
+def test_an_activation_its_int8_grid_cannot_carry_is_named(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    import dataclasses
+
+    import onnx
+
+    from exporters.onnx_export import to_onnx
+    from exporters.qdq import to_qdq
+    from exporters.quant import calibrate
+    from exporters.source import Source
+    from exporters.verify import locate_int8_error
+
+    model = _wide_range_net()
+    with __import__("torch").no_grad():
+        model.conv2.bias[0] = 0.0
+    x = np.random.default_rng(1).standard_normal((16, 3, 12, 10)).astype(np.float32)
+    shared, _ = to_onnx(Source.from_model(model), tmp_path / "shared.onnx", x[:1])
+    table = calibrate(shared, x)
+    # a scale 500x too coarse for conv3's input (as a bad calibration set or a wrong learned range would give)
+    i = next(k for k, q in enumerate(table.nodes) if q.node.weight_name.startswith("conv3"))
+    table.nodes[i] = dataclasses.replace(table.nodes[i], input_scale=table.nodes[i].input_scale * 500)
+    onnx.save(to_qdq(shared, table), str(tmp_path / "qdq.onnx"))
+    text = locate_int8_error(shared, tmp_path / "qdq.onnx", x)
+    # the tensor conv3 reads is where the signal goes: named with the layer that reads it
+    assert text.startswith("int8 error first becomes large at "), text
+    assert "loses the signal on its int8 grid" in text and "read by 'conv3'" in text, text
