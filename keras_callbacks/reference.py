@@ -17,28 +17,27 @@ import numpy as np
 
 from fitslim.models import keras_model
 
-__all__ = ["ADAM_EPSILON", "build_digits_classifier", "evaluate_accuracy"]
+__all__ = ["TORCH_ADAM_EPSILON", "build_digits_classifier", "evaluate_accuracy"]
 
-#: Adam's epsilon: ``torch.optim.Adam``'s default, as the Lightning reference module trains (Keras' own is 1e-7)
-ADAM_EPSILON = 1e-8
+#: ``torch.optim.Adam``'s default epsilon, the Lightning reference module's (Keras' Adam defaults to 1e-7)
+TORCH_ADAM_EPSILON = 1e-8
 
 
-def build_digits_classifier(width: float = 1.0, size: int = 8, lr: float = 1e-2) -> Any:
+def build_digits_classifier(width: float = 1.0, size: int = 8, lr: float = 1e-2, epsilon: float = 1e-7) -> Any:
     """The reference digits CNN (NHWC), compiled with Adam and sparse cross-entropy on logits.
-
-    The optimizer is the Lightning twin's (:class:`lightning_plugins.reference.DigitsClassifier`):
-    ``torch.optim.Adam`` with its defaults (the same betas; ``epsilon=1e-8``, not Keras' 1e-7).
 
     Args:
         width: channel width multiplier (teacher 2-4, student 0.5).
         size: input image side.
         lr: Adam learning rate.
+        epsilon: Adam's epsilon; Keras' default 1e-7, or :data:`TORCH_ADAM_EPSILON` to train exactly like the
+            Lightning twin (:class:`lightning_plugins.reference.DigitsClassifier`, ``torch.optim.Adam`` defaults).
     """
     import keras
 
     model = keras_model("digits_cnn", width=width, input_size=size)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr, epsilon=ADAM_EPSILON),
+        optimizer=keras.optimizers.Adam(learning_rate=lr, epsilon=epsilon),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )

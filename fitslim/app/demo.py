@@ -313,7 +313,7 @@ def _keras(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) -> F
     from exporters.verify import nhwc_to_nchw
     from fitslim.data import digits
     from keras_callbacks import from_recipe
-    from keras_callbacks.reference import build_digits_classifier, evaluate_accuracy
+    from keras_callbacks.reference import TORCH_ADAM_EPSILON, build_digits_classifier, evaluate_accuracy
 
     t0 = time.perf_counter()
     folder = out / "keras"
@@ -324,7 +324,10 @@ def _keras(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) -> F
 
     # 1. the dense fp32 model (and teacher), cached
     path, meta_path = folder / "teacher.keras", folder / "teacher.json"
-    meta = {"epochs": teacher_epochs, "seed": seed, "model": "digits_cnn", "width": 1.0, "size": SIZE}
+    meta = {
+        "epochs": teacher_epochs, "seed": seed, "model": "digits_cnn", "width": 1.0, "size": SIZE,
+        "adam_epsilon": TORCH_ADAM_EPSILON,
+    }  # fmt: skip
     cached = path.is_file() and _settings_match(meta_path, meta)
     if cached:
         print(f"[keras] dense model: reusing {path}", flush=True)
@@ -332,7 +335,9 @@ def _keras(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) -> F
     else:
         print(f"[keras] training the dense digits CNN (fp32) for {teacher_epochs} epochs", flush=True)
         keras.utils.set_random_seed(seed)
-        dense_model = build_digits_classifier(width=1.0, size=SIZE)
+        # the Lightning half's optimizer exactly (torch.optim.Adam: epsilon 1e-8, Keras' default is 1e-7), so both
+        # halves train the dense model and fine-tune it alike
+        dense_model = build_digits_classifier(width=1.0, size=SIZE, epsilon=TORCH_ADAM_EPSILON)
         dense_model.fit(
             d.x_train,
             d.y_train,
@@ -359,7 +364,7 @@ def _keras(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) -> F
     # 2. the compressed model: fine-tune a copy with the recipe's callbacks
     print(f"[keras] fine-tuning with pruning + QAT + distillation for {finetune_epochs} epochs", flush=True)
     keras.utils.set_random_seed(seed)
-    student = build_digits_classifier(width=1.0, size=SIZE, lr=3e-3)
+    student = build_digits_classifier(width=1.0, size=SIZE, lr=3e-3, epsilon=TORCH_ADAM_EPSILON)
     student.set_weights(dense_model.get_weights())
     callbacks = from_recipe(_recipe_for("keras", out), teacher=dense_model)
     recorder = _keras_recorder()
