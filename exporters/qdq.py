@@ -264,7 +264,7 @@ def _weight_axis(node: Any, ndim: int) -> int:
 
 def _activation_absmax(model: Any, names: Sequence[str], data: Any, batch: int = 32) -> dict[str, float]:
     """Largest ``|value|`` of each named tensor of the fp32 graph over ``data`` (onnxruntime)."""
-    values = activation_values(model, list(names), data, batch)
+    values = activation_values(model, list(names), data, batch, only_max=True)
     return {n: max((float(v.max()) for v in values[n] if v.size), default=0.0) for n in names}
 
 

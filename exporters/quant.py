@@ -231,10 +231,15 @@ def table_from_spec(
     return QuantTable(out, spec, "qat")
 
 
-def activation_values(model: Any, names: list[str], data: Any, batch: int = 32) -> dict[str, list[Any]]:
+def activation_values(
+    model: Any, names: list[str], data: Any, batch: int = 32, only_max: bool = False
+) -> dict[str, list[Any]]:
     """``|value|`` of each named tensor of an ONNX graph over ``data`` (onnxruntime), flattened per batch.
 
-    ``data`` is one array, or a tuple with one array per graph input (token ids, masks).
+    ``data`` is one array, or a tuple with one array per graph input (token ids, masks). With ``only_max``
+    each list holds one array with the running largest ``|value|`` instead, so memory does not grow with
+    the data (what absmax scales need; a 100M-parameter model's activations over a few hundred inputs do
+    not fit in memory).
     """
     import onnx
     import onnxruntime as ort
@@ -256,8 +261,14 @@ def activation_values(model: Any, names: list[str], data: Any, batch: int = 32) 
     for i in range(0, input_count(data), batch):
         outs = sess.run(out_names, ort_feed(sess, take(data, i, i + batch)))
         for name, value in zip(out_names, outs, strict=True):
-            if name in seen:
-                seen[name].append(np.abs(np.asarray(value, dtype=np.float32)).ravel())
+            if name not in seen:
+                continue
+            a = np.abs(np.asarray(value, dtype=np.float32)).ravel()
+            if only_max:
+                top = np.float32(a.max()) if a.size else np.float32(0.0)
+                seen[name] = [np.maximum(seen[name][0], top) if seen[name] else np.asarray([top], np.float32)]
+            else:
+                seen[name].append(a)
     return seen
 
 
@@ -291,7 +302,7 @@ def calibrate(
     nodes = weighted_nodes(model)
     if not nodes:
         raise ValueError("the ONNX graph has no Conv/Gemm/MatMul with constant weights: nothing to quantize.")
-    ranges = activation_values(model, sorted({n.input_name for n in nodes}), x, batch)
+    ranges = activation_values(model, sorted({n.input_name for n in nodes}), x, batch, only_max=method == "absmax")
     layers: list[LayerQuant] = []
     out: list[QuantizedNode] = []
     for n in nodes:

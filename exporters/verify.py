@@ -234,6 +234,9 @@ LARGE_INT8_ERROR_DB = 15.0
 
 #: at most this many samples are run through the float and Q/DQ models to locate an int8 error
 LOCATE_SAMPLES = 16
+#: and fewer when every intermediate tensor of both graphs for that many samples would exceed this many bytes
+#: (a ViT-Base-sized model holds about 0.25 GB of activations per 224x224 sample)
+LOCATE_MEMORY_BYTES = 1 << 30
 
 
 def _sqnr_db(reference: Any, other: Any) -> float:
@@ -287,7 +290,8 @@ def locate_int8_error(float_onnx: Any, qdq_onnx: Any, inputs: Any, samples: int 
         float_onnx: the float ONNX (path); graph node outputs keep their names in ``qdq_onnx``.
         qdq_onnx: the same graph with QuantizeLinear/DequantizeLinear (path).
         inputs: one array or a tuple of arrays (one per graph input), batch first.
-        samples: at most this many samples are run.
+        samples: at most this many samples are run (fewer when their activations would exceed
+            :data:`LOCATE_MEMORY_BYTES`).
 
     Returns:
         A sentence for a report (empty when nothing was measured).
@@ -310,7 +314,12 @@ def locate_int8_error(float_onnx: Any, qdq_onnx: Any, inputs: Any, samples: int 
         for i in range(n)
     ]
     with tempfile.TemporaryDirectory(prefix="fitslim-int8-locate-") as tmp:
-        ref = _activations(str(float_onnx), feeds, tmp)
+        ref = _activations(str(float_onnx), feeds[:1], tmp)
+        # the Q/DQ graph holds each tensor about twice (before and after its Q/DQ pair): 3x the float's bytes
+        per_sample = 3 * sum(int(v.nbytes) for v in ref.values())
+        feeds = feeds[: max(1, min(len(feeds), LOCATE_MEMORY_BYTES // max(1, per_sample)))]
+        if len(feeds) > 1:
+            ref = _activations(str(float_onnx), feeds, tmp)
         got = _activations(str(qdq_onnx), feeds, tmp)
     qmodel = onnx.load(str(qdq_onnx))
     producer = {o: nd for nd in qmodel.graph.node for o in nd.output}

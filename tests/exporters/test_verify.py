@@ -370,3 +370,64 @@ def test_an_activation_its_int8_grid_cannot_carry_is_named(tmp_path: Path) -> No
     # the tensor conv3 reads is where the signal goes: named with the layer that reads it
     assert text.startswith("int8 error first becomes large at "), text
     assert "loses the signal on its int8 grid" in text and "read by 'conv3'" in text, text
+
+
+def test_locating_an_int8_error_runs_fewer_samples_when_their_activations_exceed_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    import exporters.verify as verify
+    from exporters.onnx_export import to_onnx
+    from exporters.qdq import to_qdq
+    from exporters.quant import calibrate
+    from exporters.source import Source
+
+    model = _wide_range_net()
+    x = np.random.default_rng(1).standard_normal((16, 3, 12, 10)).astype(np.float32)
+    shared, _ = to_onnx(Source.from_model(model), tmp_path / "shared.onnx", x[:1])
+    onnx.save(to_qdq(shared, calibrate(shared, x)), str(tmp_path / "qdq.onnx"))
+    runs: list[tuple[str, int]] = []
+    real = verify._activations
+
+    def counted(path: str, feeds: list[Any], tmp: str) -> dict[str, Any]:
+        runs.append((Path(path).name, len(feeds)))
+        return real(path, feeds, tmp)
+
+    monkeypatch.setattr(verify, "_activations", counted)
+    full = verify.locate_int8_error(shared, tmp_path / "qdq.onnx", x)
+    assert runs[-1] == ("qdq.onnx", 16) and "conv3" in full
+    per_sample = sum(int(v.nbytes) for v in real(str(shared), [{"input": x[:1]}], str(tmp_path)).values())
+    monkeypatch.setattr(verify, "LOCATE_MEMORY_BYTES", 3 * per_sample * 4)  # room for 4 samples
+    runs.clear()
+    bounded = verify.locate_int8_error(shared, tmp_path / "qdq.onnx", x)
+    assert runs == [("shared.onnx", 1), ("shared.onnx", 4), ("qdq.onnx", 4)]
+    assert "conv3" in bounded, bounded
+
+
+def test_absmax_calibration_keeps_only_the_running_maximum() -> None:
+    pytest.importorskip("torch")
+    import onnx
+
+    from exporters.onnx_export import to_onnx
+    from exporters.quant import activation_values, calibrate
+    from exporters.source import Source
+
+    model = _wide_range_net()
+    x = np.random.default_rng(2).standard_normal((70, 3, 12, 10)).astype(np.float32)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shared, _ = to_onnx(Source.from_model(model), Path(tmp) / "shared.onnx", x[:1])
+        graph = onnx.load(str(shared))
+    table = calibrate(graph, x)
+    names = sorted({q.node.input_name for q in table.nodes})
+    every = activation_values(graph, names, x, batch=16)
+    top = activation_values(graph, names, x, batch=16, only_max=True)
+    for name in names:
+        assert len(every[name]) == 5 and len(top[name]) == 1 and top[name][0].shape == (1,)
+        assert top[name][0][0] == max(float(v.max()) for v in every[name])
+    for q in table.nodes:  # absmax scales from the running maximum
+        assert q.input_scale == pytest.approx(float(top[q.node.input_name][0][0]) / 127, rel=1e-6)
