@@ -109,7 +109,9 @@ def check_report(
     """Record every row of an export report as a table cell; return the rows that break expectations.
 
     A row with no entry in ``expected`` must be ok; one with an entry must have that status and a reason
-    matching its pattern. A mismatch must keep its artifact, named in the report.
+    matching its pattern, or be ok where a ``mismatch`` was expected (random-weight int8 cells near the bound
+    may pass on another machine; passing is never a defect). A mismatch must keep its artifact, named in the
+    report.
     """
     problems = []
     for row in report:
@@ -120,6 +122,8 @@ def check_report(
                 problems.append(f"{row.target} {precision}: {row.status}: {row.reason}")
             continue
         status, pattern = want
+        if status == "mismatch" and row.ok:
+            continue
         if row.status != status or not re.search(pattern, row.reason):
             problems.append(f"{row.target} {precision}: expected {status} /{pattern}/, got {row.status}: {row.reason}")
         if row.status == "mismatch" and not (row.files and all((directory / f).is_file() for f in row.files)):

@@ -59,6 +59,22 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str]] = {
         for text in ("hf_bert", "hf_distilbert")
     },
     **{(case, "tensorrt", "int8"): ("mismatch", _WHERE) for case in CI_MISMATCH},
+    # measured by the full matrix (make zoo): random-weight depthwise / attention stacks at int8 on every
+    # quantizing target, each reason saying where the int8 error comes from (ncnn's own RegNet issue says how
+    # the same files agree), and fp16 MobileNets a little over the 1e-2 bound
+    **{(case, t, "int8"): ("mismatch", _WHERE) for case in CI_MISMATCH for t in ("onnx", "ncnn", "tflite", "tensorrt")},
+    ("hf_regnet", "ncnn", "int8"): ("mismatch", r"use_packing_layout = False the same files agree"),
+    **{(case, t, "int8"): ("mismatch", _WHERE) for case in ("hf_vit",) for t in ("onnx", "tflite")},
+    **{
+        (case, t, "fp16"): ("mismatch", r"max relative error .* exceeds the fp16 bound")
+        for case in ("hf_mobilenet_v1", "hf_mobilenet_v2")
+        for t in ("ncnn", "tflite")
+    },
+    # Swin's 6-D window partition and strided patch merging: ncnn has no such reshape / slice
+    **{
+        ("hf_swin", "ncnn", p): ("failed", r"Tensor\.reshape.*HINT: Tensor\.reshape: a reshape ncnn cannot hold")
+        for p in PRECISIONS
+    },
 }
 
 #: verification inputs: int8 calibrates on one draw and verifies on another
