@@ -8,7 +8,8 @@ Run: ``python -m benchmarks.peers [--quick] [--size 224] [--output f.md]``.
 - TFLite: the TFLite converter's full-integer post-training quantization (``representative_dataset``,
   ``TFLITE_BUILTINS_INT8``) of a Keras MobileNetV2 vs fitslim's TFLite int8 of the same Keras model, and
   fitslim's TFLite int8 of the torch MobileNetV2 (litert-torch PT2E path);
-- ncnn: fitslim's ncnn int8 vs ncnn fp32.
+- ncnn: fitslim's ncnn int8 vs ncnn fp32, and the int8 model with depthwise convolutions kept fp32
+  (``ncnn_depthwise="float"``, for x86 CPUs).
 
 Agreement = top-1 agreement and max relative error against the float source model on held-out inputs.
 Latency = one image, ``--threads`` threads, median (min-max) of interleaved rounds, every artifact in one run.
@@ -154,6 +155,10 @@ def run(args: argparse.Namespace) -> str:
         model, ["onnx", "ncnn", "tflite"], example_input=calib[:1], calibration=calib, precision="int8",
         directory=work / "int8",
     )  # fmt: skip
+    int8_dw = export(
+        model, ["ncnn"], example_input=calib[:1], calibration=calib, precision="int8", directory=work / "int8_dw",
+        ncnn_depthwise="float",
+    )  # fmt: skip
     from exporters import runtimes
 
     fp32_onnx = work / "fp32" / "model.onnx"
@@ -164,6 +169,7 @@ def run(args: argparse.Namespace) -> str:
         ("ONNX Runtime", "fitslim onnx int8", int8, "onnx"),
         ("ncnn", "ncnn fp32", fp32, "ncnn"),
         ("ncnn", "fitslim ncnn int8", int8, "ncnn"),
+        ("ncnn", "fitslim ncnn int8, depthwise fp32 (ncnn_depthwise='float')", int8_dw, "ncnn"),
         ("LiteRT", "fitslim TFLite int8 from torch", int8, "tflite"),
     ):
         row = report[target]
