@@ -67,9 +67,9 @@ def _cell(c: dict[str, Any]) -> str:
     return text.replace("|", "\\|")
 
 
-def render(cells: list[dict[str, Any]]) -> str:
-    """The Markdown document: one table per framework, then its totals."""
-    out = [HEADER]
+def render(cells: list[dict[str, Any]], note: str = "") -> str:
+    """The Markdown document: one table per framework, then its totals (``note``: a paragraph about the run)."""
+    out = [HEADER] + ([note.strip() + "\n"] if note.strip() else [])
     for framework in sorted({c["framework"] for c in cells}):
         mine = [c for c in cells if c["framework"] == framework]
         cases = list(dict.fromkeys(c["case"] for c in mine))
@@ -93,12 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cells", nargs="?", help="cells.jsonl (default: $FITSLIM_ZOO_RESULTS/cells.jsonl)")
     parser.add_argument("--output", default="docs/zoo-support.md", help="the Markdown file to write")
+    parser.add_argument("--note", default="", help="a paragraph about the run, printed under the header")
     args = parser.parse_args(argv)
     source = args.cells or os.path.join(os.environ.get("FITSLIM_ZOO_RESULTS", "zoo-results"), "cells.jsonl")
     if not Path(source).is_file():
         print(f"no zoo cells at {source}; run the zoo tests with FITSLIM_ZOO_RESULTS set first", file=sys.stderr)
         return 2
-    text = render(load(source))
+    text = render(load(source), args.note)
     target = Path(args.output)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.partial")
