@@ -102,9 +102,7 @@ def tflite_converter_ptq(model: Any, calib_nhwc: np.ndarray, path: Path) -> Path
     """The TFLite converter's full-integer PTQ (float input/output, int8 kernels), as its guide writes it."""
     import tensorflow as tf
 
-    spec = tf.TensorSpec((1, *calib_nhwc.shape[1:]), tf.float32)
-    fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], model)
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)  # the guide's entry point, as for Keras 3 models
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = lambda: ([calib_nhwc[i : i + 1]] for i in range(len(calib_nhwc)))
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
