@@ -236,8 +236,14 @@ def test_same_artifacts(runs: tuple[Run, Run]) -> None:
     files = {name: sorted(p.name for p in run.export_dir.iterdir()) for name, run in (("L", lightning), ("K", keras))}
     assert files["L"] == files["K"]
     assert files["L"] == sorted(
-        ["model.int8.onnx", "model.int8.ncnn.param", "model.int8.ncnn.bin", "quant_spec.json", "report.json",
-         "report.md"]  # fmt: skip
+        [
+            "model.int8.onnx",
+            "model.int8.ncnn.param",
+            "model.int8.ncnn.bin",
+            "quant_spec.json",
+            "report.json",
+            "report.md",
+        ]  # fmt: skip
     )
     for run in runs:
         assert run.report is not None and run.report.ok, str(run.report)
@@ -246,3 +252,20 @@ def test_same_artifacts(runs: tuple[Run, Run]) -> None:
             "ncnn": ["model.int8.ncnn.bin", "model.int8.ncnn.param"],
         }
         assert {r.target: r.precision for r in run.report} == {"onnx": "int8", "ncnn": "int8"}
+
+
+@pytest.mark.parametrize("side", ["lightning_plugins", "keras_callbacks"])
+def test_attention_reaches_the_pruning_callback_on_both_sides(side: str) -> None:
+    import importlib
+
+    from fitslim.recipe import RecipeError
+
+    if side == "keras_callbacks":
+        pytest.importorskip("keras")
+    module = importlib.import_module(side)
+    (cb,) = module.from_recipe({"pruning": {"granularity": "channel", "attention": "mlp"}})
+    assert isinstance(cb, module.Pruning) and cb.attention == "mlp"
+    (cb,) = module.from_recipe({"pruning": {"granularity": "channel"}})
+    assert cb.attention == "heads"
+    with pytest.raises(RecipeError, match=r"^pruning.attention: 'all' is not one of \['heads', 'mlp'\]"):
+        module.from_recipe({"pruning": {"attention": "all"}})

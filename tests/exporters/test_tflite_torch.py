@@ -129,24 +129,23 @@ def export_int8(model: nn.Module, tmp_path: Path, size: int = 32) -> Any:
 
 
 @pytest.mark.slow
-def test_tf_padding_and_residual_convert_to_int8_kernels(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("make", "size", "kernels", "note"),
+    [
+        (lambda: InvertedResiduals(), 33, 8, "zero-width pad"),  # TF-style padding and residual adds
+        (lambda: SamePadding(), None, 4, "3 conv(s) with string padding"),  # padding='same' convs
+    ],
+    ids=["tf_padding_and_residual", "same_padding"],
+)
+def test_padding_patterns_convert_to_int8_kernels(
+    tmp_path: Path, make: Any, size: int | None, kernels: int, note: str
+) -> None:
     torch.manual_seed(0)
-    row = export_int8(InvertedResiduals(), tmp_path, size=33)
+    row = export_int8(make(), tmp_path, **({"size": size} if size else {}))
     assert row.status != "failed", row.reason
     ks = kernel_dtypes(tmp_path / row.files[0])
-    assert len(ks) == 8 and all(k[1:] == ("int8", "int8") for k in ks), ks
-    assert any("zero-width pad" in n for n in row.notes), row.notes
-    assert row.ok, row.reason
-
-
-@pytest.mark.slow
-def test_same_padding_convs_become_int8_kernels(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    row = export_int8(SamePadding(), tmp_path)
-    assert row.status != "failed", row.reason
-    ks = kernel_dtypes(tmp_path / row.files[0])
-    assert len(ks) == 4 and all(k[1:] == ("int8", "int8") for k in ks), ks
-    assert any("3 conv(s) with string padding" in n for n in row.notes), row.notes
+    assert len(ks) == kernels and all(k[1:] == ("int8", "int8") for k in ks), ks
+    assert any(note in n for n in row.notes), row.notes
     assert row.ok, row.reason
 
 

@@ -33,12 +33,3 @@ def test_recipe_keys_are_the_arguments_on_both_sides() -> None:
         assert [k[p].default for p in shared] == [t[p].default for p in shared], name
     with pytest.raises(RecipeError, match=r"^distillation.teacher"):
         from_recipe({"distillation": {}})
-
-
-def test_attention_reaches_the_keras_pruning_callback() -> None:
-    (cb,) = from_recipe({"pruning": {"granularity": "channel", "attention": "mlp"}})
-    assert isinstance(cb, Pruning) and cb.attention == "mlp"
-    (cb,) = from_recipe({"pruning": {"granularity": "channel"}})
-    assert cb.attention == "heads"
-    with pytest.raises(RecipeError, match=r"^pruning.attention: 'all' is not one of \['heads', 'mlp'\]"):
-        from_recipe({"pruning": {"attention": "all"}})

@@ -49,12 +49,3 @@ def test_errors_name_the_key_path() -> None:
         from_recipe({"pruning": {"schedule": {"end": 1.5}}})
     with pytest.raises(RecipeError, match=r"^distillation.teacher: the recipe distils but names no teacher"):
         from_recipe({"distillation": {"alpha": 0.5}})
-
-
-def test_attention_reaches_the_lightning_pruning_callback() -> None:
-    (cb,) = from_recipe({"pruning": {"granularity": "channel", "attention": "mlp"}})
-    assert isinstance(cb, Pruning) and cb.attention == "mlp"
-    (cb,) = from_recipe({"pruning": {"granularity": "channel"}})
-    assert cb.attention == "heads"
-    with pytest.raises(RecipeError, match=r"^pruning.attention: 'all' is not one of \['heads', 'mlp'\]"):
-        from_recipe({"pruning": {"attention": "all"}})
