@@ -236,7 +236,7 @@ LARGE_INT8_ERROR_DB = 15.0
 LOCATE_SAMPLES = 16
 #: and fewer when every intermediate tensor of both graphs for that many samples would exceed this many bytes
 #: (a ViT-Base-sized model holds about 0.25 GB of activations per 224x224 sample)
-LOCATE_MEMORY_BYTES = 1 << 30
+LOCATE_MEMORY_BYTES = 4 << 30
 
 
 def _sqnr_db(reference: Any, other: Any) -> float:
@@ -291,7 +291,7 @@ def locate_int8_error(float_onnx: Any, qdq_onnx: Any, inputs: Any, samples: int 
         qdq_onnx: the same graph with QuantizeLinear/DequantizeLinear (path).
         inputs: one array or a tuple of arrays (one per graph input), batch first.
         samples: at most this many samples are run (fewer when their activations would exceed
-            :data:`LOCATE_MEMORY_BYTES`).
+            :data:`LOCATE_MEMORY_BYTES`, 4 GB).
 
     Returns:
         A sentence for a report (empty when nothing was measured).
