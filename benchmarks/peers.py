@@ -67,6 +67,8 @@ def _tflite_runner(path: Path, threads: int) -> Any:
         outs = []
         for i in range(len(x)):
             xi = x[i : i + 1]
+            if xi.ndim == 4 and xi.shape[1:] != tuple(inp["shape"][1:]):
+                xi = np.ascontiguousarray(xi.transpose(0, 2, 3, 1))  # NCHW inputs, an NHWC (Keras) model
             if inp["dtype"] != np.float32:
                 s, z = inp["quantization"]
                 xi = np.clip(np.round(xi / s + z), -128, 127).astype(inp["dtype"])
