@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "Refusal",
     "check_onnx_file",
     "converter_error",
     "converter_summary",
@@ -140,7 +141,7 @@ def legacy_trace_check(
             a = np.asarray(first_s.run(None, feed)[0], dtype=np.float64)
             b = np.asarray(second_s.run(None, feed)[0], dtype=np.float64)
             if a.shape != b.shape or np.max(np.abs(a - b), initial=0.0) > 1e-4 * max(1.0, float(np.max(np.abs(a)))):
-                raise RuntimeError(
+                raise Refusal(
                     f"{warning}, and two traces (on the example input and on a second input) compute different "
                     "outputs: the model branches on its input data, so any trace is wrong for some inputs. "
                     "Make the branch traceable (torch.where, or torch.cond) so torch.export can export it."
@@ -240,6 +241,11 @@ def converter_summary(err: BaseException) -> str:
     if m:
         return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()[:200]}"
     return _why(err)
+
+
+class Refusal(RuntimeError):
+    """fitslim's own refusal of a model it cannot export correctly; the message already says what to do, so
+    converter-error wrapping passes it through unchanged."""
 
 
 def converter_error(err: BaseException, what: str, converter: str, instead: str) -> RuntimeError:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.checks import converter_error, failing_op, legacy_trace_check
+from exporters.checks import Refusal, converter_error, failing_op, legacy_trace_check
 from exporters.job import ExportJob
 from exporters.report import TargetResult
 from exporters.runtimes import ort_feed, ort_run, take
@@ -589,7 +589,11 @@ def to_onnx(source: Source, path: str | Path, example_input: npt.ArrayLike) -> t
                 shutil.copyfile(source.model, raw)
             model = onnx.load(str(raw))
         except Exception as err:
-            if source.framework == "onnx" or (isinstance(err, ValueError) and not failing_op(err)):
+            if (
+                source.framework == "onnx"
+                or isinstance(err, Refusal)
+                or (isinstance(err, ValueError) and not failing_op(err))
+            ):
                 raise  # our own refusals already say what to do
             raise converter_error(err, "ONNX export", _converter_name(source), _INSTEAD) from err
         finally:
