@@ -48,6 +48,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import emit
+
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -533,9 +536,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     report = run(args)
-    print(report)
-    if args.output:
-        Path(args.output).write_text(report, encoding="utf-8")
+    emit(report, args.output)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import emit
 from exporters import ExportReport, export
 from fitslim.data import digits
 from fitslim.models import copy_torch_to_keras, keras_model, torch_model
@@ -163,9 +164,7 @@ def main() -> None:
     parser.add_argument("--output", default=None, help="also write the Markdown table here")
     args = parser.parse_args()
     table = run(args.quick)
-    print(table)
-    if args.output:
-        Path(args.output).write_text(table, encoding="utf-8")
+    emit(table, args.output)
 
 
 if __name__ == "__main__":

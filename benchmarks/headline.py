@@ -57,6 +57,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import emit
+
 log = logging.getLogger("benchmarks.headline")
 
 PRUNED_FP32 = "onnxruntime, after in fp32"
@@ -555,10 +557,7 @@ def main(argv: list[str] | None = None) -> str:
         args.rounds = 3 if args.quick else 20
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     text = run(args)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    return text
+    return emit(text, args.output)
 
 
 if __name__ == "__main__":

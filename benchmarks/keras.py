@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import emit
+
 ROOT = Path(__file__).resolve().parent.parent
 # run as a script, this file's folder comes first on sys.path and "import keras" would import this file
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -505,9 +507,7 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     report = run(args.quick, args.parts, args.rounds)
-    print(report)
-    if args.output is not None:
-        args.output.write_text(report + "\n")
+    emit(report, args.output)
 
 
 if __name__ == "__main__":

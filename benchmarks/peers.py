@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import emit
 from benchmarks.headline import time_interleaved
 from benchmarks.speed224 import build, images
 
@@ -273,10 +274,7 @@ def main(argv: list[str] | None = None) -> str:
     for noisy in ("torch", "onnxruntime", "exporters", "tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     text = run(args)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    return text
+    return emit(text, args.output)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from torch import nn
 
+from benchmarks import emit
 from lightning_plugins._compat import pl
 from lightning_plugins.pruning import Pruning
 from lightning_plugins.reference import DigitsClassifier, DigitsDataModule, evaluate_accuracy
@@ -515,9 +516,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     report = run(args.quick, args.threads, set(args.parts.split(",")))
-    print(report)
-    if args.output:
-        Path(args.output).write_text(report, encoding="utf-8")
+    emit(report, args.output)
 
 
 if __name__ == "__main__":

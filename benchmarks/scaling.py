@@ -28,6 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import emit
+
 log = logging.getLogger("benchmarks.scaling")
 
 MODELS = ("mobilenet_v2", "resnet50", "vit_100m")
@@ -177,10 +179,7 @@ def main(argv: list[str] | None = None) -> str:
             rec["error"] = error
         records.append(rec)
     text = render(records, args.size)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    return text
+    return emit(text, args.output)
 
 
 if __name__ == "__main__":

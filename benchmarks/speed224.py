@@ -43,6 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import emit
 from benchmarks.headline import time_interleaved  # one interleaved timer for every benchmark
 
 log = logging.getLogger("benchmarks.speed224")
@@ -442,10 +443,7 @@ def main(argv: list[str] | None = None) -> str:
         return ""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     text = run(args)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    return text
+    return emit(text, args.output)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ import numpy as np
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)  # run as a script: benchmarks/keras.py must not shadow the keras package
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import emit
+
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras
@@ -173,10 +176,7 @@ def main(argv: list[str] | None = None) -> str:
         "dense. QAT: the fake-quant int8 model after fit, QuantSpec coverage of the weighted layers.\n\n"
         f"{table(rows)}\n\nTotal {time.perf_counter() - t0:.0f} s.\n"
     )
-    if args.output is not None:
-        args.output.write_text(text, encoding="utf-8")
-    print(text)
-    return text
+    return emit(text, args.output)
 
 
 if __name__ == "__main__":

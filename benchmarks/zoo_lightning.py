@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from benchmarks import emit
 from fitslim.data import digits
 from lightning_plugins import Pruning, QuantizationAware
 from lightning_plugins._compat import pl
@@ -201,10 +202,7 @@ def main(argv: list[str] | None = None) -> str:
                       f"{r.seconds:.0f} s", flush=True)  # fmt: skip
                 results.append(r)
     text = _table(results, args)
-    if args.output is not None:
-        args.output.write_text(text, encoding="utf-8")
-    print(text)
-    return text
+    return emit(text, args.output)
 
 
 if __name__ == "__main__":
