@@ -547,7 +547,8 @@ def _verify(job: ExportJob, result: TargetResult, param: Path, binary: Path) -> 
             top1 = "" if again.decisive_top1 is None else f", top-1 {again.decisive_top1 * 100:.0f}%"
             result.reason += (
                 f"; with net.opt.use_packing_layout = False the same files agree (spread error "
-                f"{again.spread_error:.2f}{top1}): set it where the model is deployed"
+                f"{again.spread_error:.2f}{top1}): set it where the model is deployed, or export with "
+                "ncnn_depthwise='float' (grouped and depthwise convolutions stay fp32)"
             )
     one = x[0]
     result.latency_ms = median_latency_ms(lambda: model(one))
