@@ -32,13 +32,13 @@ typecheck: install
 test: lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The whole model zoo (every case, target and precision; long): failing cells are expected and recorded,
-# the support table in docs/zoo-support.md is the output.
+# The whole model zoo (every case, target, precision and callback; long): failing cells are expected and
+# recorded, the support table in docs/zoo-support.md is the output. One pytest process per case keeps the
+# memory of one architecture at a time (tests/zoo/run.py); ZOO_ARGS narrows it, e.g. ZOO_ARGS="--only keras".
 ZOO_RESULTS ?= zoo-results
+ZOO_ARGS ?=
 zoo: install
-	rm -f $(ZOO_RESULTS)/cells.jsonl
-	-FITSLIM_ZOO=full FITSLIM_ZOO_RESULTS=$(ZOO_RESULTS) $(PY) -m pytest -m zoo tests/zoo $(PYTEST_ARGS)
-	$(PY) -m tests.zoo.table $(ZOO_RESULTS)/cells.jsonl --output docs/zoo-support.md
+	$(PY) -m tests.zoo.run --results $(ZOO_RESULTS) --output docs/zoo-support.md $(ZOO_ARGS)
 
 # Each README quickstart in a fresh venv holding one framework's extras (CI's second step; a few minutes).
 one-framework: install

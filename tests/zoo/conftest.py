@@ -1,7 +1,8 @@
 """Zoo fixtures: ``zoo_record`` writes one support-table cell per (framework, case, column).
 
-Cells go to ``$FITSLIM_ZOO_RESULTS/cells.jsonl`` when that variable is set (``make zoo`` sets it and then
-renders the table with ``python -m tests.zoo.table``); otherwise recording is a no-op.
+Cells go to ``$FITSLIM_ZOO_RESULTS/cells.jsonl`` when that variable is set (``make zoo``, i.e.
+``python -m tests.zoo.run``, sets it and then renders the table with ``python -m tests.zoo.table``);
+otherwise recording is a no-op.
 """
 
 from __future__ import annotations

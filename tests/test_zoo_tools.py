@@ -1,0 +1,66 @@
+"""The zoo's own tooling: the support table renderer and the per-case runner behind ``make zoo``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.zoo import run, table
+
+
+def _write(path: Path, cells: list[dict[str, str]]) -> Path:
+    path.write_text("".join(json.dumps(c) + "\n" for c in cells), encoding="utf-8")
+    return path
+
+
+def test_table_keeps_the_last_cell_orders_columns_and_counts_totals(tmp_path: Path) -> None:
+    cells = [
+        {"framework": "keras", "case": "a", "column": "tflite int8", "status": "failed", "detail": "op 'X' | y"},
+        {"framework": "keras", "case": "a", "column": "onnx fp32", "status": "mismatch", "detail": "old"},
+        {"framework": "keras", "case": "a", "column": "onnx fp32", "status": "ok", "detail": "rel err 1e-06"},
+        {"framework": "keras", "case": "b", "column": "ncnn fp32", "status": "ok", "detail": ""},
+    ]
+    out = tmp_path / "t.md"
+    assert table.main([str(_write(tmp_path / "c.jsonl", cells)), "--output", str(out), "--note", "run note"]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert "run note" in text
+    assert "| case | onnx fp32 | ncnn fp32 | tflite int8 |" in text  # fp32 before int8, onnx before ncnn
+    assert "| a | ok: rel err 1e-06 | not run | failed: op 'X' \\| y |" in text  # the later cell wins
+    assert "| b | not run | ok | not run |" in text
+    assert "Totals (keras, 3 cells): 2 ok, 1 failed." in text
+
+
+def test_table_without_cells_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert table.main([str(tmp_path / "none.jsonl"), "--output", str(tmp_path / "t.md")]) == 2
+    assert "no zoo cells" in capsys.readouterr().err
+
+
+def test_runner_groups_tests_by_case_and_the_rest_by_file() -> None:
+    ids = [
+        "tests/zoo/test_keras_export.py::test_keras_zoo_export[mobilenet-fp32-targets0]",
+        "tests/zoo/test_keras_export.py::test_keras_zoo_export[mobilenet_v2-int8-targets2]",
+        "tests/zoo/test_keras_callbacks.py::test_keras_zoo_callbacks[mobilenet-distillation]",
+        "tests/zoo/test_keras_callbacks.py::test_a_graph_that_cannot_be_rebuilt_is_refused_before_the_first_step",
+        "tests/zoo/test_keras_callbacks.py::test_compressed_keras_zoo_model_stays_within_two_points_of_dense[x]",
+    ]
+    groups = run.group(ids, {"mobilenet", "mobilenet_v2"})
+    assert groups["mobilenet"] == [ids[0], ids[2]]  # export and callbacks of a case share one process
+    assert groups["mobilenet_v2"] == [ids[1]]
+    assert groups["misc:tests/zoo/test_keras_callbacks.py"] == ids[3:]
+
+
+def test_runner_reads_every_case_name_of_both_zoos() -> None:
+    keras_cases, torch_cases = run._cases("keras"), run._cases("torch")
+    assert {"mobilenet", "resnet50", "nasnet_mobile", "user_subclassed"} <= keras_cases
+    assert {"hf_vit", "hf_bert", "user_unet"} <= torch_cases
+
+
+def test_runner_reports_exit_code_time_and_memory_of_a_process(tmp_path: Path) -> None:
+    test = tmp_path / "test_one.py"
+    test.write_text("def test_one():\n    assert True\n", encoding="utf-8")
+    result = run.run_group([str(test)], run._env(tmp_path), timeout=120, log=tmp_path / "log")
+    assert result["rc"] == 0 and not result["timed_out"]
+    assert 0 < float(str(result["wall_s"])) < 120 and float(str(result["peak_rss_gb"])) > 0
+    assert "1 passed" in (tmp_path / "log").read_text(encoding="utf-8")
