@@ -254,6 +254,10 @@ def activation_values(
             m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
+    # not ORT_ENABLE_ALL: its NCHWc layout pass fuses a Conv into the Add that reads it and then cannot find
+    # the Conv's output when that output is also a graph output (NASNet's separable-conv + Add cells:
+    # "Failed to find node output or a constant initializer producing output: Conv__2241:0")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     out_names = [o.name for o in sess.get_outputs()]
     seen: dict[str, list[Any]] = {n: [] for n in names}

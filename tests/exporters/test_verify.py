@@ -431,3 +431,47 @@ def test_absmax_calibration_keeps_only_the_running_maximum() -> None:
         assert top[name][0][0] == max(float(v.max()) for v in every[name])
     for q in table.nodes:  # absmax scales from the running maximum
         assert q.input_scale == pytest.approx(float(top[q.node.input_name][0][0]) / 127, rel=1e-6)
+
+
+def test_activation_values_reads_a_conv_output_that_onnxruntime_fuses_into_an_add() -> None:
+    """NASNet's cells (depthwise + pointwise convs summed, 22 channels, a symbolic batch): with ORT_ENABLE_ALL the
+    NCHWc pass fuses the first pointwise conv into the Add and then cannot find that conv's output when it is also
+    a graph output ("Failed to find node output ... Conv__2241:0"), so TensorRT int8 calibration of NASNetMobile
+    failed without naming a cause."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exporters.quant import activation_values
+
+    rng = np.random.default_rng(0)
+    c = 22
+    weights = {
+        "d1": rng.normal(size=(c, 1, 5, 5)), "d2": rng.normal(size=(c, 1, 7, 7)),
+        "p1": rng.normal(size=(c, c, 1, 1)), "p2": rng.normal(size=(c, c, 1, 1)),
+        "b1": rng.normal(size=c), "b2": rng.normal(size=c),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x2", "d2"], ["dw2"], group=c, pads=[3] * 4),
+        helper.make_node("Conv", ["dw2", "p2", "b2"], ["c2"]),
+        helper.make_node("Conv", ["x1", "d1"], ["dw1"], group=c, pads=[2] * 4),
+        helper.make_node("Conv", ["dw1", "p1", "b1"], ["c1"]),
+        helper.make_node("Add", ["c1", "c2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cell",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", c, 4, 4]) for n in ("x1", "x2")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = tuple(rng.standard_normal((3, c, 4, 4)).astype(np.float32) for _ in range(2))
+    top = activation_values(model, ["c2"], x, only_max=True)
+    import onnxruntime as ort
+
+    reference = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    reference.graph.output[0].name = "c2"  # the conv's output as the graph's only output, nothing fused
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(reference.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    want = np.abs(sess.run(None, {"x1": x[0], "x2": x[1]})[0]).max()
+    assert top["c2"][0].shape == (1,) and top["c2"][0][0] == pytest.approx(want, rel=1e-5)
