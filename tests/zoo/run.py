@@ -50,13 +50,13 @@ def collect(framework: str, env: dict[str, str]) -> list[str]:
 
 def group(ids: list[str], cases: set[str]) -> dict[str, list[str]]:
     """Test ids by case (the first ``-``-separated part of a parametrized id that names a case); the rest by
-    file (``misc:<file>``)."""
+    file (``misc:<file>``), after the cases."""
     groups: dict[str, list[str]] = defaultdict(list)
     for node in ids:
         match = re.search(r"\[([^\]]*)\]$", node)
         first = match.group(1).split("-")[0] if match else ""
         groups[first if first in cases else f"misc:{node.split('::')[0]}"].append(node)
-    return dict(groups)
+    return dict(sorted(groups.items(), key=lambda kv: kv[0].startswith("misc:")))  # the table's cases first
 
 
 def run_group(ids: list[str], env: dict[str, str], timeout: float, log: Path) -> dict[str, object]:
