@@ -411,6 +411,30 @@ def test_second_fit_replaces_the_fake_quant_instead_of_stacking_it(digits_nhwc: 
     assert np.isfinite(outputs[-1]).all()
 
 
+@pytest.mark.parametrize(("schedule", "warned"), [("constant", True), ("cosine", False)])
+def test_freezing_batchnorm_at_an_undecayed_rate_warns(
+    schedule: str, warned: bool, digits_nhwc: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BatchNorm on moving statistics under a rate still at its start can diverge (a DenseNet fell from 94% to
+    13% in one epoch at a constant Adam 3e-3): the freeze says so, and stays quiet once the rate has decayed."""
+    keras.utils.set_random_seed(0)
+    model = build_digits_classifier(width=0.5)
+    # 4 steps, BatchNorm frozen at step 2: a cosine rate over 3 steps is at 25% of its start by then
+    rate = 1e-3 if schedule == "constant" else keras.optimizers.schedules.CosineDecay(1e-3, 3)
+    model.compile(optimizer=keras.optimizers.Adam(rate), loss=keras.losses.SparseCategoricalCrossentropy(True))
+    qat = QuantizationAware(start=0.0, freeze_observers=0.5, freeze_bn=0.5)
+    with caplog.at_level("WARNING", logger="keras_callbacks.quantization"):
+        model.fit(digits_nhwc.x_train[:256], digits_nhwc.y_train[:256], batch_size=64, epochs=1, verbose=0,
+                  callbacks=[qat])  # fmt: skip
+    assert qat.quant_spec is not None  # the fit ended normally
+    messages = [r.getMessage() for r in caplog.records if "moving statistics from step" in r.getMessage()]
+    if warned:
+        assert len(messages) == 1 and "step 2 (freeze_bn=0.5)" in messages[0] and "100% of its start" in messages[0]
+        assert "CosineDecay" in messages[0] and "freeze_bn=1.0" in messages[0]
+    else:
+        assert messages == []
+
+
 @pytest.mark.slow
 def test_remove_gives_back_the_float_model(digits_nhwc: Any) -> None:
     keras.utils.set_random_seed(0)
