@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -475,3 +476,20 @@ def test_activation_values_reads_a_conv_output_that_onnxruntime_fuses_into_an_ad
     sess = ort.InferenceSession(reference.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     want = np.abs(sess.run(None, {"x1": x[0], "x2": x[1]})[0]).max()
     assert top["c2"][0].shape == (1,) and top["c2"][0][0] == pytest.approx(want, rel=1e-5)
+
+
+def test_sqnr_of_an_exact_copy_is_infinite_and_large_fills_do_not_overflow() -> None:
+    """An all-zero mask equal in the float and Q/DQ graphs read 0 dB through ONNX Runtime's helper (its epsilon
+    floor on both norms), which named it as ViT's int8 error origin; a finfo.min fill overflowed float32."""
+    from exporters.verify import _sqnr_db
+
+    zeros = np.zeros((1, 1, 17, 17), np.float32)
+    assert _sqnr_db(zeros, zeros) == math.inf
+    fill = np.full((4, 4), np.finfo(np.float32).min, np.float32)
+    assert _sqnr_db(fill, fill.copy()) == math.inf
+    x = np.random.default_rng(0).standard_normal(10_000).astype(np.float32)
+    noisy = x + np.float32(0.1) * np.random.default_rng(1).standard_normal(10_000).astype(np.float32)
+    assert _sqnr_db(x, noisy) == pytest.approx(20.0, abs=0.2)  # a tenth of the signal's norm: 20 dB
+    assert _sqnr_db(zeros, zeros + 1) == -math.inf  # noise on a silent tensor: all noise
+    with_inf = np.array([np.inf, 1.0, 2.0], np.float32)
+    assert _sqnr_db(with_inf, with_inf) == math.inf  # non-finite elements are left out, not turned into NaN

@@ -281,6 +281,32 @@ def test_install_remove_pair_leaves_module_unchanged() -> None:
 
 
 @pytest.mark.slow
+class _ConstantRate(DigitsClassifier):
+    """The reference module with Adam at a constant rate (no schedule), as many users train."""
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+@pytest.mark.parametrize(("schedule", "warned"), [("constant", True), ("cosine", False)])
+def test_freezing_batchnorm_at_an_undecayed_rate_warns(
+    schedule: str, warned: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As on Keras: the BatchNorm freeze under a rate still near its start says it can diverge; a decayed rate
+    (the reference module's cosine schedule, at 15% of its start by step 12 of 16) is quiet."""
+    torch.manual_seed(0)
+    module = _ConstantRate(width=0.5) if schedule == "constant" else DigitsClassifier(width=0.5)
+    cb = QuantizationAware(start=0.0, freeze_observers=0.5, freeze_bn=0.75, calibration_steps=1)
+    with caplog.at_level("WARNING", logger="lightning_plugins.quantization"):
+        _trainer(tmp_path, [cb], epochs=4, batches=4).fit(module, Digits())
+    messages = [r.getMessage() for r in caplog.records if "running statistics from step" in r.getMessage()]
+    if warned:
+        assert len(messages) == 1 and "step 12 (freeze_bn=0.75)" in messages[0] and "100% of its start" in messages[0]
+    else:
+        assert messages == []
+    assert cb.quant_spec is not None
+
+
 def test_fit_learns_spec_and_int8_artifacts_agree(tmp_path: Path) -> None:
     from exporters.export import export
 

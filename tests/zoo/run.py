@@ -8,7 +8,8 @@ tests, the accuracy checks) run in one process per file. Each process appends it
 named in the table's note, so its cases read ``not run`` instead of vanishing.
 
 Usage: ``python -m tests.zoo.run [--results zoo-results] [--output docs/zoo-support.md] [--only keras]
-[-k EXPR]`` (``-k`` selects cases whose name contains EXPR).
+[-k EXPR] [--select TEXT] [--keep]`` (``-k``: cases whose name contains EXPR; ``--select``: test ids containing
+TEXT; ``--keep``: add to the cells of an earlier run).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="docs/zoo-support.md", help="the support table to write")
     parser.add_argument("--only", choices=sorted(FILES), help="one framework (default: both)")
     parser.add_argument("-k", dest="pattern", default="", help="only cases whose name contains this")
+    parser.add_argument("--select", default="", help="only test ids containing this (e.g. 'callbacks')")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one case may run")
     parser.add_argument("--keep", action="store_true", help="append to earlier cells instead of starting afresh")
     args = parser.parse_args(argv)
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     runs = []
     for framework in [args.only] if args.only else sorted(FILES):
-        groups = group(collect(framework, env), _cases(framework))
+        ids = [node for node in collect(framework, env) if args.select in node]
+        groups = group(ids, _cases(framework))
         for key, ids in groups.items():
             if args.pattern and args.pattern not in key:
                 continue
