@@ -89,7 +89,8 @@ def cell_detail(row: Any) -> str:
     if row.status == "mismatch" and row.max_abs_error is not None and np.isfinite(row.max_abs_error):
         reason = str(row.reason.splitlines()[0]) if row.reason else ""
         where = reason[reason.index("int8 error") :] if "int8 error" in reason else ""
-        return _figures(row) + (f"; {where}" if where else "")
+        rel = f"rel err {row.max_rel_error:.1e}, " if row.precision != "int8" and row.max_rel_error is not None else ""
+        return rel + _figures(row) + (f"; {where}" if where else "")
     if row.status != "ok":
         return str(row.reason.splitlines()[0]) if row.reason else str(row.status)
     if row.precision == "int8" and row.top1_agreement is not None:
