@@ -50,7 +50,7 @@ from lightning_plugins.quantization import simulate
 __all__ = ["VARIANTS", "Result", "run_variant"]
 
 VARIANTS = ("dense", "unstructured 50%", "channel 50%", "qat int8")
-DEFAULT_FAMILIES = ("hf_convnext", "hf_vit", "hf_regnet")
+DEFAULT_FAMILIES = ("hf_convnext", "hf_vit", "hf_resnet", "hf_regnet")
 
 
 class Classifier(pl.LightningModule):  # type: ignore[name-defined]
