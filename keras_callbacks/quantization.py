@@ -831,7 +831,8 @@ class QuantizationAware(keras.callbacks.Callback):
         for layer in self._layers:
             _install(layer, _patched_call(layer, layer.call, self._state))
         self._bn_frozen = False
-        self._lr_start: float | None = None
+        self._lr_peak: float | None = None
+        self._ran_unfrozen = False
         self._state.enabled = self._state.observing = False
         _reset_compiled(model)
         model.make_train_function(force=True)
@@ -856,7 +857,9 @@ class QuantizationAware(keras.callbacks.Callback):
             for layer in self._bns:
                 _install(layer, _inference_call(layer.call))
             self._bn_frozen = True
-            self._warn_if_rate_is_high()
+            if self._ran_unfrozen:  # the freeze happens in this fit, now (not a resume past it)
+                self._warn_if_rate_is_high()
+        self._ran_unfrozen = not bn
         if changed and rebuild:
             self.model.make_train_function(force=True)
             self.model.test_function = None  # validation inside fit sees the same fake-quant as training
@@ -869,16 +872,16 @@ class QuantizationAware(keras.callbacks.Callback):
 
     def _warn_if_rate_is_high(self) -> None:
         """Training on frozen BatchNorm (moving statistics) at an undecayed rate can diverge: say so, once."""
-        now, start = self._learning_rate(), self._lr_start
-        if not self._bns or now is None or not start or now < 0.5 * start:
+        now, peak = self._learning_rate(), self._lr_peak
+        if not self._bns or now is None or not peak or now < 0.5 * peak:
             return
         log.warning(
             "QuantizationAware: BatchNorm runs on its moving statistics from step %d (freeze_bn=%g) while the "
-            "learning rate is still %.3g (%.0f%% of its start). At a high rate the steps on frozen BatchNorm can "
-            "diverge: a DenseNet at a constant Adam 3e-3 fell from 94%% to 13%% on the digits in one epoch. Decay "
-            "the rate over the fit (e.g. keras.optimizers.schedules.CosineDecay) or pass freeze_bn=1.0 to keep "
-            "BatchNorm in training mode.",
-            self._step, self.freeze_bn, now, 100.0 * now / start,
+            "learning rate is still %.3g (%.0f%% of its highest in this fit). At a high rate the steps on "
+            "frozen BatchNorm can diverge: a DenseNet at a constant Adam 3e-3 fell from 94%% to 13%% on the "
+            "digits in one epoch. Decay the rate over the fit (e.g. keras.optimizers.schedules.CosineDecay) or "
+            "pass freeze_bn=1.0 to keep BatchNorm in training mode.",
+            self._step, self.freeze_bn, now, 100.0 * now / peak,
         )  # fmt: skip
 
     @override
@@ -886,7 +889,10 @@ class QuantizationAware(keras.callbacks.Callback):
         if self._step < 0:
             optimizer = self.model.optimizer
             self._step = int(ops.convert_to_numpy(optimizer.iterations)) if optimizer.built else 0
-            self._lr_start = self._learning_rate()
+        if self._bns and not self._bn_frozen:
+            rate = self._learning_rate()  # the highest rate of this fit so far (a warm-up starts low)
+            if rate is not None:
+                self._lr_peak = max(self._lr_peak or rate, rate)
         self._update_flags(rebuild=True)
 
     @override

@@ -296,7 +296,7 @@ class QuantizationAware(pl.Callback):  # type: ignore[name-defined]
         self._steps: tuple[int, int, int] | None = None
         self._phase = "float"
         self._bn_frozen = False
-        self._lr_start: float | None = None
+        self._lr_peak: float | None = None
         self._ran_unfrozen = False
 
     @property
@@ -360,7 +360,7 @@ class QuantizationAware(pl.Callback):  # type: ignore[name-defined]
             )
         n = int(total)
         self._steps = (round(self.start * n), round(self.freeze_observers * n), round(self.freeze_bn * n))
-        self._lr_start, self._ran_unfrozen = None, False
+        self._lr_peak, self._ran_unfrozen = None, False
         log.info("fitslim QuantizationAware: start/freeze_observers/freeze_bn at steps %s of %d", self._steps, n)
 
     def _mode(self, step: int) -> str:
@@ -384,8 +384,8 @@ class QuantizationAware(pl.Callback):  # type: ignore[name-defined]
                 q.bn.eval()
         self._phase = "frozen" if freeze_obs else ("float" if mode == "off" else mode)
         rate = _learning_rate(trainer)
-        if self._lr_start is None:
-            self._lr_start = rate
+        if rate is not None:  # the highest rate of this fit so far (a warm-up starts low)
+            self._lr_peak = max(self._lr_peak or rate, rate)
         frozen = step >= self._steps[2]
         if frozen and self._ran_unfrozen and any(q.bn is not None for q in self._quantizers.values()):
             self._warn_if_rate_is_high(trainer, step, rate)  # the freeze happens in this fit, now
@@ -394,15 +394,15 @@ class QuantizationAware(pl.Callback):  # type: ignore[name-defined]
 
     def _warn_if_rate_is_high(self, trainer: Any, step: int, rate: float | None) -> None:
         """Training on frozen BatchNorm (running statistics) at an undecayed rate can diverge: say so, once."""
-        start = self._lr_start
-        if rate is None or not start or rate < 0.5 * start or not trainer.is_global_zero:
+        peak = self._lr_peak
+        if rate is None or not peak or rate < 0.5 * peak or not trainer.is_global_zero:
             return
         log.warning(
             "fitslim QuantizationAware: BatchNorm runs on its running statistics from step %d (freeze_bn=%g) while "
-            "the learning rate is still %.3g (%.0f%% of its start). At a high rate the steps on frozen BatchNorm "
-            "can diverge (a Keras DenseNet at a constant Adam 3e-3 fell from 94%% to 13%% on the digits in one "
-            "epoch). Decay the rate over the fit (e.g. a cosine schedule) or pass freeze_bn=1.0.",
-            step, self.freeze_bn, rate, 100.0 * rate / start,
+            "the learning rate is still %.3g (%.0f%% of its highest in this fit). At a high rate the steps on "
+            "frozen BatchNorm can diverge (a Keras DenseNet at a constant Adam 3e-3 fell from 94%% to 13%% on the "
+            "digits in one epoch). Decay the rate over the fit (e.g. a cosine schedule) or pass freeze_bn=1.0.",
+            step, self.freeze_bn, rate, 100.0 * rate / peak,
         )  # fmt: skip
 
     @override

@@ -288,20 +288,32 @@ class _ConstantRate(DigitsClassifier):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
-@pytest.mark.parametrize(("schedule", "warned"), [("constant", True), ("cosine", False)])
+class _OneCycle(DigitsClassifier):
+    """A warm-up from 1/25 of the peak rate, then annealing (OneCycleLR per step)."""
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.parameters(), lr=self.lr)
+        steps = int(self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+@pytest.mark.parametrize(("schedule", "warned"), [("constant", True), ("cosine", False), ("one-cycle", False)])
 def test_freezing_batchnorm_at_an_undecayed_rate_warns(
     schedule: str, warned: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """As on Keras: the BatchNorm freeze under a rate still near its start says it can diverge; a decayed rate
-    (the reference module's cosine schedule, at 15% of its start by step 12 of 16) is quiet."""
+    """As on Keras: the BatchNorm freeze under a rate still near the fit's highest says it can diverge; a decayed
+    rate (the reference module's cosine schedule, at 15% of its start by step 12 of 16) is quiet, and so is a
+    one-cycle schedule whose rate at the freeze is above its low warm-up start but far below its peak."""
     torch.manual_seed(0)
-    module = _ConstantRate(width=0.5) if schedule == "constant" else DigitsClassifier(width=0.5)
+    kind = {"constant": _ConstantRate, "cosine": DigitsClassifier, "one-cycle": _OneCycle}[schedule]
+    module = kind(width=0.5)
     cb = QuantizationAware(start=0.0, freeze_observers=0.5, freeze_bn=0.75, calibration_steps=1)
     with caplog.at_level("WARNING", logger="lightning_plugins.quantization"):
         _trainer(tmp_path, [cb], epochs=4, batches=4).fit(module, Digits())
     messages = [r.getMessage() for r in caplog.records if "running statistics from step" in r.getMessage()]
     if warned:
-        assert len(messages) == 1 and "step 12 (freeze_bn=0.75)" in messages[0] and "100% of its start" in messages[0]
+        assert len(messages) == 1 and "step 12 (freeze_bn=0.75)" in messages[0] and "100% of its highest" in messages[0]
     else:
         assert messages == []
     assert cb.quant_spec is not None
