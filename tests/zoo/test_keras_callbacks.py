@@ -48,6 +48,17 @@ REFUSED: dict[tuple[str, str], str] = {
     ("user_subclassed", "pruning channel 50%"): r"subclassed model.*HINT",
 }
 
+#: cases whose int8 artifact after the one-epoch QAT fit of random weights on 16 random images is a ``mismatch``
+#: against the fake-quant model (the spread of their near-random outputs is smaller than one int8 rounding step
+#: amplified through the depth). Trained, the same families verify: benchmarks/zoo_keras.py fits them on the digits
+#: and exports the QAT model (MobileNetV2: ok, top-1 100% against the QAT model, both 91.4% on the test split). The
+#: reason must still say where the int8 error starts.
+QAT_RANDOM_MISMATCH = frozenset(
+    {"mobilenet_v2", "mobilenet_v3_large", "resnet50", "resnet50_v2", "efficientnet_b0", "efficientnet_v2_b0",
+     "convnext_tiny"}
+)  # fmt: skip
+_LOCATED = r"int8 error (first becomes large at '[^']+' \(\w+|builds up over)"
+
 SAMPLES, BATCH = 16, 8
 
 
@@ -116,7 +127,7 @@ def _channel(name: str, tmp_path: Path) -> str:
     return f"params x{ratio:.2f}, {cb._metrics.get('pruning/channel_sparsity', 0):.2f} of channels"
 
 
-def _qat(name: str, tmp_path: Path) -> str:
+def _qat(name: str, tmp_path: Path) -> str | tuple[str, str]:
     model = _compiled(name)
     x, y = _data(name)
     qat = QuantizationAware(start=0.0)
@@ -129,9 +140,12 @@ def _qat(name: str, tmp_path: Path) -> str:
     assert len(spec) >= sum(why == "quantized" for why in qat.coverage.values()) > 0
     assert all(why for why in left.values())
     bad = [f"{r.target}: {r.status} {r.reason or ''}".strip() for r in report if r.status != "ok"]
+    covered = f"{len(qat.coverage) - len(left)}/{len(qat.coverage)} layers"
+    if bad and name in QAT_RANDOM_MISMATCH:  # kept and named, with where the error starts
+        assert all(r.status == "mismatch" and r.files and re.search(_LOCATED, r.reason) for r in report if not r.ok)
+        return "mismatch", f"{covered}; " + "; ".join(bad)
     assert not bad, bad
     agree = min(r.top1_agreement for r in report if r.top1_agreement is not None)
-    covered = f"{len(qat.coverage) - len(left)}/{len(qat.coverage)} layers"
     return f"{covered}, top-1 >= {agree * 100:.0f}% ({', '.join(TARGETS)})"
 
 
@@ -150,7 +164,7 @@ def _distillation(name: str, tmp_path: Path) -> str:
     return f"loss {loss[-1]:.3f}"
 
 
-RUNS: dict[str, Callable[[str, Path], str]] = dict(
+RUNS: dict[str, Callable[[str, Path], str | tuple[str, str]]] = dict(
     zip(COLUMNS, (_unstructured, _channel, _qat, _distillation), strict=True)
 )
 
@@ -171,14 +185,15 @@ def test_keras_zoo_callbacks(name: str, column: str, tmp_path: Path, zoo_record:
             np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(w))
         return
     try:
-        detail = RUNS[column](name, tmp_path)
+        outcome = RUNS[column](name, tmp_path)
     except AssertionError as err:
         zoo_record("keras", name, column, "mismatch", str(err).splitlines()[0] if str(err) else "assertion")
         raise
     except Exception as err:
         zoo_record("keras", name, column, "failed", f"{type(err).__name__}: {err}".splitlines()[0])
         raise
-    zoo_record("keras", name, column, "ok", detail)
+    status, detail = outcome if isinstance(outcome, tuple) else ("ok", outcome)
+    zoo_record("keras", name, column, status, detail)
 
 
 def _attention_blocks() -> Any:
