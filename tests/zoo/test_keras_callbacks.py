@@ -51,11 +51,11 @@ REFUSED: dict[tuple[str, str], str] = {
 #: cases whose int8 artifact after the one-epoch QAT fit of random weights on 16 random images is a ``mismatch``
 #: against the fake-quant model (the spread of their near-random outputs is smaller than one int8 rounding step
 #: amplified through the depth). Trained, the same families verify: benchmarks/zoo_keras.py fits them on the digits
-#: and exports the QAT model (MobileNetV2: ok, top-1 100% against the QAT model, both 91.4% on the test split). The
+#: and exports the QAT model (MobileNetV2 and the ConvNeXt small config: ok, top-1 100% against the QAT model). The
 #: reason must still say where the int8 error starts.
 QAT_RANDOM_MISMATCH = frozenset(
     {"mobilenet_v2", "mobilenet_v3_large", "resnet50", "resnet50_v2", "efficientnet_b0", "efficientnet_v2_b0",
-     "convnext_tiny"}
+     "convnext_tiny", "efficientnet_small", "efficientnet_v2_small", "convnext_small"}
 )  # fmt: skip
 _LOCATED = r"int8 error (first becomes large at '[^']+' \(\w+|builds up over)"
 
@@ -100,11 +100,13 @@ def _unstructured(name: str, tmp_path: Path) -> str:
     assert history["pruning/sparsity"][-1] == pytest.approx(zeros, abs=1e-6)
     everything = sum(k.size - np.count_nonzero(k) for k in kernels.values()) / sum(k.size for k in kernels.values())
     assert history["pruning/model_sparsity"][-1] == pytest.approx(everything, abs=1e-6)
-    # separable convs are pruned by default, both kernels
-    for n, lay in prunable_layers(model):
-        if "/" in n:
-            assert n in cb.layer_names, n
-            assert (kernels[n] == 0).mean() > 0.05, (n, lay)
+    # separable convs are pruned by default, both kernels (one global threshold: a kernel may keep all its weights,
+    # NASNet's 'separable_conv_2_reduction_left1_stem_1/pointwise' did; the separable kernels as a whole lose theirs)
+    separable = [n for n, _ in prunable_layers(model) if "/" in n]
+    assert all(n in cb.layer_names for n in separable), separable
+    if separable:
+        zero = sum(int((kernels[n] == 0).sum()) for n in separable) / sum(kernels[n].size for n in separable)
+        assert zero > 0.05, zero
     return f"{len(cb.layer_names)} kernels at {zeros:.2f}, model {everything:.2f}"
 
 
