@@ -195,9 +195,11 @@ def table_from_spec(
     nodes = weighted_nodes(model)
     weights = {k: np.asarray(v, dtype=np.float32) for k, v in (source_weights or {}).items()}
     taken: dict[str, LayerQuant] = {}
+    rescale: dict[str, npt.NDArray[np.float64]] = {}
     for layer in spec:
         match = [n for n in nodes if n.weight_name in (f"{layer.name}.weight", layer.name) and n.node not in taken]
-        if not match and layer.name in weights:
+        by_content = not match and layer.name in weights
+        if by_content:
             w = weights[layer.name]
             match = [
                 n
@@ -217,6 +219,10 @@ def table_from_spec(
                 f"of the exported graph; nodes: {[(n.node, n.weight.shape) for n in nodes if n.node not in taken]}."
             )
         taken[match[0].node] = layer
+        if by_content and match[0].weight.size == weights[layer.name].size:
+            ratio = _channel_ratios(match[0].weight, weights[layer.name].reshape(match[0].weight.shape))
+            if not np.allclose(ratio, 1.0, rtol=1e-4):
+                rescale[match[0].node] = ratio
     missing = [n for n in nodes if n.node not in taken]
     if missing:
         names = [(n.node, n.op, n.weight.shape) for n in missing]
@@ -224,11 +230,25 @@ def table_from_spec(
             f"the exported graph has weighted nodes without learned scales: {names}; "
             "they would stay float. Quantize those layers in QAT, or export with calibration instead of quant_spec."
         )
-    out = [
-        QuantizedNode(n, taken[n.node].weight_scale_array(), float(taken[n.node].input_scale), taken[n.node].name)
-        for n in nodes
-    ]
+    out = []
+    for n in nodes:
+        scales = taken[n.node].weight_scale_array()
+        if n.node in rescale and np.size(scales) == len(rescale[n.node]):
+            # the graph's kernel is the spec's times a per-channel factor (a BatchNorm the source could not pair with
+            # its layer, as in a subclassed Keras model, folded on export): symmetric per-channel int8 is the same grid
+            # scaled by that factor, so the scales follow it
+            scales = (np.asarray(scales, np.float64).reshape(-1) * rescale[n.node]).astype(np.float32)
+        out.append(QuantizedNode(n, scales, float(taken[n.node].input_scale), taken[n.node].name))
     return QuantTable(out, spec, "qat")
+
+
+def _channel_ratios(graph: npt.NDArray[np.float32], source: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """``|c|`` per output channel for ``graph ≈ c * source`` (least squares; 1 for an all-zero source channel)."""
+    g = graph.reshape(graph.shape[0], -1).astype(np.float64)
+    w = source.reshape(source.shape[0], -1).astype(np.float64)
+    norm = (w * w).sum(1)
+    ratio = np.where(norm > 0, np.abs((g * w).sum(1)) / np.maximum(norm, 1e-300), 1.0)
+    return np.asarray(ratio, np.float64)
 
 
 def activation_values(
