@@ -220,8 +220,8 @@ def table_from_spec(
             )
         taken[match[0].node] = layer
         if by_content and match[0].weight.size == weights[layer.name].size:
-            ratio = _channel_ratios(match[0].weight, weights[layer.name].reshape(match[0].weight.shape))
-            if not np.allclose(ratio, 1.0, rtol=1e-4):
+            ratio = _unfolded_scales(match[0].weight, weights[layer.name], layer, spec.weight_bits)
+            if ratio is not None:
                 rescale[match[0].node] = ratio
     missing = [n for n in nodes if n.node not in taken]
     if missing:
@@ -242,13 +242,28 @@ def table_from_spec(
     return QuantTable(out, spec, "qat")
 
 
-def _channel_ratios(graph: npt.NDArray[np.float32], source: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    """``|c|`` per output channel for ``graph ≈ c * source`` (least squares; 1 for an all-zero source channel)."""
+def _unfolded_scales(
+    graph: npt.NDArray[np.float32], source: npt.NDArray[np.float32], layer: LayerQuant, bits: int
+) -> npt.NDArray[np.float64] | None:
+    """The per-channel factor to put on a spec layer's weight scales, or None to keep them.
+
+    The spec's per-channel scales were computed (``max|w_c| / qmax``) either on the kernel the graph holds (BatchNorm
+    folded into it by the source, as a functional Keras model or torch does) or on the bare ``source`` kernel (a
+    BatchNorm the source could not pair with its layer, as in a subclassed Keras model), which the export then
+    folded: ``graph_c = f_c * source_c``. Only in the second case do the scales follow ``|f_c|``; learned scales that
+    are neither are kept as they are.
+    """
+    qmax = float(2 ** (bits - 1) - 1)
     g = graph.reshape(graph.shape[0], -1).astype(np.float64)
-    w = source.reshape(source.shape[0], -1).astype(np.float64)
+    w = source.reshape(graph.shape[0], -1).astype(np.float64)
+    scales = np.asarray(layer.weight_scales, np.float64).reshape(-1)
+    if len(scales) != len(g):
+        return None
+    on_graph, on_source = np.abs(g).max(1) / qmax, np.abs(w).max(1) / qmax
+    if np.allclose(scales, on_graph, rtol=1e-4) or not np.allclose(scales, on_source, rtol=1e-4):
+        return None
     norm = (w * w).sum(1)
-    ratio = np.where(norm > 0, np.abs((g * w).sum(1)) / np.maximum(norm, 1e-300), 1.0)
-    return np.asarray(ratio, np.float64)
+    return np.asarray(np.where(norm > 0, np.abs((g * w).sum(1)) / np.maximum(norm, 1e-300), 1.0), np.float64)
 
 
 def activation_values(

@@ -46,9 +46,14 @@ def test_scales_follow_a_batchnorm_folded_on_export_that_the_source_did_not_pair
     q_graph = np.round(graph_kernel / np.asarray(node.weight_scales).reshape(4, 1))
     q_spec = np.round(kernel.reshape(4, -1) / np.array(scales).reshape(4, 1)) * np.sign(factor).reshape(4, 1)
     np.testing.assert_array_equal(q_graph, q_spec)
-    # a source that already holds the folded kernel (what the spec's scales were computed on) keeps them exactly
-    same = table_from_spec(folded, QuantSpec([LayerQuant("conv_layer", "conv2d", (4, 3, 3, 3),
-                                                         (np.array(scales) * np.abs(factor)).tolist(), 0.05)],
-                                             source="qat"),
-                           {"conv_layer": kernel * factor.reshape(4, 1, 1, 1)})  # fmt: skip
-    np.testing.assert_allclose(same.nodes[0].weight_scales, np.array(scales) * np.abs(factor), rtol=1e-6)
+    # a functional Keras model pairs the BatchNorm itself: its spec's scales are those of the folded kernel while
+    # source_weights gives the bare one; they are kept exactly (scaling them again broke every such export)
+    folded_scales = (np.array(scales) * np.abs(factor)).tolist()
+    paired = QuantSpec([LayerQuant("conv_layer", "conv2d", (4, 3, 3, 3), folded_scales, 0.05)], source="qat")
+    kept = table_from_spec(folded, paired, {"conv_layer": kernel})
+    np.testing.assert_allclose(kept.nodes[0].weight_scales, folded_scales, rtol=1e-6)
+    # learned weight scales that are neither kernel's absmax are kept as they are
+    learned = [0.01, 0.02, 0.03, 0.04]
+    spec_learned = QuantSpec([LayerQuant("conv_layer", "conv2d", (4, 3, 3, 3), learned, 0.05)], source="qat")
+    np.testing.assert_allclose(table_from_spec(folded, spec_learned, {"conv_layer": kernel}).nodes[0].weight_scales,
+                               learned, rtol=1e-6)  # fmt: skip
