@@ -34,6 +34,15 @@ outputs are not finite or out of bounds; an int8 mismatch says where the int8 er
 whose own int8 noise is large, from ONNX Runtime's per-tensor comparison of the float and Q/DQ graphs) or that
 it builds up over many layers. `failed` / `refused`: no artifact; the reason names the op or
 layer. `not run` (or a case missing from a table) was not part of the run that wrote this file.
+
+Callback columns: a short fit of the random-weight model with that callback in the user's own `fit`
+(`tests/zoo/test_lightning_callbacks.py`, `tests/zoo/test_keras_callbacks.py`). `pruning unstructured`: 50% of
+the kernels' weights zero; `pruning channel 50%`: channels removed, the smaller model's parameter ratio, its own
+forward and further training checked; `qat+export int8`: `QuantizationAware` then `Export` at int8 from the
+learned QuantSpec, the TensorRT Q/DQ artifact verified against the fake-quant model (a `mismatch` on random
+weights after a one-epoch fit can pass once trained: see `benchmarks/README.md`); `distillation`: the loss with
+a teacher of the same family. `refused`: stopped before the first step, naming the layer. `accuracy ...`: the
+digits fine-tune of `benchmarks/zoo_keras.py` / `zoo_lightning.py`, within 2 points of dense or not.
 Regenerate with `make zoo`.
 """
 
