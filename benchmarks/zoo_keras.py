@@ -159,6 +159,24 @@ def run_case(
     return out
 
 
+def mean_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table row from the runs of one case over seeds: mean accuracies and parameter ratio; the int8 artifact
+    status is the worst seed's (``ok`` only if every seed's artifact verified) with the lowest agreement."""
+    if len(runs) == 1:
+        return runs[0]
+    out = dict(runs[0])
+    for key in (*VARIANTS, "param_ratio", "int8 acc"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = float(np.mean(values)) if values else None
+    statuses = [r.get("int8 status", "not run") for r in runs]
+    out["int8 status"] = "ok" if all(st == "ok" for st in statuses) else next(st for st in statuses if st != "ok")
+    tops = [r["int8 top-1"] for r in runs if r.get("int8 top-1") is not None]
+    out["int8 top-1"] = min(tops) if tops else None
+    out["within"] = all(out[v] >= out["dense"] - TOLERANCE for v in VARIANTS[1:])
+    out["seeds"] = len(runs)
+    return out
+
+
 def _verdict(r: dict[str, Any]) -> str:
     top1 = r.get("int8 top-1")
     return f"{r.get('int8 status', 'not run')}" + (f", top-1 {top1 * 100:.0f}%" if top1 is not None else "")
@@ -191,16 +209,21 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--output", type=Path, default=None, help="write the Markdown here")
     parser.add_argument("--cases", nargs="+", default=None, help=f"zoo cases (default {list(DEFAULT_CASES)})")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per variant (default 8, quick 4)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per case; the table gives their means")
     parser.add_argument("--qat-freeze-bn", type=float, default=QAT_FREEZE_BN, help="QuantizationAware(freeze_bn=...)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cases = args.cases or (list(DEFAULT_CASES[:3]) if args.quick else list(DEFAULT_CASES))
     epochs = args.epochs or (4 if args.quick else 8)
     t0 = time.perf_counter()
-    rows = [run_case(name, epochs, freeze_bn=args.qat_freeze_bn) for name in cases]
+    rows = [
+        mean_row([run_case(name, epochs, seed=seed, freeze_bn=args.qat_freeze_bn) for seed in range(args.seeds)])
+        for name in cases
+    ]
     text = (
         "## Keras zoo: accuracy after pruning and QAT (digits, upsampled)\n\n"
-        f"Test accuracy (%) on the bundled digits' test split ({len(data(cases[0])[3])} images), each variant "
+        f"Test accuracy (%) on the bundled digits' test split ({len(data(cases[0])[3])} images), mean of "
+        f"{args.seeds} seed(s), each variant "
         f"trained {epochs} epochs (Adam {LEARNING_RATE:g} with cosine decay to 0, batch 32, BatchNorm momentum "
         f"{BN_MOMENTUM}; QAT from half the fit, BatchNorm freeze at {args.qat_freeze_bn:g}) from the same "
         "initial weights; in brackets the "
