@@ -26,7 +26,15 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["DISTILLATION_METRICS", "EXPORT_FIELDS", "EXPORT_STATUS", "QAT_PHASES", "export_metrics", "qat_metrics"]
+__all__ = [
+    "DISTILLATION_METRICS",
+    "EXPORT_FIELDS",
+    "EXPORT_STATUS",
+    "QAT_PHASES",
+    "bn_freeze_warning",
+    "export_metrics",
+    "qat_metrics",
+]
 
 #: ``qat/phase`` values: float training, observers calibrating with fake-quant off (Lightning's
 #: ``calibration_steps``), fake-quant on with observers updating, fake-quant on with observers frozen.
@@ -65,6 +73,24 @@ def qat_metrics(phase: str, bn_frozen: bool, ranges: Iterable[float | None]) -> 
     out["qat/input_range/mean"] = sum(seen) / len(seen) if seen else 0.0
     out["qat/input_range/max"] = max(seen, default=0.0)
     return out
+
+
+def bn_freeze_warning(step: int, freeze_bn: float, rate: float | None, peak: float | None, decay: str) -> str | None:
+    """What ``QuantizationAware`` says when BatchNorm freezes while the learning rate is still high, or None.
+
+    Training on frozen BatchNorm (running statistics) at a rate above half of the fit's highest so far can diverge:
+    a Keras DenseNet at a constant Adam 3e-3 fell from 94% to 13% on the digits in one epoch, with or without
+    fake-quant. ``decay`` names the framework's way to decay the rate.
+    """
+    if rate is None or not peak or rate < 0.5 * peak:
+        return None
+    return (
+        f"QuantizationAware: BatchNorm runs on its running statistics from step {step} (freeze_bn={freeze_bn:g}) "
+        f"while the learning rate is still {rate:.3g} ({100.0 * rate / peak:.0f}% of its highest in this fit). At a "
+        "high rate the steps on frozen BatchNorm can diverge: a DenseNet at a constant Adam 3e-3 fell from 94% to 13% "
+        f"on the digits in one epoch. Decay the rate over the fit (e.g. {decay}) or pass freeze_bn=1.0 to keep "
+        "BatchNorm in training mode."
+    )
 
 
 def export_metrics(report: Any, prefix: str = "export") -> dict[str, float]:

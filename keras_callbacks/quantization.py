@@ -55,7 +55,7 @@ from typing_extensions import override
 
 from exporters.source import keras_layers
 from fitslim.int8 import MIN_SCALE, absmax_scale, qmax
-from fitslim.metrics import QAT_PHASES, qat_metrics
+from fitslim.metrics import QAT_PHASES, bn_freeze_warning, qat_metrics
 from fitslim.quantspec import LayerQuant, QuantSpec
 
 __all__ = [
@@ -872,17 +872,11 @@ class QuantizationAware(keras.callbacks.Callback):
 
     def _warn_if_rate_is_high(self) -> None:
         """Training on frozen BatchNorm (moving statistics) at an undecayed rate can diverge: say so, once."""
-        now, peak = self._learning_rate(), self._lr_peak
-        if not self._bns or now is None or not peak or now < 0.5 * peak:
-            return
-        log.warning(
-            "QuantizationAware: BatchNorm runs on its moving statistics from step %d (freeze_bn=%g) while the "
-            "learning rate is still %.3g (%.0f%% of its highest in this fit). At a high rate the steps on "
-            "frozen BatchNorm can diverge: a DenseNet at a constant Adam 3e-3 fell from 94%% to 13%% on the "
-            "digits in one epoch. Decay the rate over the fit (e.g. keras.optimizers.schedules.CosineDecay) or "
-            "pass freeze_bn=1.0 to keep BatchNorm in training mode.",
-            self._step, self.freeze_bn, now, 100.0 * now / peak,
-        )  # fmt: skip
+        text = bn_freeze_warning(
+            self._step, self.freeze_bn, self._learning_rate(), self._lr_peak, "keras.optimizers.schedules.CosineDecay"
+        )
+        if self._bns and text:
+            log.warning(text)
 
     @override
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:

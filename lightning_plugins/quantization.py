@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from fitslim.metrics import qat_metrics
+from fitslim.metrics import bn_freeze_warning, qat_metrics
 from fitslim.quantspec import LayerQuant, QuantSpec
 from fitslim.sparsity import match_patterns
 from lightning_plugins._compat import pl
@@ -394,16 +394,9 @@ class QuantizationAware(pl.Callback):  # type: ignore[name-defined]
 
     def _warn_if_rate_is_high(self, trainer: Any, step: int, rate: float | None) -> None:
         """Training on frozen BatchNorm (running statistics) at an undecayed rate can diverge: say so, once."""
-        peak = self._lr_peak
-        if rate is None or not peak or rate < 0.5 * peak or not trainer.is_global_zero:
-            return
-        log.warning(
-            "fitslim QuantizationAware: BatchNorm runs on its running statistics from step %d (freeze_bn=%g) while "
-            "the learning rate is still %.3g (%.0f%% of its highest in this fit). At a high rate the steps on "
-            "frozen BatchNorm can diverge (a Keras DenseNet at a constant Adam 3e-3 fell from 94%% to 13%% on the "
-            "digits in one epoch). Decay the rate over the fit (e.g. a cosine schedule) or pass freeze_bn=1.0.",
-            step, self.freeze_bn, rate, 100.0 * rate / peak,
-        )  # fmt: skip
+        text = bn_freeze_warning(step, self.freeze_bn, rate, self._lr_peak, "a cosine LR scheduler")
+        if text and trainer.is_global_zero:
+            log.warning("fitslim " + text)
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:

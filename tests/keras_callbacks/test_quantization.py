@@ -427,7 +427,7 @@ def test_freezing_batchnorm_at_an_undecayed_rate_warns(
         model.fit(digits_nhwc.x_train[:256], digits_nhwc.y_train[:256], batch_size=64, epochs=1, verbose=0,
                   callbacks=[qat])  # fmt: skip
     assert qat.quant_spec is not None  # the fit ended normally
-    messages = [r.getMessage() for r in caplog.records if "moving statistics from step" in r.getMessage()]
+    messages = [r.getMessage() for r in caplog.records if "running statistics from step" in r.getMessage()]
     if warned:
         assert len(messages) == 1 and "step 2 (freeze_bn=0.5)" in messages[0]
         assert "100% of its highest in this fit" in messages[0]
