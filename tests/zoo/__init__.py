@@ -15,7 +15,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ZooCase", "check_report", "full_zoo", "select"]
+__all__ = ["LOCATED", "ZooCase", "check_report", "full_zoo", "select"]
+
+#: what an int8 ``mismatch`` reason must say: where the int8 error starts (``exporters.verify.locate_int8_error``)
+LOCATED = r"int8 error (first becomes large at '[^']+' \(\w+|builds up over \d+ layers)"
 
 
 @dataclass(frozen=True)

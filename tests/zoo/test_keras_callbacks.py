@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.zoo import full_zoo
+from tests.zoo import LOCATED, full_zoo
 
 keras = pytest.importorskip("keras")
 
@@ -57,7 +57,6 @@ QAT_RANDOM_MISMATCH = frozenset(
     {"mobilenet_v2", "mobilenet_v3_large", "resnet50", "resnet50_v2", "efficientnet_b0", "efficientnet_v2_b0",
      "convnext_tiny", "efficientnet_small", "efficientnet_v2_small", "convnext_small"}
 )  # fmt: skip
-_LOCATED = r"int8 error (first becomes large at '[^']+' \(\w+|builds up over)"
 
 SAMPLES, BATCH = 16, 8
 
@@ -144,7 +143,7 @@ def _qat(name: str, tmp_path: Path) -> str | tuple[str, str]:
     bad = [f"{r.target}: {r.status} {r.reason or ''}".strip() for r in report if r.status != "ok"]
     covered = f"{len(qat.coverage) - len(left)}/{len(qat.coverage)} layers"
     if bad and name in QAT_RANDOM_MISMATCH:  # kept and named, with where the error starts
-        assert all(r.status == "mismatch" and r.files and re.search(_LOCATED, r.reason) for r in report if not r.ok)
+        assert all(r.status == "mismatch" and r.files and re.search(LOCATED, r.reason) for r in report if not r.ok)
         return "mismatch", f"{covered}; " + "; ".join(bad)
     assert not bad, bad
     agree = min(r.top1_agreement for r in report if r.top1_agreement is not None)

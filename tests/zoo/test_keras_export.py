@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.zoo import check_report, full_zoo, select
+from tests.zoo import LOCATED, check_report, full_zoo, select
 
 keras = pytest.importorskip("keras")
 pytest.importorskip("tf2onnx")
@@ -72,7 +72,7 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str]] = {
     },
     # the int8 reason says where the error comes from (ONNX Runtime's per-tensor comparison)
     **{
-        (case, "tensorrt", "int8"): ("mismatch", r"int8 error (first becomes large at '[^']+' \(\w+|builds up over)")
+        (case, "tensorrt", "int8"): ("mismatch", LOCATED)
         for case in _INT8_RANDOM_MISMATCH
     },
 }

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tests.zoo import ZooCase, full_zoo, select
+from tests.zoo import LOCATED, ZooCase, full_zoo, select
 from tests.zoo.torch_zoo import CASES
 
 pytestmark = pytest.mark.zoo
@@ -57,7 +57,6 @@ _CI_EXPORT = {"user_grouped", "hf_vit"}
 #: model (their near-random outputs spread less than int8 rounding amplified through the depth), kept and located;
 #: the trained families of benchmarks/zoo_lightning.py verify
 _QAT_RANDOM_MISMATCH = {"hf_mobilenet_v2", "hf_mobilevit"}
-_LOCATED = r"int8 error (first becomes large at '[^']+' \(\w+|builds up over)"
 _STEPS = 4
 _BATCH = 4
 
@@ -168,7 +167,7 @@ def _fit_qat_export(case: ZooCase, module: ZooModule, loader: DataLoader, root: 
     assert row.precision == "int8", row  # precision="auto" after QAT: int8 from the learned spec
     detail = f"{len(quantizable)} layers; tensorrt int8 Q/DQ {row.status}"
     if row.status == "mismatch" and case.name in _QAT_RANDOM_MISMATCH:
-        assert row.files and re.search(_LOCATED, row.reason), row.reason
+        assert row.files and re.search(LOCATED, row.reason), row.reason
         return "mismatch", f"{detail}: {row.reason}"
     assert row.status == "ok", f"{detail}: {row.reason}"
     agreement = "" if row.top1_agreement is None else f", top-1 agreement {row.top1_agreement:.2f}"

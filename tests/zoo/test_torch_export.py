@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.zoo import check_report, full_zoo, select
+from tests.zoo import LOCATED, check_report, full_zoo, select
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -43,7 +43,6 @@ CI_EXTRA: dict[tuple[str, str], tuple[str, ...]] = {
 
 #: int8 cells of the CI subset that are known mismatches: random-weight depthwise / attention stacks lose their
 #: small logit differences to int8 rounding; the reason must still say where the int8 error comes from
-_WHERE = r"int8 error (first becomes large at '[^']+' \(\w+|builds up over \d+ layers)"
 CI_MISMATCH = ("hf_mobilenet_v1", "hf_mobilenet_v2", "hf_efficientnet", "hf_mobilevit")
 
 #: known limits: (case, target, precision) -> (status, pattern the reason must match). Every other cell must
@@ -58,13 +57,17 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str]] = {
         (text, "tflite", "int8"): ("failed", r"tflite: this torch model takes 2 inputs \(int64, int64\); int8 TFLite")
         for text in ("hf_bert", "hf_distilbert")
     },
-    **{(case, "tensorrt", "int8"): ("mismatch", _WHERE) for case in CI_MISMATCH},
+    **{(case, "tensorrt", "int8"): ("mismatch", LOCATED) for case in CI_MISMATCH},
     # measured by the full matrix (make zoo): random-weight depthwise / attention stacks at int8 on every
     # quantizing target, each reason saying where the int8 error comes from (ncnn's own RegNet issue says how
     # the same files agree), and fp16 MobileNets a little over the 1e-2 bound
-    **{(case, t, "int8"): ("mismatch", _WHERE) for case in CI_MISMATCH for t in ("onnx", "ncnn", "tflite", "tensorrt")},
+    **{
+        (case, t, "int8"): ("mismatch", LOCATED)
+        for case in CI_MISMATCH
+        for t in ("onnx", "ncnn", "tflite", "tensorrt")
+    },
     ("hf_regnet", "ncnn", "int8"): ("mismatch", r"use_packing_layout = False the same files agree"),
-    **{(case, t, "int8"): ("mismatch", _WHERE) for case in ("hf_vit",) for t in ("onnx", "tflite")},
+    **{(case, t, "int8"): ("mismatch", LOCATED) for case in ("hf_vit",) for t in ("onnx", "tflite")},
     **{
         (case, t, "fp16"): ("mismatch", r"max relative error .* exceeds the fp16 bound")
         for case in ("hf_mobilenet_v1", "hf_mobilenet_v2")
