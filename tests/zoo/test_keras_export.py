@@ -77,6 +77,27 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str]] = {
     },
 }
 
+#: make zoo (full matrix): the other known cells, from the 2026-12-05 run. int8 of the random-weight keras.applications
+#: stacks on every quantizing target (each reason locating the error, as above); fp16 over its 1e-2 bound on ncnn and
+#: TFLite (TensorRT's fp16 file is the fp32 ONNX); fp32 a little over 1e-4 where TensorFlow's own two CPU kernels
+#: differ by about as much (ResNet50 9.0e-5, EfficientNetV2B0 2.3e-4).
+_FULL_INT8 = (
+    "mobilenet_v3_large", "resnet50", "resnet50_v2", "efficientnet_b0", "efficientnet_v2_b0", "densenet121",
+    "convnext_tiny", "nasnet_mobile", "efficientnet_v2_small",
+)  # fmt: skip
+_FULL_FP16 = (
+    "mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "resnet50", "resnet50_v2",
+    "efficientnet_b0", "efficientnet_v2_b0", "inception_v3", "nasnet_mobile", "efficientnet_v2_small",
+)  # fmt: skip
+_FP16_OVER = r"max relative error .* exceeds the fp16 bound"
+_FP32_OVER = r"max relative error .* exceeds the fp32 bound"
+if full_zoo():
+    EXPECTED.update({(c, t, "int8"): ("mismatch", _INT8_SENSITIVE) for c in _FULL_INT8 for t in QUANT_TARGETS})
+    EXPECTED.update({(c, t, "fp16"): ("mismatch", _FP16_OVER) for c in _FULL_FP16 for t in ("ncnn", "tflite")})
+    for c in ("resnet50", "efficientnet_v2_b0"):
+        EXPECTED.update({(c, t, "fp32"): ("mismatch", _FP32_OVER) for t in TARGETS})
+    EXPECTED[("inception_v3", "ncnn", "fp32")] = ("mismatch", _FP32_OVER)
+
 #: verification inputs: int8 calibrates on one draw and verifies on another
 SAMPLES = {"fp32": 16, "fp16": 16, "int8": 64}
 
