@@ -125,7 +125,13 @@ def _channel(name: str, tmp_path: Path) -> str:
     # and keeps training: its own forward and the next steps run
     loss = small.fit(x, y, batch_size=BATCH, epochs=1, verbose=0).history["loss"][-1]
     assert np.isfinite(loss)
-    return f"params x{ratio:.2f}, {cb._metrics.get('pruning/channel_sparsity', 0):.2f} of channels"
+    # and the smaller model exports and verifies (fp32 ONNX against the Keras model, in onnxruntime)
+    from exporters import export
+
+    row = export(small, ["onnx"], example_input=x[:1], samples=x, directory=tmp_path / "export")["onnx"]
+    assert row.ok and row.samples == len(x), row
+    channels = cb._metrics.get("pruning/channel_sparsity", 0)
+    return f"params x{ratio:.2f}, {channels:.2f} of channels; onnx fp32 verified, max rel error {row.max_rel_error:.1e}"
 
 
 def _qat(name: str, tmp_path: Path) -> str | tuple[str, str]:
