@@ -129,7 +129,7 @@ def _channel(name: str, tmp_path: Path) -> str:
     from exporters import export
 
     row = export(small, ["onnx"], example_input=x[:1], samples=x, directory=tmp_path / "export")["onnx"]
-    assert row.ok and row.samples == len(x), row
+    assert row.ok and row.samples == len(x), f"the pruned model's onnx fp32: {row.status}: {row.reason}"
     channels = cb._metrics.get("pruning/channel_sparsity", 0)
     return f"params x{ratio:.2f}, {channels:.2f} of channels; onnx fp32 verified, max rel error {row.max_rel_error:.1e}"
 
