@@ -100,7 +100,8 @@ def _artifact(export: Any, xt: np.ndarray, yt: np.ndarray) -> dict[str, Any]:
     from exporters.onnx_export import ort_session
 
     path = Path(report.directory) / row.files[0]
-    logits = ort_session(path).run(None, {"input": np.ascontiguousarray(xt.transpose(0, 3, 1, 2))})[0]
+    sess = ort_session(path, int8_kernels=False)  # the Q/DQ arithmetic, as TensorRT computes it
+    logits = sess.run(None, {"input": np.ascontiguousarray(xt.transpose(0, 3, 1, 2))})[0]
     accuracy = float((np.argmax(logits, axis=-1) == yt).mean() * 100.0)
     shutil.rmtree(report.directory, ignore_errors=True)
     return {"int8 status": row.status, "int8 top-1": row.top1_agreement, "int8 acc": accuracy}

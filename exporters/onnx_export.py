@@ -198,6 +198,39 @@ def _scalar_add_after_conv() -> Iterator[None]:
         TransposeOptimizer._add_handler = original
 
 
+@contextlib.contextmanager
+def _square_keeps_shape() -> Iterator[None]:
+    """Keep tf2onnx's recorded shapes right when its transpose optimizer moves a Transpose below ``x * x``.
+
+    tf2onnx 1.17's ``Mul`` handler rewires ``Mul(t, t)`` (LayerNorm's variance, from ``SquaredDifference``)
+    without transposing the shape it records for the product, as every other handler does. When a map is
+    1x1 the final pass turns a Transpose into a Reshape built from that stale shape: a Reshape to
+    ``[-1, 1, C, 1]`` in place of ``[-1, 1, 1, C]``, and the LayerNorm that reads it normalises over a size-1
+    axis (Keras ConvNeXt's last stage at 32x32 inputs). The recorded shapes are updated here.
+    """
+    from tf2onnx.optimizer.transpose_optimizer import TransposeOptimizer
+
+    original = TransposeOptimizer._mul_handler
+
+    def mul_handler(self: Any, trans: Any, node: Any) -> Any:
+        if any(name != trans.output[0] for name in node.input):
+            return original(self, trans, node)
+        shape = self._g.get_shape(node.output[0])
+        done = original(self, trans, node)
+        if done and shape:
+            perm = trans.get_attr_value("perm")
+            inverse = [perm.index(i) for i in range(len(perm))]
+            self._g.set_shape(node.output[0], [shape[i] for i in inverse])
+            self._g.set_shape(trans.output[0], shape)
+        return done
+
+    TransposeOptimizer._mul_handler = mul_handler
+    try:
+        yield
+    finally:
+        TransposeOptimizer._mul_handler = original
+
+
 def _keras_tf_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32], notes: list[str]) -> None:
     import onnx
     import tensorflow as tf
@@ -210,7 +243,7 @@ def _keras_tf_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32], 
         return model(x, training=False)
 
     as_nchw = ["input:0"] if example.ndim == 4 else None
-    with _graph_friendly_grouped_conv(), _scalar_add_after_conv():
+    with _graph_friendly_grouped_conv(), _scalar_add_after_conv(), _square_keeps_shape():
         concrete = forward.get_concrete_function()
         model_proto, _ = tf2onnx.convert.from_function(
             forward,
@@ -622,13 +655,22 @@ def to_onnx(source: Source, path: str | Path, example_input: npt.ArrayLike) -> t
     return target, notes
 
 
-def ort_session(path: str | Path, threads: int = 2) -> Any:
-    """An onnxruntime CPU session with a fixed thread count."""
+def ort_session(path: str | Path, threads: int = 2, int8_kernels: bool = True) -> Any:
+    """An onnxruntime CPU session with a fixed thread count.
+
+    ``int8_kernels=False`` runs a Q/DQ graph as written: each ``DequantizeLinear -> op -> QuantizeLinear``
+    computes in float from the int8 values (``session.disable_quant_qdq``), which is exact int8 arithmetic up to
+    float rounding, as TensorRT's int8 layers are. onnxruntime's own fused int8 kernels (``QLinearConv``, ...)
+    depend on the CPU: on x86 without VNNI they multiply uint8 by int8 pairs into a saturating int16
+    (``vpmaddubsw``), so the same artifact scores differently from machine to machine.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    if not int8_kernels:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

@@ -203,6 +203,25 @@ def test_keras_source_to_every_target_nhwc(trained_keras_digits: Any, digits_nhw
     assert (tmp_path / "int8" / "quant_spec.json").is_file()
 
 
+@pytest.mark.parametrize("size", [1, 2])
+def test_keras_layernorm_on_a_1x1_map_exports_right(size: int, tmp_path: Path) -> None:
+    """ConvNeXt's last stage at small inputs: a channels-last LayerNorm on a 1x1 map (tf2onnx's transpose
+    optimizer once wrote its variance's Transpose as a Reshape to [-1, 1, C, 1], a wrong LayerNorm)."""
+    pytest.importorskip("tf2onnx")
+    keras = pytest.importorskip("keras")
+    inputs = keras.Input((size, size, 8))
+    x = keras.layers.Conv2D(16, 1)(inputs)
+    x = keras.layers.LayerNormalization(epsilon=1e-6)(x)
+    x = keras.layers.Dense(16)(x)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    xs = np.random.default_rng(0).standard_normal((4, size, size, 8)).astype(np.float32)
+    expected = model.predict(xs, verbose=0)
+    path, _ = to_onnx(Source.from_model(model), tmp_path / "ln.onnx", xs[:1])
+    session = ort_session(path)
+    got = session.run(None, {session.get_inputs()[0].name: xs.transpose(0, 3, 1, 2)})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
 _BOOM: list[Any] = []
 
 
