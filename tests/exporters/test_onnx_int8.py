@@ -34,7 +34,9 @@ def _qdq_params(path: Path) -> tuple[dict[str, Any], dict[str, tuple[float, int]
     for n in m.graph.node:
         if n.op_type in ("Conv", "Gemm", "MatMul"):
             dq = producer[n.input[1]]
-            assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].dtype == np.int8
+            # the symmetric int8 grid as uint8 around 128 (exact on CPUs whose uint8 x int8 kernels saturate)
+            assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].dtype == np.uint8
+            assert (inits[dq.input[2]] == 128).all() and inits[dq.input[0]].min() >= 1
             weights[n.name] = inits[dq.input[1]]
         if n.op_type == "QuantizeLinear":
             acts[n.input[0]] = (float(inits[n.input[1]]), int(inits[n.input[2]]))
