@@ -64,3 +64,9 @@ def test_runner_reports_exit_code_time_and_memory_of_a_process(tmp_path: Path) -
     assert result["rc"] == 0 and not result["timed_out"]
     assert 0 < float(str(result["wall_s"])) < 120 and float(str(result["peak_rss_gb"])) > 0
     assert "1 passed" in (tmp_path / "log").read_text(encoding="utf-8")
+
+
+def test_runner_writes_durations_in_whole_seconds() -> None:
+    assert run.duration(479.6) == "8 min 0 s"  # not "8 min 60 s"
+    assert run.duration(4174.4) == "69 min 34 s"  # not "70 min 34 s"
+    assert run.duration(59.4) == "0 min 59 s"

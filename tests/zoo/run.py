@@ -95,6 +95,12 @@ def _cases(framework: str) -> set[str]:
     return set(re.findall(r'_case\(\s*"([a-z0-9_]+)"', text)) | set(re.findall(r'ZooCase\(\s*"([a-z0-9_]+)"', text))
 
 
+def duration(seconds: float) -> str:
+    """``"8 min 0 s"`` for 479.6 seconds (whole seconds, then minutes)."""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="zoo-results", help="folder for cells.jsonl, runs.jsonl and logs")
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     failing = [r for r in runs if r["rc"] == 1]
     note = (
         f"This run ({time.strftime('%Y-%m-%d')}, `make zoo`, {os.cpu_count()} CPUs): {len(runs)} pytest processes, "
-        f"one per case, {wall / 60:.0f} min {wall % 60:.0f} s in all; the largest process peaked at "
+        f"one per case, {duration(wall)} in all; the largest process peaked at "
         f"{max((float(r['peak_rss_gb']) for r in runs), default=0):.1f} GB."
     )
     if failing:
