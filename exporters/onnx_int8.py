@@ -13,11 +13,14 @@ This module writes the form ONNX Runtime fuses (its own QDQ layout, produced by
 
 - activations uint8, per tensor, on every input and output of the quantizable ops (Conv, Gemm, MatMul,
   Add, Mul, pooling, Concat, reshapes, ...); ReLU / ReLU6 disappear into the range of the ``QuantizeLinear``;
-- weights symmetric per output channel, stored as uint8 with zero point 128 (the int8 grid ``[-127 s, 127 s]``
-  shifted, every value exact); biases int32 (scale = input scale x weight scale). uint8 weights, not int8:
-  onnxruntime multiplies uint8 activations by int8 weights with ``vpmaddubsw`` on x86 CPUs without VNNI,
-  which saturates a pair's sum at int16 (the digits CNN fell to 47.7% top-1 agreement on an AVX2-only CPU,
-  100% with uint8 weights); its uint8 x uint8 kernels widen first and are exact on every CPU.
+- weights symmetric per output channel, int8; biases int32 (scale = input scale x weight scale). On an x86
+  CPU without VNNI (:func:`weight_type`) they are stored as uint8 with zero point 128 instead, the same grid
+  ``[-127 s, 127 s]`` shifted, every value exact: there onnxruntime multiplies uint8 activations by int8
+  weights with ``vpmaddubsw``, which saturates a pair's sum at int16 (the digits CNN fell to 47.7% top-1
+  agreement on an AVX2-only CPU, 100% with uint8 weights), while its uint8 x uint8 kernels widen first. They
+  are slower (MobileNetV2-224 on that CPU: 4.40 ms against 3.27 ms, fp32 4.63 ms), so VNNI and ARM CPUs keep
+  int8 weights. An artifact with int8 weights saturates on x86 CPUs without VNNI: export on the CPU family it
+  will run on.
 
 Scales come from the :class:`~exporters.quant.QuantTable` every int8 target shares (a learned QuantSpec,
 used exactly, or fitslim's calibration): weight scales per channel as they are, the input scale ``s`` of
@@ -35,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -51,7 +55,15 @@ from exporters.runtimes import Inputs, as_inputs, input_count, ort_feed, ort_run
 from exporters.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
 
-__all__ = ["INT8_KERNELS", "export_onnx", "int8_kernels", "optimized_op_types", "scale_overrides", "to_ort_int8"]
+__all__ = [
+    "INT8_KERNELS",
+    "export_onnx",
+    "int8_kernels",
+    "optimized_op_types",
+    "scale_overrides",
+    "to_ort_int8",
+    "weight_type",
+]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +142,26 @@ def _weight_axis(model: Any, node_name: str, op: str) -> int:
     return 1  # MatMul: weight (in, out)
 
 
+def weight_type(flags: str | None = None, machine: str | None = None) -> str:
+    """``"uint8"`` on an x86 CPU without VNNI (onnxruntime's uint8 x int8 kernels saturate there), else ``"int8"``.
+
+    Args:
+        flags: the CPU flags (default: this machine's, from ``/proc/cpuinfo``; unknown counts as no VNNI).
+        machine: ``platform.machine()`` (default: this machine's).
+    """
+    import platform
+
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return "int8"
+    if flags is None:
+        try:
+            flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            flags = ""
+    return "int8" if re.search(r"\b(avx512_vnni|avx_vnni)\b", flags) else "uint8"
+
+
 def scale_overrides(model: Any, table: QuantTable) -> dict[str, list[dict[str, Any]]]:
     """ONNX Runtime tensor overrides that carry the table's scales into its uint8 QDQ layout.
 
@@ -141,13 +173,17 @@ def scale_overrides(model: Any, table: QuantTable) -> dict[str, list[dict[str, A
 
     out: dict[str, list[dict[str, Any]]] = {}
     inputs: dict[str, float] = {}
+    weight_grid: dict[str, Any] = (  # symmetric either way: uint8 is the int8 grid shifted by 128 (see the module)
+        {"zero_point": np.array(128, np.uint8), "quant_type": QuantType.QUInt8}
+        if weight_type() == "uint8"
+        else {"zero_point": np.array(0, np.int8), "quant_type": QuantType.QInt8}
+    )
     for q in table.nodes:
         axis = _weight_axis(model, q.node.node, q.node.op)
         out[q.node.weight_name] = [
             {
                 "scale": np.array(s, np.float32),
-                "zero_point": np.array(128, np.uint8),  # symmetric: the int8 grid, shifted (see the module)
-                "quant_type": QuantType.QUInt8,
+                **weight_grid,
                 "axis": axis,
             }
             for s in np.asarray(q.weight_scales, np.float32).reshape(-1)
@@ -240,7 +276,7 @@ def to_ort_int8(
             _Reader(names, data),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QUInt8,
+            weight_type=QuantType.QUInt8 if weight_type() == "uint8" else QuantType.QInt8,
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
             calibration_providers=["CPUExecutionProvider"],
@@ -297,11 +333,17 @@ def export_onnx(job: ExportJob) -> TargetResult:
         "int8",
         files=[final.name],
         size_bytes=final.stat().st_size,
-        runtime=f"onnxruntime {ort.__version__} (CPU, QDQ uint8)",
+        runtime=f"onnxruntime {ort.__version__} (CPU, QDQ uint8/{weight_type()})",
         scales=job.quant.describe(),
     )
     if calib is None:
         result.notes.append("ranges of the tensors without learned scales taken from the verification samples")
+    if weight_type() == "uint8":
+        result.notes.append(
+            "weights stored as uint8 around 128 (the same symmetric int8 grid): this is an x86 CPU without VNNI, where "
+            "onnxruntime's uint8 x int8 kernels saturate; exported on a VNNI or ARM CPU the weights stay int8 (faster, "
+            "but not for x86 CPUs without VNNI)"
+        )
     ops = optimized_op_types(final, job.threads)
     kernels = {op: n for op, n in sorted(ops.items()) if op in INT8_KERNELS}
     fp_heavy = {op: n for op, n in ops.items() if op in ("Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul")}

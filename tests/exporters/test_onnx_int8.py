@@ -17,7 +17,14 @@ from onnx import numpy_helper
 
 from exporters import export
 from exporters.onnx_export import to_onnx
-from exporters.onnx_int8 import INT8_KERNELS, int8_kernels, optimized_op_types, scale_overrides, to_ort_int8
+from exporters.onnx_int8 import (
+    INT8_KERNELS,
+    int8_kernels,
+    optimized_op_types,
+    scale_overrides,
+    to_ort_int8,
+    weight_type,
+)
 from exporters.quant import QuantizedNode, QuantTable, calibrate
 from exporters.source import Source
 from fitslim.models import torch_model
@@ -34,9 +41,12 @@ def _qdq_params(path: Path) -> tuple[dict[str, Any], dict[str, tuple[float, int]
     for n in m.graph.node:
         if n.op_type in ("Conv", "Gemm", "MatMul"):
             dq = producer[n.input[1]]
-            # the symmetric int8 grid as uint8 around 128 (exact on CPUs whose uint8 x int8 kernels saturate)
-            assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].dtype == np.uint8
-            assert (inits[dq.input[2]] == 128).all() and inits[dq.input[0]].min() >= 1
+            assert dq.op_type == "DequantizeLinear"
+            if weight_type() == "uint8":  # the symmetric int8 grid as uint8 around 128 (x86 without VNNI)
+                assert inits[dq.input[0]].dtype == np.uint8
+                assert (inits[dq.input[2]] == 128).all() and inits[dq.input[0]].min() >= 1
+            else:
+                assert inits[dq.input[0]].dtype == np.int8 and (inits[dq.input[2]] == 0).all()
             weights[n.name] = inits[dq.input[1]]
         if n.op_type == "QuantizeLinear":
             acts[n.input[0]] = (float(inits[n.input[1]]), int(inits[n.input[2]]))
@@ -220,3 +230,36 @@ def test_a_pool_window_over_the_whole_map_becomes_global_and_int8_agrees(tmp_pat
     # ONNX Runtime's int8 QLinearAveragePool divides a ceil-mode window by the whole kernel: every output 0
     assert r.ok, r.reason
     assert r.spread_error is not None and r.spread_error < 0.2
+
+
+def test_weights_are_uint8_only_on_x86_without_vnni() -> None:
+    """onnxruntime's uint8 x int8 kernels saturate on x86 without VNNI (vpmaddubsw): uint8 weights there only."""
+    assert weight_type("fpu avx2 fma", "x86_64") == "uint8"
+    assert weight_type("fpu avx2 avx512f", "AMD64") == "uint8"  # AVX-512 without VNNI saturates too
+    assert weight_type("fpu avx2 avx512f avx512_vnni", "x86_64") == "int8"
+    assert weight_type("fpu avx2 avx_vnni", "x86_64") == "int8"
+    assert weight_type("", "aarch64") == "int8"
+    assert weight_type("", "x86_64") == "uint8"  # unknown flags: the form that is exact everywhere
+
+
+@pytest.mark.parametrize("kind", ["uint8", "int8"])
+def test_both_weight_forms_carry_the_same_grid(
+    kind: str, mobilenet: tuple[Any, np.ndarray, Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import exporters.onnx_int8 as onnx_int8
+
+    _model, x, shared, _report = mobilenet
+    monkeypatch.setattr(onnx_int8, "weight_type", lambda *a: kind)
+    table = calibrate(shared, x)
+    path = to_ort_int8(shared, table, x, tmp_path / "model.int8.onnx")
+    m = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    for q in table.nodes:
+        conv = next(n for n in m.graph.node if n.name == q.node.node)
+        dq = producer[conv.input[1]]
+        values, scales, zeros = (inits[dq.input[i]] for i in range(3))
+        assert values.dtype == np.dtype(kind) and (zeros == (128 if kind == "uint8" else 0)).all()
+        np.testing.assert_allclose(scales, q.weight_scales, rtol=1e-6)
+        grid = values.astype(np.int32) - zeros.reshape(-1, *([1] * (values.ndim - 1))).astype(np.int32)
+        assert np.abs(grid).max() <= 127  # symmetric: the same int8 levels in either storage
