@@ -162,8 +162,19 @@ def weight_type(flags: str | None = None, machine: str | None = None) -> str:
     return "int8" if re.search(r"\b(avx512_vnni|avx_vnni)\b", flags) else "uint8"
 
 
-def scale_overrides(model: Any, table: QuantTable) -> dict[str, list[dict[str, Any]]]:
+def _weights(weights: str | None) -> str:
+    if weights is None:
+        return weight_type()
+    if weights not in ("int8", "uint8"):
+        raise ValueError(f"weights: {weights!r} is not a weight storage; use 'int8', 'uint8' or None (this CPU's).")
+    return weights
+
+
+def scale_overrides(model: Any, table: QuantTable, weights: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """ONNX Runtime tensor overrides that carry the table's scales into its uint8 QDQ layout.
+
+    Args:
+        weights: ``"int8"`` or ``"uint8"`` (around 128) weight storage; default :func:`weight_type`.
 
     Returns:
         ``{tensor: [{"scale", "zero_point", ...}]}``: one entry per weight channel (with ``axis``) for
@@ -175,7 +186,7 @@ def scale_overrides(model: Any, table: QuantTable) -> dict[str, list[dict[str, A
     inputs: dict[str, float] = {}
     weight_grid: dict[str, Any] = (  # symmetric either way: uint8 is the int8 grid shifted by 128 (see the module)
         {"zero_point": np.array(128, np.uint8), "quant_type": QuantType.QUInt8}
-        if weight_type() == "uint8"
+        if _weights(weights) == "uint8"
         else {"zero_point": np.array(0, np.int8), "quant_type": QuantType.QInt8}
     )
     for q in table.nodes:
@@ -239,6 +250,7 @@ def to_ort_int8(
     table: QuantTable,
     calibration: npt.ArrayLike,
     out_path: str | Path,
+    weights: str | None = None,
 ) -> Path:
     """Write the ONNX Runtime int8 form of the shared fp32 ONNX at ``onnx_path`` to ``out_path`` (atomically).
 
@@ -248,9 +260,10 @@ def to_ort_int8(
         calibration: inputs in the ONNX layout (NCHW images) for the ranges of the other tensors; a tuple with
             one array per graph input for a model with several (int64 token ids and masks keep their dtype).
         out_path: the destination ``.onnx``.
+        weights: ``"int8"`` or ``"uint8"`` (around 128) weight storage; default :func:`weight_type`, this CPU's.
 
     Raises:
-        ValueError: no calibration inputs, or not one array per graph input.
+        ValueError: no calibration inputs, not one array per graph input, or an unknown ``weights``.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -267,7 +280,8 @@ def to_ort_int8(
             f"calibration: the ONNX model takes {len(names)} input(s) {names}; got "
             f"{len(data) if isinstance(data, tuple) else 1} array(s). Pass a tuple with one array per input."
         )
-    overrides = scale_overrides(model, table)
+    weights = _weights(weights)
+    overrides = scale_overrides(model, table, weights)
     target = Path(out_path)
     with atomic_path(target) as tmp:
         quantize_static(
@@ -276,7 +290,7 @@ def to_ort_int8(
             _Reader(names, data),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QUInt8 if weight_type() == "uint8" else QuantType.QInt8,
+            weight_type=QuantType.QUInt8 if weights == "uint8" else QuantType.QInt8,
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
             calibration_providers=["CPUExecutionProvider"],

@@ -244,14 +244,11 @@ def test_weights_are_uint8_only_on_x86_without_vnni() -> None:
 
 @pytest.mark.parametrize("kind", ["uint8", "int8"])
 def test_both_weight_forms_carry_the_same_grid(
-    kind: str, mobilenet: tuple[Any, np.ndarray, Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kind: str, mobilenet: tuple[Any, np.ndarray, Path, Any], tmp_path: Path
 ) -> None:
-    import exporters.onnx_int8 as onnx_int8
-
     _model, x, shared, _report = mobilenet
-    monkeypatch.setattr(onnx_int8, "weight_type", lambda *a: kind)
     table = calibrate(shared, x)
-    path = to_ort_int8(shared, table, x, tmp_path / "model.int8.onnx")
+    path = to_ort_int8(shared, table, x, tmp_path / "model.int8.onnx", weights=kind)
     m = onnx.load(str(path))
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     producer = {o: n for n in m.graph.node for o in n.output}
@@ -263,3 +260,6 @@ def test_both_weight_forms_carry_the_same_grid(
         np.testing.assert_allclose(scales, q.weight_scales, rtol=1e-6)
         grid = values.astype(np.int32) - zeros.reshape(-1, *([1] * (values.ndim - 1))).astype(np.int32)
         assert np.abs(grid).max() <= 127  # symmetric: the same int8 levels in either storage
+    with pytest.raises(ValueError, match="weights: 'int4' is not a weight storage; use 'int8', 'uint8'"):
+        to_ort_int8(shared, table, x, tmp_path / "bad.onnx", weights="int4")
+    assert not (tmp_path / "bad.onnx").exists()
