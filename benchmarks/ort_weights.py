@@ -28,13 +28,11 @@ from benchmarks import emit
 
 
 def _flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "unknown"
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
-    return ", ".join(f for f in wanted if f" {f}" in f" {line.split(':', 1)[-1]} ") or "none of avx2/avx512/vnni"
+    from exporters.onnx_int8 import cpu_flags
+
+    have = cpu_flags().split()
+    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in have]
+    return ", ".join(found) or "none of avx2/avx512/vnni"
 
 
 def measure(name: str, args: argparse.Namespace, workdir: Path) -> list[str]:

@@ -57,6 +57,7 @@ from fitslim.fileio import atomic_path
 
 __all__ = [
     "INT8_KERNELS",
+    "cpu_flags",
     "export_onnx",
     "int8_kernels",
     "optimized_op_types",
@@ -146,7 +147,7 @@ def weight_type(flags: str | None = None, machine: str | None = None) -> str:
     """``"uint8"`` on an x86 CPU without VNNI (onnxruntime's uint8 x int8 kernels saturate there), else ``"int8"``.
 
     Args:
-        flags: the CPU flags (default: this machine's, from ``/proc/cpuinfo``; unknown counts as no VNNI).
+        flags: the CPU flags (default: :func:`cpu_flags`, this machine's; unknown counts as no VNNI).
         machine: ``platform.machine()`` (default: this machine's).
     """
     import platform
@@ -154,12 +155,18 @@ def weight_type(flags: str | None = None, machine: str | None = None) -> str:
     machine = (machine or platform.machine()).lower()
     if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return "int8"
-    if flags is None:
-        try:
-            flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            flags = ""
+    flags = cpu_flags() if flags is None else flags
     return "int8" if re.search(r"\b(avx512_vnni|avx_vnni)\b", flags) else "uint8"
+
+
+def cpu_flags() -> str:
+    """This CPU's flags as ``/proc/cpuinfo`` lists them (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return line.split(":", 1)[-1].strip()
 
 
 def _weights(weights: str | None) -> str:
