@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from benchmarks import emit
+from benchmarks.headline import time_interleaved
 
 
 def _flags() -> str:
@@ -42,44 +44,34 @@ def measure(name: str, args: argparse.Namespace, workdir: Path) -> list[str]:
     from exporters.onnx_int8 import to_ort_int8
     from exporters.quant import calibrate
     from exporters.source import Source
+    from exporters.verify import compare
 
     model = build(name, False, 224)
     calib, x = images(args.calibration, 0), images(args.samples, 1)
     shared, _ = to_onnx(Source.from_model(model), workdir / f"{name}.onnx", calib[:1])
     table = calibrate(shared, calib)
-    sessions = {"fp32": ort_session(shared, args.threads)}
-    ref = sessions["fp32"].run(None, {sessions["fp32"].get_inputs()[0].name: x})[0]
-    spread = max(float(np.sqrt(((ref - ref.mean(0)) ** 2).mean())), 1e-12)
+    runners = {"fp32": _runner(ort_session(shared, args.threads))}
+    ref = runners["fp32"](x)
     rows = []
     for kind in ("int8", "uint8"):
         path = to_ort_int8(shared, table, calib, workdir / f"{name}.{kind}.onnx", weights=kind)
-        sessions[kind] = ort_session(path, args.threads)
-        out = sessions[kind].run(None, {sessions[kind].get_inputs()[0].name: x})[0]
-        rows.append(
-            (kind, float((out.argmax(1) == ref.argmax(1)).mean()), float(np.sqrt(((out - ref) ** 2).mean())) / spread)
-        )
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    one = x[:1]
-    for _ in range(args.rounds):
-        for key, sess in sessions.items():
-            feed = {sess.get_inputs()[0].name: one}
-            for _ in range(3):
-                sess.run(None, feed)
-            calls = []
-            for _ in range(args.calls):
-                t0 = time.perf_counter()
-                sess.run(None, feed)
-                calls.append(time.perf_counter() - t0)
-            times[key].append(statistics.median(calls) * 1e3)
+        runners[kind] = _runner(ort_session(path, args.threads))
+        rows.append((kind, compare(ref, runners[kind](x))))
+    times = dict(zip(runners, time_interleaved(list(runners.values()), x[:1], args.rounds, args.calls), strict=True))
     base = statistics.median(times["fp32"])
     lines = [f"| {name} | fp32 | {base:.2f} ms ({min(times['fp32']):.2f}-{max(times['fp32']):.2f}) | 1.00x | - | - |"]
-    for kind, agree, err in rows:
+    for kind, agreement in rows:
         med = statistics.median(times[kind])
         lines.append(
             f"| {name} | {kind} weights | {med:.2f} ms ({min(times[kind]):.2f}-{max(times[kind]):.2f}) | "
-            f"{med / base:.2f}x | {agree:.0%} | {err:.2f} |"
+            f"{med / base:.2f}x | {agreement.top1_agreement:.0%} | {agreement.spread_error:.2f} |"
         )
     return lines
+
+
+def _runner(sess: Any) -> Callable[[np.ndarray], np.ndarray]:
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})[0]
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -87,16 +79,17 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mobilenet_v2"], choices=["mobilenet_v2", "resnet50"])
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (each times every artifact)")
-    parser.add_argument("--calls", type=int, default=20, help="single-sample calls per artifact per round (median)")
+    parser.add_argument("--calls", type=int, default=20, help="timed single-sample calls per artifact per round")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calibration", type=int, default=32, help="calibration inputs")
     parser.add_argument("--samples", type=int, default=16, help="agreement inputs (other than the calibration ones)")
     parser.add_argument("--output", help="also write the Markdown here")
     args = parser.parse_args(argv)
     lines = [
-        f"onnxruntime int8 weight storage, 224x224, {args.threads} threads, medians of {args.rounds} interleaved "
-        f"rounds of {args.calls} calls (min-max of the round medians); CPU flags: {_flags()}. Agreement: top-1 "
-        "and RMS error over the fp32 ONNX's input-to-input spread, random weights.",
+        f"onnxruntime int8 weight storage, 224x224, {args.threads} threads, single-sample latency: median (min-max) "
+        f"of {args.rounds} interleaved rounds of {args.calls} calls (`benchmarks.headline.time_interleaved`); CPU "
+        f"flags: {_flags()}. Agreement with the fp32 ONNX (`exporters.verify.compare`): top-1 and RMS error over "
+        "its input-to-input spread, random weights.",
         "",
         "| model | artifact | latency | x fp32 | top-1 vs fp32 | RMS err / spread |",
         "|---|---|---|---|---|---|",

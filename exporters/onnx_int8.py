@@ -18,7 +18,7 @@ This module writes the form ONNX Runtime fuses (its own QDQ layout, produced by
   ``[-127 s, 127 s]`` shifted, every value exact: there onnxruntime multiplies uint8 activations by int8
   weights with ``vpmaddubsw``, which saturates a pair's sum at int16 (the digits CNN fell to 47.7% top-1
   agreement on an AVX2-only CPU, 100% with uint8 weights), while its uint8 x uint8 kernels widen first. They
-  are slower (MobileNetV2-224 on that CPU: 0.93x of fp32 against 0.68x, ``benchmarks.ort_weights``), so VNNI
+  are slower (MobileNetV2-224 on that CPU: 0.96x of fp32 against 0.74x, ``benchmarks.ort_weights``), so VNNI
   and ARM CPUs keep int8 weights. An artifact with int8 weights saturates on x86 CPUs without VNNI: export on
   the CPU family it will run on.
 
@@ -348,18 +348,19 @@ def export_onnx(job: ExportJob) -> TargetResult:
     calib = job.calibration_nchw()
     data = calib if calib is not None else job.samples_nchw()
     final = job.artifact(".int8.onnx")
-    to_ort_int8(job.onnx_path, job.quant, data, final)
+    weights = weight_type()
+    to_ort_int8(job.onnx_path, job.quant, data, final, weights)
     result = TargetResult(
         "onnx",
         "int8",
         files=[final.name],
         size_bytes=final.stat().st_size,
-        runtime=f"onnxruntime {ort.__version__} (CPU, QDQ uint8/{weight_type()})",
+        runtime=f"onnxruntime {ort.__version__} (CPU, QDQ uint8/{weights})",
         scales=job.quant.describe(),
     )
     if calib is None:
         result.notes.append("ranges of the tensors without learned scales taken from the verification samples")
-    if weight_type() == "uint8":
+    if weights == "uint8":
         result.notes.append(
             "weights stored as uint8 around 128 (the same symmetric int8 grid): this is an x86 CPU without VNNI, where "
             "onnxruntime's uint8 x int8 kernels saturate; exported on a VNNI or ARM CPU the weights stay int8 (faster, "
