@@ -232,11 +232,9 @@ def nhwc_to_nchw(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
 #: a node's own int8 error is large when the noise it adds is at least ~3% of its output's power (SQNR in dB)
 LARGE_INT8_ERROR_DB = 15.0
 
-#: at most this many samples are run through the float and Q/DQ models to locate an int8 error
+#: at most this many samples are run through the float and Q/DQ models to locate an int8 error (one at a time:
+#: only one sample's intermediate tensors are held, a ViT-Base-sized model's about 0.25 GB at 224x224)
 LOCATE_SAMPLES = 16
-#: and fewer when every intermediate tensor of both graphs for that many samples would exceed this many bytes
-#: (a ViT-Base-sized model holds about 0.25 GB of activations per 224x224 sample)
-LOCATE_MEMORY_BYTES = 4 << 30
 
 
 def _sqnr_db(reference: Any, other: Any) -> float:
@@ -246,15 +244,9 @@ def _sqnr_db(reference: Any, other: Any) -> float:
     all-zero attention mask equal in both graphs was named as where ViT's int8 error starts), the norms are taken
     in float64 (a ``finfo(float32).min`` mask fill overflows float32 squares), and non-finite elements are left out.
     """
-    a = np.asarray(reference, np.float64).ravel()
-    b = np.asarray(other, np.float64).ravel()
-    keep = np.isfinite(a) & np.isfinite(b)
-    a, b = a[keep], b[keep]
-    noise = float(np.linalg.norm(a - b))
-    if noise == 0.0:
-        return math.inf
-    signal = float(np.linalg.norm(a))
-    return 20.0 * math.log10(signal / noise) if signal > 0 else -math.inf
+    noise = _Noise()
+    noise.add(np.asarray(reference), np.asarray(other))
+    return noise.db()
 
 
 def _own_db(out_db: float, in_db: float) -> float:
@@ -276,15 +268,54 @@ def layer_name(model: Any, node: Any) -> str:
     return str(node.name or node.output[0])
 
 
-def _activations(path: str, feeds: list[dict[str, Any]], tmp: str) -> dict[str, Any]:
-    from pathlib import Path
+class _Intermediates:
+    """An ONNX graph with every float intermediate tensor as an output (``qdq_loss_debug``'s augmentation), run
+    one sample at a time: each call returns that sample's tensors, flattened, by their names in the graph."""
 
-    from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
+    def __init__(self, path: str, tmp: str) -> None:
+        from pathlib import Path
 
-    augmented = str(Path(tmp) / (Path(path).stem + ".augmented.onnx"))
-    modify_model_output_intermediate_tensors(path, augmented)
-    return {k: np.concatenate([np.asarray(a).reshape(-1) for a in v]) for k, v in collect_activations(
-        augmented, iter(feeds)).items()}  # fmt: skip
+        import onnxruntime as ort
+        from onnxruntime.quantization.qdq_loss_debug import modify_model_output_intermediate_tensors
+
+        self.path = path
+        augmented = str(Path(tmp) / (Path(path).stem + ".augmented.onnx"))
+        modify_model_output_intermediate_tensors(path, augmented)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the graph as written
+        self.session = ort.InferenceSession(augmented, opts, providers=["CPUExecutionProvider"])
+        suffix = "_ReshapedSavedOutput"  # qdq_loss_debug's name for a saved tensor
+        self.outputs = [o.name for o in self.session.get_outputs() if o.name.endswith(suffix)]
+        self.names = [o[: -len(suffix)] for o in self.outputs]
+
+    def __call__(self, feed: dict[str, Any]) -> dict[str, Any]:
+        return dict(zip(self.names, self.session.run(self.outputs, feed), strict=True))
+
+
+class _Noise:
+    """Signal and noise power of one tensor pair summed over samples, as :func:`_sqnr_db` takes them over all the
+    samples' values at once (float64, non-finite elements left out); a pair whose sizes differ is not compared."""
+
+    __slots__ = ("signal", "noise", "valid")
+
+    def __init__(self) -> None:
+        self.signal, self.noise, self.valid = 0.0, 0.0, True
+
+    def add(self, reference: Any, other: Any) -> None:
+        if reference.size != other.size:
+            self.valid = False
+            return
+        a, b = np.asarray(reference, np.float64).ravel(), np.asarray(other, np.float64).ravel()
+        keep = np.isfinite(a) & np.isfinite(b)
+        a, b = a[keep], b[keep]
+        self.signal += float(np.dot(a, a))
+        d = a - b
+        self.noise += float(np.dot(d, d))
+
+    def db(self) -> float:
+        if self.noise == 0.0:
+            return math.inf
+        return 10.0 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf
 
 
 def locate_int8_error(float_onnx: Any, qdq_onnx: Any, inputs: Any, samples: int = LOCATE_SAMPLES) -> str:
@@ -302,8 +333,7 @@ def locate_int8_error(float_onnx: Any, qdq_onnx: Any, inputs: Any, samples: int 
         float_onnx: the float ONNX (path); graph node outputs keep their names in ``qdq_onnx``.
         qdq_onnx: the same graph with QuantizeLinear/DequantizeLinear (path).
         inputs: one array or a tuple of arrays (one per graph input), batch first.
-        samples: at most this many samples are run (fewer when their activations would exceed
-            :data:`LOCATE_MEMORY_BYTES`, 4 GB).
+        samples: at most this many samples are run, one at a time.
 
     Returns:
         A sentence for a report (empty when nothing was measured).
@@ -325,30 +355,48 @@ def locate_int8_error(float_onnx: Any, qdq_onnx: Any, inputs: Any, samples: int 
         {k: np.ascontiguousarray(a[i : i + 1], dtype=t) for k, a, t in zip(names, arrays, dtypes, strict=True)}
         for i in range(n)
     ]
-    with tempfile.TemporaryDirectory(prefix="fitslim-int8-locate-") as tmp:
-        ref = _activations(str(float_onnx), feeds[:1], tmp)
-        # the Q/DQ graph holds each tensor about twice (before and after its Q/DQ pair): 3x the float's bytes
-        per_sample = 3 * sum(int(v.nbytes) for v in ref.values())
-        feeds = feeds[: max(1, min(len(feeds), LOCATE_MEMORY_BYTES // max(1, per_sample)))]
-        if len(feeds) > 1:
-            ref = _activations(str(float_onnx), feeds, tmp)
-        got = _activations(str(qdq_onnx), feeds, tmp)
     qmodel = onnx.load(str(qdq_onnx))
     producer = {o: nd for nd in qmodel.graph.node for o in nd.output}
-    # what the Q/DQ graph's consumers read for a float tensor: the DequantizeLinear output of its Q/DQ pair, else
-    # the tensor itself when the same kind of node made it (ONNX Runtime folds a ReLU into its QuantizeLinear
-    # and the Conv's output takes the ReLU's name); and the int8 grid's own loss on each quantized activation
-    seen: dict[str, Any] = {}
-    grid: dict[str, float] = {}
     made_by = {o: nd.op_type for nd in model.graph.node for o in nd.output}
-    for dq in qmodel.graph.node:
-        q = producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
-        if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in got and dq.output[0] in got:
-            t = q.input[0]
-            seen[t] = got[dq.output[0]]
-            # a ReLU / Clip folded into the QuantizeLinear's range is no loss of the grid
-            if t in made_by and t in producer and producer[t].op_type == made_by[t]:
-                grid[t] = min(grid.get(t, math.inf), _sqnr_db(got[t], got[dq.output[0]]))
+    with tempfile.TemporaryDirectory(prefix="fitslim-int8-locate-") as tmp:
+        float_run, qdq_run = _Intermediates(str(float_onnx), tmp), _Intermediates(str(qdq_onnx), tmp)
+        in_ref, in_got = set(float_run.names), set(qdq_run.names)
+        # what the Q/DQ graph's consumers read for a float tensor: the DequantizeLinear output of its Q/DQ pair,
+        # else the tensor itself when the same kind of node made it (ONNX Runtime folds a ReLU into its
+        # QuantizeLinear and the Conv's output takes the ReLU's name); and the int8 grid's own loss on each
+        # quantized activation (its Q/DQ pair's output against its input)
+        read_as: dict[str, str] = {}
+        grid_pairs: list[tuple[str, str]] = []
+        for dq in qmodel.graph.node:
+            q = producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in in_got and dq.output[0] in in_got:
+                t = q.input[0]
+                read_as[t] = dq.output[0]
+                # a ReLU / Clip folded into the QuantizeLinear's range is no loss of the grid
+                if t in made_by and t in producer and producer[t].op_type == made_by[t]:
+                    grid_pairs.append((t, dq.output[0]))
+        compared: dict[str, str] = {}  # float tensor -> the Q/DQ graph's tensor it is compared with
+        for node in model.graph.node:
+            for o in node.output:
+                other = read_as.get(o)
+                if other is None and o in in_got and producer.get(o) is not None:
+                    other = o if producer[o].op_type == node.op_type else None
+                if other is not None and o in in_ref:
+                    compared[o] = other
+        # one sample at a time: only one sample's tensors of each graph are held, whatever the model's size
+        outputs = {o: _Noise() for o in compared}
+        grids = {pair: _Noise() for pair in grid_pairs}
+        for feed in feeds:
+            ref, got = float_run(feed), qdq_run(feed)
+            for o, noise in outputs.items():
+                noise.add(ref[o], got[compared[o]])
+            for (t, dq_out), noise in grids.items():
+                noise.add(got[t], got[dq_out])
+            del ref, got
+    grid: dict[str, float] = {}
+    for (t, _dq), noise in grids.items():
+        if noise.valid:
+            grid[t] = min(grid.get(t, math.inf), noise.db())
     sqnr: dict[str, float] = {}
     pending: dict[str, tuple[list[Any], float]] = {}  # tensors not compared: the nodes behind them, their inputs' dB
     first = None
@@ -366,18 +414,12 @@ def locate_int8_error(float_onnx: Any, qdq_onnx: Any, inputs: Any, samples: int 
                 members += [m for m in more if m not in members]
                 in_db = min(in_db, db)
         members.append(node)
-        values = {}
-        for o in node.output:
-            value = seen.get(o)
-            if value is None and o in got and producer.get(o) is not None and producer[o].op_type == node.op_type:
-                value = got[o]
-            if value is not None and o in ref and ref[o].shape == value.shape:
-                values[o] = value
+        values = [outputs[o].db() for o in node.output if o in outputs and outputs[o].valid]
         if not values or node.op_type in ("Constant", "Shape"):
             for o in node.output:
                 pending[o] = (members, in_db)
             continue
-        out_db = min(_sqnr_db(ref[o], v) for o, v in values.items())
+        out_db = min(values)
         for o in node.output:
             sqnr[o] = out_db
         own = _own_db(out_db, in_db)

@@ -222,6 +222,47 @@ def test_keras_layernorm_on_a_1x1_map_exports_right(size: int, tmp_path: Path) -
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_keras_conversion_frees_tf2onnx_graph_copies_between_passes_and_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tf2onnx deep-copies its graph before each optimizer pass and drops the old copy as a reference cycle; a
+    process with TensorFlow loaded ran a full collection too seldom to free them (InceptionV3 at 75 px: 5.3 GB
+    held after the conversion, and CI's pytest process was killed for memory)."""
+    pytest.importorskip("tf2onnx")
+    keras = pytest.importorskip("keras")
+    import gc
+    import itertools
+
+    import tf2onnx.graph
+    import tf2onnx.optimizer
+
+    import exporters.onnx_export as onnx_export
+
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x)))
+    optimizers = tf2onnx.optimizer._optimizers
+    collections: list[int] = []
+    real_collect = gc.collect
+
+    def counted(*args: Any) -> int:
+        collections.append(1)
+        return real_collect(*args)
+
+    grows = itertools.count(0, 2 * onnx_export.GARBAGE_BYTES)  # as if each pass left two limits' worth behind
+    monkeypatch.setattr(onnx_export, "_resident_bytes", lambda: next(grows))
+    monkeypatch.setattr(onnx_export.gc, "collect", counted)
+    gc.disable()  # nothing but the export's own collections frees the copies
+    try:
+        to_onnx(Source.from_model(model), tmp_path / "m.onnx", np.zeros((1, 6, 6, 3), np.float32))
+        left = [o for o in gc.get_objects() if isinstance(o, tf2onnx.graph.Graph)]
+    finally:
+        gc.enable()
+    assert not left, f"{len(left)} tf2onnx graphs outlived the conversion"
+    assert len(collections) > len(optimizers)  # before each pass, and once after the conversion
+    assert tf2onnx.optimizer._optimizers is optimizers  # tf2onnx's own table is back
+
+
 _BOOM: list[Any] = []
 
 
