@@ -42,6 +42,10 @@ _NEEDS_ONNX = ("onnx", "ncnn", "tensorrt")
 #: ``export(..., ncnn_depthwise=...)``: the ncnn layer types each choice keeps in fp32 in an int8 model
 NCNN_DEPTHWISE: dict[str, tuple[str, ...]] = {"int8": (), "float": ("ConvolutionDepthWise",)}
 
+#: ``export(..., onnx_weights=...)``: how the ``onnx`` int8 artifact stores its weights (``auto``: this CPU's
+#: choice, :func:`exporters.onnx_int8.weight_type`)
+ONNX_WEIGHTS = ("auto", "int8", "uint8")
+
 #: target → (module, function, the extra that provides its runtime)
 _TARGET_IMPL: dict[str, tuple[str, str, str]] = {
     "onnx": ("exporters.onnx_int8", "export_onnx", "onnx"),  # fp32 as it is; int8 in ONNX Runtime's QDQ form
@@ -246,6 +250,7 @@ def export(
     reference_fn: Callable[[npt.NDArray[np.float32]], npt.ArrayLike] | None = None,
     tflite_int8: Callable[[Any, QuantSpec, npt.NDArray[np.float32]], bytes] | None = None,
     ncnn_depthwise: str = "int8",
+    onnx_weights: str = "auto",
 ) -> ExportReport:
     """Export ``model`` to each target, verify every artifact in its runtime, and return the report.
 
@@ -275,6 +280,11 @@ def export(
             devices run fastest) or ``"float"`` (depthwise and grouped convolutions stay fp32 inside the int8
             model: on x86, ncnn's int8 depthwise kernel is slower than its fp32 one). Only the ncnn int8
             artifact changes.
+        onnx_weights: how the ``onnx`` int8 artifact stores its weights: ``"auto"`` (default: for the CPU that
+            exports, :func:`exporters.onnx_int8.weight_type`), ``"int8"`` (fastest on ARM and on x86 with VNNI;
+            onnxruntime's kernels saturate on x86 CPUs without VNNI) or ``"uint8"`` (the same int8 grid around
+            128, exact on every CPU, slower where int8 weights are exact). Choose for the CPU that will run it
+            when that is not the exporting one. Only the ``onnx`` int8 artifact changes.
 
     A Keras model quantized by ``keras_callbacks.QuantizationAware`` (it runs its fake-quant after ``fit``) is
     exported as its float model with its learned QuantSpec (int8), compared against its fake-quant outputs.
@@ -286,6 +296,11 @@ def export(
         raise ValueError(
             f"ncnn_depthwise: unknown {ncnn_depthwise!r}; choose one of {list(NCNN_DEPTHWISE)} ('float' keeps "
             "depthwise convolutions fp32 in the ncnn int8 model, faster on x86)."
+        )
+    if onnx_weights not in ONNX_WEIGHTS:
+        raise ValueError(
+            f"onnx_weights: unknown {onnx_weights!r}; choose one of {list(ONNX_WEIGHTS)} (how the onnx int8 artifact "
+            "stores its weights: 'uint8' for x86 CPUs without VNNI, 'int8' for ARM and VNNI CPUs)."
         )
     int8 = None if isinstance(model, str | os.PathLike) else getattr(model, "_fitslim_int8", None)
     view: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -300,6 +315,7 @@ def export(
         return _export(
             model, targets, example_input, calibration, precision, quant_spec, directory, verify, threads,
             progress, samples, reference_fn, tflite_int8, NCNN_DEPTHWISE[ncnn_depthwise],
+            None if onnx_weights == "auto" else onnx_weights,
         )  # fmt: skip
 
 
@@ -318,6 +334,7 @@ def _export(
     reference_fn: Callable[[npt.NDArray[np.float32]], npt.ArrayLike] | None,
     tflite_int8: Callable[[Any, QuantSpec, npt.NDArray[np.float32]], bytes] | None,
     ncnn_keep_float: tuple[str, ...] = (),
+    onnx_weights: str | None = None,
 ) -> ExportReport:
     chosen = _check_args(targets, precision)
     say = progress or (lambda msg: log.info("%s", msg))
@@ -342,6 +359,7 @@ def _export(
             tflite_int8=tflite_int8,
         )
         job.ncnn_keep_float = ncnn_keep_float
+        job.onnx_weights = onnx_weights
         report = ExportReport(source=job.source.description, directory=str(out_dir))
         for target in chosen:
             say(f"exporting {target} ({precision})")

@@ -51,6 +51,8 @@ class ExportJob:
             targets that start from it fail with this reason, TFLite still runs.
         ncnn_keep_float: ncnn layer types the ncnn int8 model keeps in fp32 (``("ConvolutionDepthWise",)``
             for ``export(..., ncnn_depthwise="float")``).
+        onnx_weights: the ``onnx`` int8 artifact's weight storage, ``"int8"`` or ``"uint8"``; None: this CPU's
+            (``export(..., onnx_weights=...)``).
     """
 
     source: Source
@@ -70,6 +72,7 @@ class ExportJob:
     tflite_int8: Callable[[Any, QuantSpec, npt.NDArray[np.float32]], bytes] | None = None
     onnx_error: str | None = None
     ncnn_keep_float: tuple[str, ...] = ()
+    onnx_weights: str | None = None
 
     def samples_nchw(self) -> npt.NDArray[np.float32]:
         """Verification inputs in NCHW (the ONNX / ncnn layout)."""

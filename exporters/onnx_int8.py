@@ -348,7 +348,8 @@ def export_onnx(job: ExportJob) -> TargetResult:
     calib = job.calibration_nchw()
     data = calib if calib is not None else job.samples_nchw()
     final = job.artifact(".int8.onnx")
-    weights = weight_type()
+    here = weight_type()
+    weights = job.onnx_weights or here
     to_ort_int8(job.onnx_path, job.quant, data, final, weights)
     result = TargetResult(
         "onnx",
@@ -360,11 +361,22 @@ def export_onnx(job: ExportJob) -> TargetResult:
     )
     if calib is None:
         result.notes.append("ranges of the tensors without learned scales taken from the verification samples")
-    if weights == "uint8":
+    if job.onnx_weights is None and weights == "uint8":
         result.notes.append(
             "weights stored as uint8 around 128 (the same symmetric int8 grid): this is an x86 CPU without VNNI, where "
             "onnxruntime's uint8 x int8 kernels saturate; exported on a VNNI or ARM CPU the weights stay int8 (faster, "
-            "but not for x86 CPUs without VNNI)"
+            "but not for x86 CPUs without VNNI); onnx_weights='int8' or 'uint8' chooses for the CPU that will run it"
+        )
+    elif job.onnx_weights is not None:
+        result.notes.append(
+            f"weights stored as {weights} (onnx_weights={weights!r})"
+            + (" around 128, the same symmetric int8 grid" if weights == "uint8" else "")
+            + (
+                "; this CPU (x86 without VNNI) saturates onnxruntime's uint8 x int8 products, so the verification "
+                "here can fail where ARM and VNNI CPUs compute the artifact exactly"
+                if weights == "int8" and here == "uint8"
+                else ""
+            )
         )
     ops = optimized_op_types(final, job.threads)
     kernels = {op: n for op, n in sorted(ops.items()) if op in INT8_KERNELS}

@@ -63,6 +63,8 @@ class ExportSettings:
         input_fn: extracts the model input from a batch (default: first element, or x/input/image key).
         ncnn_depthwise: ``"int8"`` or ``"float"``: depthwise convolutions of the ncnn int8 model stay fp32
             (faster on x86; see :func:`exporters.export`).
+        onnx_weights: ``"auto"``, ``"int8"`` or ``"uint8"``: the ``onnx`` int8 artifact's weight storage (``auto``:
+            for the exporting CPU; see :func:`exporters.export`).
 
     Raises:
         ValueError: an unknown target or precision, or a non-positive count.
@@ -80,6 +82,7 @@ class ExportSettings:
     threads: int = 2
     input_fn: Callable[[Any], Any] | None = None
     ncnn_depthwise: str = "int8"
+    onnx_weights: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -111,6 +114,13 @@ class ExportSettings:
             raise ValueError(
                 f"Export(ncnn_depthwise=...): unknown {self.ncnn_depthwise!r}. HINT: choose one of "
                 f"{list(NCNN_DEPTHWISE)} ('float' keeps depthwise convolutions fp32 in the ncnn int8 model)."
+            )
+        from exporters.export import ONNX_WEIGHTS
+
+        if self.onnx_weights not in ONNX_WEIGHTS:
+            raise ValueError(
+                f"Export(onnx_weights=...): unknown {self.onnx_weights!r}. HINT: choose one of {list(ONNX_WEIGHTS)} "
+                "('uint8' for x86 CPUs without VNNI, 'int8' for ARM and VNNI CPUs, 'auto' for the exporting CPU)."
             )
         if not str(self.directory):
             raise ValueError("Export(directory=...): must not be empty. HINT: e.g. directory='exports'.")
@@ -176,6 +186,7 @@ class ExportSettings:
                 reference_fn=reference_fn if spec is not None else None,
                 tflite_int8=tflite_int8 if spec is not None else None,
                 ncnn_depthwise=self.ncnn_depthwise,
+                onnx_weights=self.onnx_weights,
             )
         except Exception as err:  # the trained model and its checkpoints must survive any export problem
             log.exception("fitslim Export failed; the trained weights are untouched")

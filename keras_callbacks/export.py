@@ -116,6 +116,8 @@ class Export(keras.callbacks.Callback):
         input_fn: ``batch -> input`` for datasets whose elements are not ``(x, y)`` tuples.
         ncnn_depthwise: ``"int8"`` (default) or ``"float"``: depthwise convolutions stay fp32 in the ncnn int8
             model, which is faster on x86 (ncnn's int8 depthwise kernel is slower than its fp32 one there).
+        onnx_weights: ``"auto"`` (default: for the exporting CPU), ``"int8"`` (ARM, x86 with VNNI) or ``"uint8"``
+            (x86 without VNNI): how the ``onnx`` int8 artifact stores its weights.
         batch_size: batch size used to slice array inputs given to ``fit``.
 
     Raises:
@@ -136,6 +138,7 @@ class Export(keras.callbacks.Callback):
         input_fn: Callable[[Any], Any] | None = None,
         batch_size: int = 32,
         ncnn_depthwise: str = "int8",
+        onnx_weights: str = "auto",
     ) -> None:
         super().__init__()
         self.settings = ExportSettings(
@@ -150,6 +153,7 @@ class Export(keras.callbacks.Callback):
             threads,
             input_fn,
             ncnn_depthwise,
+            onnx_weights,
         )
         self.batch_size = batch_size
         self.report: ExportReport | None = None

@@ -87,6 +87,8 @@ class Export(pl.Callback):  # type: ignore[name-defined]
         input_fn: ``batch -> input`` when batches are not ``(x, y)`` tuples or dicts with ``x``/``input``/``image``.
         ncnn_depthwise: ``"int8"`` (default) or ``"float"``: depthwise convolutions stay fp32 in the ncnn int8
             model, which is faster on x86 (ncnn's int8 depthwise kernel is slower than its fp32 one there).
+        onnx_weights: ``"auto"`` (default: for the exporting CPU), ``"int8"`` (ARM, x86 with VNNI) or ``"uint8"``
+            (x86 without VNNI): how the ``onnx`` int8 artifact stores its weights.
 
     Raises:
         ValueError: unknown target or precision, or a ``quant_spec`` path that holds no QuantSpec.
@@ -105,6 +107,7 @@ class Export(pl.Callback):  # type: ignore[name-defined]
         threads: int = 2,
         input_fn: Callable[[Any], Any] | None = None,
         ncnn_depthwise: str = "int8",
+        onnx_weights: str = "auto",
     ) -> None:
         super().__init__()
         self.settings = ExportSettings(
@@ -119,6 +122,7 @@ class Export(pl.Callback):  # type: ignore[name-defined]
             threads,
             input_fn,
             ncnn_depthwise,
+            onnx_weights,
         )
         self.report: ExportReport | None = None
 

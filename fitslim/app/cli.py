@@ -130,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
         default="int8",
         help="float: depthwise convolutions stay fp32 in the ncnn int8 model, faster on x86 (default: %(default)s)",
     )
+    exp.add_argument(
+        "--onnx-weights",
+        choices=["auto", "int8", "uint8"],
+        default="auto",
+        help="weight storage of the onnx int8 artifact: uint8 for x86 CPUs without VNNI, int8 for ARM and VNNI CPUs, "
+        "auto for this CPU (default: %(default)s)",
+    )
     exp.add_argument("--no-verify", action="store_true", help="skip running each artifact in its runtime")
     exp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     rep = sub.add_parser("report", help="print the report of an earlier export")
@@ -569,6 +576,7 @@ def _export(args: argparse.Namespace) -> int:
             threads=args.threads,
             progress=progress,
             ncnn_depthwise=args.ncnn_depthwise,
+            onnx_weights=args.onnx_weights,
         )
     except BaseException:
         if not existed:

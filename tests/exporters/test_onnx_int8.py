@@ -263,3 +263,50 @@ def test_both_weight_forms_carry_the_same_grid(
     with pytest.raises(ValueError, match="weights: 'int4' is not a weight storage; use 'int8', 'uint8'"):
         to_ort_int8(shared, table, x, tmp_path / "bad.onnx", weights="int4")
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def _weight_dtypes(path: Path) -> set[Any]:
+    m = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    return {inits[producer[n.input[1]].input[0]].dtype for n in m.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+
+
+def test_onnx_weights_chooses_the_storage_for_the_cpu_that_will_run_it(
+    mobilenet: tuple[Any, np.ndarray, Path, Any], tmp_path: Path
+) -> None:
+    """An artifact exported on a VNNI build machine for an x86 CPU without VNNI needs uint8 weights, and one
+    exported on such a CPU for an ARM phone int8 weights: the exporting CPU's choice can be overridden."""
+    _model, x, shared, _report = mobilenet
+    here = weight_type()
+    rows = {}
+    for kind in ("uint8", "int8"):
+        report = export(
+            str(shared), ["onnx"], calibration=x, precision="int8", directory=tmp_path / kind, onnx_weights=kind
+        )
+        row = rows[kind] = report["onnx"]
+        assert _weight_dtypes(tmp_path / kind / "model.int8.onnx") == {np.dtype(kind)}
+        assert row.runtime.endswith(f"QDQ uint8/{kind})"), row.runtime
+        assert any(f"onnx_weights='{kind}'" in n for n in row.notes), row.notes
+    assert rows["uint8"].ok, rows["uint8"].reason  # exact on every CPU
+    saturates = [n for n in rows["int8"].notes if "saturates" in n]
+    assert bool(saturates) == (here == "uint8")  # said only where this CPU saturates int8 weights
+    if here == "int8":
+        assert rows["int8"].ok, rows["int8"].reason
+    with pytest.raises(ValueError, match=r"onnx_weights: unknown 'int4'; choose one of \['auto', 'int8', 'uint8'\]"):
+        export(str(shared), ["onnx"], calibration=x, precision="int8", directory=tmp_path / "bad", onnx_weights="int4")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_onnx_weights_reaches_the_callbacks_and_the_cli() -> None:
+    from exporters.settings import ExportSettings
+    from fitslim.app.cli import _parser
+    from lightning_plugins import Export
+
+    assert Export(targets=["onnx"], onnx_weights="uint8").settings.onnx_weights == "uint8"
+    assert ExportSettings().onnx_weights == "auto"
+    with pytest.raises(ValueError, match=r"Export\(onnx_weights=...\): unknown 'int4'. HINT: choose one of"):
+        ExportSettings(onnx_weights="int4")
+    args = _parser().parse_args(["export", "model.onnx", "--to", "onnx", "--onnx-weights", "int8"])
+    assert args.onnx_weights == "int8"
+    assert _parser().parse_args(["export", "model.onnx", "--to", "onnx"]).onnx_weights == "auto"

@@ -93,3 +93,9 @@ def test_tensorrt_qdq_from_the_callback_follows_the_quantized_model(tmp_path: Pa
     qdq = np.asarray(sess.run(None, {sess.get_inputs()[0].name: nchw})[0])
     agreement = float((qdq.argmax(1) == after_fit.argmax(1)).mean())
     assert agreement >= 0.98, agreement  # measured 0.989 (the Q/DQ graph also quantizes the residual Add's skip)
+
+
+def test_export_passes_the_onnx_weight_storage_on() -> None:
+    assert Export(targets=["onnx"], onnx_weights="int8").settings.onnx_weights == "int8"
+    with pytest.raises(ValueError, match=r"Export\(onnx_weights=...\): unknown 'u8'"):
+        Export(onnx_weights="u8")
