@@ -226,7 +226,7 @@ def test_keras_conversion_frees_tf2onnx_graph_copies_between_passes_and_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """tf2onnx deep-copies its graph before each optimizer pass and drops the old copy as a reference cycle; a
-    process with TensorFlow loaded ran a full collection too seldom to free them (InceptionV3 at 75 px: 5.3 GB
+    process with TensorFlow loaded ran a full collection too seldom to free them (InceptionV3 at 75 px: 5.2 GB
     held after the conversion, and CI's pytest process was killed for memory)."""
     pytest.importorskip("tf2onnx")
     keras = pytest.importorskip("keras")
