@@ -19,8 +19,8 @@ This module writes the form ONNX Runtime fuses (its own QDQ layout, produced by
   weights with ``vpmaddubsw``, which saturates a pair's sum at int16 (the digits CNN fell to 47.7% top-1
   agreement on an AVX2-only CPU, 100% with uint8 weights), while its uint8 x uint8 kernels widen first. They
   are slower (MobileNetV2-224 on that CPU: 0.96x of fp32 against 0.74x, ``benchmarks.ort_weights``), so VNNI
-  and ARM CPUs keep int8 weights. An artifact with int8 weights saturates on x86 CPUs without VNNI: export on
-  the CPU family it will run on.
+  and ARM CPUs keep int8 weights. An artifact with int8 weights saturates on x86 CPUs without VNNI: where the
+  CPU that will run it is not the exporting one, ``export(..., onnx_weights="int8" | "uint8")`` chooses.
 
 Scales come from the :class:`~exporters.quant.QuantTable` every int8 target shares (a learned QuantSpec,
 used exactly, or fitslim's calibration): weight scales per channel as they are, the input scale ``s`` of
