@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fitslim.schedules import (
@@ -169,10 +169,11 @@ def test_call_matches_a_step_by_step_mask_simulation(schedule: SparsitySchedule,
 
 
 @given(schedules, steps)
+@example(ConstantSparsity(0.0, start_step=0, end_step=-1), -1)  # end_step -1 is "endless", not a step to update at
 def test_should_update_is_tfmot_except_at_end_step(schedule: SparsitySchedule, step: int) -> None:
     start_step, end_step, frequency = schedule.start_step, schedule.end_step, schedule.frequency
     assert start_step is not None and end_step is not None and frequency is not None
-    expected = tfmot_should_prune(step, start_step, end_step, frequency) or step == end_step
+    expected = tfmot_should_prune(step, start_step, end_step, frequency) or (end_step >= 0 and step == end_step)
     assert schedule.should_update(step) == expected
 
 
