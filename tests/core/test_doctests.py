@@ -12,7 +12,7 @@ MODULES = [
     "fitslim.quantspec",
     "fitslim.recipe",
     "fitslim.fileio",
-    "fitslim.data",
+    "fitslim.data.digits",
     "fitslim.schedules",
     "fitslim.sparsity",
     "fitslim.metrics",
