@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,12 +63,14 @@ log = logging.getLogger("benchmarks.headline")
 
 PRUNED_FP32 = "onnxruntime, after in fp32"
 
-#: runtimes in table order: (label, target of the dense fp32 export, target of the compressed int8 export)
-RUNTIMES: tuple[tuple[str, str, str], ...] = (
-    ("onnxruntime", "onnx", "tensorrt"),
-    ("ncnn", "ncnn", "ncnn"),
-    ("LiteRT", "tflite", "tflite"),
-    (PRUNED_FP32, "onnx", "onnx"),  # the student's float ONNX: what pruning + distillation alone give
+#: rows in table order: (label, target before, target after, precision after). Before is always the dense
+#: model's fp32 export. After, the int8 rows read the Export callback's int8 artifacts and the last row the
+#: student's own fp32 ONNX (exported separately: the ``onnx`` target at int8 is onnxruntime's int8 file).
+RUNTIMES: tuple[tuple[str, str, str, str], ...] = (
+    ("onnxruntime", "onnx", "tensorrt", "int8"),
+    ("ncnn", "ncnn", "ncnn", "int8"),
+    ("LiteRT", "tflite", "tflite", "int8"),
+    (PRUNED_FP32, "onnx", "onnx", "fp32"),  # the student's float ONNX: what pruning + distillation alone give
 )
 TARGETS = ["onnx", "ncnn", "tflite", "tensorrt"]
 
@@ -95,6 +97,7 @@ class Artifact:
 
     status: str
     path: Path | None = None
+    precision: str = ""
     size: int | None = None
     reason: str = ""
     runner: Callable[[np.ndarray], np.ndarray] | None = None  # one NCHW sample with batch axis -> logits
@@ -238,28 +241,51 @@ def train_compressed(
 # -- artifacts and runtimes ----------------------------------------------------------------------------
 
 
-def load_artifacts(report: Any, threads: int) -> dict[str, Artifact]:
-    """One :class:`Artifact` per runtime from an export report (the dense fp32 or the compressed int8 one)."""
+def choose(reports: Sequence[Any], target: str, precision: str) -> tuple[Any, Any] | None:
+    """The first ``(report, row)`` among ``reports`` whose row is ``target`` at ``precision``; None if none is.
+
+    A report holds one precision per target, and the ``onnx`` target's file differs by precision (``model.onnx``
+    at fp32, onnxruntime's ``model.int8.onnx`` at int8), so a row is found by both.
+    """
+    for report in reports:
+        for r in report:
+            if r.target == target and r.precision == precision:
+                return report, r
+    return None
+
+
+def load_artifacts(reports: Sequence[Any], side: str, threads: int) -> dict[str, Artifact]:
+    """One :class:`Artifact` per table row, each read from the export whose target and precision the row names.
+
+    Args:
+        reports: export reports of this side: before, the dense fp32 one; after, the ``Export`` callback's
+            int8 one and the student's fp32 ONNX export.
+        side: ``"before"`` (every row fp32; the last row is the dense fp32 ONNX again) or ``"after"``.
+        threads: runtime threads.
+
+    Raises:
+        ValueError: ``side`` is neither ``"before"`` nor ``"after"``.
+    """
     from exporters import runtimes
 
-    directory = Path(report.directory)
-    int8 = any(r.precision == "int8" for r in report)
+    if side not in ("before", "after"):
+        raise ValueError(f"side: expected 'before' or 'after', got {side!r}; pass one of the two.")
     out: dict[str, Artifact] = {}
-    for runtime, fp32_target, int8_target in RUNTIMES:
-        if runtime == PRUNED_FP32 and not int8:  # before, this row is the dense fp32 ONNX: the same runner
+    for runtime, fp32_target, after_target, after_precision in RUNTIMES:
+        if runtime == PRUNED_FP32 and side == "before":  # before, this row is the dense fp32 ONNX: the same runner
             out[runtime] = out["onnxruntime"]
             continue
-        target = int8_target if int8 else fp32_target
-        try:
-            r = report[target]
-        except KeyError:
-            out[runtime] = Artifact("skipped", reason=f"no {target} target in the export")
+        target, precision = (fp32_target, "fp32") if side == "before" else (after_target, after_precision)
+        found = choose(reports, target, precision)
+        if found is None:
+            out[runtime] = Artifact("skipped", reason=f"no {target} target at {precision} in the exports")
             continue
+        report, r = found
         if not r.ok:
             out[runtime] = Artifact(r.status, reason=r.reason)
             continue
-        files = [directory / f for f in r.files]
-        art = Artifact("ok", path=files[0], size=sum(f.stat().st_size for f in files))
+        files = [Path(report.directory) / f for f in r.files]
+        art = Artifact("ok", path=files[0], size=sum(f.stat().st_size for f in files), precision=precision)
         try:
             if runtime == "ncnn":
                 art.path = next(f for f in files if f.suffix == ".param")
@@ -268,6 +294,14 @@ def load_artifacts(report: Any, threads: int) -> dict[str, Artifact]:
             art = Artifact("failed", reason=f"loading in {runtime}: {type(err).__name__}: {err}")
         out[runtime] = art
     return out
+
+
+def files_read(artifacts: dict[str, Artifact]) -> str:
+    """Which file (and precision) each row of one side read, e.g. ``ncnn: model.int8.ncnn.param (int8)``."""
+    return "; ".join(
+        f"{runtime}: {a.path.name} ({a.precision})" if a.path is not None else f"{runtime}: {a.status}"
+        for runtime, a in artifacts.items()
+    )
 
 
 def accuracy(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
@@ -332,6 +366,15 @@ def measure(cfg: Config, args: argparse.Namespace, work: Path) -> tuple[Side, Si
     log.info("%s: compressing (%d epochs, channel sparsity %.2f)", cfg.name, cfg.student_epochs, args.sparsity)
     student, after_report, student_seconds = train_compressed(cfg, dense, data, args.sparsity, root, args.threads)
     student_acc = evaluate_accuracy(student, d.x_test, d.y_test)
+    student_fp32 = export(  # the Export callback's onnx target is int8: the student's fp32 ONNX is its own export
+        student,
+        ["onnx"],
+        example_input=d.x_test[:1],
+        precision="fp32",
+        directory=root / "after-fp32",
+        threads=args.threads,
+        samples=d.x_test[:64],
+    )
 
     before = Side(
         "dense fp32",
@@ -339,7 +382,7 @@ def measure(cfg: Config, args: argparse.Namespace, work: Path) -> tuple[Side, Si
         dense_acc,
         dense_seconds,
         before_export,
-        load_artifacts(before_report, args.threads),
+        load_artifacts([before_report], "before", args.threads),
     )
     after = Side(
         "pruned + int8 + distilled",
@@ -347,11 +390,12 @@ def measure(cfg: Config, args: argparse.Namespace, work: Path) -> tuple[Side, Si
         student_acc,
         student_seconds,
         0.0,
-        load_artifacts(after_report, args.threads),
+        load_artifacts([after_report, student_fp32], "after", args.threads),
     )
     for side, model in ((before, dense), (after, student)):
         side.notes.append(f"{side.label}: {channel_alignment(model)}")
-    for side, report in ((before, before_report), (after, after_report)):
+        side.notes.append(f"{side.label}, files read: {files_read(side.artifacts)}")
+    for side, report in ((before, before_report), (after, after_report), (after, student_fp32)):
         for r in report:
             if r.status != "ok":
                 side.notes.append(f"{r.target} ({r.precision}) {r.status}: {r.reason[:200]}")
@@ -417,7 +461,7 @@ def table(cfg: Config, before: Side, after: Side, args: argparse.Namespace) -> l
         "|---|---|---|---|",
         f"| parameters | {before.params:,} | {after.params:,} | {_ratio(after.params, before.params)} |",
     ]
-    pairs = [(runtime, before.artifacts[runtime], after.artifacts[runtime]) for runtime, _, _ in RUNTIMES]
+    pairs = [(runtime, before.artifacts[runtime], after.artifacts[runtime]) for runtime, *_ in RUNTIMES]
     for runtime, b, a in pairs:
         lines.append(
             f"| size, {LABELS[runtime]} | {_cell(b, _size(b.size))} | {_cell(a, _size(a.size))} "

@@ -135,3 +135,56 @@ def test_speed224_retime_refuses_a_record_whose_artifacts_are_gone(tmp_path: Pat
     args = argparse.Namespace(threads=1, rounds=1, burst=1)
     with pytest.raises(FileNotFoundError, match="run without --reuse"):
         speed224.retime(record, args)
+
+
+def _report(directory: Path, rows: list[tuple[str, str, list[str]]]) -> object:
+    from exporters.report import ExportReport, TargetResult
+
+    results = []
+    for target, precision, files in rows:
+        for f in files:
+            (directory / f).write_bytes(b"x" * (100 if precision == "int8" else 400))
+        results.append(TargetResult(target, precision, files=files))
+    return ExportReport(source="fake", directory=str(directory), results=results)
+
+
+def test_headline_rows_read_the_artifact_they_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After, the 'without int8' row reads the student's fp32 ONNX, not the int8 `onnx` artifact of the same fit."""
+    from benchmarks import headline
+    from exporters import runtimes
+
+    (tmp_path / "int8").mkdir()
+    (tmp_path / "fp32").mkdir()
+    int8 = _report(
+        tmp_path / "int8",
+        [
+            ("onnx", "int8", ["model.int8.onnx"]),  # onnxruntime's int8 file: the row must not read it
+            ("ncnn", "int8", ["model.int8.ncnn.param", "model.int8.ncnn.bin"]),
+            ("tflite", "int8", ["model.int8.tflite"]),
+            ("tensorrt", "int8", ["model.qdq.onnx"]),
+        ],
+    )
+    fp32 = _report(tmp_path / "fp32", [("onnx", "fp32", ["model.onnx"])])
+    loaded: list[tuple[str, str]] = []
+
+    def fake_runner(report: object, target: str, threads: int = 2) -> object:
+        loaded.append((Path(report.directory).name, target))  # type: ignore[attr-defined]
+        return lambda x: x
+
+    monkeypatch.setattr(runtimes, "runner", fake_runner)
+    after = headline.load_artifacts([int8, fp32], "after", threads=1)
+    fp32_row = after[headline.PRUNED_FP32]
+    assert fp32_row.status == "ok" and fp32_row.path == tmp_path / "fp32" / "model.onnx"
+    assert fp32_row.precision == "fp32" and fp32_row.size == 400
+    assert after["onnxruntime"].path == tmp_path / "int8" / "model.qdq.onnx"
+    assert after["ncnn"].path is not None and after["ncnn"].path.name == "model.int8.ncnn.param"
+    assert all(after[r].precision == "int8" for r in ("onnxruntime", "ncnn", "LiteRT"))
+    assert ("fp32", "onnx") in loaded and ("int8", "onnx") not in loaded
+    assert "without int8" in headline.LABELS[headline.PRUNED_FP32]
+    assert "model.onnx (fp32)" in headline.files_read(after)
+    # without the student's fp32 export the row is skipped, never filled with the int8 file
+    alone = headline.load_artifacts([int8], "after", threads=1)
+    assert alone[headline.PRUNED_FP32].status == "skipped" and alone[headline.PRUNED_FP32].path is None
+    # before, every row is fp32 and the last row is the dense ONNX again
+    before = headline.load_artifacts([fp32], "before", threads=1)
+    assert before[headline.PRUNED_FP32] is before["onnxruntime"] and before["onnxruntime"].precision == "fp32"
