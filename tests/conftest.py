@@ -14,6 +14,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from fitslim.data import Digits, digits
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``realdata`` tests need Fashion-MNIST: skip with the install hint when it is absent, unless
+    ``FITSLIM_REQUIRE_REALDATA=1`` (CI sets it), where absent data is a failure, never a silent skip."""
+    if item.get_closest_marker("realdata") is None:
+        return
+    from fitslim.data import FashionMNISTNotFound, find_fashion_mnist
+
+    try:
+        find_fashion_mnist()
+        return
+    except FashionMNISTNotFound as err:
+        missing = str(err)
+    if os.environ.get("FITSLIM_REQUIRE_REALDATA") == "1":
+        pytest.fail(f"FITSLIM_REQUIRE_REALDATA=1 and {missing}", pytrace=False)
+    pytest.skip(f"needs Fashion-MNIST: {missing}")
+
+
 @pytest.fixture(scope="session")
 def digits_nchw() -> Digits:
     return digits(size=8, layout="NCHW")

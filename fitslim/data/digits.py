@@ -78,7 +78,9 @@ def resize_bilinear(images: npt.ArrayLike, size: int) -> npt.NDArray[np.float32]
     x = np.asarray(images, dtype=np.float32)
     mh = _interp_matrix(x.shape[1], size)
     mw = _interp_matrix(x.shape[2], size)
-    return np.einsum("oh,nhw,pw->nop", mh, x, mw).astype(np.float32)
+    # two matrix products, not one three-operand einsum (which loops over every (o, h, w, p): 22 s for 10,000
+    # 28x28 images to 32x32 on two cores, 0.1 s this way)
+    return np.ascontiguousarray((mh @ x @ mw.T).astype(np.float32))
 
 
 def digits(

@@ -1,9 +1,9 @@
 """Fashion-MNIST: 70,000 28x28 grey images of clothing in 10 classes, read from the four standard IDX files.
 
 fitslim never downloads it. :func:`fashion_mnist` looks for the files in ``path``, else in the folder named by
-the ``FITSLIM_FASHION_MNIST`` environment variable, else where the Debian package ``dataset-fashion-mnist``
-installs them (``/usr/share/datasets/fashion-mnist``). Each file may be gzipped (``*-ubyte.gz``, as the dataset's
-authors and the Debian package ship them) or not.
+the ``FITSLIM_FASHION_MNIST`` environment variable when it is set (and only there), else where the Debian package
+``dataset-fashion-mnist`` installs them (``/usr/share/datasets/fashion-mnist``). Each file may be gzipped
+(``*-ubyte.gz``, as the dataset's authors and the Debian package ship them) or not.
 
 The split is fixed: the 10,000-image test split is the standard one, untouched; the validation split is 6,000
 images (600 of each class) carved from the 60,000 training images by a fixed permutation, the same for every
@@ -101,12 +101,10 @@ class FashionMNIST(Digits):
 def _candidates(path: str | os.PathLike[str] | None) -> list[tuple[str, Path]]:
     if path is not None:
         return [("path argument", Path(path))]
-    found = []
     env = os.environ.get(ENV_VAR)
-    if env:
-        found.append((f"${ENV_VAR}", Path(env)))
-    found.append(("Debian package dataset-fashion-mnist", DEBIAN_DIR))
-    return found
+    if env:  # an explicit choice, like ``path``: never silently replaced by the Debian package's copy
+        return [(f"${ENV_VAR}", Path(env))]
+    return [("Debian package dataset-fashion-mnist", DEBIAN_DIR)]
 
 
 def _file_in(folder: Path, stem: str) -> Path | None:
@@ -120,7 +118,8 @@ def find_fashion_mnist(path: str | os.PathLike[str] | None = None) -> Path:
     """The folder that holds the four Fashion-MNIST files.
 
     Args:
-        path: a folder to use; when None, ``$FITSLIM_FASHION_MNIST``, then the Debian package's folder.
+        path: a folder to use; when None, ``$FITSLIM_FASHION_MNIST`` when set (then only there), else the Debian
+            package's folder.
 
     Raises:
         FashionMNISTNotFound: no candidate folder holds all four files; the message names what is missing and
@@ -204,8 +203,8 @@ def fashion_mnist(
     """Load Fashion-MNIST with its fixed train / validation / test split.
 
     Args:
-        path: folder of the four IDX files (gzipped or not); when None, ``$FITSLIM_FASHION_MNIST``, then the
-            Debian package's folder (``apt-get install dataset-fashion-mnist``).
+        path: folder of the four IDX files (gzipped or not); when None, ``$FITSLIM_FASHION_MNIST`` when set (then
+            only there), else the Debian package's folder (``apt-get install dataset-fashion-mnist``).
         layout: ``"NCHW"`` (torch, ONNX, ncnn) or ``"NHWC"`` (Keras, TFLite).
         size: image side; 28 is native, other sizes are resized bilinearly.
 
