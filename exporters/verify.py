@@ -57,6 +57,14 @@ class Bounds:
         max_spread_error: largest allowed :attr:`Agreement.spread_error`, the RMS error relative to how much the
             reference outputs vary from input to input. It catches a garbled artifact of a model whose
             outputs are dominated by a constant (tied logits), where ``max_rel_error`` and top-1 stay good.
+        noise_floor: the relative error a faithful artifact of this precision reaches through its own rounding
+            alone, at the outputs' scale (fp32: float noise of a deep graph; fp16: one half-precision step;
+            int8: about one step of a 255-level grid). The spread criterion decides only when the reference's
+            input-to-input spread is at least this fraction of its largest output (:attr:`Agreement.relative_spread`)
+            *and* the max relative error exceeds it: a spread below the floor is an input-dependent part this
+            precision cannot carry, and the spread ratio is then noise over noise.
+        flat_max_rel_error: the max relative error bound that applies instead when the spread is below the
+            floor (None: ``max_rel_error`` already applies at every spread).
         min_top1: smallest allowed top-1 agreement over the decisive samples (None: not checked).
         min_decisive: the top-1 rule applies only when at least this many samples are decisive.
         undecided_spread_error: the tighter spread bound that replaces the top-1 rule when fewer than
@@ -65,6 +73,8 @@ class Bounds:
 
     max_rel_error: float | None
     max_spread_error: float
+    noise_floor: float
+    flat_max_rel_error: float | None = None
     min_top1: float | None = None
     min_decisive: int = 10
     undecided_spread_error: float | None = None
@@ -72,11 +82,19 @@ class Bounds:
 
 #: per-precision bounds: fp32 within 1e-4 relative, fp16 within 1e-2; int8 by top-1 agreement on the decisive
 #: samples, or by a spread error of 0.2 when too few samples are decisive; outputs unrelated to the reference
-#: (spread error about 1.4) are out of bounds at every precision
+#: (spread error about 1.4) are out of bounds at every precision. Each relative bound is ten times the
+#: precision's noise floor (int8's 0.1 applies to outputs too flat for the spread criterion).
 BOUNDS: dict[str, Bounds] = {
-    "fp32": Bounds(max_rel_error=1e-4, max_spread_error=0.2),
-    "fp16": Bounds(max_rel_error=1e-2, max_spread_error=0.2),
-    "int8": Bounds(max_rel_error=None, max_spread_error=0.5, min_top1=0.97, undecided_spread_error=0.2),
+    "fp32": Bounds(max_rel_error=1e-4, max_spread_error=0.2, noise_floor=1e-5),
+    "fp16": Bounds(max_rel_error=1e-2, max_spread_error=0.2, noise_floor=1e-3),
+    "int8": Bounds(
+        max_rel_error=None,
+        max_spread_error=0.5,
+        noise_floor=1e-2,
+        flat_max_rel_error=0.1,
+        min_top1=0.97,
+        undecided_spread_error=0.2,
+    ),
 }
 
 #: a sample is decisive when its reference top-1 / top-2 margin is at least this fraction of the
@@ -92,8 +110,10 @@ class Agreement:
     output, so it is scale-free and well defined when single outputs are near zero. ``spread_error`` is
     the RMS difference divided by the RMS of the reference's deviation from its mean over the samples
     (its input-dependent part): about 1.4 for outputs unrelated to the reference, whatever their scale.
-    ``top1_agreement`` covers every sample; ``decisive_top1`` only the ``decisive`` samples whose top-2
-    margin is meaningful (see :data:`DECISIVE_MARGIN`).
+    ``relative_spread`` is that spread divided by the largest absolute reference output: how much of the
+    outputs' magnitude depends on the input at all (about 1e-8 for a random-weight MobileNetV2 whose outputs
+    barely vary, against 0.1-1 for a trained classifier). ``top1_agreement`` covers every sample;
+    ``decisive_top1`` only the ``decisive`` samples whose top-2 margin is meaningful (see :data:`DECISIVE_MARGIN`).
     """
 
     max_abs_error: float
@@ -104,18 +124,25 @@ class Agreement:
     spread_error: float = 0.0
     decisive: int = 0
     decisive_top1: float | None = None
+    relative_spread: float = 1.0
 
 
-def _spread_error(ref: npt.NDArray[np.float64], out: npt.NDArray[np.float64]) -> float:
+def _spread(ref: npt.NDArray[np.float64], out: npt.NDArray[np.float64]) -> tuple[float, float]:
+    """The spread error and the spread relative to the largest absolute reference output."""
     r = ref.reshape(len(ref), -1) if ref.ndim else ref.reshape(1, 1)
     o = out.reshape(r.shape)
+    spread = float(np.sqrt(np.mean((r - r.mean(0)) ** 2))) if len(r) > 1 else 0.0
+    if spread == 0.0 and len(r) == 1:  # one sample: relative to the outputs themselves
+        spread = float(np.sqrt(np.mean(r**2))) if r.size else 0.0
+    peak = float(np.max(np.abs(r))) if r.size else 0.0
+    relative = spread / peak if peak > 0 else 0.0
     err = float(np.sqrt(np.mean((o - r) ** 2))) if r.size else 0.0
     if err == 0.0:
-        return 0.0
-    spread = float(np.sqrt(np.mean((r - r.mean(0)) ** 2))) if len(r) > 1 else 0.0
-    if spread == 0.0:  # one sample or a constant model: relative to the outputs themselves
-        spread = float(np.sqrt(np.mean(r**2)))
-    return err / spread if spread > 0 else float("inf")
+        return 0.0, relative
+    if spread == 0.0:  # a constant model: relative to the outputs themselves
+        rms = float(np.sqrt(np.mean(r**2)))
+        return (err / rms if rms > 0 else float("inf")), relative
+    return err / spread, relative
 
 
 def compare(reference: npt.ArrayLike, output: npt.ArrayLike) -> Agreement:
@@ -135,7 +162,7 @@ def compare(reference: npt.ArrayLike, output: npt.ArrayLike) -> Agreement:
     diff = float(np.max(np.abs(ref - out))) if ref.size else 0.0
     denom = float(np.max(np.abs(ref))) if ref.size else 0.0
     rel = diff / denom if denom > 0 else (0.0 if diff == 0 else float("inf"))
-    spread = _spread_error(ref, out)
+    spread, relative_spread = _spread(ref, out)
     top1 = decisive_top1 = None
     decisive = 0
     if ref.ndim == 2 and ref.shape[1] > 1:
@@ -146,11 +173,20 @@ def compare(reference: npt.ArrayLike, output: npt.ArrayLike) -> Agreement:
         mask = (top2[:, 1] - top2[:, 0]) >= DECISIVE_MARGIN * scale if scale > 0 else np.zeros(len(ref), bool)
         decisive = int(mask.sum())
         decisive_top1 = float(np.mean(hits[mask])) if decisive else None
-    return Agreement(diff, rel, top1, samples, finite, spread, decisive, decisive_top1)
+    return Agreement(diff, rel, top1, samples, finite, spread, decisive, decisive_top1, relative_spread)
 
 
 def judge(agreement: Agreement, precision: str) -> str:
     """Why ``agreement`` is out of ``precision``'s :data:`BOUNDS` (empty when it is within them).
+
+    The spread criterion (:attr:`Bounds.max_spread_error`) condemns only what the relative error also shows: the
+    reference's input-to-input spread must be at least the precision's :attr:`Bounds.noise_floor` of its largest
+    output, and the max relative error must exceed that floor. Below it, the outputs are too flat for this
+    precision to carry their input-dependent part, and :attr:`Bounds.flat_max_rel_error` applies instead.
+
+    Args:
+        agreement: the comparison of the artifact's outputs with the source's (:func:`compare`).
+        precision: ``fp32``, ``fp16`` or ``int8``.
 
     Raises:
         ValueError: an unknown precision.
@@ -165,6 +201,13 @@ def judge(agreement: Agreement, precision: str) -> str:
         why.append(
             f"max relative error {agreement.max_rel_error:.2e} exceeds the {precision} bound {b.max_rel_error:.0e}"
         )
+    flat = agreement.relative_spread < b.noise_floor
+    if flat and b.flat_max_rel_error is not None and agreement.max_rel_error > b.flat_max_rel_error:
+        why.append(
+            f"max relative error {agreement.max_rel_error:.2e} exceeds the {precision} bound "
+            f"{b.flat_max_rel_error:.0e} for outputs whose input-to-input spread ({agreement.relative_spread:.1e} "
+            f"of their largest value) is below the {precision} noise floor {b.noise_floor:.0e}"
+        )
     spread_bound = b.max_spread_error
     if b.min_top1 is not None and agreement.decisive >= b.min_decisive and agreement.decisive_top1 is not None:
         if agreement.decisive_top1 < b.min_top1:
@@ -174,7 +217,8 @@ def judge(agreement: Agreement, precision: str) -> str:
             )
     elif b.undecided_spread_error is not None:
         spread_bound = b.undecided_spread_error
-    if agreement.spread_error > spread_bound:
+    beyond_noise = not flat and agreement.max_rel_error > b.noise_floor
+    if beyond_noise and agreement.spread_error > spread_bound:
         why.append(
             f"RMS error {agreement.spread_error:.2f} of the outputs' input-to-input spread exceeds the bound "
             f"{spread_bound}"
