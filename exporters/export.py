@@ -267,7 +267,8 @@ def export(
         precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
         quant_spec: scales learned by QAT; int8 artifacts then use them and are not re-calibrated.
         directory: where artifacts and ``report.json`` / ``report.md`` go.
-        verify: run each artifact in its runtime and compare with the model.
+        verify: run each artifact in its runtime and compare with the model; with ``False`` each written
+            artifact's status is ``unverified`` (not ``ok``).
         threads: runtime threads for verification and latency.
         progress: called with a short message as each step starts.
         samples: verification inputs (e.g. a test split); default: the calibration inputs (at most 256),
@@ -383,6 +384,9 @@ def _export(
                     result.reason = f"{result.reason}; {where}"
             if job.quant is not None and not result.scales and result.status == "ok":
                 result.scales = job.quant.describe()
+            if not verify and result.status == "ok":  # written, but nothing ran it: never reported as checked
+                result.status = "unverified"
+                result.reason = "written, not run in its runtime (verify=False): nothing compared it with the source"
             report.results.append(result)
         if job.notes and report.results:
             report.results[0].notes.extend(job.notes)

@@ -20,7 +20,7 @@ from fitslim.fileio import atomic_write_text
 
 __all__ = ["ExportReport", "TargetResult", "STATUSES"]
 
-STATUSES = ("ok", "mismatch", "failed", "skipped")
+STATUSES = ("ok", "unverified", "mismatch", "failed", "skipped")
 
 
 @dataclass
@@ -30,9 +30,11 @@ class TargetResult:
     Args:
         target: ``onnx``, ``ncnn``, ``tflite`` or ``tensorrt``.
         precision: ``fp32``, ``fp16`` or ``int8``.
-        status: ``ok`` (written and, if verification ran, within its precision's bounds), ``mismatch``
-            (written, but its outputs are not finite or out of bounds: ``reason`` says how; the files stay
-            for inspection), ``failed`` (``reason`` says why) or ``skipped`` (``reason`` says why).
+        status: ``ok`` (written, run in its runtime and within its precision's bounds), ``unverified``
+            (written but not run or compared: ``export(..., verify=False)``, or a precision no runtime here
+            executes; ``reason`` says which), ``mismatch`` (written, but its outputs are not finite or out of
+            bounds, or it is not what the precision promises: ``reason`` says how; the files stay for
+            inspection), ``failed`` (``reason`` says why) or ``skipped`` (``reason`` says why).
         files: artifact paths relative to the export directory (also for a ``mismatch``, or a ``failed``
             artifact kept for inspection).
         size_bytes: total size of the artifact files.
@@ -76,8 +78,16 @@ class TargetResult:
 
     @property
     def ok(self) -> bool:
-        """True when the artifact was written and, if verification ran, matched the source within its bounds."""
+        """True when the artifact was written, run in its runtime and matched the source within its bounds.
+
+        An ``unverified`` artifact is not ok: nothing checked it (see :attr:`written`).
+        """
         return self.status == "ok"
+
+    @property
+    def written(self) -> bool:
+        """True when the artifact is usable as far as fitslim knows: ``ok``, or written and ``unverified``."""
+        return self.status in ("ok", "unverified")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -112,8 +122,17 @@ class ExportReport:
 
     @property
     def ok(self) -> bool:
-        """True when every target was written and verified within its bounds (the CLI's exit code 0)."""
+        """True when every target was written and verified within its bounds.
+
+        False as soon as one target is ``unverified``; the CLI then still exits 0 when every target was written
+        (``--no-verify`` asked for it), after saying which artifacts nothing checked.
+        """
         return bool(self.results) and all(r.ok for r in self.results)
+
+    @property
+    def unverified(self) -> list[TargetResult]:
+        """The targets whose artifact was written but not run in its runtime and compared with the source."""
+        return [r for r in self.results if r.status == "unverified"]
 
     @property
     def failures(self) -> list[TargetResult]:

@@ -41,7 +41,7 @@ __all__ = [
 QAT_PHASES: dict[str, int] = {"float": 0, "calibrate": 1, "quantize": 2, "frozen": 3}
 
 #: ``export/<target>/status`` values.
-EXPORT_STATUS: dict[str, float] = {"ok": 1.0, "skipped": 0.0, "mismatch": -1.0, "failed": -2.0}
+EXPORT_STATUS: dict[str, float] = {"ok": 1.0, "unverified": 0.5, "skipped": 0.0, "mismatch": -1.0, "failed": -2.0}
 
 #: The numeric fields of an export report's rows that become ``export/<target>/<field>``.
 EXPORT_FIELDS = ("size_bytes", "max_abs_error", "max_rel_error", "top1_agreement", "latency_ms")

@@ -66,8 +66,8 @@ class Export(pl.Callback):  # type: ignore[name-defined]
 
     Runs on global rank zero only, after the last checkpoint is written. An export failure is logged and
     recorded in :attr:`report`; it never raises out of ``fit`` and never touches the trained weights.
-    The report reaches the trainer's loggers: per target ``export/<target>/status`` (1 ok, 0 skipped,
-    -1 mismatch, -2 failed), ``size_bytes``, ``max_abs_error``, ``max_rel_error``, ``top1_agreement`` and
+    The report reaches the trainer's loggers: per target ``export/<target>/status`` (1 ok, 0.5 unverified,
+    0 skipped, -1 mismatch, -2 failed), ``size_bytes``, ``max_abs_error``, ``max_rel_error``, ``top1_agreement`` and
     ``latency_ms`` as metrics; ``report.md``/``report.json`` as MLflow artifacts, W&B files, and the
     Markdown table as TensorBoard text.
 

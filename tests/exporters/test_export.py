@@ -329,3 +329,25 @@ def test_failing_op_reads_converter_texts() -> None:
     msg = str(converter_error(err, "ONNX export", "torch.onnx.export", "rewrite it"))
     assert msg.startswith("ONNX export: torch.onnx.export failed on op 'aten::unique_dim' (RuntimeError: Exporting")
     assert msg.endswith("; rewrite it")
+
+
+@pytest.mark.slow
+def test_verify_false_writes_unverified_artifacts_never_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fitslim.app.cli import main
+
+    torch.manual_seed(0)
+    model = random_bn_stats(FullyConv()).eval()
+    x = np.random.default_rng(0).random((2, 3, 9, 11), dtype=np.float32)
+    report = export(model, ["onnx"], example_input=x[:1], directory=tmp_path / "e", verify=False)
+    r = report["onnx"]
+    assert r.status == "unverified" and not r.ok and r.written and "verify=False" in r.reason
+    assert r.max_abs_error is None and (tmp_path / "e" / "model.onnx").is_file()  # written, nothing compared
+    assert not report.ok and report.unverified == [r] and report.mismatches == report.failures == []
+    assert "| onnx | fp32 | unverified |" in (tmp_path / "e" / "report.md").read_text()
+    assert ExportReport.load(tmp_path / "e")["onnx"].status == "unverified"
+    # the CLI: exit 0 (the user asked for no verification), and it says what was not checked
+    args = ["export", str(tmp_path / "e" / "model.onnx"), "--to", "onnx", "--input-shape", "1,3,9,11"]
+    assert main([*args, "--no-verify", "--output", str(tmp_path / "cli")]) == 0
+    assert "onnx written but not verified (--no-verify)" in capsys.readouterr().err
+    assert main([*args, "--output", str(tmp_path / "cli2")]) == 0
+    assert "not verified" not in capsys.readouterr().err

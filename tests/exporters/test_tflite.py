@@ -615,7 +615,7 @@ def test_keras_mobilenet_int8_is_small_and_int8(tmp_path: Path) -> None:
         model, ["tflite"], example_input=x[:1], calibration=x, precision="int8", directory=tmp_path / "int8",
         verify=False,
     )["tflite"]  # fmt: skip
-    assert fp32.ok and int8.status == "ok", (fp32.reason, int8.reason)
+    assert fp32.ok and int8.status == "unverified", (fp32.reason, int8.reason)  # written, not compared
     assert fp32.size_bytes is not None and int8.size_bytes is not None
     assert int8.size_bytes <= 0.35 * fp32.size_bytes, (int8.size_bytes, fp32.size_bytes)
     assert all(k["dtypes"] == ("int8", "int8") for k in kernels(tmp_path / "int8" / "model.int8.tflite"))
