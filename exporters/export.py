@@ -26,7 +26,7 @@ from exporters.checks import check_onnx_file, output_dir, probe_source
 from exporters.job import ExportJob
 from exporters.quant import QuantTable, calibrate, table_from_spec
 from exporters.report import ExportReport, TargetResult
-from exporters.runtimes import as_inputs, is_multi, take
+from exporters.runtimes import as_inputs, input_count, is_multi, ort_feed, take
 from exporters.source import Source, as_numpy, batches_to_numpy, source_weights
 from fitslim.quantspec import QuantSpec
 from fitslim.recipe import EXPORT_TARGETS, PRECISIONS
@@ -229,6 +229,54 @@ def _locate_int8_error(job: ExportJob, result: TargetResult) -> str:
         return ""
 
 
+def _latency_verdict(job: ExportJob, result: TargetResult) -> None:
+    """The fp16 / int8 artifact against fp32 of its target (:mod:`exporters.latency`), where its writer did not.
+
+    ncnn and TFLite time their own fp32 peer; the ``onnx`` int8 artifact is timed here against the shared fp32
+    ONNX (what the ``onnx`` target writes at fp32) in onnxruntime. A failure here loses only the verdict.
+    """
+    if result.precision == "fp32" or result.latency_ratio is not None or result.latency_ms is None:
+        return
+    if result.target == "tensorrt":
+        result.notes.append(
+            "no latency verdict against fp32: onnxruntime's CPU time of this file says nothing about a TensorRT "
+            "engine; compare engines with trtexec on the GPU"
+        )
+        return
+    own = [f for f in result.files if f.endswith(".onnx")]
+    if result.target != "onnx" or not own:
+        return
+    try:
+        from exporters.latency import compare_with_fp32, ort_costly_nodes, slower_hint, warn_slower
+        from exporters.onnx_export import ort_session
+
+        path = job.directory / own[0]
+        sess, fp32 = ort_session(path, job.threads), ort_session(job.onnx_path, job.threads)
+        one = take(job.samples_nchw(), 0, 1)
+        feed, fp32_feed = ort_feed(sess, one), ort_feed(fp32, one)
+        peer = "the fp32 ONNX (the onnx target at fp32) in onnxruntime, same threads"
+        compare_with_fp32(
+            result, lambda: sess.run(None, feed), lambda: fp32.run(None, fp32_feed), peer, job.threads
+        )  # fmt: skip
+        if result.latency_verdict == "slower":
+            costly = [f"{c} of the time" for c in ort_costly_nodes(path, feed, job.threads)]
+            warn_slower(result, costly, slower_hint("onnx", result.precision))
+    except Exception as err:  # the artifact is verified; only the comparison is lost
+        log.warning("onnx %s: no latency verdict (%s: %s)", result.precision, type(err).__name__, err)
+
+
+def _verified_on(job: ExportJob, samples: Any, samples_from: str) -> str:
+    """Which inputs verified the artifacts, for the report: e.g. ``64 validation samples``."""
+    n = input_count(job.samples)
+    if samples is not None:
+        return f"{n} {samples_from or 'given samples'}"
+    if job.calibration is not None:
+        return f"{n} calibration samples (the int8 scales were computed on these inputs)"
+    if isinstance(job.samples, tuple):
+        return f"{n} example input(s)"
+    return f"{n} inputs: the example and random inputs over its value range"
+
+
 def _target_fn(target: str) -> Callable[[ExportJob], TargetResult]:
     module, fn, _extra = _TARGET_IMPL[target]
     impl: Callable[[ExportJob], TargetResult] = getattr(importlib.import_module(module), fn)
@@ -251,6 +299,7 @@ def export(
     tflite_int8: Callable[[Any, QuantSpec, npt.NDArray[np.float32]], bytes] | None = None,
     ncnn_depthwise: str = "int8",
     onnx_weights: str = "auto",
+    samples_from: str = "",
 ) -> ExportReport:
     """Export ``model`` to each target, verify every artifact in its runtime, and return the report.
 
@@ -286,6 +335,11 @@ def export(
             onnxruntime's kernels saturate on x86 CPUs without VNNI) or ``"uint8"`` (the same int8 grid around
             128, exact on every CPU, slower where int8 weights are exact). Choose for the CPU that will run it
             when that is not the exporting one. Only the ``onnx`` int8 artifact changes.
+        samples_from: what ``samples`` are, for the report's "verified on" line (e.g. ``"validation samples"``).
+
+    Every fp16 / int8 artifact is also timed against the fp32 artifact of its target in one interleaved run
+    (:mod:`exporters.latency`): its row gets ``fp32_latency_ms``, ``latency_ratio`` and ``latency_verdict``, and
+    one slower than fp32 on this machine gets a ``WARNING`` note naming the costliest layers and what helps.
 
     A Keras model quantized by ``keras_callbacks.QuantizationAware`` (it runs its fake-quant after ``fit``) is
     exported as its float model with its learned QuantSpec (int8), compared against its fake-quant outputs.
@@ -316,7 +370,7 @@ def export(
         return _export(
             model, targets, example_input, calibration, precision, quant_spec, directory, verify, threads,
             progress, samples, reference_fn, tflite_int8, NCNN_DEPTHWISE[ncnn_depthwise],
-            None if onnx_weights == "auto" else onnx_weights,
+            None if onnx_weights == "auto" else onnx_weights, samples_from,
         )  # fmt: skip
 
 
@@ -336,6 +390,7 @@ def _export(
     tflite_int8: Callable[[Any, QuantSpec, npt.NDArray[np.float32]], bytes] | None,
     ncnn_keep_float: tuple[str, ...] = (),
     onnx_weights: str | None = None,
+    samples_from: str = "",
 ) -> ExportReport:
     chosen = _check_args(targets, precision)
     say = progress or (lambda msg: log.info("%s", msg))
@@ -361,7 +416,11 @@ def _export(
         )
         job.ncnn_keep_float = ncnn_keep_float
         job.onnx_weights = onnx_weights
-        report = ExportReport(source=job.source.description, directory=str(out_dir))
+        report = ExportReport(
+            source=job.source.description,
+            directory=str(out_dir),
+            verification=_verified_on(job, samples, samples_from) if verify else "",
+        )
         for target in chosen:
             say(f"exporting {target} ({precision})")
             try:
@@ -382,6 +441,8 @@ def _export(
                 where = _locate_int8_error(job, result)
                 if where:
                     result.reason = f"{result.reason}; {where}"
+            if job.verify and result.status in ("ok", "mismatch"):
+                _latency_verdict(job, result)
             if job.quant is not None and not result.scales and result.status == "ok":
                 result.scales = job.quant.describe()
             if not verify and result.status == "ok":  # written, but nothing ran it: never reported as checked

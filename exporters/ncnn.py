@@ -505,6 +505,7 @@ def _export(job: ExportJob, scratch: Path) -> TargetResult:
             f"The .param/.bin and the ONNX are kept in {kept}"
         )
     result = TargetResult("ncnn", job.precision, runtime=f"ncnn {ncnn.__version__}", notes=notes)
+    fp32_pair: tuple[Path, Path] | None = (param, binary) if job.precision == "int8" else None
     if job.precision == "int8" and job.quant is not None:
         fp32_size = param.stat().st_size + binary.stat().st_size
         src_param, src_bin = param, binary
@@ -520,6 +521,7 @@ def _export(job: ExportJob, scratch: Path) -> TargetResult:
         # verified before it is installed: a model ncnn cannot load or run never reaches the directory
         try:
             _verify(job, result, param, binary)
+            _latency_verdict(job, result, param, binary, fp32_pair, onnx_path, scratch)
         except (RuntimeError, ValueError) as err:
             kept = keep_for_inspection(job, [param, binary, onnx_path], what)
             raise RuntimeError(f"{err}; the .param/.bin and the ONNX are kept in {kept}") from err
@@ -553,3 +555,39 @@ def _verify(job: ExportJob, result: TargetResult, param: Path, binary: Path) -> 
     one = x[0]
     result.latency_ms = median_latency_ms(lambda: model(one))
     result.threads = job.threads
+
+
+def _latency_verdict(
+    job: ExportJob,
+    result: TargetResult,
+    param: Path,
+    binary: Path,
+    fp32_pair: tuple[Path, Path] | None,
+    onnx_path: Path,
+    scratch: Path,
+) -> None:
+    """Time an fp16 / int8 artifact against the fp32 ncnn model of the same graph, interleaved (exporters.latency).
+
+    The int8 model's fp32 peer is pnnx's fp32 pair it was written from; for fp16, pnnx converts the same ONNX once
+    more at fp32. Neither peer is installed as an artifact. A failure here loses only the verdict.
+    """
+    from exporters.latency import compare_with_fp32, ncnn_costly_layers, slower_hint, warn_slower
+
+    if job.precision == "fp32" or result.latency_ms is None:
+        return
+    try:
+        peer = "fp32 ncnn model the int8 one was written from"
+        if fp32_pair is None:
+            fp32_pair = run_pnnx(onnx_path, job.input_shape, scratch / "pnnx-fp32", fp16=False)
+            peer = "fp32 ncnn built for comparison"
+        model = NcnnModel(param, binary, job.precision, job.threads)
+        fp32 = NcnnModel(fp32_pair[0], fp32_pair[1], "fp32", job.threads)
+        one = job.samples_nchw()[0]
+        compare_with_fp32(result, lambda: model(one), lambda: fp32(one), peer, job.threads)
+        if result.latency_verdict == "slower":
+            types = [layer.type for layer in NcnnParam.parse(param.read_text(encoding="utf-8"), str(param)).layers]
+            costly = ncnn_costly_layers(model, fp32, param, one)
+            hint = slower_hint("ncnn", job.precision, types, job.ncnn_keep_float)
+            warn_slower(result, [f"{c} (estimated per layer)" for c in costly], hint)
+    except Exception as err:  # the artifact is verified; only the comparison is lost
+        log.warning("ncnn %s: no latency verdict (%s: %s)", job.precision, type(err).__name__, err)

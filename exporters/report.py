@@ -51,6 +51,12 @@ class TargetResult:
         spread_error: RMS error relative to the source outputs' input-to-input spread (see exporters.verify).
         decisive_top1: top-1 agreement over the samples whose top-2 margin is meaningful.
         decisive_samples: how many samples were decisive.
+        fp32_latency_ms: for an fp16 / int8 artifact, the median latency of the fp32 artifact of the same target in
+            the same runtime, timed interleaved with this one in one run (:mod:`exporters.latency`).
+        latency_ratio: ``latency_ms / fp32_latency_ms`` from that run (below 1: faster than fp32).
+        latency_verdict: ``faster``, ``same`` or ``slower`` than fp32 on this machine, outside a noise band of
+            :data:`exporters.latency.NOISE_BAND` (``""`` when not measured).
+        latency_peer: what the fp32 side was, e.g. ``fp32 ncnn built for comparison``.
     """
 
     target: str
@@ -71,6 +77,10 @@ class TargetResult:
     spread_error: float | None = None
     decisive_top1: float | None = None
     decisive_samples: int = 0
+    fp32_latency_ms: float | None = None
+    latency_ratio: float | None = None
+    latency_verdict: str = ""
+    latency_peer: str = ""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -106,6 +116,12 @@ def _num(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _vs_fp32(r: TargetResult) -> str:
+    if r.latency_ratio is None:
+        return "-"
+    return f"{r.latency_ratio:.2f}x ({r.latency_verdict})" if r.latency_verdict else f"{r.latency_ratio:.2f}x"
+
+
 @dataclass
 class ExportReport:
     """All targets of one export; ``str(report)`` is a table.
@@ -114,11 +130,13 @@ class ExportReport:
         results: one :class:`TargetResult` per target.
         source: a description of the source model.
         directory: where the artifacts and the report files are.
+        verification: which inputs the artifacts were verified on, e.g. ``64 validation samples``.
     """
 
     results: list[TargetResult] = field(default_factory=list)
     source: str = ""
     directory: str = ""
+    verification: str = ""
 
     @property
     def ok(self) -> bool:
@@ -144,6 +162,11 @@ class ExportReport:
         """The targets whose artifact was written but does not match the source (not finite or out of bounds)."""
         return [r for r in self.results if r.status == "mismatch"]
 
+    @property
+    def slower_than_fp32(self) -> list[TargetResult]:
+        """The fp16 / int8 artifacts that ran slower than the fp32 artifact of their target on this machine."""
+        return [r for r in self.results if r.latency_verdict == "slower"]
+
     def __iter__(self) -> Iterator[TargetResult]:
         return iter(self.results)
 
@@ -168,6 +191,7 @@ class ExportReport:
             "max rel err",
             "top-1",
             "latency",
+            "vs fp32",
         ]
         out = [head]
         for r in self.results:
@@ -184,6 +208,7 @@ class ExportReport:
                     _num(r.max_rel_error, ".2e"),
                     top1,
                     latency,
+                    _vs_fp32(r),
                 ]
             )
         return out
@@ -202,6 +227,8 @@ class ExportReport:
         rows = self.rows()
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = [f"Export of {self.source}" + (f" into {self.directory}" if self.directory else "")]
+        if self.verification:
+            lines.append(f"Verified on {self.verification}")
         for i, row in enumerate(rows):
             lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
             if i == 0:
@@ -213,6 +240,8 @@ class ExportReport:
         """The table as Markdown, with the notes below it."""
         rows = self.rows()
         md = [f"# Export report\n\nSource: {self.source}\n"]
+        if self.verification:
+            md.append(f"Verified on {self.verification}\n")
         md.append("| " + " | ".join(rows[0]) + " |")
         md.append("|" + "---|" * len(rows[0]))
         md.extend("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows[1:])
@@ -227,6 +256,7 @@ class ExportReport:
         return {
             "source": self.source,
             "directory": self.directory,
+            "verification": self.verification,
             "results": [r.to_dict() for r in self.results],
         }
 
@@ -241,6 +271,7 @@ class ExportReport:
             results=[TargetResult(**r) for r in d.get("results", [])],
             source=d.get("source", ""),
             directory=d.get("directory", ""),
+            verification=d.get("verification", ""),
         )
 
     @classmethod

@@ -302,6 +302,32 @@ def _run_samples(interpreter: Any, samples: npt.NDArray[np.float32]) -> tuple[np
     return np.concatenate(outputs), latency
 
 
+def _latency_verdict(
+    job: ExportJob, result: TargetResult, interpreter: Any, samples: npt.NDArray[np.float32], framework: str
+) -> None:
+    """Time the fp16 / int8 ``.tflite`` against an fp32 ``.tflite`` of the same model, interleaved, in LiteRT.
+
+    The fp32 model is converted for the comparison only (it is not installed as an artifact). A failure here
+    loses only the verdict.
+    """
+    import dataclasses
+
+    from exporters.latency import compare_with_fp32, slower_hint, warn_slower
+
+    try:
+        peer_job = dataclasses.replace(job, precision="fp32", quant=None, notes=[])
+        conversion = _convert_torch(peer_job) if framework == "torch" else _convert_keras(peer_job)
+        fp32 = _interpreter_class()(model_content=conversion.content, num_threads=job.threads)
+        for interp in (interpreter, fp32):
+            inp = _prepare_single(interp, tuple(samples.shape[1:]))
+            interp.set_tensor(inp["index"], _quantize(samples[:1], inp))
+        peer = "fp32 .tflite converted for comparison, LiteRT, same threads"
+        compare_with_fp32(result, interpreter.invoke, fp32.invoke, peer, job.threads)
+        warn_slower(result, [], slower_hint("tflite", job.precision))
+    except Exception as err:  # the artifact is verified; only the comparison is lost
+        log.warning("tflite %s: no latency verdict (%s: %s)", job.precision, type(err).__name__, err)
+
+
 # -------------------------------------------------------------------------------------------- the target
 
 
@@ -364,6 +390,8 @@ def export_tflite(job: ExportJob) -> TargetResult:
                 outputs, latency = _run_samples(interpreter, samples)
             fill_agreement(result, compare(job.reference, outputs))
             result.latency_ms = latency
+            if job.precision != "fp32" and not isinstance(samples, tuple):
+                _latency_verdict(job, result, interpreter, samples, framework)
     result.notes.extend(conversion.notes)
     result.size_bytes = path.stat().st_size
     log.info(
