@@ -332,7 +332,10 @@ def int8_kernels(path: str | Path, threads: int = 2) -> dict[str, int]:
 
 
 def export_onnx(job: ExportJob) -> TargetResult:
-    """The ``onnx`` target: fp32 (and fp16 requests) as the shared ONNX; int8 as ONNX Runtime's QDQ form.
+    """The ``onnx`` target: fp32 and fp16 as :func:`exporters.onnx_export.export_onnx`; int8 as ONNX Runtime's QDQ form.
+
+    An int8 file that ONNX Runtime runs without a single int8 kernel (:data:`INT8_KERNELS`) is a ``mismatch``
+    whatever its agreement: it is a float model with extra rounding, not an int8 artifact.
 
     Raises:
         ValueError: int8 without scales.
@@ -395,5 +398,15 @@ def export_onnx(job: ExportJob) -> TargetResult:
         one = ort_feed(sess, take(x, 0, 1))
         result.latency_ms = median_latency_ms(lambda: sess.run(None, one))
         result.threads = job.threads
+    if not kernels:  # after verification: fill_agreement would turn a mismatch within bounds back into ok
+        result.status = "mismatch"
+        why = (
+            "not an int8 artifact: ONNX Runtime runs none of its ops with int8 kernels (every "
+            + (", ".join(f"{op} x{n}" for op, n in fp_heavy.items()) or "op")
+            + " computes in float between QuantizeLinear and DequantizeLinear); export it at fp32, or to a target "
+            "whose int8 kernels cover these layers"
+        )
+        result.reason = why + (f"; {result.reason}" if result.reason else "")
+        log.warning("onnx int8 artifact %s has no int8 kernels in ONNX Runtime", final.name)
     log.info("ONNX Runtime int8 ONNX written: %s (%s)", final.name, result.notes[-1])
     return result
