@@ -32,12 +32,14 @@ __all__ = [
     "absmax_scale",
     "dequantize",
     "fake_quant",
+    "ncnn_dequant_scale",
     "ncnn_multiplier",
     "percentile_scale",
     "qmax",
     "quantize",
     "round_half_away",
     "round_half_even",
+    "tie_distance",
 ]
 
 Rounding = Literal["half_away", "half_even"]
@@ -188,3 +190,43 @@ def fake_quant(
 def ncnn_multiplier(scale: ArrayLike) -> FloatArray:
     """ncnn's scale convention: the multiplier ``1 / scale`` (``q = round(x * multiplier)``)."""
     return (np.float32(1.0) / np.asarray(scale, dtype=np.float32)).astype(np.float32)
+
+
+def ncnn_dequant_scale(input_scale: ArrayLike, weight_scales: ArrayLike) -> FloatArray:
+    """The float32 factor ncnn multiplies a layer's int32 sums by: ``1 / (input multiplier * weight multiplier)``.
+
+    ncnn computes it once per output channel from the multipliers it stores (``scale_in`` in
+    ``Convolution_x86::create_pipeline_int8_x86``, ``InnerProduct_x86``, ``ConvolutionDepthWise_x86``), so it can
+    differ in the last bit from ``input_scale * weight_scale``. An int8 reference that dequantizes with this
+    factor computes what ncnn's unpacked int8 kernels compute.
+
+    Args:
+        input_scale: the layer's per-tensor input scale (the QAT / calibration step, not the multiplier).
+        weight_scales: one weight scale per output channel (or per group, as the ncnn writer stores them).
+
+    Returns:
+        One float32 factor per output channel.
+    """
+    m_in = ncnn_multiplier(np.float32(np.asarray(input_scale, dtype=np.float32)))
+    m_w = ncnn_multiplier(weight_scales)
+    return (np.float32(1.0) / (m_in * m_w)).astype(np.float32)
+
+
+def tie_distance(x: ArrayLike, bits: int = 8) -> FloatArray:
+    """How far each value about to be rounded (in integer steps, i.e. ``x / scale``) lies from a rounding boundary.
+
+    A boundary is a half-integer ``k + 0.5`` inside the clamp range; 0 means an exact tie, 0.5 an integer. Values
+    that clamp (``|x| >= qmax + 0.5``) cannot round differently and get ``inf``. Two implementations of the same
+    int8 arithmetic that differ only by float rounding (a fused multiply-add, another summation order) can give
+    different integers only where this distance is below their difference, a few float32 ulps.
+
+    Args:
+        x: values in units of the quantization step.
+        bits: integer width, 2..8 (sets the clamp range).
+
+    Raises:
+        ValueError: ``bits`` outside 2..8.
+    """
+    a = np.abs(np.asarray(x, dtype=np.float64))
+    d = np.abs(a - np.floor(a) - 0.5)
+    return np.where(a < qmax(bits) + 0.5, d, np.inf).astype(np.float32)
