@@ -65,6 +65,9 @@ class ExportSettings:
             (faster on x86; see :func:`exporters.export`).
         onnx_weights: ``"auto"``, ``"int8"`` or ``"uint8"``: the ``onnx`` int8 artifact's weight storage (``auto``:
             for the exporting CPU; see :func:`exporters.export`).
+        verify_data: inputs to verify the artifacts on: an array (a tuple of arrays for several inputs) or a list /
+            iterable of batches (``(x, y)`` tuples are fine); default: the fit's validation data when there is one,
+            else training batches not used for calibration. The report says which (``Verified on ...``).
 
     Raises:
         ValueError: an unknown target or precision, or a non-positive count.
@@ -84,6 +87,7 @@ class ExportSettings:
     ncnn_depthwise: str = "int8"
     onnx_weights: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
+    verify_data: Any = None
 
     def __post_init__(self) -> None:
         targets = [self.targets] if isinstance(self.targets, str) else list(self.targets)
@@ -122,6 +126,11 @@ class ExportSettings:
                 f"Export(onnx_weights=...): unknown {self.onnx_weights!r}. HINT: choose one of {list(ONNX_WEIGHTS)} "
                 "('uint8' for x86 CPUs without VNNI, 'int8' for ARM and VNNI CPUs, 'auto' for the exporting CPU)."
             )
+        if isinstance(self.verify_data, str | bytes | int | float):
+            raise TypeError(
+                f"Export(verify_data=...): expected inputs (an array or batches); got {type(self.verify_data).__name__}"
+                f" {self.verify_data!r}. HINT: pass e.g. x_val, or a validation DataLoader / tf.data.Dataset."
+            )
         if not str(self.directory):
             raise ValueError("Export(directory=...): must not be empty. HINT: e.g. directory='exports'.")
 
@@ -132,8 +141,47 @@ class ExportSettings:
         return "int8" if (self.quant_spec or found_spec) is not None else "fp32"
 
     def needs_training_data(self) -> bool:
-        """True when example or calibration inputs must come from the training data."""
-        return self.calibration is None or self.example_input is None
+        """True when example, calibration or verification inputs must come from the training data."""
+        return self.calibration is None or self.example_input is None or (self.verify and self.verify_data is None)
+
+    def training_batches_wanted(self) -> int:
+        """How many training batches to take: the calibration batches, and as many again to verify on when the
+        fit has no validation data (verification never reuses the calibration batches)."""
+        return 2 * self.calibration_batches
+
+    def verification(self, batches: Sequence[Any], held_out: Sequence[Any] | None) -> tuple[Any, str]:
+        """The inputs to verify on and what they are: ``verify_data``, else the validation batches, else the
+        training batches after the calibration ones; ``(None, "")`` leaves the choice to :func:`exporters.export`.
+
+        Args:
+            batches: input batches from the training data, calibration batches first.
+            held_out: input batches from the fit's validation data, or None.
+        """
+        from exporters.export import MAX_SAMPLES
+        from exporters.runtimes import as_inputs, concat_inputs, take
+        from exporters.source import batches_to_numpy
+
+        if not self.verify:
+            return None, ""
+        if self.verify_data is not None:
+            data = self.verify_data
+            is_batches = isinstance(data, list) or not (hasattr(data, "shape") or isinstance(data, tuple | dict))
+            x = batches_to_numpy(data, limit=MAX_SAMPLES) if is_batches else as_inputs(data)
+            return take(x, 0, MAX_SAMPLES), "samples of verify_data"
+        if held_out:
+            x = take(concat_inputs([as_inputs(b) for b in held_out]), 0, MAX_SAMPLES)
+            return x, "validation samples"
+        if self.calibration is None:
+            rest = list(batches)[self.calibration_batches :]
+            if rest:
+                x = take(concat_inputs([as_inputs(b) for b in rest]), 0, MAX_SAMPLES)
+                return x, "training samples not used for calibration"
+            log.info("fitslim Export: no validation data and no training batch left after calibration")
+            return None, ""
+        if batches:  # calibration was given explicitly: the training batches are other inputs
+            x = take(concat_inputs([as_inputs(b) for b in batches]), 0, MAX_SAMPLES)
+            return x, "training samples (the calibration inputs were passed explicitly)"
+        return None, ""
 
     def run(
         self,
@@ -143,6 +191,7 @@ class ExportSettings:
         name: str,
         reference_fn: Callable[[Any], Any] | None = None,
         tflite_int8: Callable[[Any, QuantSpec, Any], bytes] | None = None,
+        held_out: Sequence[Any] | None = None,
     ) -> ExportReport:
         """Export ``model`` with these settings; never raises: a failure becomes failed rows of the report.
 
@@ -153,6 +202,8 @@ class ExportSettings:
             name: the model's name for a failure report.
             reference_fn: computes the outputs the artifacts are compared with (the fake-quant model after QAT).
             tflite_int8: an int8 TFLite conversion that keeps learned ranges (Keras QAT).
+            held_out: input batches from the fit's validation data: the artifacts are verified on them (see
+                :meth:`verification`).
         """
         from exporters.export import export
 
@@ -166,6 +217,8 @@ class ExportSettings:
         try:
             from exporters.runtimes import concat_inputs, take
 
+            samples, samples_from = self.verification(batches, held_out)
+            batches = list(batches)[: self.calibration_batches]  # the rest only ever verifies
             several = bool(batches) and isinstance(batches[0], tuple)  # several inputs: (ids, mask), ...
             default_calibration = (concat_inputs(list(batches)) if several else list(batches)) if batches else None
             calibration = self.calibration if self.calibration is not None else default_calibration
@@ -187,6 +240,8 @@ class ExportSettings:
                 tflite_int8=tflite_int8 if spec is not None else None,
                 ncnn_depthwise=self.ncnn_depthwise,
                 onnx_weights=self.onnx_weights,
+                samples=samples,
+                samples_from=samples_from,
             )
         except Exception as err:  # the trained model and its checkpoints must survive any export problem
             log.exception("fitslim Export failed; the trained weights are untouched")

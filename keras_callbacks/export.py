@@ -19,6 +19,7 @@ import keras
 import numpy as np
 from typing_extensions import override
 
+from exporters.latency import latency_metrics
 from exporters.report import ExportReport
 from exporters.settings import ExportSettings, quant_spec_arg
 from exporters.source import as_numpy, batch_input
@@ -99,6 +100,13 @@ class Export(keras.callbacks.Callback):
     ``on_train_end`` (``export/<target>/status``, ``size_bytes``, ``max_abs_error``, ``max_rel_error``,
     ``top1_agreement``, ``latency_ms``; :func:`fitslim.metrics.export_metrics`) and, when the fit has a
     ``keras.callbacks.TensorBoard``, into ``<its log_dir>/export`` as scalars with the Markdown report as text.
+    Every fp16 / int8 artifact is timed against fp32 of its target (:mod:`exporters.latency`):
+    ``export/<target>/latency_ratio``, ``fp32_latency_ms`` and ``slower_than_fp32`` (1.0 when it runs slower than
+    fp32 on this machine, which the report and the log also give as a WARNING).
+
+    The artifacts are verified on held-out inputs: ``verify_data`` when given, else the ``validation_data`` (or
+    ``validation_split``) given to ``fit``, else training batches after the calibration ones; the report's
+    ``Verified on ...`` line says which.
 
     Args:
         targets: any of ``"onnx"``, ``"ncnn"``, ``"tflite"``, ``"tensorrt"``.
@@ -108,7 +116,8 @@ class Export(keras.callbacks.Callback):
         example_input: one input batch (NHWC); the first batch of the data given to ``fit`` when None.
         calibration: input batches for int8 and verification; the first ``calibration_batches`` batches
             of the data given to ``fit`` when None.
-        calibration_batches: how many batches to take from the training data.
+        calibration_batches: how many batches to take from the training data to calibrate on (and how many
+            validation batches, or further training batches, to verify on).
         quant_spec: learned int8 scales, or the path of a ``quant_spec.json``; taken from a
             ``QuantizationAware`` callback when None.
         verify: run each artifact in its runtime and compare with the model.
@@ -119,9 +128,11 @@ class Export(keras.callbacks.Callback):
         onnx_weights: ``"auto"`` (default: for the exporting CPU), ``"int8"`` (ARM, x86 with VNNI) or ``"uint8"``
             (x86 without VNNI): how the ``onnx`` int8 artifact stores its weights.
         batch_size: batch size used to slice array inputs given to ``fit``.
+        verify_data: inputs to verify on (an array, or a dataset / batches); see above for the default.
 
     Raises:
         ValueError: unknown target or precision, or a ``quant_spec`` path that holds no QuantSpec.
+        TypeError: a ``verify_data`` that is not inputs.
     """
 
     def __init__(
@@ -139,6 +150,7 @@ class Export(keras.callbacks.Callback):
         batch_size: int = 32,
         ncnn_depthwise: str = "int8",
         onnx_weights: str = "auto",
+        verify_data: Any = None,
     ) -> None:
         super().__init__()
         self.settings = ExportSettings(
@@ -154,23 +166,38 @@ class Export(keras.callbacks.Callback):
             input_fn,
             ncnn_depthwise,
             onnx_weights,
+            verify_data=verify_data,
         )
         self.batch_size = batch_size
         self.report: ExportReport | None = None
         self._fit_x: Any = None
+        self._fit_val_x: Any = None
         self._tensorboard_dirs: list[str] = []
 
     @override
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self.settings.needs_training_data():
             self._fit_x = _fit_inputs(self.model)
+        if self.settings.verify and self.settings.verify_data is None:
+            # fit has already split off validation_split into its local validation_data by now
+            val = _fit_inputs(self.model, "validation_data")
+            self._fit_val_x = val[0] if isinstance(val, tuple) and val else val
         self._tensorboard_dirs = _tensorboard_dirs(self.model)
 
     @override
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         s = self.settings
+        get = s.input_fn or batch_input
         try:
-            batches = _batches_from(self._fit_x, self.batch_size, s.calibration_batches, s.input_fn or batch_input)
+            held_out = _batches_from(self._fit_val_x, self.batch_size, s.calibration_batches, get)
+        except Exception as err:  # unreadable validation data: verify on training batches instead
+            log.warning("fitslim Export could not take batches from the validation data given to fit: %s", err)
+            held_out = []
+        finally:
+            self._fit_val_x = None
+        count = s.calibration_batches if held_out else s.training_batches_wanted()
+        try:
+            batches = _batches_from(self._fit_x, self.batch_size, count, get)
         except Exception as err:  # unreadable fit data: export with what was given explicitly
             log.warning("fitslim Export could not take batches from the data given to fit: %s", err)
             batches = []
@@ -194,12 +221,12 @@ class Export(keras.callbacks.Callback):
         # after QuantizationAware the model runs its fake-quant; the exporters take the float model and the spec
         # (the reference above runs the spec's fake-quant itself), and the model is quantized again afterwards
         with float_model(model):
-            self.report = self.settings.run(model, batches, spec, name, reference, converter)
+            self.report = self.settings.run(model, batches, spec, name, reference, converter, held_out=held_out)
         self._log_report(self.report, logs)
 
     def _log_report(self, report: ExportReport, logs: dict[str, Any] | None) -> None:
         """The report's figures into ``logs`` and, with a TensorBoard callback in the fit, into its log_dir."""
-        metrics = export_metrics(report)
+        metrics = {**export_metrics(report), **latency_metrics(report)}
         if logs is not None:
             logs.update(metrics)
         dirs, self._tensorboard_dirs = self._tensorboard_dirs, []

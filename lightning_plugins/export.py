@@ -17,6 +17,7 @@ from typing import Any
 
 from typing_extensions import override
 
+from exporters.latency import latency_metrics
 from exporters.report import ExportReport
 from exporters.runtimes import as_inputs
 from exporters.settings import ExportSettings, quant_spec_arg
@@ -69,7 +70,13 @@ class Export(pl.Callback):  # type: ignore[name-defined]
     The report reaches the trainer's loggers: per target ``export/<target>/status`` (1 ok, 0.5 unverified,
     0 skipped, -1 mismatch, -2 failed), ``size_bytes``, ``max_abs_error``, ``max_rel_error``, ``top1_agreement`` and
     ``latency_ms`` as metrics; ``report.md``/``report.json`` as MLflow artifacts, W&B files, and the
-    Markdown table as TensorBoard text.
+    Markdown table as TensorBoard text. Every fp16 / int8 artifact is timed against fp32 of its target
+    (:mod:`exporters.latency`): ``export/<target>/latency_ratio``, ``fp32_latency_ms`` and ``slower_than_fp32``
+    (1.0 when it runs slower than fp32 on this machine, which the report and the log also give as a WARNING).
+
+    The artifacts are verified on held-out inputs: ``verify_data`` when given, else the trainer's validation
+    dataloader (``val_dataloaders``, or the datamodule's ``val_dataloader()``), else training batches after the
+    calibration ones; the report's ``Verified on ...`` line says which.
 
     Args:
         targets: any of ``"onnx"``, ``"ncnn"``, ``"tflite"``, ``"tensorrt"``.
@@ -79,7 +86,8 @@ class Export(pl.Callback):  # type: ignore[name-defined]
         example_input: one input batch; the first training batch when None.
         calibration: input batches for int8 and verification; the first ``calibration_batches`` training
             batches when None.
-        calibration_batches: how many training batches to take.
+        calibration_batches: how many training batches to calibrate on (and how many validation batches, or
+            further training batches, to verify on).
         quant_spec: learned int8 scales, or the path of a ``quant_spec.json``; taken from a
             ``QuantizationAware`` callback when None.
         verify: run each artifact in its runtime and compare with the module.
@@ -89,9 +97,11 @@ class Export(pl.Callback):  # type: ignore[name-defined]
             model, which is faster on x86 (ncnn's int8 depthwise kernel is slower than its fp32 one there).
         onnx_weights: ``"auto"`` (default: for the exporting CPU), ``"int8"`` (ARM, x86 with VNNI) or ``"uint8"``
             (x86 without VNNI): how the ``onnx`` int8 artifact stores its weights.
+        verify_data: inputs to verify on (an array, or a DataLoader / batches); see above for the default.
 
     Raises:
         ValueError: unknown target or precision, or a ``quant_spec`` path that holds no QuantSpec.
+        TypeError: a ``verify_data`` that is not inputs.
     """
 
     def __init__(
@@ -108,6 +118,7 @@ class Export(pl.Callback):  # type: ignore[name-defined]
         input_fn: Callable[[Any], Any] | None = None,
         ncnn_depthwise: str = "int8",
         onnx_weights: str = "auto",
+        verify_data: Any = None,
     ) -> None:
         super().__init__()
         self.settings = ExportSettings(
@@ -123,34 +134,65 @@ class Export(pl.Callback):  # type: ignore[name-defined]
             input_fn,
             ncnn_depthwise,
             onnx_weights,
+            verify_data=verify_data,
         )
         self.report: ExportReport | None = None
 
-    def _training_batches(self, trainer: Any) -> list[Any]:
+    def _batches(self, loader: Any, count: int) -> list[Any]:
+        get = self.settings.input_fn or batch_input
+        # as_inputs keeps integer inputs (token ids, masks) and several inputs (input_fn=lambda b: b[:-1])
+        return [as_inputs(get(b)) for b in islice(iter(loader), count)]
+
+    def _training_batches(self, trainer: Any, count: int) -> list[Any]:
         loader = getattr(trainer, "train_dataloader", None)
         if loader is None and getattr(trainer, "datamodule", None) is not None:
             loader = trainer.datamodule.train_dataloader()
         if loader is None:
             return []
-        get = self.settings.input_fn or batch_input
-        # as_inputs keeps integer inputs (token ids, masks) and several inputs (input_fn=lambda b: b[:-1])
-        return [as_inputs(get(b)) for b in islice(iter(loader), self.settings.calibration_batches)]
+        return self._batches(loader, count)
+
+    def _validation_batches(self, trainer: Any, pl_module: Any) -> list[Any]:
+        """The first batches of the fit's validation data (the first val dataloader), or [] when there is none."""
+        loader = getattr(trainer, "val_dataloaders", None)
+        for owner in (getattr(trainer, "datamodule", None), pl_module):
+            if loader is not None:
+                break
+            hook = getattr(owner, "val_dataloader", None)
+            if callable(hook):
+                try:
+                    loader = hook()
+                except Exception:  # Lightning's default hook raises when the user defined none
+                    loader = None
+        if isinstance(loader, dict):
+            loader = next(iter(loader.values()), None)
+        if isinstance(loader, list | tuple):
+            loader = loader[0] if loader else None
+        if loader is None:
+            return []
+        try:
+            return self._batches(loader, self.settings.calibration_batches)
+        except Exception as err:  # unreadable validation data: verify on training batches instead
+            log.warning("fitslim Export could not take batches from the validation data: %s", err)
+            return []
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.is_global_zero:
             return
-        batches = self._training_batches(trainer) if self.settings.needs_training_data() else []
-        spec = self.settings.quant_spec or _find_quant_spec(trainer, pl_module)
+        s = self.settings
+        held_out = self._validation_batches(trainer, pl_module) if s.verify and s.verify_data is None else []
+        count = s.calibration_batches if held_out else s.training_batches_wanted()
+        batches = self._training_batches(trainer, count) if s.needs_training_data() else []
+        spec = s.quant_spec or _find_quant_spec(trainer, pl_module)
         reference = _fake_quant_reference(pl_module, spec) if spec is not None and spec.source == "qat" else None
-        self.report = self.settings.run(pl_module, batches, spec, type(pl_module).__name__, reference)
+        self.report = s.run(pl_module, batches, spec, type(pl_module).__name__, reference, held_out=held_out)
         self._log_report(trainer, self.report)
 
     @staticmethod
     def _log_report(trainer: Any, report: ExportReport) -> None:
         """The report's figures as metrics to every logger; ``report.md``/``report.json`` where a logger keeps files."""
         try:
-            log_metrics(trainer, export_metrics(report))
+            log_metrics(trainer, {**export_metrics(report), **latency_metrics(report)})
             directory = Path(report.directory or ".")
             log_files(trainer, [directory / "report.md", directory / "report.json"], tag="export")
         except Exception as err:  # a logger problem must not turn a finished fit into a failure

@@ -24,7 +24,8 @@ def test_export_at_train_end_takes_batches_from_fit(tmp_path: Path, digits_nhwc:
     model.fit(digits_nhwc.x_train[:64], digits_nhwc.y_train[:64], batch_size=16, epochs=1, verbose=0, callbacks=[cb])
     assert cb.report is not None and cb.report.ok, cb.report
     r = cb.report["onnx"]
-    assert r.samples == 32  # 2 batches of 16 from the arrays given to fit
+    assert r.samples == 32  # 2 batches of 16 from the arrays given to fit, after the 2 calibration ones
+    assert cb.report.verification == "32 training samples not used for calibration"
     assert r.max_rel_error is not None and r.max_rel_error <= 1e-4 and r.top1_agreement == 1.0
     assert (tmp_path / "model.onnx").is_file() and (tmp_path / "report.md").is_file()
 
@@ -66,6 +67,8 @@ def test_constructor_errors() -> None:
         Export(targets=["onnx2"])
     with pytest.raises(ValueError, match=r"Export\(precision=...\)"):
         Export(precision="bf16")
+    with pytest.raises(TypeError, match=r"Export\(verify_data=...\)"):
+        Export(verify_data=3)
 
 
 def test_tensorrt_qdq_from_the_callback_follows_the_quantized_model(tmp_path: Path, digits_nhwc: Any) -> None:
@@ -99,3 +102,41 @@ def test_export_passes_the_onnx_weight_storage_on() -> None:
     assert Export(targets=["onnx"], onnx_weights="int8").settings.onnx_weights == "int8"
     with pytest.raises(ValueError, match=r"Export\(onnx_weights=...\): unknown 'u8'"):
         Export(onnx_weights="u8")
+
+
+def _rows(a: Any) -> set[bytes]:
+    return {np.asarray(r, np.float32).tobytes() for r in np.asarray(a)}
+
+
+@pytest.mark.parametrize("how", ["validation_data", "validation_split"])
+def test_verification_is_held_out_from_calibration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """The validation data given to fit (or split off by validation_split) verifies; calibration comes from the
+    training part; the two are disjoint and the report says which."""
+    import importlib
+
+    export_module = importlib.import_module("exporters.export")  # the package's `export` is the function
+    seen: dict[str, Any] = {}
+    real = export_module.export
+
+    def spy(model: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(export_module, "export", spy)
+    x = np.random.default_rng(0).random((96, 8, 8, 1), dtype=np.float32)  # every sample distinct
+    y = np.arange(96) % 10
+    model = build_digits_classifier(width=0.5)
+    cb = Export(targets=["onnx"], directory=tmp_path, calibration_batches=2, batch_size=16)
+    fit_kw: dict[str, Any] = (
+        {"x": x[:64], "y": y[:64], "validation_data": (x[64:], y[64:])}
+        if how == "validation_data"
+        else {"x": x, "y": y, "validation_split": 1 / 3}
+    )
+    model.fit(batch_size=16, epochs=1, verbose=0, callbacks=[cb], **fit_kw)
+    assert cb.report is not None and cb.report.ok, cb.report
+    calibration = np.concatenate([np.asarray(b) for b in seen["calibration"]])
+    samples = np.asarray(seen["samples"])
+    assert _rows(samples) == _rows(x[64:])  # validation_split holds out the last third
+    assert len(calibration) == 32 and _rows(calibration) <= _rows(x[:64])
+    assert not _rows(calibration) & _rows(samples)
+    assert cb.report.verification == "32 validation samples" and cb.report["onnx"].samples == 32

@@ -59,7 +59,8 @@ def test_fit_end_export_uses_training_batches(tmp_path: Path) -> None:
     _trainer(tmp_path, [cb], limit_train_batches=5, limit_val_batches=1).fit(module, DigitsDataModule(batch_size=16))
     assert cb.report is not None and cb.report.ok, cb.report
     r = cb.report["onnx"]
-    assert r.samples == 48  # 3 training batches of 16
+    # verified on the datamodule's validation loader (batches of 256), at most 256 samples
+    assert r.samples == 256 and cb.report.verification == "256 validation samples"
     assert r.max_rel_error is not None and r.max_rel_error <= 1e-4 and r.top1_agreement == 1.0
     assert (tmp_path / "exports" / "model.onnx").is_file()
     assert json.loads((tmp_path / "exports" / "report.json").read_text())["results"][0]["status"] == "ok"
@@ -160,5 +161,73 @@ def test_ddp_spawn_exports_once_on_rank_zero(tmp_path: Path) -> None:
     files = sorted(p.name for p in (tmp_path / "exports").iterdir())
     assert files == ["model.onnx", "report.json", "report.md"]  # one set, no scratch or partial files
     report = json.loads((tmp_path / "exports" / "report.json").read_text())
-    assert report["results"][0]["status"] == "ok" and report["results"][0]["samples"] == 8
+    n = report["results"][0]["samples"]  # rank zero's share of one validation batch
+    assert report["results"][0]["status"] == "ok" and report["verification"] == f"{n} validation samples"
     assert np.isfinite(report["results"][0]["max_rel_error"])
+
+
+class _Unique(pl.LightningDataModule):  # type: ignore[name-defined]
+    """Random 8x8 inputs, every one distinct, so which samples calibrated and which verified can be told apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        rng = np.random.default_rng(0)
+        self.x = torch.from_numpy(rng.random((160, 1, 8, 8), dtype=np.float32))
+        self.y = torch.from_numpy(rng.integers(0, 10, 160))
+
+    def train_dataloader(self) -> Any:
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(self.x[:128], self.y[:128]), batch_size=16)
+
+
+class _UniqueWithValidation(_Unique):
+    def val_dataloader(self) -> Any:
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(self.x[128:], self.y[128:]), batch_size=16)
+
+
+def _rows(a: Any) -> set[bytes]:
+    return {np.asarray(r, np.float32).tobytes() for r in np.asarray(a)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("validation", [True, False])
+def test_verification_is_held_out_from_calibration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, validation: bool
+) -> None:
+    """Calibration and verification samples are disjoint: the validation loader's when there is one, else the
+    training batches after the calibration ones; the report says which."""
+    import importlib
+
+    export_module = importlib.import_module("exporters.export")  # the package's `export` is the function
+    seen: dict[str, Any] = {}
+    real = export_module.export
+
+    def spy(model: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(export_module, "export", spy)
+    data = _UniqueWithValidation() if validation else _Unique()
+    cb = Export(targets=["onnx"], precision="int8", directory=tmp_path / "exports", calibration_batches=2)
+    _trainer(tmp_path, [cb], limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0).fit(
+        DigitsClassifier(), data
+    )
+    assert cb.report is not None and cb.report.ok, cb.report
+    calibration = np.concatenate([np.asarray(b) for b in seen["calibration"]])
+    samples = np.asarray(seen["samples"])
+    assert len(calibration) == 32 and _rows(calibration) <= _rows(data.x[:128])
+    assert not _rows(calibration) & _rows(samples)
+    if validation:  # the whole validation loader, 2 batches of 16
+        assert _rows(samples) == _rows(data.x[128:]) and cb.report.verification == "32 validation samples"
+    else:  # the training batches after the two calibration ones
+        assert _rows(samples) <= _rows(data.x[:128]) and len(samples) == 32
+        assert cb.report.verification == "32 training samples not used for calibration"
+    assert cb.report["onnx"].samples == 32
+    assert "Verified on 32" in (tmp_path / "exports" / "report.md").read_text()
+
+
+def test_verify_data_is_checked_and_passed_on() -> None:
+    with pytest.raises(TypeError, match=r"Export\(verify_data=...\)"):
+        Export(verify_data="val.npy")
+    x = np.zeros((4, 1, 8, 8), np.float32)
+    samples, what = Export(verify_data=x).settings.verification([], None)
+    assert samples is not None and samples.shape == (4, 1, 8, 8) and what == "samples of verify_data"
