@@ -14,6 +14,7 @@ pytest.importorskip("lightning", reason="lightning not installed")
 
 import torch
 
+import lightning_plugins.export as lightning_export
 from fitslim.quantspec import QuantSpec
 from lightning_plugins import Export
 from lightning_plugins._compat import pl
@@ -206,6 +207,8 @@ def test_verification_is_held_out_from_calibration(
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(export_module, "export", spy)
+    logged: dict[str, float] = {}
+    monkeypatch.setattr(lightning_export, "log_metrics", lambda trainer, metrics: logged.update(metrics))
     data = _UniqueWithValidation() if validation else _Unique()
     cb = Export(targets=["onnx"], precision="int8", directory=tmp_path / "exports", calibration_batches=2)
     _trainer(tmp_path, [cb], limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0).fit(
@@ -222,6 +225,10 @@ def test_verification_is_held_out_from_calibration(
         assert _rows(samples) <= _rows(data.x[:128]) and len(samples) == 32
         assert cb.report.verification == "32 training samples not used for calibration"
     assert cb.report["onnx"].samples == 32
+    # the int8 artifact's latency verdict against fp32 reaches the loggers
+    ratio = cb.report["onnx"].latency_ratio
+    assert ratio is not None and logged["export/onnx/latency_ratio"] == ratio
+    assert logged["export/onnx/slower_than_fp32"] == float(cb.report["onnx"].latency_verdict == "slower")
     assert "Verified on 32" in (tmp_path / "exports" / "report.md").read_text()
 
 
