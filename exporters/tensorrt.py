@@ -2,7 +2,9 @@
 
 - ``int8``: ``model.int8.qdq.onnx``, the shared ONNX with symmetric int8 Q/DQ (:func:`exporters.qdq.to_qdq`),
   checked with ``onnx.checker`` (full check) and :func:`exporters.qdq.lint_qdq` (TensorRT's rules).
-- ``fp32`` / ``fp16``: ``model.trt.onnx``, the shared fp32 ONNX; TensorRT picks fp16 kernels at build time.
+- ``fp32`` / ``fp16``: ``model.trt.onnx``, the shared fp32 ONNX; fp16 is TensorRT's builder flag (or ModelOpt
+  AutoCast on 11.x) at engine build, so an fp16 row whose engine was not built and run here is ``unverified``: the
+  file written is fp32 (verified as such), the fp16 engine is nobody's check yet.
 
 Each file is verified in onnxruntime against the source model. The engine itself needs TensorRT and a
 CUDA GPU: where both exist the engine is built with TensorRT's Python API (strongly typed for Q/DQ and
@@ -305,8 +307,6 @@ def export_tensorrt(job: ExportJob) -> TargetResult:
         final = job.artifact(".trt.onnx")
         with atomic_path(final) as tmp:
             shutil.copyfile(job.onnx_path, tmp)
-        if job.precision == "fp16":
-            notes.append("onnxruntime verified the fp32 graph; the fp16 kernels are chosen by TensorRT at build time")
     result = TargetResult(
         "tensorrt",
         job.precision,
@@ -326,6 +326,17 @@ def export_tensorrt(job: ExportJob) -> TargetResult:
         result.latency_ms = median_latency_ms(lambda: sess.run(None, one))
         result.threads = job.threads
     engine_ran = _engine(job, final, result, x)
+    if job.precision == "fp16" and not engine_ran and result.status == "ok":
+        checked = (
+            f"onnxruntime verified it, max relative error {result.max_rel_error:.1e}"
+            if result.max_rel_error is not None
+            else "not run"
+        )
+        result.status = "unverified"
+        result.reason = (
+            f"{final.name} is the fp32 ONNX ({checked}); fp16 is TensorRT's builder flag, and no fp16 engine was "
+            "built and run here: build and check it on the target (see the notes)"
+        )
     if job.verify and job.precision == "int8" and not engine_ran:
         result.notes.append(
             "verified with onnxruntime computing each Q/DQ group in float from its int8 values (TensorRT's int8 "

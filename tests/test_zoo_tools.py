@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +71,61 @@ def test_runner_writes_durations_in_whole_seconds() -> None:
     assert run.duration(479.6) == "8 min 0 s"  # not "8 min 60 s"
     assert run.duration(4174.4) == "69 min 34 s"  # not "70 min 34 s"
     assert run.duration(59.4) == "0 min 59 s"
+
+
+def test_table_parses_back_what_it_renders(tmp_path: Path) -> None:
+    cells = [
+        {"framework": "torch", "case": "a", "column": "onnx int8", "status": "mismatch",
+         "detail": "top-1 31%, 41% of 27 decisive, spread err 0.86; int8 error | builds up"},
+        {"framework": "torch", "case": "b", "column": "ncnn fp16", "status": "ok", "detail": "rel err 2e-03"},
+        {"framework": "keras", "case": "a", "column": "tensorrt fp16", "status": "unverified", "detail": "fp32 file"},
+    ]  # fmt: skip
+    parsed = table.parse(table.render(cells))
+    assert parsed == {(c["framework"], c["case"], c["column"]): (c["status"], c["detail"]) for c in cells}
+    assert ("torch", "a", "ncnn fp16") not in parsed  # 'not run' is no record
+    assert "1 unverified" in table.render(cells)
+
+
+def _row(status: str, top1: float | None, spread: float, rel: float = 0.3, files: bool = True) -> Any:
+    from exporters.report import TargetResult
+
+    reason = "verification failed: top-1 agreement 40.0% under the int8 bound; int8 error builds up over 9 layers"
+    return TargetResult("tensorrt", "int8", status=status, files=["m.onnx"] if files else [], max_abs_error=rel * 9,
+                        max_rel_error=rel, top1_agreement=top1, spread_error=spread,
+                        reason=reason if status == "mismatch" else "written, not compared")  # fmt: skip
+
+
+def test_an_expected_mismatch_is_bounded_by_its_recorded_figures(tmp_path: Path) -> None:
+    from tests.zoo import check_report
+
+    detail = "top-1 40%, 50% of 30 decisive, spread err 0.80; int8 error builds up over 9 layers"
+    cells = [{"framework": "torch", "case": "net", "column": "tensorrt int8", "status": "mismatch", "detail": detail}]
+    doc = tmp_path / "support.md"
+    doc.write_text(table.render(cells), encoding="utf-8")
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+
+    def problems(row: Any, name: str = "net", listed: bool = True) -> list[str]:
+        expected = {(name, "tensorrt", "int8"): ("mismatch", "int8 error")} if listed else {}
+        return check_report([row], "torch", name, "int8", expected, lambda *a: None, tmp_path, table=doc)
+
+    assert problems(_row("mismatch", 0.35, 0.9)) == []  # a little worse than recorded, as on another CPU
+    assert problems(_row("ok", 0.99, 0.1)) == []  # passing is never a defect
+    nan = _row("mismatch", None, float("nan"), rel=float("nan"))
+    nan.max_abs_error = float("nan")
+    zero = _row("mismatch", 0.0, 1.4)
+    for bad, why in (
+        (nan, "not finite"),
+        (zero, "top-1 agreement 0% under 0.5x the recorded 40%"),
+        (_row("mismatch", 0.38, 2.5), "spread error 2.5 over 1.30"),
+    ):
+        (problem,) = problems(bad)
+        assert "beyond its record" in problem and why in problem, problem
+    (unrecorded,) = problems(_row("mismatch", 0.35, 0.9), name="other")  # listed, but no figure to bound it
+    assert "no recorded figure bounds this expected mismatch" in unrecorded
+    # a row nobody listed: unverified passes when written and explained, never silently
+    assert problems(_row("unverified", None, 0.0), listed=False) == []
+    assert problems(_row("unverified", None, 0.0, files=False), listed=False) == [
+        "tensorrt int8: unverified: written, not compared"
+    ]
+    (tmp_path / "m.onnx").unlink()
+    assert "an unverified artifact must be written" in problems(_row("unverified", None, 0.0), listed=False)[0]

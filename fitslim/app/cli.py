@@ -586,9 +586,10 @@ def _export(args: argparse.Namespace) -> int:
     print(report)
     if report.ok:
         return 0
-    if report.results and all(r.written for r in report.results):  # --no-verify: written, and said so
-        names = ", ".join(r.target for r in report.unverified)
-        print(f"fitslim export: {names} written but not verified (--no-verify)", file=sys.stderr)
+    if report.results and all(r.written for r in report.results):  # written; what nothing checked is said
+        names = ", ".join(f"{r.target} ({r.precision})" for r in report.unverified)
+        why = "--no-verify" if args.no_verify else "see the reasons above"
+        print(f"fitslim export: {names} written but not verified ({why})", file=sys.stderr)
         return 0
     bad = [f"{r.target} {r.status}" for r in report.results if r.status != "ok"]
     print(f"fitslim export: {', '.join(bad)} (see {out / 'report.md'})", file=sys.stderr)

@@ -348,6 +348,6 @@ def test_verify_false_writes_unverified_artifacts_never_ok(tmp_path: Path, capsy
     # the CLI: exit 0 (the user asked for no verification), and it says what was not checked
     args = ["export", str(tmp_path / "e" / "model.onnx"), "--to", "onnx", "--input-shape", "1,3,9,11"]
     assert main([*args, "--no-verify", "--output", str(tmp_path / "cli")]) == 0
-    assert "onnx written but not verified (--no-verify)" in capsys.readouterr().err
+    assert "onnx (fp32) written but not verified (--no-verify)" in capsys.readouterr().err
     assert main([*args, "--output", str(tmp_path / "cli2")]) == 0
     assert "not verified" not in capsys.readouterr().err

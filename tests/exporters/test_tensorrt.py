@@ -899,7 +899,10 @@ def test_fp32_and_fp16_targets_write_the_shared_onnx(
         r = export(
             trained_torch_digits, ["tensorrt"], precision=precision, example_input=x, directory=tmp_path / precision
         )["tensorrt"]
-        assert r.ok and r.files == ["model.trt.onnx"] and r.precision == precision
+        # fp16 is the engine builder's flag on this fp32 file: unverified until an fp16 engine ran (issue 21)
+        verified = precision == "fp32" or tensorrt_available()[0]
+        assert (r.ok if verified else r.status == "unverified") and r.files == ["model.trt.onnx"], r
+        assert r.precision == precision and (verified or "model.trt.onnx is the fp32 ONNX" in r.reason)
         assert r.max_rel_error is not None and r.max_rel_error <= 1e-4 and r.top1_agreement == 1.0
         assert lint_qdq(onnx.load(str(tmp_path / precision / "model.trt.onnx")))  # float layers: not a Q/DQ model
         if not tensorrt_available()[0]:

@@ -15,10 +15,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LOCATED", "ZooCase", "check_report", "full_zoo", "select"]
+__all__ = ["LOCATED", "Record", "ZooCase", "check_report", "full_zoo", "recorded", "select", "within_record"]
 
 #: what an int8 ``mismatch`` reason must say: where the int8 error starts (``exporters.verify.locate_int8_error``)
 LOCATED = r"int8 error (first becomes large at '[^']+' \(\w+|builds up over \d+ layers)"
+
+#: the support table ``make zoo`` writes: its figures bound the cells listed as expected mismatches
+SUPPORT_TABLE = Path(__file__).resolve().parents[2] / "docs" / "zoo-support.md"
+
+#: how much worse than its recorded figures an expected mismatch may be: max relative error up to 4x the record,
+#: top-1 agreement down to half of it, spread error up to 1.5x the record plus 0.1. Room for another CPU's
+#: rounding (int8 kernels with and without VNNI, oneDNN on and off), not for NaN, 0% or unrelated outputs.
+REL_ERROR_FACTOR, TOP1_FACTOR, SPREAD_FACTOR, SPREAD_SLACK = 4.0, 0.5, 1.5, 0.1
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,68 @@ def _figures(row: Any) -> str:
     return f"top-1 {row.top1_agreement * 100:.0f}%{decisive}, spread err {row.spread_error or 0:.2f}"
 
 
+@dataclass(frozen=True)
+class Record:
+    """A support-table cell's recorded figures (None: the cell does not give it)."""
+
+    status: str
+    rel_error: float | None = None
+    top1: float | None = None
+    spread_error: float | None = None
+
+    @classmethod
+    def parse(cls, status: str, detail: str) -> Record:
+        """The figures of a cell as :func:`cell_detail` writes them (``rel err 2.2e-04, top-1 100%, ...``)."""
+        figures = detail.split(";")[0]
+        rel = re.search(r"\brel err ([0-9.]+e[-+]?\d+|[0-9.]+)", figures)
+        top1 = re.match(r"(?:rel err \S+ )?top-1 (\d+(?:\.\d+)?)%", figures.replace(",", ""))
+        spread = re.search(r"\bspread err ([0-9.]+)", figures)
+        return cls(
+            status,
+            float(rel.group(1)) if rel else None,
+            float(top1.group(1)) / 100 if top1 else None,
+            float(spread.group(1)) if spread else None,
+        )
+
+
+_RECORDS: dict[Path, dict[tuple[str, str, str], tuple[str, str]]] = {}
+
+
+def recorded(framework: str, case: str, column: str, table: Path | None = None) -> Record | None:
+    """A cell's figures in the support table (``table``, default :data:`SUPPORT_TABLE`); None when not recorded."""
+    from tests.zoo.table import parse
+
+    path = table or SUPPORT_TABLE
+    if path not in _RECORDS:
+        _RECORDS[path] = parse(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    cell = _RECORDS[path].get((framework, case, column))
+    return Record.parse(*cell) if cell is not None else None
+
+
+def within_record(row: Any, record: Record | None) -> str:
+    """Why an expected-mismatch row is worse than its recorded figures allow (empty when it is within them).
+
+    The bounds are the record with the margins above (:data:`REL_ERROR_FACTOR`, ...): a NaN, all-wrong or
+    unrelated artifact in a listed cell fails, as does a listed cell with no recorded figure to bound it.
+    """
+    if row.max_abs_error is None or not np.isfinite(row.max_abs_error):
+        return "outputs not finite or not compared"
+    figures = record and [record.rel_error, record.top1, record.spread_error]
+    if record is None or not figures or all(f is None for f in figures):
+        return "no recorded figure bounds this expected mismatch: record the cell (make zoo) in docs/zoo-support.md"
+    why = []
+    if record.rel_error is not None and (row.max_rel_error or 0.0) > REL_ERROR_FACTOR * record.rel_error:
+        why.append(f"max relative error {row.max_rel_error:.1e} over {REL_ERROR_FACTOR:g}x the recorded "
+                   f"{record.rel_error:.1e}")  # fmt: skip
+    if record.top1 is not None and (row.top1_agreement is None or row.top1_agreement < TOP1_FACTOR * record.top1):
+        got = "none" if row.top1_agreement is None else f"{row.top1_agreement * 100:.0f}%"
+        why.append(f"top-1 agreement {got} under {TOP1_FACTOR:g}x the recorded {record.top1 * 100:.0f}%")
+    bound = SPREAD_FACTOR * (record.spread_error or 0.0) + SPREAD_SLACK
+    if record.spread_error is not None and (row.spread_error is None or row.spread_error > bound):
+        why.append(f"spread error {row.spread_error} over {bound:.2f} (recorded {record.spread_error:.2f})")
+    return "; ".join(why)
+
+
 def cell_detail(row: Any) -> str:
     """A support-table cell's text for one report row: the reason, or how close the artifact is.
 
@@ -109,27 +179,38 @@ def check_report(
     expected: dict[tuple[str, str, str], tuple[str, str]],
     record: Callable[..., None],
     directory: Path,
+    table: Path | None = None,
 ) -> list[str]:
     """Record every row of an export report as a table cell; return the rows that break expectations.
 
-    A row with no entry in ``expected`` must be ok; one with an entry must have that status and a reason
-    matching its pattern, or be ok where a ``mismatch`` was expected (random-weight int8 cells near the bound
-    may pass on another machine; passing is never a defect). A mismatch must keep its artifact, named in the
-    report.
+    A row with no entry in ``expected`` must be ok, or ``unverified`` with its files written and a reason (a
+    precision no runtime here runs, e.g. a TensorRT fp16 file without TensorRT). One with an entry must have
+    that status and a reason matching its pattern, or be ok where a ``mismatch`` was expected (random-weight int8
+    cells near the bound may pass on another machine; passing is never a defect). An expected mismatch must stay
+    within its recorded figures in the support table (``table``, default :data:`SUPPORT_TABLE`) with the margins
+    of :func:`within_record`, and keep its artifact, named in the report.
     """
     problems = []
     for row in report:
-        record(framework, name, f"{row.target} {precision}", row.status, cell_detail(row))
+        column = f"{row.target} {precision}"
+        record(framework, name, column, row.status, cell_detail(row))
         want = expected.get((name, row.target, precision))
         if want is None:
-            if not row.ok:
-                problems.append(f"{row.target} {precision}: {row.status}: {row.reason}")
+            if row.status == "unverified" and row.reason and row.files:
+                if not all((directory / f).is_file() for f in row.files):
+                    problems.append(f"{column}: an unverified artifact must be written; files {row.files}")
+            elif not row.ok:
+                problems.append(f"{column}: {row.status}: {row.reason}")
             continue
         status, pattern = want
         if status == "mismatch" and row.ok:
             continue
         if row.status != status or not re.search(pattern, row.reason):
-            problems.append(f"{row.target} {precision}: expected {status} /{pattern}/, got {row.status}: {row.reason}")
-        if row.status == "mismatch" and not (row.files and all((directory / f).is_file() for f in row.files)):
-            problems.append(f"{row.target} {precision}: a mismatch must keep its artifact; files {row.files}")
+            problems.append(f"{column}: expected {status} /{pattern}/, got {row.status}: {row.reason}")
+        if row.status == "mismatch":
+            worse = within_record(row, recorded(framework, name, column, table))
+            if worse:
+                problems.append(f"{column}: expected mismatch beyond its record: {worse}")
+            if not (row.files and all((directory / f).is_file() for f in row.files)):
+                problems.append(f"{column}: a mismatch must keep its artifact; files {row.files}")
     return problems

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-STATUSES = ("ok", "mismatch", "refused", "failed")
+STATUSES = ("ok", "unverified", "mismatch", "refused", "failed")
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from typing import Any
 
 TARGET_ORDER = ("onnx", "ncnn", "tflite", "tensorrt")
 PRECISION_ORDER = ("fp32", "fp16", "int8")
-STATUS_ORDER = ("ok", "mismatch", "failed", "refused")
+STATUS_ORDER = ("ok", "unverified", "mismatch", "failed", "refused")
 
 HEADER = """# Model zoo support
 
@@ -32,7 +32,10 @@ the samples whose top-2 margin is meaningful, or a bounded error against the out
 spread when none is; see `exporters/verify.py`). `mismatch`: the artifact was written and kept, but its
 outputs are not finite or out of bounds; an int8 mismatch says where the int8 error originates (the first layer
 whose own int8 noise is large, from ONNX Runtime's per-tensor comparison of the float and Q/DQ graphs) or that
-it builds up over many layers. `failed` / `refused`: no artifact; the reason names the op or
+it builds up over many layers. `unverified`: written, but no runtime here ran it at that precision (the
+`tensorrt` fp16 file is the fp32 ONNX: fp16 is TensorRT's builder flag, so the cell is `unverified` where no
+TensorRT engine was built and run). The `onnx` fp16 file is an fp16 ONNX (fp16 weights, fp32 inputs and
+outputs). `failed` / `refused`: no artifact; the reason names the op or
 layer. `not run` (or a case missing from a table) was not part of the run that wrote this file.
 
 Callback columns: a short fit of the random-weight model with that callback in the user's own `fit`
@@ -59,6 +62,27 @@ def load(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             c = json.loads(line)
             cells[(c["framework"], c["case"], c["column"])] = c
     return list(cells.values())
+
+
+def parse(text: str) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """The cells of a rendered support table: (framework, case, column) -> (status, detail); inverse of
+    :func:`render` for every cell that was run (details longer than 260 characters come back cut)."""
+    cells: dict[tuple[str, str, str], tuple[str, str]] = {}
+    framework, columns = "", list[str]()
+    for line in text.splitlines():
+        if line.startswith("## "):
+            framework, columns = line[3:].strip(), []
+        elif line.startswith("| case |"):
+            columns = [c.strip() for c in line.strip().strip("|").split("|")][1:]
+        elif line.startswith("| ") and framework and columns:
+            cut = line.strip()[1:-1].replace("\\|", "\0").split("|")  # an escaped | is no column border
+            parts = [c.strip().replace("\0", "|") for c in cut]
+            case = parts[0]
+            for column, cell in zip(columns, parts[1:], strict=False):
+                if cell != "not run":
+                    status, _, detail = cell.partition(": ")
+                    cells[(framework, case, column)] = (status, detail)
+    return cells
 
 
 def _column_key(column: str) -> tuple[int, int, str]:
