@@ -176,3 +176,26 @@ def test_memory_bound_int8_onnx_is_measured_faster_than_fp32(tmp_path: Path) -> 
     assert r.ok and r.latency_ratio is not None, r
     assert r.latency_ratio < 0.8 and r.latency_verdict == "faster", r
     assert not any(n.startswith("WARNING") for n in r.notes)
+
+
+@pytest.mark.slow
+def test_fp16_peers_are_built_for_comparison_only(tmp_path: Path) -> None:
+    """fp16 has no fp32 model at hand: ncnn converts the ONNX once more at fp32 and TFLite converts the Keras model
+    at fp32, both timed interleaved with the fp16 artifact and never installed as artifacts."""
+    keras = pytest.importorskip("keras", reason="keras not installed")
+    pytest.importorskip("tf2onnx", reason="tf2onnx not installed")
+    pytest.importorskip("ncnn", reason="ncnn not installed")
+    from exporters import export
+    from keras_callbacks.reference import build_digits_classifier
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).random((8, 8, 8, 1), dtype=np.float32)
+    report = export(build_digits_classifier(width=0.5), ["tflite", "ncnn"], example_input=x[:1], precision="fp16",
+                    directory=tmp_path)  # fmt: skip
+    assert report.ok, report
+    assert "converted for comparison" in report["tflite"].latency_peer
+    assert "built for comparison" in report["ncnn"].latency_peer
+    for row in report:
+        assert row.latency_ratio is not None and row.fp32_latency_ms is not None and row.latency_verdict, row
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["model.fp16.ncnn.bin", "model.fp16.ncnn.param", "model.fp16.tflite", "report.json", "report.md"]
