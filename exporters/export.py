@@ -265,13 +265,15 @@ def _latency_verdict(job: ExportJob, result: TargetResult) -> None:
         log.warning("onnx %s: no latency verdict (%s: %s)", result.precision, type(err).__name__, err)
 
 
-def _verified_on(job: ExportJob, samples: Any, samples_from: str) -> str:
+def _verified_on(job: ExportJob, samples: Any, samples_from: str, calibrated: bool) -> str:
     """Which inputs verified the artifacts, for the report: e.g. ``64 validation samples``."""
     n = input_count(job.samples)
     if samples is not None:
         return f"{n} {samples_from or 'given samples'}"
-    if job.calibration is not None:
+    if job.calibration is not None and calibrated:
         return f"{n} calibration samples (the int8 scales were computed on these inputs)"
+    if job.calibration is not None:
+        return f"{n} of the calibration inputs"
     if isinstance(job.samples, tuple):
         return f"{n} example input(s)"
     return f"{n} inputs: the example and random inputs over its value range"
@@ -419,7 +421,9 @@ def _export(
         report = ExportReport(
             source=job.source.description,
             directory=str(out_dir),
-            verification=_verified_on(job, samples, samples_from) if verify else "",
+            verification=_verified_on(job, samples, samples_from, precision == "int8" and quant_spec is None)
+            if verify
+            else "",
         )
         for target in chosen:
             say(f"exporting {target} ({precision})")

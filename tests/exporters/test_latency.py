@@ -86,6 +86,20 @@ def test_report_table_json_and_metrics_carry_the_ratio(tmp_path: Path) -> None:
     assert latency_metrics(ExportReport([TargetResult("onnx", "fp32", latency_ms=1.0)])) == {}
 
 
+def test_report_says_what_verified() -> None:
+    from types import SimpleNamespace
+
+    from exporters.export import _verified_on
+
+    x = np.zeros((24, 1, 8, 8), np.float32)
+    job: Any = SimpleNamespace(samples=x, calibration=x)
+    assert _verified_on(job, x, "validation samples", True) == "24 validation samples"
+    assert _verified_on(job, None, "", True) == "24 calibration samples (the int8 scales were computed on these inputs)"
+    assert _verified_on(job, None, "", False) == "24 of the calibration inputs"  # fp32, or int8 from a QuantSpec
+    job.calibration = None
+    assert _verified_on(job, None, "", False) == "24 inputs: the example and random inputs over its value range"
+
+
 def test_hints_name_the_setting_that_helps() -> None:
     assert "ncnn_depthwise='float'" in slower_hint("ncnn", "int8", ["Convolution", "ConvolutionDepthWise"])
     # depthwise already kept float, or none: the hint is about channel pruning / the ARM device instead
