@@ -16,8 +16,9 @@ This module writes the form ONNX Runtime fuses (its own QDQ layout, produced by
 - weights symmetric per output channel, int8; biases int32 (scale = input scale x weight scale). On an x86
   CPU without VNNI (:func:`weight_type`) they are stored as uint8 with zero point 128 instead, the same grid
   ``[-127 s, 127 s]`` shifted, every value exact: there onnxruntime multiplies uint8 activations by int8
-  weights with ``vpmaddubsw``, which saturates a pair's sum at int16 (the digits CNN fell to 47.7% top-1
-  agreement on an AVX2-only CPU, 100% with uint8 weights), while its uint8 x uint8 kernels widen first. They
+  weights with ``vpmaddubsw``, which saturates a pair's sum at int16 (the trained digits CNN fell to 46.8% top-1
+  agreement on an AVX2-only CPU, 100% with uint8 weights: ``benchmarks.ort_weights --models digits_cnn``),
+  while its uint8 x uint8 kernels widen first. They
   are slower (MobileNetV2-224 on that CPU: 0.96x of fp32 against 0.74x, ``benchmarks.ort_weights``), so VNNI
   and ARM CPUs keep int8 weights. An artifact with int8 weights saturates on x86 CPUs without VNNI: where the
   CPU that will run it is not the exporting one, ``export(..., onnx_weights="int8" | "uint8")`` chooses.
