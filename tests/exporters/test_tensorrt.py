@@ -32,10 +32,12 @@ from exporters.job import ExportJob
 from exporters.qdq import ResidualInput, lint_qdq, qdq_counts, residual_add_scales, to_qdq
 from exporters.quant import QuantizedNode, QuantTable, WeightedNode
 from exporters.tensorrt import export_tensorrt, tensorrt_available, trtexec_command
+from exporters.verify import compare
 from fitslim.int8 import absmax_scale, fake_quant, quantize, round_half_even
 from fitslim.models import torch_model
 from fitslim.quantspec import LayerQuant, QuantSpec
 from tests.conftest import random_bn_stats
+from tests.exporters.int8_agreement import MIN_DECISIVE, assert_int8_agrees, result_agreement_problems
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -245,11 +247,13 @@ def digits_qdq(digits_job: ExportJob) -> Any:
     return to_qdq(onnx.load(str(digits_job.onnx_path)), digits_job.quant)
 
 
-def _top1(model_path: Path, x: FloatArray, source: Any) -> float:
-    out = ort_run(model_path, x)
+def _assert_agrees_on_both_ort_paths(model_path: Path, x: FloatArray, source: Any) -> None:
+    """The Q/DQ file against the fp32 torch model, run by onnxruntime with its graph optimizations (int8 kernels
+    where it fuses Q/DQ) and without (Q/DQ computed as written), judged by tests/exporters/int8_agreement.py."""
     with torch.no_grad():
         ref = source(torch.from_numpy(x)).numpy()
-    return float(np.mean(out.argmax(1) == ref.argmax(1)))
+    for optimize in (True, False):
+        assert_int8_agrees(ref, ort_run(model_path, x, optimize=optimize))
 
 
 def small_residual_net(seed: int = 0, opset: int = 18) -> Any:
@@ -479,7 +483,9 @@ def test_small_net_matches_numpy_fake_quant_reference(
     np.testing.assert_allclose(ort_run(small_qdq, x, optimize=False), ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
     # with onnxruntime's graph optimizations (fused kernels, another summation order): rounding flips only
     out, _ = check_int8_activations(small_qdq, m, reference_plan(m, table, residual_add_scales(m, table)), x)
-    assert np.mean(out.argmax(1) == ref.argmax(1)) >= 0.99
+    # rounding flips move no decisive sample's class (an all-sample top-1 bound would count near-ties)
+    a = compare(ref, out)
+    assert a.decisive >= MIN_DECISIVE and a.decisive_top1 == 1.0
     assert np.abs(ref - numpy_reference(m, x)).max() > 0  # the int8 model really is quantized
 
 
@@ -687,16 +693,17 @@ def test_digits_int8_calibrated_export(trained_torch_digits: Any, digits_nchw: A
     r = report["tensorrt"]
     assert r.ok, r.reason
     assert r.files == ["model.int8.qdq.onnx"] and r.scales == "calibrated on 256 samples (absmax)"
-    assert r.top1_agreement is not None and r.top1_agreement >= 0.99 and r.samples == 256
+    # an Intel Xeon (AVX-512 VNNI) measured 0.9888 (253 of 256) here: judged on the decisive samples instead
+    assert r.samples == 256 and not result_agreement_problems(r), result_agreement_problems(r)
     assert r.latency_ms is not None and r.latency_ms > 0
     path = tmp_path / "model.int8.qdq.onnx"
     qdq = onnx.load(str(path))
     assert lint_qdq(qdq) == []
     assert qdq_counts(qdq) == {"QuantizeLinear": 5, "DequantizeLinear": 10, "weight_dq": 5, "activation_dq": 5}
-    # top-1 agreement with the fp32 model on the whole test split (269 images)
+    # agreement with the fp32 model on the whole test split (269 images)
     x_test = digits_nchw.x_test
     assert len(x_test) == 269
-    assert _top1(path, x_test, trained_torch_digits) >= 0.99
+    _assert_agrees_on_both_ort_paths(path, x_test, trained_torch_digits)
     # an fp32 export of the same model, for the size comparison
     fp32 = export(trained_torch_digits, ["tensorrt"], example_input=x_test[:1], directory=tmp_path / "fp32")["tensorrt"]
     assert fp32.ok and fp32.files == ["model.trt.onnx"] and fp32.size_bytes is not None and r.size_bytes is not None
@@ -714,7 +721,9 @@ def test_digits_matches_numpy_fake_quant_reference(digits_job: ExportJob, digits
     np.testing.assert_allclose(ort_run(digits_qdq, x, optimize=False), ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
     out, _ = check_int8_activations(digits_qdq, fp32, plan, x)
     assert np.abs(out - ref).max() <= 2 * output_step(ref)  # measured: 0.89 of one output step
-    assert np.mean(out.argmax(1) == ref.argmax(1)) >= 0.99  # measured: 268 of 269
+    # 268 of 269 agreed on an AMD EPYC; which sample flips depends on the CPU's summation order: decisive ones only
+    a = compare(ref, out)
+    assert a.decisive >= MIN_DECISIVE and a.decisive_top1 == 1.0
 
 
 @pytest.mark.slow
@@ -797,7 +806,7 @@ def test_digits_learned_quant_spec_is_used_exactly(trained_torch_digits: Any, di
     # every activation scale in the file is a learned one (the residual Add's skip input reuses dw_conv's)
     act_scales = {float(inits[n.input[1]]) for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
     assert act_scales == {float(np.float32(layer.input_scale)) for layer in spec}
-    assert _top1(tmp_path / "model.int8.qdq.onnx", digits_nchw.x_test, trained_torch_digits) >= 0.99
+    _assert_agrees_on_both_ort_paths(tmp_path / "model.int8.qdq.onnx", digits_nchw.x_test, trained_torch_digits)
 
 
 @pytest.mark.slow

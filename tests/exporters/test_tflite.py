@@ -18,7 +18,9 @@ from exporters.export import export, prepare_job
 from exporters.job import ExportJob
 from exporters.source import Source
 from exporters.tflite import KERNEL_OPS, export_tflite, kernel_summary
+from exporters.verify import compare
 from fitslim.quantspec import LayerQuant, QuantSpec
+from tests.exporters.int8_agreement import MIN_DECISIVE, assert_int8_agrees, result_agreement_problems
 
 # --------------------------------------------------------------------------------------------- helpers
 
@@ -141,14 +143,15 @@ def test_keras_fp32_matches_source_on_digits(trained_keras_digits: Any, digits_n
     assert r.ok and r.files == ["model.tflite"] and r.runtime.startswith("LiteRT ")
     assert "input: float32 NHWC [-1, 8, 8, 1] (-1: any size)" in r.notes
     assert r.max_rel_error is not None and r.max_rel_error <= 1e-4
-    assert r.top1_agreement == 1.0 and r.samples == len(digits_nhwc.x_test) == 269
+    # top-1 over all samples would also count near-ties of the model this CPU trained: decisive ones only
+    assert r.samples == len(digits_nhwc.x_test) == 269 and r.decisive_samples >= MIN_DECISIVE and r.decisive_top1 == 1.0
     assert r.latency_ms is not None and r.latency_ms > 0 and r.threads == 2
     assert (tmp_path / "model.tflite").stat().st_size == r.size_bytes
     assert "float32 kernels: 3 CONV_2D, 1 DEPTHWISE_CONV_2D, 1 FULLY_CONNECTED" in r.notes
     out = run_tflite(tmp_path / "model.tflite", digits_nhwc.x_test)  # NHWC at the interface
     ref = np.asarray(trained_keras_digits(digits_nhwc.x_test, training=False))
     assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
-    assert (out.argmax(1) == ref.argmax(1)).all()
+    assert compare(ref, out).decisive_top1 == 1.0
 
 
 @pytest.mark.slow
@@ -167,7 +170,7 @@ def test_torch_fp32_matches_source_on_digits(trained_torch_digits: Any, digits_n
         trained_torch_digits.eval()
     assert all(torch.equal(before[k], v) for k, v in trained_torch_digits.state_dict().items())
     assert r.ok and r.max_rel_error is not None and r.max_rel_error <= 1e-4
-    assert r.top1_agreement == 1.0 and r.samples == 269
+    assert r.samples == 269 and r.decisive_samples >= MIN_DECISIVE and r.decisive_top1 == 1.0
     out = run_tflite(tmp_path / "model.tflite", digits_nchw.x_test)  # torch keeps NCHW at the interface
     with torch.no_grad():
         ref = trained_torch_digits(torch.from_numpy(digits_nchw.x_test)).numpy()
@@ -220,7 +223,9 @@ def test_keras_fp16_within_1e2_with_fp16_weights(trained_keras_digits: Any, digi
     r = export_tflite(job)
     assert r.ok and r.files == ["model.fp16.tflite"]
     assert r.max_rel_error is not None and 0 < r.max_rel_error <= 1e-2
-    assert r.top1_agreement is not None and r.top1_agreement >= 0.99
+    # 1e-2 of the largest output cannot flip a decisive sample (top-2 margin >= half the outputs' spread); an
+    # all-sample bound would count samples that sit on a class boundary of the model this CPU trained
+    assert r.decisive_samples >= MIN_DECISIVE and r.decisive_top1 == 1.0
     it = Interpreter(model_path=str(tmp_path / "model.fp16.tflite"))
     assert any(np.dtype(t["dtype"]) == np.float16 for t in it.get_tensor_details())
 
@@ -254,14 +259,14 @@ def test_keras_int8_calibrated_top1_and_int8_kernels(
     )
     r = export_tflite(job)
     assert r.ok and r.files == ["model.int8.tflite"] and r.samples == 269
-    # the digits CNN trains a little differently on each CPU: 266 of 269 agree on an AVX2-only one (0.989)
-    assert r.top1_agreement is not None and r.top1_agreement >= 0.98
+    # the digits CNN trains a little differently on each CPU: judged on the decisive samples (int8_agreement.py)
+    assert not result_agreement_problems(r), result_agreement_problems(r)
     assert "int8 kernels: 3 CONV_2D, 1 DEPTHWISE_CONV_2D, 1 FULLY_CONNECTED" in r.notes
     assert r.scales.startswith("calibrated by the TFLite converter on 512")
     ks = kernels(tmp_path / "model.int8.tflite")
     assert len(ks) == 5 and all(k["dtypes"] == ("int8", "int8") for k in ks)
     out = run_tflite(tmp_path / "model.int8.tflite", digits_nhwc.x_test)
-    assert np.mean(out.argmax(1) == job.reference.argmax(1)) >= 0.98
+    assert_int8_agrees(job.reference, out)
 
 
 @pytest.mark.slow
@@ -280,15 +285,16 @@ def test_torch_int8_calibrated_top1_and_int8_kernels(
         samples=digits_nchw.x_test,
     )
     r = export_tflite(job)
-    assert r.ok and r.files == ["model.int8.tflite"]
-    assert r.top1_agreement is not None and r.top1_agreement >= 0.99
+    assert r.ok and r.files == ["model.int8.tflite"] and r.samples == 269
+    # an Intel Xeon (AVX-512 VNNI) measured 0.985 here against 1.0 on an AMD EPYC: 4 samples decided a 0.99 bound
+    assert not result_agreement_problems(r), result_agreement_problems(r)
     # the 1-channel stem conv is a depthwise conv in TFLite
     assert "int8 kernels: 2 CONV_2D, 2 DEPTHWISE_CONV_2D, 1 FULLY_CONNECTED" in r.notes
     assert "calibrated by litert-torch" in r.scales
     ks = kernels(tmp_path / "model.int8.tflite")
     assert len(ks) == 5 and all(k["dtypes"] == ("int8", "int8") for k in ks)
     out = run_tflite(tmp_path / "model.int8.tflite", digits_nchw.x_test)
-    assert np.mean(out.argmax(1) == job.reference.argmax(1)) >= 0.99
+    assert_int8_agrees(job.reference, out)
     # BatchNorm folding during PT2E happened on a copy: the user's weights are untouched
     assert all(torch.equal(before[k], v) for k, v in trained_torch_digits.state_dict().items())
 
@@ -320,7 +326,7 @@ def test_torch_int8_uses_learned_quantspec_scales_exactly(
         assert k["input_scale"] == pytest.approx(layer.input_scale, rel=1e-6), layer.name
         assert k["input_zero_point"] == 0  # symmetric, as learned
         np.testing.assert_allclose(k["weight_scales"], layer.weight_scales, rtol=1e-6, err_msg=layer.name)
-    assert r.top1_agreement is not None and r.top1_agreement >= 0.97
+    assert not result_agreement_problems(r), result_agreement_problems(r)
 
 
 @pytest.mark.slow
