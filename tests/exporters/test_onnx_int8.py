@@ -29,6 +29,7 @@ from exporters.quant import QuantizedNode, QuantTable, calibrate
 from exporters.source import Source
 from fitslim.models import torch_model
 from tests.conftest import random_bn_stats
+from tests.exporters.int8_agreement import assert_int8_agrees, result_agreement_problems
 
 
 def _qdq_params(path: Path) -> tuple[dict[str, Any], dict[str, tuple[float, int]]]:
@@ -86,7 +87,10 @@ def test_int8_onnx_runs_every_conv_and_add_as_int8_kernels(mobilenet: tuple[Any,
 def test_int8_onnx_agrees_with_the_float_model_and_is_smaller(mobilenet: tuple[Any, np.ndarray, Path, Any]) -> None:
     _model, _x, shared, report = mobilenet
     r = report["onnx"]
-    assert r.top1_agreement is not None and r.top1_agreement >= 0.9
+    # random inputs through a random network: no sample's top-2 margin is decisive (measured 0 of 64 on an AMD
+    # EPYC), so top-1 agreement would count near-ties that depend on the CPU's int8 kernels (int8 weights with
+    # VNNI, uint8 without); the RMS error relative to the outputs' spread does not (measured 0.021: 4.8x margin)
+    assert r.spread_error is not None and r.spread_error < 0.1
     assert r.max_rel_error is not None and r.max_rel_error < 0.1
     assert r.size_bytes is not None
     assert r.size_bytes < 0.45 * shared.stat().st_size  # int8 weights: about a quarter, plus Q/DQ parameters
@@ -104,7 +108,20 @@ def test_int8_onnx_on_digits_keeps_top1(trained_torch_digits: Any, digits_nchw: 
     )
     r = report["onnx"]
     assert r.ok, r.reason
-    assert r.top1_agreement is not None and r.top1_agreement >= 0.97
+    # judged on the decisive samples: an all-sample bound counts near-ties of the model this CPU trained
+    assert r.samples == 269 and not result_agreement_problems(r), result_agreement_problems(r)
+    # both onnxruntime paths: its int8 kernels (graph optimizations fuse Q/DQ into QLinear*) and Q/DQ computed as
+    # written (optimizations off); either must agree with the fp32 model
+    import onnxruntime as ort
+
+    with torch.no_grad():
+        ref = trained_torch_digits(torch.from_numpy(digits_nchw.x_test)).numpy()
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        opts.intra_op_num_threads = 2
+        sess = ort.InferenceSession(str(tmp_path / "model.int8.onnx"), opts, providers=["CPUExecutionProvider"])
+        assert_int8_agrees(ref, sess.run(None, {sess.get_inputs()[0].name: digits_nchw.x_test})[0])
     # sensitivity: different inputs give different outputs
     from exporters.runtimes import predict
 
@@ -185,7 +202,9 @@ def test_int8_onnx_calibrates_and_verifies_every_input_of_a_token_model(tmp_path
     )  # fmt: skip
     r = report["onnx"]
     assert r.ok, r.reason
-    assert r.samples == 64 and r.top1_agreement is not None and r.top1_agreement >= 0.9
+    # decisive samples keep their class (measured on an AMD EPYC: 38 of 64 decisive, all agree; 63 of 64 overall)
+    assert r.samples == 64 and r.decisive_samples >= 10 and r.decisive_top1 == 1.0
+    assert r.spread_error is not None and r.spread_error < 0.2  # measured 0.053
     path = tmp_path / "model.int8.onnx"
     graph_inputs = {i.name: i.type.tensor_type.elem_type for i in onnx.load(str(path)).graph.input}
     assert graph_inputs == {"input_ids": onnx.TensorProto.INT64, "attention_mask": onnx.TensorProto.INT64}
