@@ -111,8 +111,8 @@ class Agreement:
     the RMS difference divided by the RMS of the reference's deviation from its mean over the samples
     (its input-dependent part): about 1.4 for outputs unrelated to the reference, whatever their scale.
     ``relative_spread`` is that spread divided by the largest absolute reference output: how much of the
-    outputs' magnitude depends on the input at all (about 1e-8 for a random-weight MobileNetV2 whose outputs
-    barely vary, against 0.1-1 for a trained classifier). ``top1_agreement`` covers every sample;
+    outputs' magnitude depends on the input at all (near zero for a random-weight network whose outputs barely
+    vary between inputs; 0 for a constant model). ``top1_agreement`` covers every sample;
     ``decisive_top1`` only the ``decisive`` samples whose top-2 margin is meaningful (see :data:`DECISIVE_MARGIN`).
     """
 
