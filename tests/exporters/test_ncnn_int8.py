@@ -35,6 +35,7 @@ from fitslim.int8 import (  # noqa: E402
 from fitslim.quantspec import QuantSpec  # noqa: E402
 from tests.exporters.int8_agreement import (  # noqa: E402
     MIN_DECISIVE,
+    MIN_TOP1,
     assert_int8_agrees,
     result_agreement_problems,
 )
@@ -293,6 +294,20 @@ def test_handmade_int8_layout_fusions_and_copied_layers(handmade: Handmade, tmp_
     assert "top_scale" not in int8["conv0"].chunks  # its consumer is a float BatchNorm
 
 
+def test_tie_distance_and_ncnn_dequant_scale(handmade: Handmade, tmp_path: Path) -> None:
+    d = tie_distance([0.5, -2.5, 1.0, 3.25, -126.9, 127.5, -300.0])
+    np.testing.assert_allclose(d, [0, 0, 0.5, 0.25, 0.4, np.inf, np.inf], atol=1e-5)
+    # the factor ncnn computes at load time from the multipliers the writer stored, bit for bit
+    param, binary = tmp_path / "i8.param", tmp_path / "i8.bin"
+    summary = write_int8(handmade.param, handmade.bin, param, binary, handmade.table)
+    int8 = {ld.layer.name: ld for ld in read_model(param, binary)}
+    entries = {q.node.node: q for q in handmade.table.nodes}
+    for name in ("conv0", "conv1", "dw", "fc"):
+        q, ld = entries[summary.layers[name]], int8[name]
+        stored = np.float32(1) / (ld.chunks["input_scale"].values()[0] * ld.chunks["weight_scales"].values())
+        np.testing.assert_array_equal(ncnn_dequant_scale(q.input_scale, q.weight_scales), stored)
+
+
 @pytest.mark.parametrize("packing", [True, False])
 def test_handmade_fused_equals_unfused_and_tracks_fp32(handmade: Handmade, tmp_path: Path, packing: bool) -> None:
     """Fusing requantize changes where the rounding happens, not its result; int8 stays close to fp32."""
@@ -511,7 +526,7 @@ UNPACKED_PATHS: dict[str, dict[str, bool]] = {
 }
 #: ncnn's default, packed paths: their pack-8 depthwise int8 kernel dequantizes with ``_mm_rcp_ps``
 #: (ConvolutionDepthWise_x86::forward_int8_x86), an approximate reciprocal (relative error up to 1.5 * 2**-12)
-#: whose exact values differ between CPU vendors
+#: whose exact values are implementation-defined (only the error is bounded): they may differ from CPU to CPU
 PACKED_PATHS: dict[str, dict[str, bool]] = {
     "packed-default": {},
     "packed-direct": {"use_winograd_convolution": False, "use_sgemm_convolution": False},
@@ -609,7 +624,10 @@ def test_pruned_filters_stay_zero_in_int8(trained_torch_digits: Any, digits_nchw
         calibration=d.x_train[:256],
     )
     result = export_ncnn(job)
-    assert result.ok and result.top1_agreement is not None and result.top1_agreement > 0.9
+    # the pruned model's outputs vary less from input to input: its int8 RMS error is 0.103 of their spread on an
+    # AMD EPYC (0.022 unpruned); bound 0.2, the library's bound when few samples are decisive
+    problems = result_agreement_problems(result, max_spread_error=0.2)
+    assert result.ok and not problems, problems
     zero_channels = 0
     for ld in read_model(tmp_path / "out" / "model.int8.ncnn.param", tmp_path / "out" / "model.int8.ncnn.bin"):
         if ld.layer.type not in ("Convolution", "ConvolutionDepthWise"):
@@ -638,7 +656,7 @@ def test_calibrated_ptq_export_end_to_end(trained_torch_digits: Any, digits_nchw
     assert r.ok, r.reason
     assert r.files == ["model.int8.ncnn.param", "model.int8.ncnn.bin"]
     assert r.scales == "calibrated on 256 samples (absmax)" and "layers int8" in r.notes[0]
-    assert r.top1_agreement is not None and r.top1_agreement >= 0.98 and r.samples == 256
+    assert r.samples == 256 and not result_agreement_problems(r), result_agreement_problems(r)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
         "model.int8.ncnn.bin",
@@ -649,7 +667,15 @@ def test_calibrated_ptq_export_end_to_end(trained_torch_digits: Any, digits_nchw
     ]
     net = NcnnModel(tmp_path / "model.int8.ncnn.param", tmp_path / "model.int8.ncnn.bin", "int8", 1)
     logits = net.predict(digits_nchw.x_test, (10,))
-    assert np.mean(logits.argmax(1) == digits_nchw.y_test) > 0.9
+    import torch
+
+    with torch.no_grad():
+        fp32 = trained_torch_digits(torch.from_numpy(digits_nchw.x_test)).numpy()
+    # int8 may change the class of at most 1 - MIN_TOP1 of the samples, so its accuracy may drop by that much; a
+    # fixed accuracy bound would test how well this CPU trained the model
+    fp32_accuracy = np.mean(fp32.argmax(1) == digits_nchw.y_test)
+    assert np.mean(logits.argmax(1) == digits_nchw.y_test) >= fp32_accuracy - (1 - MIN_TOP1)
+    assert_int8_agrees(fp32, logits)
 
 
 # --------------------------------------------------------------------------------------------------
