@@ -517,8 +517,9 @@ def test_int8_artifact_carries_int8_layers(digits_int8: SimpleNamespace) -> None
 
 
 #: ncnn kernel paths without packing, as ncnn.Option fields; each computes exact int32 sums (winograd's integer
-#: transforms divide by 4 or 576 exactly, the VNNI dot products shift u8 inputs by 128 and subtract 128 * sum(w))
-#: and dequantizes with ``ncnn_dequant_scale``: the reference's arithmetic up to the float rounding of one FMA
+#: transforms divide by 4, or by 576 exactly while a sum stays under 2**24 / 9; with VNNI, vpdpbusd takes the input
+#: shifted by +127 and subtracts 127 * sum(w), vpdpwssd adds int16 products) and dequantizes with
+#: ``ncnn_dequant_scale``: the reference's arithmetic up to the float rounding of one FMA (docs/cpus.md)
 UNPACKED_PATHS: dict[str, dict[str, bool]] = {
     "winograd43-im2col": NO_PACKING,
     "winograd23-im2col": {**NO_PACKING, "use_winograd43_convolution": False},
