@@ -253,7 +253,7 @@ def handmade(tmp_path: Path) -> Handmade:
 
 def test_handmade_int8_layout_fusions_and_copied_layers(handmade: Handmade, tmp_path: Path) -> None:
     param, binary = tmp_path / "i8.param", tmp_path / "i8.bin"
-    summary = write_int8(handmade.param, handmade.bin, param, binary, handmade.table)
+    summary = write_int8(handmade.param, handmade.bin, param, binary, handmade.table, int8_grouped=True)
 
     assert summary.layers == {
         "conv0": "n_conv0",
@@ -311,10 +311,14 @@ def test_tie_distance_and_ncnn_dequant_scale(handmade: Handmade, tmp_path: Path)
 @pytest.mark.parametrize("packing", [True, False])
 def test_handmade_fused_equals_unfused_and_tracks_fp32(handmade: Handmade, tmp_path: Path, packing: bool) -> None:
     """Fusing requantize changes where the rounding happens, not its result; int8 stays close to fp32."""
-    write_int8(handmade.param, handmade.bin, tmp_path / "f.param", tmp_path / "f.bin", handmade.table, fuse=True)
-    plain = write_int8(
-        handmade.param, handmade.bin, tmp_path / "p.param", tmp_path / "p.bin", handmade.table, fuse=False
+    # gconv has 4 output channels per group, which ncnn's packed grouped path handles: int8 here
+    write_int8(
+        handmade.param, handmade.bin, tmp_path / "f.param", tmp_path / "f.bin", handmade.table, int8_grouped=True
     )
+    plain = write_int8(
+        handmade.param, handmade.bin, tmp_path / "p.param", tmp_path / "p.bin", handmade.table, fuse=False,
+        int8_grouped=True,
+    )  # fmt: skip
     assert plain.fused == [] and "8=1" in (tmp_path / "p.param").read_text()
     assert all(ld.layer.get_int(8) < 100 for ld in read_model(tmp_path / "p.param", tmp_path / "p.bin"))
     fused = _run_ncnn(tmp_path / "f.param", tmp_path / "f.bin", "int8", handmade.x, use_packing_layout=packing)
@@ -712,8 +716,9 @@ def test_export_ncnn_int8_flow(handmade: Handmade, tmp_path: Path, monkeypatch: 
     fp32 = _run_ncnn(handmade.param, handmade.bin, "fp32", handmade.x)
     result = export_ncnn(_handmade_job(handmade, tmp_path, monkeypatch, fp32))
     assert result.ok and result.files == ["model.int8.ncnn.param", "model.int8.ncnn.bin"]
-    assert result.notes[0].startswith("5 layers int8, 3 requantize fusions, 1 weight-holding layers kept float")
-    assert any("grouped convolution" in n for n in result.notes)
+    # the export's default keeps the grouped conv float (issue 25) and says why
+    assert result.notes[0].startswith("4 layers int8, 1 requantize fusions, 2 weight-holding layers kept float")
+    assert any("grouped convolutions kept float (gconv)" in n for n in result.notes)
     assert result.top1_agreement is not None and result.top1_agreement >= 0.9 and result.samples == len(handmade.x)
     assert result.max_rel_error is not None and 0 < result.max_rel_error < 0.05
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(result.files)
@@ -841,6 +846,57 @@ def test_export_ncnn_depthwise_float_writes_a_verified_mixed_model(tmp_path: Pat
     assert layers["Convolution"].get_int(8) in (2, 102)
     with pytest.raises(ValueError, match="ncnn_depthwise: unknown 'fp16'; choose one of"):
         export(model, ["ncnn"], example_input=x[:1], calibration=x, precision="int8", ncnn_depthwise="fp16")
+
+
+class _GroupedNet:  # a namespace: torch is imported lazily, as in the other export tests
+    @staticmethod
+    def build() -> Any:
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            """Conv → grouped Conv(32, 32, groups=4) → + (a float Add: the grouped conv's output is dequantized)."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.c1 = nn.Conv2d(3, 32, 3, padding=1)
+                self.g = nn.Conv2d(32, 32, 3, padding=1, groups=4)
+                self.fc = nn.Linear(32, 10)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                y = torch.relu(self.c1(x))
+                y = torch.relu(self.g(y)) + y
+                return self.fc(y.mean((2, 3)))
+
+        torch.manual_seed(0)
+        return Net().eval()
+
+
+@pytest.mark.slow  # 27 s on a loaded 2-core machine (export, verification, latency verdict)
+def test_export_grouped_conv_int8_is_right_under_ncnn_default_options(tmp_path: Path) -> None:
+    """Issue 25: ncnn's packed int8 grouped path loses a group's output when its output channels are a multiple
+    of 8 and it is dequantized (AVX2 AMD EPYC, this model with the grouped conv in int8: 0% top-1 on 64 decisive
+    samples, spread error 59; 100% with packing off). Defaults keep the grouped conv float and say so; the
+    artifact verifies with ncnn's default options (packing on), as a user's app runs it."""
+    from exporters import export
+
+    model = _GroupedNet.build()
+    x = np.random.default_rng(0).normal(size=(96, 3, 17, 23)).astype(np.float32)
+    report = export(
+        model, ["ncnn"], example_input=x[:1], calibration=[x[i : i + 8] for i in range(0, 32, 8)],
+        precision="int8", directory=tmp_path / "out", samples=x[32:],
+    )  # fmt: skip
+    row = report["ncnn"]
+    assert row.ok, row.reason
+    # random weights, no training: the per-tensor int8 error is a larger share of the outputs' small spread
+    # (measured 0.104); the defect measured 59, so 0.3 still fails it by two orders of magnitude
+    assert not result_agreement_problems(row, max_spread_error=0.3), result_agreement_problems(row, 0.3)
+    assert any("grouped convolutions kept float" in n and "use_packing_layout" in n for n in row.notes), row.notes
+    layers = read_model(tmp_path / "out" / "model.int8.ncnn.param", tmp_path / "out" / "model.int8.ncnn.bin")
+    by_type = {ld.layer.type: ld for ld in layers}
+    grouped = by_type["ConvolutionDepthWise"]
+    assert grouped.layer.get_int(7) == 4 and grouped.layer.get_int(8) == 0 and grouped.chunks["weight"].tag != TAG_INT8
+    assert by_type["Convolution"].layer.get_int(8) in (2, 102) and by_type["InnerProduct"].layer.get_int(8) == 2
 
 
 def test_ncnn_depthwise_reaches_the_callbacks_and_the_cli() -> None:
