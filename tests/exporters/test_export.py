@@ -20,6 +20,7 @@ from exporters.onnx_export import fold_batchnorm, ort_session, to_onnx
 from exporters.source import Source, batches_to_numpy, detect_framework
 from fitslim.models import torch_model
 from tests.conftest import random_bn_stats
+from tests.exporters.int8_agreement import MIN_DECISIVE, result_agreement_problems
 
 
 class FullyConv(torch.nn.Module):
@@ -187,7 +188,8 @@ def test_keras_source_to_every_target_nhwc(trained_keras_digits: Any, digits_nhw
     for r in report:
         assert r.samples == len(digits_nhwc.x_test)
         assert r.max_rel_error is not None and r.max_rel_error <= 1e-4, (r.target, r.max_rel_error)
-        assert r.top1_agreement == 1.0
+        # fp32 may flip a near-tie (another summation order), never a decisive sample (issue 21)
+        assert r.decisive_samples >= MIN_DECISIVE and r.decisive_top1 == 1.0, (r.target, r.decisive_top1)
     int8 = export(
         trained_keras_digits,
         ["ncnn", "tflite", "tensorrt"],
@@ -199,7 +201,9 @@ def test_keras_source_to_every_target_nhwc(trained_keras_digits: Any, digits_nhw
     )
     assert int8.ok, str(int8)
     for r in int8:
-        assert r.top1_agreement is not None and r.top1_agreement >= 0.99, (r.target, r.top1_agreement)
+        # top-1 >= 0.99 over all 269 digits was decided by 3 near-ties, which differ per CPU (issue 21): the shared
+        # rule (decisive samples >= 0.99 with a 1% allowance, all >= 0.95, spread error < 0.1)
+        assert not result_agreement_problems(r), (r.target, result_agreement_problems(r))
     assert (tmp_path / "int8" / "quant_spec.json").is_file()
 
 
