@@ -19,6 +19,10 @@ Every artifact is loaded once in its runtime at ``--threads`` threads; latency o
 timed interleaved (every round times a burst of each artifact in rotating order), and the table gives the
 median with min/max and the ratio to the dense fp32 artifact of the same runtime, all from one run. Each
 model runs in a child process, so its peak memory (max RSS) and export wall times are its own.
+
+The ``verdict`` column is what each int8 export's own report says (:mod:`exporters.latency`): the int8 artifact
+against the fp32 artifact of its target and variant, timed interleaved inside ``export()``, and ``WARNING`` where
+the report warns that int8 runs slower than fp32 on this machine.
 """
 
 from __future__ import annotations
@@ -44,7 +48,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import emit
-from benchmarks.headline import time_interleaved  # one interleaved timer for every benchmark
+from exporters.latency import interleaved_times  # the timer behind the export reports' verdicts
+
+
+def time_interleaved(runners: list[Any], x: Any, rounds: int, burst: int) -> list[list[float]]:
+    """Single-sample latencies (ms) of every ``runner(x)``, interleaved (``exporters.latency.interleaved_times``)."""
+    return interleaved_times([lambda run=run: run(x) for run in runners], rounds, burst)
+
 
 log = logging.getLogger("benchmarks.speed224")
 
@@ -178,6 +188,9 @@ def measure_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 "decisive_top1": getattr(row, "decisive_top1", None),
                 "rel_err": row.max_rel_error,
                 "notes": [n[:300] for n in row.notes],
+                "latency_ratio": row.latency_ratio,
+                "latency_verdict": row.latency_verdict,
+                "warning": next((n[:600] for n in row.notes if n.startswith("WARNING")), ""),
             }
             if row.ok or row.status == "mismatch":
                 try:
@@ -294,11 +307,22 @@ def _lat(cell: dict[str, Any]) -> str:
     return f"{med:.1f} ({lo:.1f}-{hi:.1f})"
 
 
+def _verdicts(targets: dict[str, Any]) -> str:
+    """The export reports' latency verdicts of one variant, e.g. ``onnx 0.55x faster; ncnn 1.20x slower WARNING``."""
+    parts = []
+    for _label, target in RUNTIMES:
+        c = targets.get(target, {})
+        if c.get("latency_ratio") is not None:
+            flag = " WARNING" if c.get("warning") else ""
+            parts.append(f"{target} {c['latency_ratio']:.2f}x {c.get('latency_verdict', '')}{flag}")
+    return "; ".join(parts) or "-"
+
+
 def table(rec: dict[str, Any]) -> list[str]:
     """Markdown table of one model: a row per variant, per runtime latency (min-max), ratio to dense fp32."""
     variants = rec["variants"]
     head = "| variant | params |" + "".join(f" {label} ms (min-max) | x fp32 |" for label, _ in RUNTIMES)
-    head += " ORT int8 top-1 | sizes ONNX / ncnn / TFLite |"
+    head += " ORT int8 top-1 | sizes ONNX / ncnn / TFLite | verdict of the export report (int8 vs fp32) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     dense = variants.get("dense fp32", {}).get("targets", {})
     for variant in VARIANTS:
@@ -315,6 +339,7 @@ def table(rec: dict[str, Any]) -> list[str]:
         top1 = onnx.get("decisive_top1") if onnx.get("decisive_top1") is not None else onnx.get("top1")
         cells.append("-" if not variant.endswith("int8") or top1 is None else f"{100 * top1:.0f}%")
         cells.append(" / ".join(_mb(v["targets"].get(t, {}).get("size")) for _l, t in RUNTIMES))
+        cells.append(_verdicts(v["targets"]))
         lines.append("| " + " | ".join(cells) + " |")
     problems = [
         f"- {variant}, {t}: {c['status']}: {c['reason']}"
@@ -334,7 +359,13 @@ def table(rec: dict[str, Any]) -> list[str]:
     if "timing_load" in rec:
         lo, hi = rec["timing_load"]
         lines.append(f"Load average before / after the timing rounds: {lo:.1f} / {hi:.1f}.")
-    return lines + ([""] + problems if problems else [])
+    warnings = [
+        f"- {variant}, {t}: {c['warning']}"
+        for variant, v in variants.items()
+        for t, c in v["targets"].items()
+        if c.get("warning")
+    ]
+    return lines + ([""] + problems if problems else []) + ([""] + warnings if warnings else [])
 
 
 def render(records: list[dict[str, Any]], args: argparse.Namespace) -> str:

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: ratios within ``1 ± NOISE_BAND`` are ``same``: run-to-run noise of interleaved medians on a busy CPU
 NOISE_BAND = 0.05
+#: ncnn layers that only route blobs: never named as costly (their estimate is the timing noise of their input)
+_ROUTING_LAYERS = ("Input", "Split", "MemoryData", "Noop")
 #: interleaved rounds and timed calls per burst of :func:`compare_with_fp32`
 ROUNDS = 10
 BURST = 3
@@ -252,14 +254,21 @@ def ort_costly_nodes(
 
 
 def _prefix_costs(model: Any, graph: Any, sample: npt.NDArray[np.float32], repeats: int) -> dict[str, float]:
-    """Estimated ms per ncnn layer: time to extract its output minus that of its slowest input (ancestors)."""
+    """Estimated ms per ncnn layer: the time to extract its output minus the costs of all the layers it depends on.
+
+    Extracting a blob computes exactly the layers it depends on, so in graph order each layer's cost is its
+    extraction time less the (already estimated) costs of its ancestors, joins of branches included.
+    """
     ncnn = model._ncnn
     x = np.ascontiguousarray(sample, dtype=np.float32)
     mat = ncnn.Mat(x).clone()
-    reached: dict[str, float] = {}
+    ancestors: dict[str, frozenset[str]] = {}
     costs: dict[str, float] = {}
     for layer in graph.layers:
-        if layer.type == "Input" or not layer.tops:
+        before = frozenset().union(*(ancestors.get(b, frozenset()) for b in layer.bottoms))
+        if layer.type in _ROUTING_LAYERS or not layer.tops:  # computes nothing: its outputs need what it needs
+            for blob in layer.tops:
+                ancestors[blob] = before
             continue
         samples = []
         for _ in range(repeats + 1):
@@ -269,10 +278,9 @@ def _prefix_costs(model: Any, graph: Any, sample: npt.NDArray[np.float32], repea
             ex.extract(layer.tops[0])
             samples.append((time.perf_counter() - t0) * 1e3)
         t = float(statistics.median(samples[1:]))
+        costs[layer.name] = max(t - sum(costs[a] for a in before), 0.0)
         for blob in layer.tops:
-            reached[blob] = t
-        before = max((reached.get(b, 0.0) for b in layer.bottoms), default=0.0)
-        costs[layer.name] = max(t - before, 0.0)
+            ancestors[blob] = before | {layer.name}
     return costs
 
 
@@ -282,7 +290,7 @@ def ncnn_costly_layers(
     """The ncnn layers whose cost grows most from the fp32 model to ``model``, estimated layer by layer.
 
     ncnn's per-layer benchmark is a compile-time option absent from the Python wheel, so each layer's cost is
-    estimated as the time to extract its output minus the time to extract its slowest input, in both models (the
+    estimated as the time to extract its output minus the costs of the layers it depends on, in both models (the
     int8 model keeps the fp32 model's layer names).
 
     Args:

@@ -100,6 +100,51 @@ def test_report_says_what_verified() -> None:
     assert _verified_on(job, None, "", False) == "24 inputs: the example and random inputs over its value range"
 
 
+def test_ncnn_layer_costs_come_from_extraction_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each layer's cost is the time to extract its output minus the costs of the layers it depends on (both branches
+    at a join); a Split only routes blobs and is never named. A fake clock advances by the cost of every layer an
+    extraction computes."""
+    from types import SimpleNamespace
+
+    import exporters.latency as latency
+    from exporters.ncnn_int8 import NcnnParam
+
+    text = "\n".join([
+        "7767517", "6 7",
+        "Input in0 0 1 in0",
+        "Convolution conv_0 1 1 in0 a",
+        "Split splitncnn_0 1 2 a a_0 a_1",
+        "ConvolutionDepthWise convdw_1 1 1 a_0 b",
+        "Convolution conv_2 1 1 a_1 c",
+        "BinaryOp add_0 2 1 b c out0",
+    ])  # fmt: skip
+    graph = NcnnParam.parse(text)
+    clock = [0.0]
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: clock[0])
+    ancestors = {"a": ["conv_0"], "b": ["conv_0", "convdw_1"], "c": ["conv_0", "conv_2"],
+                 "out0": ["conv_0", "convdw_1", "conv_2", "add_0"]}  # fmt: skip
+
+    def model(cost: dict[str, float]) -> Any:
+        def extract(blob: str) -> None:
+            clock[0] += sum(cost[n] for n in ancestors[blob]) / 1e3  # seconds
+
+        extractor = SimpleNamespace(input=lambda name, mat: 0, extract=extract)
+        mat = SimpleNamespace(clone=lambda: None)
+        return SimpleNamespace(_ncnn=SimpleNamespace(Mat=lambda x: mat), input_name="in0",
+                               net=SimpleNamespace(create_extractor=lambda: extractor))  # fmt: skip
+
+    int8 = {"conv_0": 1.0, "convdw_1": 5.0, "conv_2": 2.0, "add_0": 0.5}
+    fp32 = {"conv_0": 1.0, "convdw_1": 1.0, "conv_2": 2.0, "add_0": 0.25}
+    costs = latency._prefix_costs(model(int8), graph, np.zeros((1, 2, 2), np.float32), repeats=2)
+    assert costs == pytest.approx(int8) and "splitncnn_0" not in costs
+    monkeypatch.setattr(NcnnParam, "parse", classmethod(lambda cls, t, s="": graph))
+    named = latency.ncnn_costly_layers(model(int8), model(fp32), __file__, np.zeros((1, 2, 2), np.float32))
+    assert named == [
+        "ConvolutionDepthWise convdw_1 5.000 ms vs 1.000 ms fp32",
+        "BinaryOp add_0 0.500 ms vs 0.250 ms fp32",
+    ]
+
+
 def test_hints_name_the_setting_that_helps() -> None:
     assert "ncnn_depthwise='float'" in slower_hint("ncnn", "int8", ["Convolution", "ConvolutionDepthWise"])
     # depthwise already kept float, or none: the hint is about channel pruning / the ARM device instead
