@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -213,3 +215,53 @@ def test_keras_pruning_overhead_times_a_fit_whose_masks_change_after_epoch_0() -
     text = "\n".join(bench.pruning_table(steps, fits, final, rounds=1, epochs=2))
     assert "| fitslim Pruning (Keras 3) | 1.50 | 2.00 | 1.50x | 1.00x |" in text
     assert "whole fit): NOT met (1.50x vs 1.00x" in text
+
+
+def _cited_commands() -> list[tuple[str, str]]:
+    """``(readme, command)`` for every backticked ``python -m benchmarks.<module> ...`` in the two READMEs."""
+    found = []
+    for readme in (ROOT / "README.md", ROOT / "benchmarks" / "README.md"):
+        text = readme.read_text(encoding="utf-8")
+        for span in re.findall(r"`([^`]*python -m benchmarks\.[^`]*)`", text):
+            found.append((str(readme.relative_to(ROOT)), " ".join(span.split())))
+    return found
+
+
+def test_every_cited_benchmark_command_exists_with_its_options() -> None:
+    """A figure's command in a README names a module that exists and options (and choices) that it has."""
+    commands = _cited_commands()
+    assert any("ort_weights --models digits_cnn" in c for _, c in commands)
+    for readme, command in commands:
+        words = command.split("python -m ", 1)[1].replace("[", " ").replace("]", " ").replace("|", " ").split()
+        module = ROOT / (words[0].replace(".", "/") + ".py")
+        assert module.is_file(), f"{readme}: `{command}` names no module"
+        source = module.read_text(encoding="utf-8")
+        option = ""
+        for word in words[1:]:
+            if word.startswith("--"):
+                option = word
+                negated = word.startswith("--no-") and f'"--{word[5:]}"' in source and "BooleanOptionalAction" in source
+                assert f'"{word}"' in source or negated, f"{readme}: `{command}`: {words[0]} has no {word} option"
+            elif option in ("--models", "--parts", "--targets", "--model") and not word.startswith(("/", "DIR")):
+                assert f'"{word}"' in source, f"{readme}: `{command}`: {option} has no choice {word}"
+
+
+def test_no_readme_figure_from_a_setting_no_script_has() -> None:
+    """The issue's unscripted figures: ORT's layout-optimization level is set by no benchmark; the install table's
+    columns are the ones benchmarks.install writes."""
+    from benchmarks import install
+
+    scripts = "".join(p.read_text(encoding="utf-8") for p in (ROOT / "benchmarks").glob("*.py"))
+    for readme in (ROOT / "README.md", ROOT / "benchmarks" / "README.md"):
+        text = readme.read_text(encoding="utf-8")
+        for level in ("ORT_ENABLE_EXTENDED", "ORT_ENABLE_BASIC", "ORT_DISABLE_ALL"):
+            assert level not in text or level in scripts, f"{readme.name} quotes {level} figures no script measures"
+        assert "47.7%" not in text
+    header = install.render([]).splitlines()[0]
+    readme_headers = [ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith("| one-framework")]
+    assert readme_headers == [header]
+    row = install.Install("lightning", True, 31.4, 29.6, 1_000_000_000, (2.0, 2.5))
+    assert "| `[lightning]` | 1.0 GB | 31 s | 30 s | 2.0, 2.5 |" in install.render([row])
+    before = install.children_cpu_seconds()
+    subprocess.run([sys.executable, "-c", "sum(i * i for i in range(2_000_000))"], check=True)
+    assert install.children_cpu_seconds() > before
