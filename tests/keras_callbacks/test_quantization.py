@@ -24,6 +24,7 @@ from keras_callbacks.quantization import (  # noqa: E402
     load_model,
 )
 from keras_callbacks.reference import build_digits_classifier  # noqa: E402
+from tests.exporters.int8_agreement import assert_int8_agrees, result_agreement_problems  # noqa: E402
 
 QUANTIZED = ("Dense", "Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D")
 
@@ -264,12 +265,15 @@ def test_int8_qdq_and_ncnn_exports_follow_the_fake_quant_model(qat_run: Any, dig
     model, qat, _ = qat_run
     x = digits_nhwc.x_test
     with fake_quant_inference(model, qat.quant_spec):
-        fq_top1 = _predict(model, x).argmax(1)
+        fq = _predict(model, x)
+    fq_top1 = fq.argmax(1)
     # the quantized model as it is: export takes its float model and learned QuantSpec by itself
     report = export(model, ["ncnn", "tensorrt"], precision="int8", directory=tmp_path, samples=x, example_input=x[:1])
     assert report["tensorrt"].ok, report
     assert "learned QuantSpec" in report["tensorrt"].scales
-    assert report["tensorrt"].top1_agreement >= 0.98  # compared with the fake-quant outputs, not the float ones
+    # compared with the fake-quant outputs, not the float ones; top-1 >= 0.98 over the 269 digits was decided by a
+    # few near-ties, which differ per CPU (issue 21): the shared rule (decisive samples, spread error) instead
+    assert not result_agreement_problems(report["tensorrt"]), result_agreement_problems(report["tensorrt"])
     np.testing.assert_array_equal(_predict(model, x).argmax(1), fq_top1)  # still the int8 model afterwards
     # the explicit form gives the same artifact
     with float_model(model):
@@ -279,9 +283,10 @@ def test_int8_qdq_and_ncnn_exports_follow_the_fake_quant_model(qat_run: Any, dig
     assert explicit["tensorrt"].max_abs_error == report["tensorrt"].max_abs_error
     sess = ort.InferenceSession(str(tmp_path / "model.int8.qdq.onnx"), providers=["CPUExecutionProvider"])
     nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    qdq_top1 = np.asarray(sess.run(None, {sess.get_inputs()[0].name: nchw})[0]).argmax(1)
-    # measured 0.985 (0.989 on this 12-epoch model): the Q/DQ graph also quantizes the residual Add's skip input
-    assert (qdq_top1 == fq_top1).mean() >= 0.98
+    qdq = np.asarray(sess.run(None, {sess.get_inputs()[0].name: nchw})[0])
+    # top-1 over all samples measured 0.985 / 0.989 (the Q/DQ graph also quantizes the residual Add's skip input),
+    # decided by near-ties that differ per CPU (issue 21): the shared rule, which a garbled copy must fail
+    assert_int8_agrees(fq, qdq)
     if report["ncnn"].ok:  # pnnx present
         assert "learned QuantSpec" in report["ncnn"].scales
 
@@ -315,10 +320,11 @@ def test_tflite_int8_keeps_the_learned_input_ranges(qat_run: Any, digits_nhwc: A
     for i in range(len(x)):
         interp.set_tensor(inp["index"], x[i : i + 1])
         interp.invoke()
-        preds.append(int(np.argmax(interp.get_tensor(out["index"]))))
+        preds.append(np.asarray(interp.get_tensor(out["index"])).reshape(-1))
     with fake_quant_inference(model, spec):
-        fq_top1 = _predict(model, x).argmax(1)
-    assert (np.asarray(preds) == fq_top1).mean() >= 0.98  # 266 of 269 on an AVX2-only CPU, where training differs
+        fq = _predict(model, x)
+    # top-1 >= 0.98 over all 269 (266 on an AVX2-only CPU) was decided by near-ties that differ per CPU (issue 21)
+    assert_int8_agrees(fq, np.stack(preds))
 
 
 @pytest.mark.slow
@@ -332,7 +338,9 @@ def test_deployed_form_with_folded_batchnorm_matches_the_training_fake_quant(qat
         folded = _predict(model, x)
     assert all(_patch_depth(model.get_layer(lq.name)) == 1 for lq in qat.quant_spec)  # the model's own, back
     assert all("call" not in layer.__dict__ for layer in model.layers if type(layer).__name__ not in QUANTIZED)
-    assert (fq.argmax(1) == folded.argmax(1)).mean() >= 0.99
+    # folding changes float rounding, so an activation may land one fake-quant step over: near-ties may flip, which
+    # ones depends on the CPU (issue 21); decisive samples may not (the shared rule, which a garbled copy fails)
+    assert_int8_agrees(fq, folded)
 
 
 @pytest.mark.slow
