@@ -13,6 +13,7 @@ pytest.importorskip("tf2onnx", reason="tf2onnx not installed")
 
 from keras_callbacks import Export  # noqa: E402
 from keras_callbacks.reference import build_digits_classifier  # noqa: E402
+from tests.exporters.int8_agreement import assert_int8_agrees  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -94,8 +95,9 @@ def test_tensorrt_qdq_from_the_callback_follows_the_quantized_model(tmp_path: Pa
     sess = ort.InferenceSession(str(tmp_path / "model.int8.qdq.onnx"), providers=["CPUExecutionProvider"])
     nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     qdq = np.asarray(sess.run(None, {sess.get_inputs()[0].name: nchw})[0])
-    agreement = float((qdq.argmax(1) == after_fit.argmax(1)).mean())
-    assert agreement >= 0.98, agreement  # measured 0.989 (the Q/DQ graph also quantizes the residual Add's skip)
+    # top-1 over all 269 measured 0.989 (the Q/DQ graph also quantizes the residual Add's skip), decided by near-ties
+    # that differ per CPU (issue 21): the shared rule instead, which a garbled copy must fail
+    assert_int8_agrees(after_fit, qdq)
 
 
 def test_export_passes_the_onnx_weight_storage_on() -> None:

@@ -13,6 +13,7 @@ pytest.importorskip("lightning", reason="lightning not installed")
 import torch
 from torch import nn
 
+from exporters.verify import compare
 from fitslim.data import digits
 from fitslim.int8 import absmax_scale, fake_quant, quantize
 from fitslim.quantspec import QuantSpec
@@ -20,6 +21,12 @@ from lightning_plugins._compat import pl
 from lightning_plugins._fakequant import LayerQuantizer
 from lightning_plugins.quantization import QuantizationAware, find_layers, simulate
 from lightning_plugins.reference import DigitsClassifier, DigitsDataModule
+from tests.exporters.int8_agreement import (
+    MAX_SPREAD_ERROR,
+    MIN_DECISIVE,
+    assert_int8_agrees,
+    int8_agreement_problems,
+)
 from tests.lightning_plugins.helpers import Crash, Digits, cpu_trainer
 
 # -- helpers -------------------------------------------------------------------------------------------
@@ -350,17 +357,21 @@ def test_fit_learns_spec_and_int8_artifacts_agree(tmp_path: Path) -> None:
     assert qat_acc > 0.9
     # the NumPy int8 reference computed from the QuantSpec alone agrees with the torch fake-quant model
     numpy_int8 = _numpy_int8_digits(module, spec, x)
-    assert float((numpy_int8.argmax(1) == reference.argmax(1)).mean()) >= 0.99
+    # same arithmetic, so exact up to summation order; a class may flip only on a near-tie (which ones differ per
+    # CPU, issue 21), never on a decisive sample
     assert float(np.abs(numpy_int8 - reference).max()) < 1e-4  # measured 1.9e-6: float summation order only
+    exact = compare(reference, numpy_int8)
+    assert exact.decisive >= MIN_DECISIVE and exact.decisive_top1 == 1.0, exact
     report = export(module, ["ncnn", "tflite", "tensorrt"], example_input=x[:1], precision="int8",
                     quant_spec=spec, directory=tmp_path / "exports", samples=x)  # fmt: skip
     for result in report.results:
         assert result.status == "ok", result
         assert "learned QuantSpec (5 layers) used exactly" in result.scales, result.scales
     for target, out in _run_artifacts(tmp_path / "exports", x).items():
-        agreement = float((out.argmax(1) == reference.argmax(1)).mean())
-        assert agreement >= 0.99, (target, agreement)
-        assert float((out.argmax(1) == numpy_int8.argmax(1)).mean()) >= 0.99, target
+        # top-1 >= 0.99 over the 269 digits was decided by 3 near-ties, which differ per CPU (issue 21): the shared
+        # rule against the fake-quant model and against the NumPy int8 reference (a garbled copy must fail it)
+        assert not int8_agreement_problems(reference, out), (target, int8_agreement_problems(reference, out))
+        assert_int8_agrees(numpy_int8, out)
 
 
 @pytest.mark.slow
@@ -386,8 +397,11 @@ def test_with_pruning_zeros_stay_and_int8_artifact_is_sparse(tmp_path: Path) -> 
     assert report is not None and report.results[0].status == "ok", report
     assert "learned QuantSpec (5 layers) used exactly" in report.results[0].scales
     # Export compares the int8 artifact with the fake-quant model (not the float one) after QAT
-    top1 = report.results[0].top1_agreement
-    assert top1 is not None and top1 >= 0.98, top1
+    # 16 steps of training leave every verification sample a near-tie (0 of 256 decisive), so top-1 (was >= 0.98) is
+    # decided by float summation order, which differs per CPU (issue 21): the shared bound on the RMS error against
+    # the outputs' spread instead (measured 0.0 on an AMD EPYC AVX2: the Q/DQ file computes what the fake-quant did)
+    row = report.results[0]
+    assert row.spread_error is not None and row.spread_error < MAX_SPREAD_ERROR, (row.spread_error, row.top1_agreement)
     assert QuantSpec.load(tmp_path / "exports" / "quant_spec.json") == cb.quant_spec
     graph = onnx.load(str(tmp_path / "exports" / "model.int8.qdq.onnx")).graph
     int8 = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
