@@ -62,14 +62,14 @@ log = logging.getLogger("benchmarks.realdata")
 
 __all__ = ["GOALS", "RECIPE", "Goal", "main", "recipe", "run"]
 
-#: the compression recipe (the README's recipe with channel pruning); ``distillation`` is dropped for the
-#: no-teacher arm and ``export`` gets its targets and directory per run
+#: the compression recipe: the README's (examples/recipes/digits.yaml) with channel pruning, per layer;
+#: ``distillation`` is dropped for the no-teacher arm and ``export`` gets its targets and directory per run
 RECIPE: dict[str, Any] = {
     "version": 1,
     "pruning": {"sparsity": 0.5, "granularity": "channel", "scope": "layer", "schedule": "polynomial",
                 "start": 0.0, "end": 0.5},
     "quantization": {"start": 0.6, "freeze_bn": 0.8, "freeze_observers": 0.9},
-    "distillation": {"temperature": 4.0, "alpha": 0.7},
+    "distillation": {"temperature": 1.0, "alpha": 0.5},
     "export": {"precision": "int8"},
 }  # fmt: skip
 
@@ -133,6 +133,7 @@ class Settings:
     student_epochs: int
     seeds: int
     train_subset: int | None
+    student_subset: int | None
     test_subset: int | None
     batch_size: int
     lr: float
@@ -437,6 +438,8 @@ def lightning_model(name: str, s: Settings, data: Any, x_test: Any, y_test: Any)
     # targets (the headline artifacts), the other fits the int8 ONNX the gain is measured on
     seeds = list(range(s.seeds))
     res.seeds = seeds
+    n_student = s.student_subset or len(x_train)
+    x_student, y_student = x_train[:n_student], y_train[:n_student]
     int8_runners: dict[str, Callable[[Any], Any]] = {}
     for seed in seeds:
         for distil in (True, False):
@@ -445,7 +448,7 @@ def lightning_model(name: str, s: Settings, data: Any, x_test: Any, y_test: Any)
             callbacks = from_recipe(recipe(INT8_TARGETS if full else ["onnx"], folder, distil),
                                     teacher=copy.deepcopy(dense).eval() if distil else None)  # fmt: skip
             log.info("%s: compressing, seed %d, %s", name, seed, "with the teacher" if distil else "no teacher")
-            student, seconds = _torch_fit(copy.deepcopy(dense).train(), x_train, y_train, s.student_epochs,
+            student, seconds = _torch_fit(copy.deepcopy(dense).train(), x_student, y_student, s.student_epochs,
                                           s.student_lr, s.batch_size, seed, callbacks, folder)  # fmt: skip
             torch.set_num_threads(s.threads)
             rep = callbacks[-1].report
@@ -640,7 +643,8 @@ def run(s: Settings) -> tuple[str, list[ModelResult]]:
             f"frameworks {s.frameworks}, models {s.models}, {s.epochs} dense epochs, {s.student_epochs} compression "
             f"epochs, {s.seeds} seed(s) x (teacher, no teacher), batch {s.batch_size}, AdamW one-cycle lr "
             f"{s.lr:g} dense / {s.student_lr:g} compression, "
-            + (f"{s.train_subset} training images" if s.train_subset else "54,000 training images")
+            + (f"{s.train_subset:,} training images" if s.train_subset else "54,000 training images")
+            + (f" (the first {s.student_subset:,} of them for the compression fits)" if s.student_subset else "")
         ),
     }
     text = markdown(results, s, meta)
@@ -661,8 +665,14 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--student-epochs", type=int, default=None, help="compression fine-tuning epochs (default 3)")
     p.add_argument("--seeds", type=int, default=None, help="seeds of the with / without teacher comparison (3)")
     p.add_argument("--train-subset", type=int, default=None, help="first N training images (default all)")
+    p.add_argument(
+        "--student-subset",
+        type=int,
+        default=None,
+        help="first N training images for the compression fits (default: those of the dense fit)",
+    )
     p.add_argument("--test-subset", type=int, default=None, help="first N test images (default all 10,000)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=None, help="training batch (default 128, quick 32)")
     p.add_argument("--lr", type=float, default=3e-3, help="dense peak learning rate")
     p.add_argument("--student-lr", type=float, default=1e-3, help="compression peak learning rate")
     p.add_argument("--threads", type=int, default=2, help="torch and runtime threads")
@@ -679,8 +689,9 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         student_epochs=a.student_epochs if a.student_epochs is not None else (1 if q else 3),
         seeds=a.seeds if a.seeds is not None else (1 if q else 3),
         train_subset=a.train_subset if a.train_subset is not None else (256 if q else None),
+        student_subset=a.student_subset,
         test_subset=a.test_subset if a.test_subset is not None else (200 if q else None),
-        batch_size=a.batch_size,
+        batch_size=a.batch_size if a.batch_size is not None else (32 if q else 128),
         lr=a.lr,
         student_lr=a.student_lr,
         threads=a.threads,

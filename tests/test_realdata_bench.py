@@ -62,16 +62,16 @@ def test_a_failed_model_is_a_missed_row_not_a_crash() -> None:
 
 def test_parse_quick_and_full_defaults() -> None:
     quick, full = realdata.parse(["--quick"]), realdata.parse([])
-    assert (quick.seeds, quick.train_subset, quick.test_subset) == (1, 256, 200)
-    assert (full.seeds, full.train_subset, full.test_subset) == (3, None, None)  # the full 10,000 test images
+    assert (quick.seeds, quick.train_subset, quick.test_subset, quick.batch_size) == (1, 256, 200, 32)
+    assert (full.seeds, full.train_subset, full.test_subset, full.batch_size) == (3, None, None, 128)  # all 10,000
     assert full.seeds >= 3 and full.threads == 2
 
 
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_quick_run_writes_every_row_and_goal(tmp_path: Path) -> None:
-    args = ["--quick", "--train-subset", "128", "--test-subset", "100", "--rounds", "1", "--burst", "1",
-            "--out", str(tmp_path)]  # fmt: skip
+    # 256 training images in batches of 32: 8 steps, enough for the pruning and QAT schedules to resolve
+    args = ["--quick", "--test-subset", "100", "--rounds", "1", "--burst", "1", "--out", str(tmp_path)]
     text = realdata.main(args)
     header = "| " + " | ".join(COLUMNS) + " |"
     assert header in text
