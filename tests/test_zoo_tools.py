@@ -129,3 +129,53 @@ def test_an_expected_mismatch_is_bounded_by_its_recorded_figures(tmp_path: Path)
     ]
     (tmp_path / "m.onnx").unlink()
     assert "an unverified artifact must be written" in problems(_row("unverified", None, 0.0), listed=False)[0]
+
+
+def test_the_callback_zoo_bounds_a_listed_qat_mismatch_by_its_record(tmp_path: Path) -> None:
+    """``check_expected_mismatch`` (what tests/zoo/test_*_callbacks.py run on a listed ``qat+export int8`` cell)
+    reads the figures of each format the callback columns recorded, passes a row at its record and fails a NaN
+    row, a 0% row and a listed cell with no record."""
+    from exporters.report import TargetResult
+    from tests.zoo import check_expected_mismatch, recorded
+
+    where = "int8 error first becomes large at 'conv' (Conv, SQNR 5.3 dB, from 5.6 dB at its inputs)"
+    cells = [  # the Lightning and the Keras cells as the 2026-12-05 run recorded them, and as they record now
+        ("torch", "old_torch", "53 layers; tensorrt int8 Q/DQ mismatch: verification failed: RMS error 0.48 of the "
+         f"outputs' input-to-input spread exceeds the bound 0.2; {where}"),
+        ("keras", "old_keras", "[\"tensorrt: mismatch verification failed: top-1 agreement 28.6% on 14 decisive "
+         "samples is under the int8 bound 97%; RM...\"]"),
+        ("keras", "new", f"top-1 40%, 50% of 14 decisive, spread err 0.80; {where}; 5/5 layers"),
+    ]  # fmt: skip
+    doc = tmp_path / "support.md"
+    doc.write_text(table.render([{"framework": f, "case": c, "column": "qat+export int8", "status": "mismatch",
+                                  "detail": d} for f, c, d in cells]), encoding="utf-8")  # fmt: skip
+    records = {case: recorded(framework, case, "qat+export int8", doc) for framework, case, _ in cells}
+    assert all(r is not None for r in records.values()), records
+    assert records["old_torch"] and records["old_torch"].spread_error == pytest.approx(0.48)
+    assert records["old_keras"] and records["old_keras"].decisive_top1 == pytest.approx(0.286)
+    assert records["new"] and (records["new"].top1, records["new"].spread_error) == pytest.approx((0.4, 0.8))
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+
+    def row(top1: float | None, decisive: float | None, spread: float, abs_error: float = 2.7) -> Any:
+        out = _row("mismatch", top1, spread)
+        out.reason, out.decisive_top1, out.max_abs_error = f"verification failed; {where}", decisive, abs_error
+        return out
+
+    def problems(framework: str, case: str, r: Any) -> list[str]:
+        return check_expected_mismatch(r, framework, case, "qat+export int8", tmp_path, table=doc)
+
+    at_record = {"old_torch": row(0.3, 0.3, 0.48), "old_keras": row(0.3, 0.286, 0.9), "new": row(0.4, 0.5, 0.8)}
+    zero = {"old_torch": row(0.0, 0.0, 1.4), "old_keras": row(0.0, 0.0, 1.4), "new": row(0.0, 0.0, 1.4)}
+    for framework, case, _ in cells:
+        assert problems(framework, case, at_record[case]) == [], case
+        assert problems(framework, case, _row("ok", 0.99, 0.1)) == []  # passing is never a defect
+        (nan,) = problems(framework, case, row(None, None, float("nan"), abs_error=float("nan")))
+        assert "beyond its record" in nan and "not finite" in nan, nan
+        (no,) = problems(framework, case, zero[case])
+        assert "beyond its record" in no and ("top-1 agreement 0%" in no or "spread error 1.4 over" in no), no
+    (unrecorded,) = problems("torch", "new", at_record["new"])  # listed, but no record in that framework's table
+    assert "no recorded figure bounds this expected mismatch" in unrecorded
+    (lost,) = problems("keras", "new", TargetResult("tensorrt", "int8", status="failed", reason="pnnx exit 1"))
+    assert "expected a mismatch that says where its int8 error starts" in lost
+    (tmp_path / "m.onnx").unlink()
+    assert "a mismatch must keep its artifact" in problems("keras", "new", at_record["new"])[0]

@@ -15,7 +15,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LOCATED", "Record", "ZooCase", "check_report", "full_zoo", "recorded", "select", "within_record"]
+__all__ = [
+    "LOCATED", "Record", "ZooCase", "check_expected_mismatch", "check_report", "full_zoo", "recorded", "select",
+    "within_record",
+]  # fmt: skip
 
 #: what an int8 ``mismatch`` reason must say: where the int8 error starts (``exporters.verify.locate_int8_error``)
 LOCATED = r"int8 error (first becomes large at '[^']+' \(\w+|builds up over \d+ layers)"
@@ -93,12 +96,17 @@ def _figures(row: Any) -> str:
 
 @dataclass(frozen=True)
 class Record:
-    """A support-table cell's recorded figures (None: the cell does not give it)."""
+    """A support-table cell's recorded figures (None: the cell does not give it).
+
+    ``decisive_top1`` comes only from a cell that quotes the verification's own reason (``top-1 agreement 28.6% on
+    14 decisive samples``), as the callback columns recorded before they wrote :func:`cell_detail`.
+    """
 
     status: str
     rel_error: float | None = None
     top1: float | None = None
     spread_error: float | None = None
+    decisive_top1: float | None = None
 
     @classmethod
     def parse(cls, status: str, detail: str) -> Record:
@@ -107,11 +115,16 @@ class Record:
         rel = re.search(r"\brel err ([0-9.]+e[-+]?\d+|[0-9.]+)", figures)
         top1 = re.match(r"(?:rel err \S+ )?top-1 (\d+(?:\.\d+)?)%", figures.replace(",", ""))
         spread = re.search(r"\bspread err ([0-9.]+)", figures)
+        decisive = None
+        if not (rel or top1 or spread):  # a cell quoting the verification's reason (older callback cells)
+            spread = re.search(r"\bRMS error ([0-9.]+) of the outputs' input-to-input spread", detail)
+            decisive = re.search(r"\btop-1 agreement ([0-9.]+)% on \d+ decisive samples", detail)
         return cls(
             status,
             float(rel.group(1)) if rel else None,
             float(top1.group(1)) / 100 if top1 else None,
             float(spread.group(1)) if spread else None,
+            float(decisive.group(1)) / 100 if decisive else None,
         )
 
 
@@ -137,7 +150,7 @@ def within_record(row: Any, record: Record | None) -> str:
     """
     if row.max_abs_error is None or not np.isfinite(row.max_abs_error):
         return "outputs not finite or not compared"
-    figures = record and [record.rel_error, record.top1, record.spread_error]
+    figures = record and [record.rel_error, record.top1, record.spread_error, record.decisive_top1]
     if record is None or not figures or all(f is None for f in figures):
         return "no recorded figure bounds this expected mismatch: record the cell (make zoo) in docs/zoo-support.md"
     why = []
@@ -147,6 +160,10 @@ def within_record(row: Any, record: Record | None) -> str:
     if record.top1 is not None and (row.top1_agreement is None or row.top1_agreement < TOP1_FACTOR * record.top1):
         got = "none" if row.top1_agreement is None else f"{row.top1_agreement * 100:.0f}%"
         why.append(f"top-1 agreement {got} under {TOP1_FACTOR:g}x the recorded {record.top1 * 100:.0f}%")
+    decisive = record.decisive_top1
+    if decisive is not None and (row.decisive_top1 is None or row.decisive_top1 < TOP1_FACTOR * decisive):
+        got = "none" if row.decisive_top1 is None else f"{row.decisive_top1 * 100:.0f}%"
+        why.append(f"decisive top-1 agreement {got} under {TOP1_FACTOR:g}x the recorded {decisive * 100:.1f}%")
     bound = SPREAD_FACTOR * (record.spread_error or 0.0) + SPREAD_SLACK
     if record.spread_error is not None and (row.spread_error is None or row.spread_error > bound):
         why.append(f"spread error {row.spread_error} over {bound:.2f} (recorded {record.spread_error:.2f})")
@@ -213,4 +230,38 @@ def check_report(
                 problems.append(f"{column}: expected mismatch beyond its record: {worse}")
             if not (row.files and all((directory / f).is_file() for f in row.files)):
                 problems.append(f"{column}: a mismatch must keep its artifact; files {row.files}")
+    return problems
+
+
+def check_expected_mismatch(
+    row: Any, framework: str, case: str, column: str, directory: Path, table: Path | None = None
+) -> list[str]:
+    """Why a row in a cell listed as an expected int8 ``mismatch`` breaks that expectation (empty: it keeps it).
+
+    What the callback zoo (``tests/zoo/test_*_callbacks.py``) asks of a listed cell, with the bound
+    :func:`check_report` puts on the export zoo's: the row is ``ok`` (passing is never a defect), or a ``mismatch``
+    whose reason says where the int8 error starts (:data:`LOCATED`), whose artifact stays in ``directory``, and
+    whose figures stay within the cell's record in the support table (``table``, default :data:`SUPPORT_TABLE`;
+    :func:`within_record`), so a NaN, 0% or unrelated artifact fails, as does a listed cell with no record.
+
+    Args:
+        row: the report row (an ``exporters.report.TargetResult``).
+        framework: the support table's section, ``torch`` or ``keras``.
+        case: the zoo case, the table's row.
+        column: the table's column, as the test records the cell (``qat+export int8``).
+        directory: the export directory the row's files are relative to.
+        table: the support table to read the record from.
+    """
+    if row.ok:
+        return []
+    problems = []
+    if row.status != "mismatch" or not re.search(LOCATED, row.reason or ""):
+        problems.append(f"{column}: expected a mismatch that says where its int8 error starts, got {row.status}: "
+                        f"{row.reason}")  # fmt: skip
+    if row.status == "mismatch":
+        worse = within_record(row, recorded(framework, case, column, table))
+        if worse:
+            problems.append(f"{column}: expected mismatch beyond its record ({framework} / {case}): {worse}")
+        if not (row.files and all((Path(directory) / f).is_file() for f in row.files)):
+            problems.append(f"{column}: a mismatch must keep its artifact; files {row.files}")
     return problems
