@@ -1,8 +1,9 @@
 """Keras 3 ``Pruning``: scheduled magnitude pruning (unstructured, 2:4) inside the user's ``model.fit``.
 
 The twin of :class:`lightning_plugins.pruning.Pruning`: same arguments, same defaults, and the same mask math
-(:mod:`fitslim.sparsity`) on the same schedule (:mod:`fitslim.schedules`), where a step is an optimizer
-iteration (``model.optimizer.iterations``) and the fit's total is ``epochs * steps_per_epoch``. Masks are
+(:mod:`fitslim.sparsity`) on the same schedule (:mod:`fitslim.schedules`), where a step is a step of the running
+fit (``epoch * steps_per_epoch + batch``, ``initial_epoch`` included; not the optimizer's iterations, which also
+count every earlier fit of a model fit before) and the fit's total is ``epochs * steps_per_epoch``. Masks are
 recomputed before the update steps and applied after every optimizer step (inside the compiled train step on
 TensorFlow, in ``on_train_batch_end`` on JAX, PyTorch and under ``MirroredStrategy``), so pruned kernels are
 exactly zero after each step. Masks live in the callback; the zeros live in the weights, so a run resumed from a
@@ -34,6 +35,7 @@ from fitslim.sparsity import (
     pruning_args,
 )
 from keras_callbacks._backend import masking_function, patch_train_step, sync_state, to_numpy
+from keras_callbacks._steps import fit_step
 
 __all__ = ["Pruning"]
 
@@ -270,6 +272,7 @@ class Pruning(keras.callbacks.Callback):
         self._mask_vars: list[Any] = []
         self._apply_fn: Any = None
         self._step_count: int | None = None
+        self._epoch = 0
         self._undo: Any = None
         self._graph: ChannelGraph | None = None
         self._keep: dict[int, np.ndarray] = {}
@@ -412,9 +415,6 @@ class Pruning(keras.callbacks.Callback):
         kernels = [to_numpy(_kernel(layer)) for _, layer in self._layers]
         total = sum(k.size for k in kernels)
         return sum(int(k.size - np.count_nonzero(k)) for k in kernels) / max(total, 1)
-
-    def _step(self) -> int:
-        return int(to_numpy(self.model.optimizer.iterations))
 
     # -- masks ---------------------------------------------------------------------------------------
 
@@ -659,15 +659,19 @@ class Pruning(keras.callbacks.Callback):
         """At update steps, recompute the masks (before this step's optimizer update)."""
         if self._resolved is None:
             return
+        step = fit_step(self.params, self._epoch, batch)
         if self._step_count is None:
-            sync_state(self.model)
-            self._step_count = self._step()  # read once: BackupAndRestore has restored the optimizer by now
-            if self._masks is None and self._step_count > 0:
-                self._recover(self._step_count)  # weights restored by BackupAndRestore / a loaded .keras file
-        step = self._step_count
+            if self._masks is None and step > 0:
+                sync_state(self.model)
+                self._recover(step)  # a resumed fit: weights restored by BackupAndRestore / a loaded .keras file
+        self._step_count = step
         if step != self._last_update and self._resolved.should_update(step):
             sync_state(self.model)
             self._update(step)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Keep the epoch index (``initial_epoch`` included): the schedule's step is this fit's own step."""
+        self._epoch = epoch
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         """Zero the pruned weights again after the optimizer step; report sparsity in ``logs``."""
@@ -695,7 +699,7 @@ class Pruning(keras.callbacks.Callback):
             self._undo()
             self._undo = None
         sync_state(self.model)
-        step = self._step()
+        step = self._step_count if self._step_count is not None else 0  # the fit's steps run, as counted per batch
         if step != self._last_update and self._resolved.should_update(step):
             self._update(step)
         if self._masks is not None:

@@ -29,6 +29,12 @@ as the bare float model). :meth:`QuantizationAware.remove` gives back the plain 
 twice. A later ``fit`` trains the quantized model (ranges frozen); one with a new ``QuantizationAware`` replaces
 the fake-quant instead of stacking it and continues from the kept ranges.
 
+``start``, ``freeze_observers`` and ``freeze_bn`` are fractions of this fit's steps (``epoch * steps_per_epoch +
+batch``, ``initial_epoch`` included; :mod:`keras_callbacks._steps`), not of the optimizer's iterations: a model fit
+before, reloaded from a ``.keras`` file or compiled again fine-tunes through the whole schedule. At the end of the
+first epoch with the observers on, the callback checks that they observed, so a fit whose train step did not run the
+fake-quant fails then, not after the whole fit.
+
 Example:
     >>> from keras_callbacks.quantization import QuantizationAware, float_model
     >>> qat = QuantizationAware(start=0.6)
@@ -57,6 +63,8 @@ from exporters.source import keras_layers
 from fitslim.int8 import MIN_SCALE, absmax_scale, qmax
 from fitslim.metrics import QAT_PHASES, bn_freeze_warning, qat_metrics
 from fitslim.quantspec import LayerQuant, QuantSpec
+from keras_callbacks._backend import sync_state
+from keras_callbacks._steps import fit_step
 
 __all__ = [
     "OBSERVERS",
@@ -515,7 +523,7 @@ def load_model(
     variables are re-created before the weights load, and every layer whose range was observed runs its
     fake-quant in inference form, as the saved model did. A file saved mid-training (e.g. by
     ``keras.callbacks.ModelCheckpoint``) resumes with a new ``QuantizationAware`` in ``fit`` (pass
-    ``initial_epoch``): it continues from the saved ranges and the restored optimizer step. Files without ranges
+    ``initial_epoch``): it continues from the saved ranges at the step ``initial_epoch`` gives. Files without ranges
     load as with ``keras.saving.load_model``. Not thread-safe: the Dense/Conv classes' ``load_own_variables`` are
     swapped for the duration of the call.
 
@@ -682,6 +690,8 @@ class QuantizationAware(keras.callbacks.Callback):
     Raises:
         ValueError: an argument out of range (constructor); in ``on_train_begin``: no quantizable layer,
             an ``include`` name that matches nothing, or a fit of unknown length.
+        RuntimeError: at the end of the first epoch with the observers on, when no layer's input range was
+            observed (the train step that ran did not run the fake-quant layers).
 
     Example:
         >>> qat = QuantizationAware(start=0.6, observer="ema")
@@ -729,7 +739,12 @@ class QuantizationAware(keras.callbacks.Callback):
         self.coverage: dict[str, str] = {}
         self._bns: list[Any] = []
         self._steps: tuple[int, int, int] = (0, 0, 0)
+        self._total = 0
         self._step = 0
+        self._epoch = 0
+        self._observed_steps = 0  # steps of this fit that ran with the observers on
+        self._epoch_observed = False
+        self._checked = False
         self._bn_frozen = False
 
     # -------------------------------------------------------------------------------- layer selection
@@ -821,10 +836,17 @@ class QuantizationAware(keras.callbacks.Callback):
                 "pass steps_per_epoch= to fit when the data has no known length.",
             )
         total = int(epochs) * int(steps)
+        self._total = total
         self._steps = tuple(
             int(math.floor(f * total + 0.5)) for f in (self.start, self.freeze_observers, self.freeze_bn)
         )  # type: ignore[assignment]
-        self._step = -1  # read at the first batch: BackupAndRestore may restore the optimizer after this hook
+        # the step of this fit (keras_callbacks._steps), set at each batch: never the optimizer's iterations, which
+        # count the steps of every earlier fit of the model too
+        self._step = -1
+        self._epoch = 0
+        self._observed_steps = 0
+        self._epoch_observed = False
+        self._checked = False
         self._bns = [layer for layer in _walk(model) if isinstance(layer, keras.layers.BatchNormalization)]
         for layer in _walk(model):  # a model quantized by an earlier fit: replace its fake-quant, never stack
             _strip(layer)
@@ -879,10 +901,13 @@ class QuantizationAware(keras.callbacks.Callback):
             log.warning(text)
 
     @override
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = epoch  # initial_epoch (or the epoch BackupAndRestore resumes at) included
+        self._epoch_observed = False
+
+    @override
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._step < 0:
-            optimizer = self.model.optimizer
-            self._step = int(ops.convert_to_numpy(optimizer.iterations)) if optimizer.built else 0
+        self._step = fit_step(self.params, self._epoch, batch)
         if self._bns and not self._bn_frozen:
             rate = self._learning_rate()  # the highest rate of this fit so far (a warm-up starts low)
             if rate is not None:
@@ -892,15 +917,66 @@ class QuantizationAware(keras.callbacks.Callback):
     @override
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._step += 1
+        if self._state.observing:
+            self._observed_steps += 1
+            self._epoch_observed = True
         if logs is not None and self._layers:
             # phase only: the ranges (a device read per layer) go into the epoch logs
             logs.update({"qat/phase": float(QAT_PHASES[self._phase()]), "qat/bn_frozen": float(self._bn_frozen)})
 
     @override
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        """Put ``qat/phase``, ``qat/bn_frozen`` and the input range summary in the epoch ``logs``."""
+        """Put ``qat/phase``, ``qat/bn_frozen`` and the input range summary in the epoch ``logs``.
+
+        After the first epoch in which the observers were on, check that they observed: a layer whose range is
+        still zero fails the fit now (every layer) or is named in a warning (some), not after the whole fit.
+
+        Raises:
+            RuntimeError: no quantized layer's input range was observed although the observers were on.
+        """
+        if self._epoch_observed and not self._checked and self._layers:
+            self._checked = True
+            self._check_observed()
         if logs is not None and self._layers:
             logs.update(self.metrics())
+
+    def _unobserved(self) -> list[str]:
+        """The quantized layers whose input range (or SeparableConv2D mid range) is still zero."""
+        sync_state(self.model)
+        names = []
+        for layer in self._layers:
+            for attr in (_RANGE, _MID_RANGE):
+                var = layer.__dict__.get(attr)
+                if var is not None and float(ops.convert_to_numpy(var)) <= 0.0:
+                    names.append(layer.name)
+                    break
+        return names
+
+    def _check_observed(self) -> None:
+        left = self._unobserved()
+        if not left:
+            return
+        what = (
+            f"the observers were on for {self._observed_steps} training steps of this fit (steps {self._steps[0]} to "
+            f"{self._steps[1]} of {self._total}), but left the input range of"
+        )
+        if len(left) < len(self._layers):
+            log.warning(
+                "QuantizationAware: %s %d of %d layers at zero: %s. Their inputs were all zero in those steps; unless "
+                "later steps observe them, the QuantSpec cannot be built at the end of fit.",
+                what,
+                len(left),
+                len(self._layers),
+                left,
+            )
+            return
+        self._restore()
+        raise RuntimeError(
+            f"QuantizationAware(start={self.start}): {what} every quantized layer at zero, so the train step that "
+            "ran did not run the fake-quant layers. HINT: something replaced the train function this callback "
+            "rebuilt in on_train_begin (e.g. a callback assigning model.train_function, or steps_per_execution "
+            "with a compiled loop); let QuantizationAware rebuild it, and report it if nothing did."
+        )
 
     def _phase(self) -> str:
         if not self._state.enabled:
@@ -1011,6 +1087,35 @@ class QuantizationAware(keras.callbacks.Callback):
         if self.quant_spec is not None:
             target.__dict__["_fitslim_int8"] = _Int8Handle(target, self.quant_spec)
 
+    def _unobserved_error(self, name: str) -> ValueError:
+        """Why ``name`` has no observed input range: the observers never ran, or ran and saw only zeros."""
+        start, freeze, _ = self._steps
+        reached = max(self._step, 0)
+        if self._observed_steps == 0 and reached <= start:
+            return _err(
+                "start",
+                self.start,
+                f"left layer {name!r} without an observed input range: the fit ended after {reached} of its "
+                f"{self._total} steps, before QAT's start at step {start}, so the observers never ran.",
+                "let the fit run past start (an EarlyStopping or a stop_training may have ended it), or lower start.",
+            )
+        if self._observed_steps == 0:
+            return _err(
+                "freeze_observers",
+                self.freeze_observers,
+                f"left layer {name!r} without an observed input range: the observers were on for no step of the fit "
+                f"(start at step {start}, frozen at step {freeze} of {self._total}).",
+                "give freeze_observers a later fraction than start, e.g. freeze_observers=0.9.",
+            )
+        return _err(
+            "start",
+            self.start,
+            f"left layer {name!r} without an observed input range although the observers were on for "
+            f"{self._observed_steps} steps of the fit (steps {start} to {freeze} of {self._total}): its input was "
+            "zero in every one of them, or the train step that ran did not run the fake-quant layer.",
+            f"check what feeds {name!r} (a dead ReLU?), or leave it in float with exclude=[{name!r}].",
+        )
+
     def build_spec(self) -> QuantSpec:
         """The QuantSpec of the current weights and ranges (weight scales on BN-folded kernels).
 
@@ -1018,7 +1123,8 @@ class QuantizationAware(keras.callbacks.Callback):
         the physically smaller model, the one exported.
 
         Raises:
-            ValueError: a layer whose input range was never observed (training ended before ``start``).
+            ValueError: a layer whose input range was never observed (the message says why: the fit ended before
+                ``start``, an empty observer window, or observers that saw only zeros).
         """
         target = self._deployed()
         weights = folded_weights(target)
@@ -1028,12 +1134,7 @@ class QuantizationAware(keras.callbacks.Callback):
             twin = _by_name(target, layer.name)  # the same layer, or its rebuild with fewer channels
             amax = float(ops.convert_to_numpy(getattr(layer, _RANGE)))
             if amax <= 0.0:
-                raise _err(
-                    "start",
-                    self.start,
-                    f"left layer {layer.name!r} without an observed input range.",
-                    "start QAT earlier (start < 1) so the observers see training batches.",
-                )
+                raise self._unobserved_error(layer.name)
             s_in = max(amax / qmax(self.activation_bits), float(MIN_SCALE))
             names = [layer.name] + ([f"{layer.name}/pointwise"] if kind == "SeparableConv2D" else [])
             for i, name in enumerate(names):

@@ -272,6 +272,157 @@ def check_mirrored() -> dict[str, Any]:
     }
 
 
+# -- a model fit before: fit once, saved and reloaded, or compiled again, then the callbacks' fit ---------------
+
+#: the callback fits take 512 samples in batches of 64, 8 steps per epoch, 2 epochs; the plain fit before is 8 epochs
+#: on all 1,259 digits (160 optimizer steps, ~90% test accuracy), more than a whole callback fit (16 steps), so a
+#: schedule read from ``optimizer.iterations`` finds every phase over at its first batch
+FB_N, FB_BATCH, FB_EPOCHS, FB_BEFORE = 512, 64, 2, 8
+FIT_BEFORE_PATHS = ("fit", "reloaded", "recompiled")
+
+
+def _fb_data(n: int | None = FB_N) -> tuple[np.ndarray, np.ndarray]:
+    from fitslim.data import digits
+
+    d = digits(size=8, layout="NHWC")
+    return d.x_train[:n], d.y_train[:n]
+
+
+def _fit_once() -> Any:
+    """The digits CNN after one ordinary ``model.fit``."""
+    import keras
+
+    from keras_callbacks.reference import build_digits_classifier
+
+    x, y = _fb_data(None)
+    keras.utils.set_random_seed(0)
+    model = build_digits_classifier(width=0.5)
+    model.fit(x, y, batch_size=FB_BATCH, epochs=FB_BEFORE, verbose=0, shuffle=False)
+    return model
+
+
+def _fit_before_models(file: Path) -> dict[str, Any]:
+    """``fit``: a model after one plain fit; ``reloaded``: that model saved to ``file`` and loaded with
+    ``keras.models.load_model``; ``recompiled``: a loaded copy compiled again with a new optimizer."""
+    import keras
+
+    fit = _fit_once()
+    fit.save(file)
+    recompiled = keras.models.load_model(file)
+    recompiled.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=5e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return {"fit": fit, "reloaded": keras.models.load_model(file), "recompiled": recompiled}
+
+
+def check_fit_before_recipe(model: Any, teacher: Any, export_to: Path | None) -> dict[str, Any]:
+    """The README recipe on a model fit before: ``Pruning(channel)``, ``QuantizationAware``, ``Distillation`` and,
+    with ``export_to``, an int8 ``Export`` (where the backend has an int8 target) in one fit; what each did."""
+    import keras
+
+    from keras_callbacks.distillation import Distillation
+    from keras_callbacks.export import Export
+    from keras_callbacks.pruning import Pruning
+    from keras_callbacks.quantization import QuantizationAware, fake_quant_inference
+
+    x, y = _fb_data()
+    pruning = Pruning(sparsity=0.5, granularity="channel", end=0.5, frequency=2, include=["*_conv"])
+    qat = QuantizationAware(start=0.5, freeze_bn=0.8, freeze_observers=0.9)
+    distill = Distillation(teacher, temperature=3.0, alpha=0.6)
+    phases: list[float] = []
+
+    class Phases(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            phases.append(float((logs or {}).get("qat/phase", -1.0)))
+
+    backend = keras.backend.backend()
+    # TFLite needs TensorFlow graphs; the torch backend exports ONNX (the TensorRT Q/DQ file); JAX's ONNX export
+    # needs jax2onnx, which is not in the stack
+    targets = {"tensorflow": ["tflite"], "torch": ["tensorrt"]}.get(backend)
+    rec = Recorder(pruning)
+    callbacks: list[Any] = [pruning, qat, distill, rec, Phases()]
+    export = None
+    if targets and export_to is not None:
+        export = Export(targets=targets, precision="int8", directory=export_to, calibration_batches=2, batch_size=64)
+        callbacks.append(export)
+    out: dict[str, Any] = {"backend": backend, "error": None, "phases": phases}
+    try:
+        history = model.fit(x, y, batch_size=FB_BATCH, epochs=FB_EPOCHS, verbose=0, shuffle=False, callbacks=callbacks)
+        out["history"] = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    except ValueError as err:
+        out["error"] = str(err)
+    out["zeros_after_every_step"] = bool(rec.zeros_ok) and all(rec.zeros_ok)
+    out["channel_sparsity"] = float(pruning._metrics.get("pruning/channel_sparsity", -1.0))
+    out["distillation_restored"] = "compute_loss" not in model.__dict__ and teacher.trainable
+    spec, smaller = qat.quant_spec, pruning.pruned_model
+    if spec is not None and smaller is not None:
+        xb = x[:64]
+        predicted = np.asarray(smaller.predict(xb, verbose=0))
+        with fake_quant_inference(smaller, spec):
+            reference = np.asarray(keras.ops.convert_to_numpy(smaller(xb, training=False)))
+        out["params"] = [int(model.count_params()), int(smaller.count_params())]
+        out["layers"] = [lq.name for lq in spec]
+        out["input_scales"] = [lq.input_scale for lq in spec]
+        out["predict_rows_as_fake_quant"] = float((np.abs(predicted - reference).max(1) <= 1e-4).mean())
+    if export is not None and export.report is not None:
+        out["export"] = [
+            {"target": r.target, "ok": bool(r.ok), "top1": r.top1_agreement, "scales": str(r.scales)}
+            for r in export.report
+        ]
+    return out
+
+
+def check_fit_before_pruning(model: Any) -> dict[str, Any]:
+    """Unstructured ``Pruning`` on a model fit before: the target reached, zeros after every step."""
+    import keras
+
+    from keras_callbacks.pruning import Pruning
+
+    x, y = _fb_data()
+    cb = Pruning(sparsity=0.5, end=0.5, frequency=2)
+    rec = Recorder(cb)
+    model.fit(x, y, batch_size=FB_BATCH, epochs=FB_EPOCHS, verbose=0, shuffle=False, callbacks=[cb, rec])
+    masks = list(cb.masks.values())
+    kernels = [keras.ops.convert_to_numpy(model.get_layer(name).kernel) for name in cb.masks]
+    return {
+        "backend": keras.backend.backend(),
+        "zeros_after_every_step": bool(rec.zeros_ok) and all(rec.zeros_ok),
+        "logged_sparsity": rec.sparsity,
+        "mask_sparsity": float(sum(int(m.size - m.sum()) for m in masks) / max(sum(m.size for m in masks), 1)),
+        "zero_fraction": float(np.mean(np.concatenate([(k == 0).ravel() for k in kernels]))),
+    }
+
+
+def check_fit_before(unstructured: tuple[str, ...] = FIT_BEFORE_PATHS) -> dict[str, Any]:
+    """The recipe on every path, unstructured pruning on the ``unstructured`` paths: ``{path: {"recipe": ...,
+    "unstructured": ...}}``.
+
+    The recipe distills from the model as it was fit before (a reloaded copy: self-distillation, no second
+    training run), and exports on the ``fit`` path only (the export takes the spec the same way on every path).
+    """
+    import keras
+
+    tmp = Path(os.environ.get("FITSLIM_TMP", "."))
+    file = tmp / f"fit_before_{keras.backend.backend()}.keras"
+    out: dict[str, Any] = {path: {} for path in FIT_BEFORE_PATHS}
+    try:
+        models = _fit_before_models(file)
+        teacher = keras.models.load_model(file)
+        for path, model in models.items():
+            out[path]["recipe"] = check_fit_before_recipe(model, teacher, tmp / "export" if path == "fit" else None)
+        if unstructured == ("fit",):
+            out["fit"]["unstructured"] = check_fit_before_pruning(_fit_once())
+        elif unstructured:
+            models = _fit_before_models(file)
+            for path in unstructured:
+                out[path]["unstructured"] = check_fit_before_pruning(models[path])
+    finally:
+        file.unlink(missing_ok=True)
+    return out
+
+
 def main(mode: str) -> dict[str, Any]:
     """Run the checks of one mode and return their results."""
     if mode == "mirrored":
@@ -280,6 +431,8 @@ def main(mode: str) -> dict[str, Any]:
         return {"distillation": check_distillation()}
     if mode == "adapter":
         return {"adapter": check_feature_adapter()}
+    if mode == "fit_before":  # the subprocess backends: unstructured pruning on the fit path only (CPU time)
+        return check_fit_before(unstructured=("fit",))
     return {"pruning": check_pruning("unstructured"), "pruning_2_4": check_pruning("2:4"), "channel": check_channel()}
 
 

@@ -24,7 +24,12 @@ from keras_callbacks.quantization import (  # noqa: E402
     load_model,
 )
 from keras_callbacks.reference import build_digits_classifier  # noqa: E402
-from tests.exporters.int8_agreement import assert_int8_agrees, result_agreement_problems  # noqa: E402
+from tests.exporters.int8_agreement import (  # noqa: E402
+    MAX_SPREAD_ERROR,
+    MIN_DECISIVE_TOP1,
+    assert_int8_agrees,
+    result_agreement_problems,
+)
 
 QUANTIZED = ("Dense", "Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D")
 
@@ -402,16 +407,19 @@ def test_second_fit_replaces_the_fake_quant_instead_of_stacking_it(digits_nhwc: 
     qat = QuantizationAware(start=0.0, freeze_observers=0.5)
     model = _small_qat_fit(digits_nhwc, qat)
     n_weights, first = len(model.weights), _ranges(model)
-    outputs = []
+    outputs, ranges = [], []
     for callbacks in ([qat], [QuantizationAware(start=0.0)], []):  # the same callback, a new one, none
         model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=callbacks)
         assert len(model.weights) == n_weights
         assert [_patch_depth(layer) for layer in model.layers if type(layer).__name__ in QUANTIZED] == [1] * 5
         assert "call" not in model.get_layer("stem_bn").__dict__  # BatchNorm back to its own call
         outputs.append(model.predict(x[:64], verbose=0))
+        ranges.append(_ranges(model))
     assert qat.quant_spec is not None and [lq.name for lq in qat.quant_spec] == list(first)
-    # the schedule runs on the optimizer's global step, past freeze_observers here: the ranges are kept as they were
-    assert _ranges(model) == first
+    # each fit with a QuantizationAware runs its own schedule (fractions of that fit, not of the optimizer's steps
+    # since the first fit): its observers update the kept ranges again; a plain fit leaves them as they are
+    assert list(ranges[0]) == list(first) and ranges[0] != first and ranges[1] != ranges[0]
+    assert ranges[2] == ranges[1]
     with fake_quant_inference(model, model._fitslim_quant_spec):
         reference = _predict(model, x[:64])
     np.testing.assert_allclose(outputs[-1], reference, rtol=1e-4, atol=1e-4)
@@ -627,6 +635,10 @@ def test_qat_on_other_backends(backend: str, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------- with Export in fit
 
 
+#: spread-error bound for the int8 exports of the 2-epoch QAT fits below: 0.111 measured, about 2x margin
+SPREAD_2_EPOCHS = 0.25
+
+
 @pytest.mark.slow
 def test_export_callback_uses_the_learned_spec(digits_nhwc: Any, tmp_path: Path) -> None:
     pytest.importorskip("tf2onnx", reason="tf2onnx not installed")
@@ -650,8 +662,11 @@ def test_export_callback_uses_the_learned_spec(digits_nhwc: Any, tmp_path: Path)
     # the TFLite artifact keeps the learned ranges (the callback supplies the converter), not re-calibrated
     assert report["tflite"].scales.startswith("learned: each quantized layer's input clipped"), report["tflite"].scales
     # both are compared with the fake-quant model the QAT trained, on 4 batches of 32 from the data given to fit
+    # top-1 >= 0.97 over all 128 was decided by near-ties that differ per CPU (issue 21): the shared rule instead,
+    # with a wider spread bound: this 2-epoch model's outputs vary little from input to input, so the same int8
+    # error is a larger share of their spread (AMD EPYC AVX2: TensorRT Q/DQ 0.111, 128 of 128 decisive agree)
     for r in report:
-        assert r.samples == 128 and r.top1_agreement is not None and r.top1_agreement >= 0.97, (r.target, r)
+        assert r.samples == 128 and not result_agreement_problems(r, SPREAD_2_EPOCHS), (r.target, r)
 
 
 # -------------------------------------------------------------------------------------- distributed
@@ -748,7 +763,11 @@ def test_channel_pruning_then_qat_exports_the_smaller_int8_model(digits_nhwc: An
     report = export.report
     assert report is not None and report.ok, report
     for target in ("ncnn", "tensorrt"):
-        assert "learned QuantSpec" in report[target].scales and report[target].top1_agreement >= 0.97, report
+        # (top-1 >= 0.97 over all samples was decided by near-ties that differ per CPU, issue 21)
+        row = report[target]
+        assert "learned QuantSpec" in row.scales and row.spread_error is not None, report
+        assert row.spread_error < MAX_SPREAD_ERROR, (target, row.spread_error)
+        assert row.decisive_top1 is None or row.decisive_top1 >= MIN_DECISIVE_TOP1, (target, row.decisive_top1)
 
 
 # -- residual Adds after QAT: the int8 Add reads what the fake-quant model adds ------------------------------
