@@ -75,9 +75,16 @@ def _parser() -> argparse.ArgumentParser:
         "digits with each installed framework",
     )
     demo.add_argument("--output", default="fitslim-demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--quick", action="store_true", help="a short run (fewer epochs, under two minutes)")
+    demo.add_argument("--quick", action="store_true", help="a short run (fewer epochs)")
     demo.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--data",
+        default="digits",
+        choices=["digits", "fashion-mnist"],
+        help="digits: the bundled scikit-learn digits (default); fashion-mnist: Fashion-MNIST, installed separately "
+        "(apt-get install dataset-fashion-mnist, or the four files in $FITSLIM_FASHION_MNIST)",
+    )
     demo.add_argument(
         "--frameworks",
         nargs="+",
@@ -664,7 +671,19 @@ def _demo(args: argparse.Namespace) -> int:
                     f"pip install 'fitslim[{extra}]'",
                     file=sys.stderr,
                 )
-    result = run_demo(args.output, quick=args.quick, frameworks=tuple(available), epochs=args.epochs, seed=args.seed)
+    from fitslim.data import FashionMNISTNotFound
+
+    try:
+        result = run_demo(
+            args.output,
+            quick=args.quick,
+            frameworks=tuple(available),
+            epochs=args.epochs,
+            seed=args.seed,
+            data=args.data,
+        )
+    except FashionMNISTNotFound as err:
+        raise UsageError(f"--data fashion-mnist: {err}") from err
     print()
     print(format_results(result))
     if missing:

@@ -1,16 +1,21 @@
-"""``fitslim demo``: the whole pipeline on the bundled digits, with Lightning and with Keras.
+"""``fitslim demo``: the whole pipeline on the bundled digits (or Fashion-MNIST), with Lightning and with Keras.
 
 For each framework, through the user's ordinary entry point (``Trainer.fit`` / ``model.fit``):
 
-1. the dense reference digits CNN is trained in fp32 (cached in the output folder, reused by the next run
-   with the same settings); it is both the "before" model and the distillation teacher;
+1. the dense demo CNN (plain 3x3 convolutions of :data:`CHANNELS` channels, no depthwise or residual layers, on
+   :data:`SIZE` x :data:`SIZE` images: the 8x8 digits upsampled, so that compute, not per-call overhead,
+   dominates the latency) is trained in fp32
+   (cached in the output folder, reused by the next run with the same settings); it is both the "before" model
+   and the distillation teacher;
 2. the dense model is exported in fp32 to ONNX, ncnn, TFLite and TensorRT (Q/DQ-free ONNX for an fp32
    engine), each artifact verified in its runtime;
 3. a copy of it is fine-tuned with the callbacks of one recipe (:data:`DEMO_RECIPE`, the same YAML for both
    frameworks): channel pruning, quantization-aware training, distillation from the dense model, and an int8
    ``Export`` to the same four targets at fit end;
 4. every artifact is run on the test split in its own runtime, and the dense fp32 and compressed int8 models
-   are compared: test accuracy, parameters, file size, latency, agreement with the trained model.
+   are compared: test accuracy, parameters, file size, agreement with the trained model, and latency: the dense
+   fp32 and the compressed int8 artifact of each runtime timed side by side, interleaved, in one run
+   (:func:`time_interleaved`), with a plain "faster" / "slower" verdict.
 
 The output folder receives ``report.md``, ``report.json``, ``recipe.yaml``, the plots
 (``sparsity_over_steps.png``, ``layer_sparsity.png``, ``size_latency_accuracy.png``) and, per framework,
@@ -40,21 +45,41 @@ import numpy.typing as npt
 from fitslim.fileio import atomic_path, atomic_write_text
 
 __all__ = [
+    "ACCURACY_BOUND",
+    "DATASETS",
     "DEMO_RECIPE",
     "FRAMEWORKS",
     "ArtifactResult",
     "DemoResult",
     "FrameworkResult",
+    "Speed",
     "VariantResult",
     "format_results",
+    "keras_demo_classifier",
+    "load_data",
     "run_demo",
+    "time_interleaved",
+    "torch_demo_cnn",
 ]
 
 log = logging.getLogger(__name__)
 
 FRAMEWORKS = ("lightning", "keras")
 TARGETS = ("onnx", "ncnn", "tflite", "tensorrt")
-SIZE = 8  # the native digits resolution
+#: input side: the 8x8 digits upsampled (Fashion-MNIST's 28x28 resized) so the model's compute dominates a call
+SIZE = 32
+#: the demo CNN's conv widths: conv(1→16) pool conv(16→48) conv(48→96) pool conv(96→96), global pool, linear.
+#: Plain convolutions only: every one loses half its channels to pruning (a residual block's tied channels
+#: stayed whole in the digits CNN), and int8 depthwise kernels are weak in LiteRT/XNNPACK.
+CHANNELS = (16, 48, 96, 96)
+#: the data sets ``run_demo(data=...)`` takes
+DATASETS = ("digits", "fashion-mnist")
+#: Fashion-MNIST training images the demo uses (the first of the fixed training split), full run / --quick
+FASHION_TRAIN = (12000, 4000)
+#: the demo's claim: the compressed model's test accuracy within this much of the dense model's
+ACCURACY_BOUND = 0.01
+#: interleaved latency timing: rounds, timed calls per burst
+TIMING = (15, 5)
 
 #: The compression recipe both frameworks run (``export.directory`` is set per framework).
 DEMO_RECIPE: dict[str, Any] = {
@@ -83,6 +108,21 @@ class ArtifactResult:
 
 
 @dataclass
+class Speed:
+    """The dense fp32 and compressed int8 artifacts of one target, timed side by side in one run."""
+
+    target: str
+    dense_ms: float  # median single-sample latency
+    compressed_ms: float
+    ratio: float  # compressed / dense: below 1 is faster
+
+    @property
+    def verdict(self) -> str:
+        """``"faster"`` or ``"slower"`` (``"same"`` within 2 %)."""
+        return "faster" if self.ratio < 0.98 else "slower" if self.ratio > 1.02 else "same"
+
+
+@dataclass
 class VariantResult:
     """The dense fp32 model or the compressed int8 model of one framework."""
 
@@ -90,6 +130,7 @@ class VariantResult:
     parameters: int
     model_accuracy: float  # the trained model itself, in its framework
     artifacts: list[ArtifactResult]
+    directory: str = ""  # where its export report is
 
     def artifact(self, target: str) -> ArtifactResult | None:
         """The artifact of ``target``, or None."""
@@ -109,6 +150,11 @@ class FrameworkResult:
     sparsity_steps: list[tuple[int, float]]  # (optimizer step, kernel sparsity) after each step
     layer_sparsity: dict[str, float]  # per pruned layer, the share of its weights removed (before removal)
     seconds: float
+    speed: list[Speed] = field(default_factory=list)  # per target, dense vs compressed, interleaved
+
+    def speed_of(self, target: str) -> Speed | None:
+        """The interleaved timing of ``target``, or None."""
+        return next((t for t in self.speed if t.target == target), None)
 
 
 @dataclass
@@ -120,6 +166,7 @@ class DemoResult:
     recipe: dict[str, Any]
     test_samples: int
     files: list[str] = field(default_factory=list)
+    data: str = "digits"
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,6 +211,141 @@ def _artifacts(report: Any, x_test_nchw: npt.NDArray[np.float32], y_test: npt.ND
     return rows
 
 
+def load_data(data: str, layout: str, quick: bool = False) -> Any:
+    """The demo's data set at :data:`SIZE` x :data:`SIZE`: the bundled digits, or Fashion-MNIST.
+
+    Fashion-MNIST is cut to the first :data:`FASHION_TRAIN` images of its fixed training split (so the demo
+    stays minutes long); its validation and test splits are whole.
+
+    Args:
+        data: ``"digits"`` or ``"fashion-mnist"``.
+        layout: ``"NCHW"`` or ``"NHWC"``.
+        quick: the smaller Fashion-MNIST training subset.
+
+    Raises:
+        ValueError: an unknown data set.
+        FashionMNISTNotFound: Fashion-MNIST is not installed (the message says how to get it).
+    """
+    import dataclasses
+
+    from fitslim.data import digits, fashion_mnist
+
+    if data == "digits":
+        return digits(size=SIZE, layout=layout, seed=0)  # type: ignore[arg-type]
+    if data == "fashion-mnist":
+        d = fashion_mnist(layout=layout, size=SIZE)  # type: ignore[arg-type]
+        n = FASHION_TRAIN[1 if quick else 0]
+        return dataclasses.replace(d, x_train=d.x_train[:n], y_train=d.y_train[:n])
+    raise ValueError(f"data must be one of {list(DATASETS)}; got {data!r}.")
+
+
+def torch_demo_cnn(num_classes: int = 10) -> Any:
+    """The demo CNN as a torch ``nn.Sequential`` (NCHW, 1 input channel, any input side divisible by 4).
+
+    Args:
+        num_classes: outputs (logits).
+    """
+    from torch import nn
+
+    def block(cin: int, cout: int) -> list[Any]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    c1, c2, c3, c4 = CHANNELS
+    return nn.Sequential(
+        *block(1, c1), nn.MaxPool2d(2), *block(c1, c2), *block(c2, c3), nn.MaxPool2d(2), *block(c3, c4),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c4, num_classes),
+    )  # fmt: skip
+
+
+def keras_demo_classifier(lr: float = 1e-2, epsilon: float = 1e-7, num_classes: int = 10) -> Any:
+    """The Keras twin of :func:`torch_demo_cnn` (NHWC, :data:`SIZE` x :data:`SIZE`), compiled like the reference.
+
+    Args:
+        lr: Adam learning rate.
+        epsilon: Adam's epsilon (the demo passes torch's, so both halves train alike).
+        num_classes: outputs (logits).
+    """
+    import keras
+    from keras import layers
+
+    def block(x: Any, cout: int, name: str) -> Any:
+        x = layers.Conv2D(cout, 3, padding="same", use_bias=False, name=name)(x)
+        x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=name + "_bn")(x)
+        return layers.ReLU(name=name + "_relu")(x)
+
+    c1, c2, c3, c4 = CHANNELS
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = layers.MaxPooling2D(2, name="pool1")(block(inputs, c1, "conv1"))
+    x = layers.MaxPooling2D(2, name="pool2")(block(block(x, c2, "conv2"), c3, "conv3"))
+    x = layers.GlobalAveragePooling2D(name="gap")(block(x, c4, "conv4"))
+    model = keras.Model(inputs, layers.Dense(num_classes, name="fc")(x), name="demo_cnn")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr, epsilon=epsilon),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def time_interleaved(
+    runners: list[Callable[[Any], Any]], x: Any, rounds: int = TIMING[0], burst: int = TIMING[1]
+) -> list[list[float]]:
+    """Single-sample latencies (ms) of every runner on ``x``, timed in ``rounds`` rounds in rotating order.
+
+    Each round gives every runner one untimed call, then ``burst`` timed ones, so slow changes in the machine's
+    load spread over all runners alike; compare medians.
+
+    Args:
+        runners: callables taking ``x``.
+        x: the input (one sample).
+        rounds: rounds of the rotation.
+        burst: timed calls per runner and round.
+
+    Raises:
+        ValueError: no runner, or a non-positive ``rounds`` / ``burst``.
+    """
+    if not runners or rounds < 1 or burst < 1:
+        raise ValueError(
+            f"time_interleaved: need runners, rounds >= 1, burst >= 1; got {len(runners)}, {rounds}, {burst}."
+        )
+    times: list[list[float]] = [[] for _ in runners]
+    for run in runners:  # first-call costs (allocation, kernel selection) out of the way
+        for _ in range(3):
+            run(x)
+    n = len(runners)
+    for r in range(rounds):
+        for k in range(n):
+            i = (r + k) % n
+            runners[i](x)
+            for _ in range(burst):
+                t0 = time.perf_counter()
+                runners[i](x)
+                times[i].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _speed(dense: VariantResult, compressed: VariantResult, sample: npt.NDArray[np.float32]) -> list[Speed]:
+    """Time each target's dense fp32 and compressed int8 artifact side by side, interleaved."""
+    from exporters.report import ExportReport
+    from exporters.runtimes import runner
+
+    reports = ExportReport.load(dense.directory), ExportReport.load(compressed.directory)
+    out = []
+    for target in TARGETS:
+        a, b = dense.artifact(target), compressed.artifact(target)
+        if a is None or b is None or a.status != "ok" or b.status != "ok":
+            continue
+        try:
+            runs = [runner(rep, target, threads=2) for rep in reports]
+            t_dense, t_small = time_interleaved(runs, sample)
+        except Exception as err:  # a runtime that cannot run it: the accuracy table says so already
+            log.warning("could not time %s: %s", target, err)
+            continue
+        d, c = float(np.median(t_dense)), float(np.median(t_small))
+        out.append(Speed(target, d, c, c / d))
+    return out
+
+
 def _dense_variant(
     framework: str, model: Any, parameters: int, accuracy: float, data: tuple[Any, Any, Any, Any], folder: Path
 ) -> VariantResult:
@@ -183,7 +365,9 @@ def _dense_variant(
         directory=folder / "dense",
         progress=_progress(framework, "dense fp32 export"),
     )
-    return VariantResult("dense fp32", parameters, accuracy, _artifacts(report, x_test_nchw, y_test))
+    return VariantResult(
+        "dense fp32", parameters, accuracy, _artifacts(report, x_test_nchw, y_test), str(report.directory)
+    )
 
 
 def _settings_match(meta_path: Path, meta: dict[str, Any]) -> bool:
@@ -202,10 +386,11 @@ def _recipe_for(framework: str, out: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- Lightning
 
 
-def _lightning(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) -> FrameworkResult:
+def _lightning(
+    teacher_epochs: int, finetune_epochs: int, seed: int, out: Path, data_name: str, quick: bool
+) -> FrameworkResult:
     import torch
 
-    from fitslim.models import torch_model
     from lightning_plugins import from_recipe
     from lightning_plugins._compat import pl
     from lightning_plugins.reference import DigitsClassifier, DigitsDataModule, evaluate_accuracy
@@ -214,7 +399,8 @@ def _lightning(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) 
     folder = out / "lightning"
     folder.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    data = DigitsDataModule(size=SIZE, seed=seed)
+    data = DigitsDataModule(size=8, seed=seed)
+    data.data = load_data(data_name, "NCHW", quick)  # the reference module's loaders, on the demo's data
     d = data.data
 
     def trainer(epochs: int, callbacks: list[Any], root: Path) -> Any:
@@ -232,15 +418,18 @@ def _lightning(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) 
 
     # 1. the dense fp32 model (and teacher), cached
     weights, meta_path = folder / "teacher.pt", folder / "teacher.json"
-    meta = {"epochs": teacher_epochs, "seed": seed, "model": "digits_cnn", "width": 1.0, "size": SIZE}
+    meta = {
+        "epochs": teacher_epochs, "seed": seed, "model": "demo_cnn", "channels": list(CHANNELS), "size": SIZE,
+        "data": data_name, "train": len(d.y_train),
+    }  # fmt: skip
     pl.seed_everything(seed, verbose=False)
-    dense_model = torch_model("digits_cnn", width=1.0)
+    dense_model = torch_demo_cnn()
     cached = weights.is_file() and _settings_match(meta_path, meta)
     if cached:
         print(f"[lightning] dense model: reusing {weights}", flush=True)
         dense_model.load_state_dict(torch.load(weights, weights_only=True))
     else:
-        print(f"[lightning] training the dense digits CNN (fp32) for {teacher_epochs} epochs", flush=True)
+        print(f"[lightning] training the dense CNN (fp32) on {data_name} for {teacher_epochs} epochs", flush=True)
         dense = DigitsClassifier(model=dense_model)
         trainer(teacher_epochs, [], folder).fit(dense, datamodule=data)
         with atomic_path(weights) as tmp:
@@ -272,10 +461,13 @@ def _lightning(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) 
         sum(p.numel() for p in student.model.parameters()),
         evaluate_accuracy(student.model, d.x_test, d.y_test),
         _artifacts(export_cb.report, d.x_test, d.y_test),
+        str(export_cb.report.directory),
     )
+    print("[lightning] timing dense fp32 and compressed int8 side by side, per runtime", flush=True)
+    speed = _speed(before, compressed, d.x_test[:1])
     return FrameworkResult(
         "lightning", before, compressed, teacher_epochs, finetune_epochs, cached, recorder.steps, recorder.layers,
-        time.perf_counter() - t0,
+        time.perf_counter() - t0, speed,
     )  # fmt: skip
 
 
@@ -306,38 +498,39 @@ def _lightning_recorder() -> Any:
 # ------------------------------------------------------------------------------------------------- Keras
 
 
-def _keras(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) -> FrameworkResult:
+def _keras(
+    teacher_epochs: int, finetune_epochs: int, seed: int, out: Path, data_name: str, quick: bool
+) -> FrameworkResult:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
     from exporters.verify import nhwc_to_nchw
-    from fitslim.data import digits
     from keras_callbacks import from_recipe
-    from keras_callbacks.reference import TORCH_ADAM_EPSILON, build_digits_classifier, evaluate_accuracy
+    from keras_callbacks.reference import TORCH_ADAM_EPSILON, evaluate_accuracy
 
     t0 = time.perf_counter()
     folder = out / "keras"
     folder.mkdir(parents=True, exist_ok=True)
-    d = digits(size=SIZE, layout="NHWC", seed=0)
+    d = load_data(data_name, "NHWC", quick)
     x_test_nchw = nhwc_to_nchw(d.x_test)
     verbose = 1 if sys.stdout.isatty() else 2
 
     # 1. the dense fp32 model (and teacher), cached
     path, meta_path = folder / "teacher.keras", folder / "teacher.json"
     meta = {
-        "epochs": teacher_epochs, "seed": seed, "model": "digits_cnn", "width": 1.0, "size": SIZE,
-        "adam_epsilon": TORCH_ADAM_EPSILON,
+        "epochs": teacher_epochs, "seed": seed, "model": "demo_cnn", "channels": list(CHANNELS), "size": SIZE,
+        "adam_epsilon": TORCH_ADAM_EPSILON, "data": data_name, "train": len(d.y_train),
     }  # fmt: skip
     cached = path.is_file() and _settings_match(meta_path, meta)
     if cached:
         print(f"[keras] dense model: reusing {path}", flush=True)
         dense_model = keras.models.load_model(path)
     else:
-        print(f"[keras] training the dense digits CNN (fp32) for {teacher_epochs} epochs", flush=True)
+        print(f"[keras] training the dense CNN (fp32) on {data_name} for {teacher_epochs} epochs", flush=True)
         keras.utils.set_random_seed(seed)
         # the Lightning half's optimizer exactly (torch.optim.Adam: epsilon 1e-8, Keras' default is 1e-7), so both
         # halves train the dense model and fine-tune it alike
-        dense_model = build_digits_classifier(width=1.0, size=SIZE, epsilon=TORCH_ADAM_EPSILON)
+        dense_model = keras_demo_classifier(epsilon=TORCH_ADAM_EPSILON)
         dense_model.fit(
             d.x_train,
             d.y_train,
@@ -364,7 +557,7 @@ def _keras(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) -> F
     # 2. the compressed model: fine-tune a copy with the recipe's callbacks
     print(f"[keras] fine-tuning with pruning + QAT + distillation for {finetune_epochs} epochs", flush=True)
     keras.utils.set_random_seed(seed)
-    student = build_digits_classifier(width=1.0, size=SIZE, lr=3e-3, epsilon=TORCH_ADAM_EPSILON)
+    student = keras_demo_classifier(lr=3e-3, epsilon=TORCH_ADAM_EPSILON)
     student.set_weights(dense_model.get_weights())
     callbacks = from_recipe(_recipe_for("keras", out), teacher=dense_model)
     recorder = _keras_recorder()
@@ -389,10 +582,13 @@ def _keras(teacher_epochs: int, finetune_epochs: int, seed: int, out: Path) -> F
         sum(int(np.prod(w.shape)) for w in small.trainable_weights),
         evaluate_accuracy(student, d.x_test, d.y_test),
         _artifacts(export_cb.report, x_test_nchw, d.y_test),
+        str(export_cb.report.directory),
     )
+    print("[keras] timing dense fp32 and compressed int8 side by side, per runtime", flush=True)
+    speed = _speed(before, compressed, x_test_nchw[:1])
     return FrameworkResult(
         "keras", before, compressed, teacher_epochs, finetune_epochs, cached, recorder.steps, recorder.layers,
-        time.perf_counter() - t0,
+        time.perf_counter() - t0, speed,
     )  # fmt: skip
 
 
@@ -446,12 +642,21 @@ def _ratio(after: float | None, before: float | None) -> str:
     return "-" if after is None or not before else f"{after / before:.2f}x"
 
 
-def _framework_lines(r: FrameworkResult, markdown: bool) -> list[str]:
+def _data_title(data: str) -> str:
+    return {"digits": f"digits upsampled to {SIZE}x{SIZE}", "fashion-mnist": f"Fashion-MNIST at {SIZE}x{SIZE}"}[data]
+
+
+def _framework_lines(r: FrameworkResult, markdown: bool, data: str = "digits") -> list[str]:
     title = {"lightning": "Lightning", "keras": "Keras"}[r.framework]
+    drop = r.dense.model_accuracy - r.compressed.model_accuracy
     head = [
-        f"{title}: reference digits CNN, dense fp32 (trained {r.teacher_epochs} epochs"
-        f"{', cached' if r.teacher_cached else ''}) vs compressed int8 (fine-tuned {r.finetune_epochs} epochs "
-        "with channel pruning + QAT + distillation)",
+        f"{title}: demo CNN ({'-'.join(map(str, CHANNELS))} channels) on {_data_title(data)}, dense fp32 "
+        f"(trained {r.teacher_epochs} epochs{', cached' if r.teacher_cached else ''}) vs compressed int8 "
+        f"(fine-tuned {r.finetune_epochs} epochs with channel pruning + QAT + distillation)",
+        "",
+        f"Accuracy: dense {_pct(r.dense.model_accuracy)}, compressed {_pct(r.compressed.model_accuracy)} "
+        f"({-drop * 100:+.1f} pt; {'within' if drop <= ACCURACY_BOUND + 1e-9 else 'NOT within'} "
+        f"{ACCURACY_BOUND * 100:.0f} pt of dense).",
         "",
     ]
     models = [
@@ -469,6 +674,7 @@ def _framework_lines(r: FrameworkResult, markdown: bool) -> list[str]:
             "size ratio",
             "latency fp32 → int8",
             "latency ratio",
+            "compressed is",
             "agreement int8",
         ]
     ]
@@ -478,18 +684,19 @@ def _framework_lines(r: FrameworkResult, markdown: bool) -> list[str]:
             continue
         if b.status != "ok" or a.status != "ok":
             failed = b if b.status != "ok" else a
-            rows.append([target, failed.runtime or "-", f"{failed.status}: {failed.reason[:60]}", "", "", "", "", ""])
+            rows.append([target, failed.runtime or "-", f"{failed.status}: {failed.reason[:60]}", *[""] * 6])
             continue
-        prec = b.precision if b.precision != "int8" else "int8"
+        sp = r.speed_of(target)
         rows.append(
             [
-                target if prec == "int8" else f"{target} ({prec})",
+                target if b.precision == "int8" else f"{target} ({b.precision})",
                 b.runtime,
                 f"{_pct(a.test_accuracy)} → {_pct(b.test_accuracy)}",
                 f"{_kb(a.size_bytes)} → {_kb(b.size_bytes)}",
                 _ratio(b.size_bytes, a.size_bytes),
-                f"{_ms(a.latency_ms)} → {_ms(b.latency_ms)}",
-                _ratio(b.latency_ms, a.latency_ms),
+                "-" if sp is None else f"{_ms(sp.dense_ms)} → {_ms(sp.compressed_ms)}",
+                "-" if sp is None else f"{sp.ratio:.2f}x",
+                "-" if sp is None else sp.verdict,
                 _pct(b.agreement),
             ]
         )
@@ -513,11 +720,14 @@ def format_results(result: DemoResult, markdown: bool = False) -> str:
         lines += [
             "# fitslim demo report",
             "",
-            f"Bundled scikit-learn digits ({SIZE}x{SIZE}), test split of {result.test_samples} images. "
+            f"{'Bundled scikit-learn ' if result.data == 'digits' else ''}{_data_title(result.data)}, test split "
+            f"of {result.test_samples} images. "
             "Test accuracies of artifacts are measured by running each exported file in its own runtime "
             "(onnxruntime, ncnn, LiteRT; the TensorRT Q/DQ ONNX in onnxruntime where TensorRT is absent). "
-            "Latency: median single-sample inference, 2 threads. Agreement: top-1 agreement of the int8 "
-            "artifact with the trained (fake-quant) model on the export's verification samples.",
+            "Latency: median single-sample inference, 2 threads, the dense fp32 and compressed int8 artifact of "
+            "each runtime timed side by side, interleaved, in one run; a ratio below 1.00x is faster. Agreement: "
+            "top-1 agreement of the int8 artifact with the trained (fake-quant) model on the export's "
+            "verification samples.",
             "",
             "Recipe (both frameworks):",
             "",
@@ -530,7 +740,7 @@ def format_results(result: DemoResult, markdown: bool = False) -> str:
         if markdown:
             lines.append("## " + {"lightning": "Lightning", "keras": "Keras"}[r.framework])
             lines.append("")
-        lines += _framework_lines(r, markdown)
+        lines += _framework_lines(r, markdown, result.data)
         lines.append("")
     if markdown and result.files:
         lines += ["## Plots", ""] + [f"![{Path(f).stem}]({Path(f).name})" for f in result.files if f.endswith(".png")]
@@ -567,8 +777,14 @@ def _plots(result: DemoResult, out: Path) -> list[Path]:
     for r in result.frameworks:
         if r.sparsity_steps:
             steps, values = zip(*r.sparsity_steps, strict=True)
-            ax.plot(steps, values, label=r.framework, color=colors[r.framework], lw=2 if r.framework == "keras" else 4,
-                    alpha=0.8)
+            ax.plot(
+                steps,
+                values,
+                label=r.framework,
+                color=colors[r.framework],
+                lw=2 if r.framework == "keras" else 4,
+                alpha=0.8,
+            )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("kernel sparsity")
     ax.set_title("Pruning schedule: sparsity over steps (same recipe, both frameworks)")
@@ -624,24 +840,33 @@ def run_demo(
     frameworks: tuple[str, ...] = FRAMEWORKS,
     epochs: int | None = None,
     seed: int = 0,
+    data: str = "digits",
 ) -> DemoResult:
-    """Train, compress, export and compare the reference digits CNN in each framework; write the report.
+    """Train, compress, export and compare the reference CNN in each framework; write the report.
 
     Args:
         output: folder for the cached teachers, artifacts, ``report.md``, ``report.json`` and plots.
-        quick: fewer epochs, for a fast look (under two minutes on two cores).
+        quick: fewer epochs (and a smaller Fashion-MNIST training subset), for a fast look.
         frameworks: any of ``"lightning"``, ``"keras"``.
         epochs: override the number of epochs of both the dense training and the fine-tuning.
         seed: the seed for weights and shuffling.
+        data: ``"digits"`` (bundled) or ``"fashion-mnist"`` (installed separately, see :mod:`fitslim.data`).
 
     Raises:
-        ValueError: an unknown framework or a non-positive epoch count.
+        ValueError: an unknown framework or data set, or a non-positive epoch count.
+        FashionMNISTNotFound: ``data="fashion-mnist"`` and it is not installed (the message says how to get it).
     """
     unknown = [f for f in frameworks if f not in FRAMEWORKS]
     if unknown or not frameworks:
         raise ValueError(f"frameworks: unknown {unknown or list(frameworks)}; choose from {list(FRAMEWORKS)}.")
     if epochs is not None and (isinstance(epochs, bool) or epochs < 1):
         raise ValueError(f"epochs must be >= 1; got {epochs}.")
+    if data not in DATASETS:
+        raise ValueError(f"data must be one of {list(DATASETS)}; got {data!r}. Use 'digits' (bundled).")
+    if data == "fashion-mnist":
+        from fitslim.data import find_fashion_mnist
+
+        find_fashion_mnist()  # before any training: the message says how to get it
     teacher_epochs = epochs if epochs is not None else (4 if quick else 12)
     finetune_epochs = epochs if epochs is not None else (3 if quick else 8)
     t0 = time.perf_counter()
@@ -652,10 +877,8 @@ def run_demo(
     results: list[FrameworkResult] = []
     for fw in frameworks:
         run = _lightning if fw == "lightning" else _keras
-        results.append(run(teacher_epochs, finetune_epochs, seed, out))
-    from fitslim.data import digits
-
-    result = DemoResult(results, str(out), DEMO_RECIPE, len(digits(size=SIZE).y_test))
+        results.append(run(teacher_epochs, finetune_epochs, seed, out, data, quick))
+    result = DemoResult(results, str(out), DEMO_RECIPE, len(load_data(data, "NCHW", quick).y_test), data=data)
     result.files = [str(p) for p in _plots(result, out)]
     result.files += [str(out / "report.md"), str(out / "report.json")]
     result.seconds = time.perf_counter() - t0

@@ -16,6 +16,18 @@ def test_demo_rejects_bad_epochs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "epochs must be >= 1" in capsys.readouterr().err
 
 
+def test_demo_fashion_mnist_absent_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FITSLIM_FASHION_MNIST", str(tmp_path / "empty"))  # only there: not the Debian copy
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", "fashion-mnist", "--frameworks", "lightning", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--data fashion-mnist: Fashion-MNIST not found" in err, err
+    assert "apt-get install dataset-fashion-mnist" in err and "FITSLIM_FASHION_MNIST" in err, err
+    assert not (out / "lightning").exists()  # nothing trained
+
+
 def test_report_of_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "no export report" in capsys.readouterr().err
