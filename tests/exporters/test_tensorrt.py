@@ -174,6 +174,19 @@ def ort_run(model_or_path: Any, x: FloatArray, optimize: bool = True) -> FloatAr
     return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0], dtype=np.float32)
 
 
+#: Bounds of :func:`check_int8_activations`. The worst measured run (the trained digits CNN on another machine, an
+#: earlier bound's docstring): 97.2% of the worst tensor identical, 2 steps at 3 of 275,000 values, i.e. at most
+#: 0.03 steps on average even with every flip one step in one direction; on an AMD EPYC (AVX2) every activation of the
+#: small net and the digits CNN is identical (0 steps). A flip is a near-tie rounded the other way: at most a step
+#: or two where it happens, in either direction. So: 2 steps anywhere; a mean of 0.15 (5x the worst measured share
+#: of flips); a signed mean of 0.1 (3x the worst case of all flips one way). A defect is not a scattering of
+#: near-ties: a wrong scale moves large values many steps, a zero point or rounding offset moves most values one
+#: step the same way (mean and bias near 1).
+MAX_ACTIVATION_STEPS = 2.001
+MAX_MEAN_STEPS = 0.15
+MAX_BIAS_STEPS = 0.1
+
+
 def check_int8_activations(
     qdq: Any, fp32: Any, plan: tuple[dict[str, tuple[FloatArray, int]], dict[tuple[str, int], float]], x: FloatArray
 ) -> tuple[FloatArray, FloatArray]:
@@ -181,9 +194,10 @@ def check_int8_activations(
 
     Float summation order differs between any two conv implementations (onnxruntime's fused and NCHWc
     kernels, TensorRT's), so a value within float rounding of a .5 boundary may round to the neighbouring
-    int8 level, and such flips cascade a little through later layers. Allowed: at most 2 steps anywhere and
-    at least 95% of every quantized activation identical (measured on the trained digits CNN: worst
-    tensor 97.2% identical, 2 steps at 3 of 275,000 values; MobileNetV2: 99.5%, 1 step). onnxruntime's
+    int8 level, and such flips cascade a little through later layers. How many values sit that close depends on
+    the trained weights and the CPU's kernels (issue 21), so the bound is on the error in int8 steps, not on an
+    identical share: at most :data:`MAX_ACTIVATION_STEPS` anywhere, on average at most :data:`MAX_MEAN_STEPS`,
+    and no systematic offset (:data:`MAX_BIAS_STEPS`). onnxruntime's
     own int8 kernels are left out (``session.disable_quant_qdq``): on x86 without VNNI they saturate
     (3 steps on the digits CNN), a property of that CPU, not of the Q/DQ graph. Returns the optimized
     run's output and the reference output.
@@ -200,9 +214,11 @@ def check_int8_activations(
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x}), strict=True))
     for key, value in record.items():
-        steps = np.abs(outs[names[key]] - value) / np.float32(plan[1][key])
-        assert steps.max() <= 2.001, f"{key}: {steps.max():.3f} int8 steps from the reference"
-        assert (steps < 1e-3).mean() >= 0.95, f"{key}: only {(steps < 1e-3).mean():.4f} identical"
+        signed = (outs[names[key]] - value) / np.float32(plan[1][key])
+        steps = np.abs(signed)
+        assert steps.max() <= MAX_ACTIVATION_STEPS, f"{key}: {steps.max():.3f} int8 steps from the reference"
+        assert steps.mean() <= MAX_MEAN_STEPS, f"{key}: {steps.mean():.4f} int8 steps from the reference on average"
+        assert abs(signed.mean()) <= MAX_BIAS_STEPS, f"{key}: biased by {signed.mean():.4f} int8 steps"
     return np.asarray(outs[qdq.graph.output[0].name], np.float32), ref
 
 
@@ -482,7 +498,12 @@ def test_small_net_matches_numpy_fake_quant_reference(
     # onnxruntime's op-by-op semantics: the reference to float rounding
     np.testing.assert_allclose(ort_run(small_qdq, x, optimize=False), ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
     # with onnxruntime's graph optimizations (fused kernels, another summation order): rounding flips only
-    out, _ = check_int8_activations(small_qdq, m, reference_plan(m, table, residual_add_scales(m, table)), x)
+    plan = reference_plan(m, table, residual_add_scales(m, table))
+    out, _ = check_int8_activations(small_qdq, m, plan, x)
+    # the check fails a file whose activation scale is off by 10% (every value from 21 steps up moves over 2 steps)
+    key = sorted(plan[1])[0]
+    with pytest.raises(AssertionError, match="int8 steps"):
+        check_int8_activations(small_qdq, m, (plan[0], {**plan[1], key: plan[1][key] * 1.1}), x)
     # rounding flips move no decisive sample's class (an all-sample top-1 bound would count near-ties)
     a = compare(ref, out)
     assert a.decisive >= MIN_DECISIVE and a.decisive_top1 == 1.0
