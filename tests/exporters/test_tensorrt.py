@@ -624,7 +624,10 @@ def test_export_tensorrt_int8_from_onnx_file(small: tuple[Any, QuantTable, Float
     r = export_tensorrt(job)
     assert r.ok and r.files == ["model.int8.qdq.onnx"]
     assert r.size_bytes == (tmp_path / "out" / "model.int8.qdq.onnx").stat().st_size
-    assert r.top1_agreement is not None and r.top1_agreement >= 0.9
+    # the shared rule, not top-1 over all 64 (near-ties flip with the CPU's kernels, issue 21); measured on an AMD
+    # EPYC AVX2: 62 of 64 decisive (random fixed weights: the count does not depend on training), all agree,
+    # spread error 0.051
+    assert not result_agreement_problems(r), result_agreement_problems(r)
     assert r.scales == "calibrated on 64 samples (absmax)"
     assert any(n.startswith("Q/DQ: 4 QuantizeLinear, 8 DequantizeLinear (4 int8 weights") for n in r.notes)
     assert "residual Adds: 1 skip input(s) quantized, scales 1 reused from the layer reading the tensor" in r.notes
