@@ -14,8 +14,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
+from tests.exporters.int8_agreement import result_agreement_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -97,7 +100,10 @@ def test_quickstart_runs(name: str, tmp_path: Path) -> None:
         row = rows[target]
         assert row["status"] == "ok", f"{target}: {row['reason']}"
         assert row["precision"] == precision and sorted(row["files"]) == files
-        assert row["top1_agreement"] is not None and row["top1_agreement"] >= 0.9, row
+        # the shared int8 rule, not top-1 over all samples, where near-ties flip with the CPU's kernels (issue 21);
+        # AMD EPYC AVX2: 196 (Keras) and 219 (Lightning) of 256 decisive, all agree, spread error <= 0.023
+        problems = result_agreement_problems(SimpleNamespace(**row))
+        assert not problems, (target, problems)
         for f in files:
             assert (export_dir / f).stat().st_size > 0
     assert (export_dir / "report.md").is_file() and (export_dir / "quant_spec.json").is_file()
