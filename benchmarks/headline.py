@@ -58,6 +58,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import emit
+from exporters.latency import interleaved_times  # the timer behind the export reports' latency verdicts
 
 log = logging.getLogger("benchmarks.headline")
 
@@ -319,20 +320,7 @@ def time_interleaved(
     changes in background load spread over all runners while no other runtime's worker threads are still
     busy during a timed call.
     """
-    times: list[list[float]] = [[] for _ in runners]
-    for run in runners:  # first-call costs (allocation, kernel selection) out of the way
-        for _ in range(3):
-            run(x)
-    n = len(runners)
-    for r in range(rounds):
-        for k in range(n):
-            i = (r + k) % n
-            runners[i](x)
-            for _ in range(burst):
-                t0 = time.perf_counter()
-                runners[i](x)
-                times[i].append((time.perf_counter() - t0) * 1e3)
-    return times
+    return interleaved_times([lambda run=run: run(x) for run in runners], rounds, burst)
 
 
 # -- one model -----------------------------------------------------------------------------------------

@@ -308,20 +308,12 @@ def time_interleaved(
         raise ValueError(
             f"time_interleaved: need runners, rounds >= 1, burst >= 1; got {len(runners)}, {rounds}, {burst}."
         )
-    times: list[list[float]] = [[] for _ in runners]
-    for run in runners:  # first-call costs (allocation, kernel selection) out of the way
-        for _ in range(3):
-            run(x)
-    n = len(runners)
-    for r in range(rounds):
-        for k in range(n):
-            i = (r + k) % n
-            runners[i](x)
-            for _ in range(burst):
-                t0 = time.perf_counter()
-                runners[i](x)
-                times[i].append((time.perf_counter() - t0) * 1e3)
-    return times
+    from exporters.latency import interleaved_times  # the timer behind the export reports' latency verdicts
+
+    def bound(run: Callable[[Any], Any]) -> Callable[[], Any]:
+        return lambda: run(x)
+
+    return interleaved_times([bound(run) for run in runners], rounds, burst)
 
 
 def _speed(dense: VariantResult, compressed: VariantResult, sample: npt.NDArray[np.float32]) -> list[Speed]:
