@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "LOCATED", "Record", "ZooCase", "check_expected_mismatch", "check_report", "full_zoo", "recorded", "select",
-    "within_record",
+    "LOCATED", "Record", "ZooCase", "assert_listed_mismatches_bounded", "check_expected_mismatch", "check_report",
+    "full_zoo", "recorded", "select", "within_record",
 ]  # fmt: skip
 
 #: what an int8 ``mismatch`` reason must say: where the int8 error starts (``exporters.verify.locate_int8_error``)
@@ -231,6 +231,23 @@ def check_report(
             if not (row.files and all((directory / f).is_file() for f in row.files)):
                 problems.append(f"{column}: a mismatch must keep its artifact; files {row.files}")
     return problems
+
+
+def assert_listed_mismatches_bounded(framework: str, names: Any, cases: Any, column: str = "qat+export int8") -> None:
+    """Each listed expected-mismatch case has figures in the support table under ``column``, and is bounded by them:
+    a row at its record passes :func:`within_record`, a NaN row does not."""
+    from exporters.report import TargetResult
+
+    assert set(names) <= set(cases), set(names) - set(cases)
+    for name in sorted(names):
+        record = recorded(framework, name, column)
+        assert record is not None and record.status == "mismatch", (name, record)
+        at_record = TargetResult("tensorrt", "int8", status="mismatch", max_abs_error=1.0,
+                                 max_rel_error=record.rel_error, top1_agreement=record.top1,
+                                 spread_error=record.spread_error, decisive_top1=record.decisive_top1)  # fmt: skip
+        assert within_record(at_record, record) == "", (name, record)  # bounded: it has a figure, and passes at it
+        nan = TargetResult("tensorrt", "int8", status="mismatch", max_abs_error=float("nan"))
+        assert "not finite" in within_record(nan, record)
 
 
 def check_expected_mismatch(

@@ -17,7 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.zoo import cell_detail, check_expected_mismatch, full_zoo, recorded, within_record
+from tests.zoo import (
+    assert_listed_mismatches_bounded,
+    cell_detail,
+    check_expected_mismatch,
+    full_zoo,
+)
 
 keras = pytest.importorskip("keras")
 
@@ -208,18 +213,7 @@ def test_keras_zoo_callbacks(name: str, column: str, tmp_path: Path, zoo_record:
 
 def test_every_listed_qat_mismatch_has_a_recorded_bound() -> None:
     """Each case of :data:`QAT_RANDOM_MISMATCH` has figures in docs/zoo-support.md under the column recorded here."""
-    from exporters.report import TargetResult
-
-    assert set(QAT_RANDOM_MISMATCH) <= set(CASES)
-    for name in sorted(QAT_RANDOM_MISMATCH):
-        record = recorded("keras", name, "qat+export int8")
-        assert record is not None and record.status == "mismatch", (name, record)
-        at_record = TargetResult("tensorrt", "int8", status="mismatch", max_abs_error=1.0,
-                                 max_rel_error=record.rel_error, top1_agreement=record.top1,
-                                 spread_error=record.spread_error, decisive_top1=record.decisive_top1)  # fmt: skip
-        assert within_record(at_record, record) == "", (name, record)  # bounded: it has a figure, and passes at it
-        nan = TargetResult("tensorrt", "int8", status="mismatch", max_abs_error=float("nan"))
-        assert "not finite" in within_record(nan, record)
+    assert_listed_mismatches_bounded("keras", QAT_RANDOM_MISMATCH, CASES)
 
 
 def _attention_blocks() -> Any:

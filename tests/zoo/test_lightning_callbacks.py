@@ -24,7 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tests.zoo import ZooCase, cell_detail, check_expected_mismatch, full_zoo, recorded, select, within_record
+from tests.zoo import (
+    ZooCase,
+    assert_listed_mismatches_bounded,
+    cell_detail,
+    check_expected_mismatch,
+    full_zoo,
+    select,
+)
 from tests.zoo.torch_zoo import CASES
 
 pytestmark = pytest.mark.zoo
@@ -240,18 +247,7 @@ def test_zoo_cells_cover_every_ci_family() -> None:
 
 def test_every_listed_qat_mismatch_has_a_recorded_bound() -> None:
     """Each cell of ``_QAT_RANDOM_MISMATCH`` has figures in docs/zoo-support.md under the column this file records."""
-    from exporters.report import TargetResult
-
-    assert _QAT_RANDOM_MISMATCH <= set(CASES)
-    for name in sorted(_QAT_RANDOM_MISMATCH):
-        record = recorded("torch", name, "qat+export int8")
-        assert record is not None and record.status == "mismatch", (name, record)
-        at_record = TargetResult("tensorrt", "int8", status="mismatch", max_abs_error=1.0,
-                                 max_rel_error=record.rel_error, top1_agreement=record.top1,
-                                 spread_error=record.spread_error, decisive_top1=record.decisive_top1)  # fmt: skip
-        assert within_record(at_record, record) == "", (name, record)  # bounded: it has a figure, and passes at it
-        nan = TargetResult("tensorrt", "int8", status="mismatch", max_abs_error=float("nan"))
-        assert "not finite" in within_record(nan, record)
+    assert_listed_mismatches_bounded("torch", _QAT_RANDOM_MISMATCH, CASES)
 
 
 def test_export_precision_auto_resolves_from_the_quant_spec() -> None:
