@@ -647,8 +647,9 @@ def _framework_lines(r: FrameworkResult, markdown: bool, data: str = "digits") -
         f"(fine-tuned {r.finetune_epochs} epochs with channel pruning + QAT + distillation)",
         "",
         f"Accuracy: dense {_pct(r.dense.model_accuracy)}, compressed {_pct(r.compressed.model_accuracy)} "
-        f"({-drop * 100:+.1f} pt; {'within' if drop <= ACCURACY_BOUND + 1e-9 else 'NOT within'} "
-        f"{ACCURACY_BOUND * 100:.0f} pt of dense).",
+        f"({-drop * 100:+.1f} pt; "
+        + ("better than dense" if drop < 0 else "within" if drop <= ACCURACY_BOUND + 1e-9 else "NOT within")
+        + (f" {ACCURACY_BOUND * 100:.0f} pt of dense)." if drop >= 0 else ")."),
         "",
     ]
     models = [

@@ -186,3 +186,8 @@ def test_table_says_faster_or_slower_and_the_accuracy_verdict() -> None:
     assert "0.50x" in onnx_row and "faster" in onnx_row
     assert "1.20x" in ncnn_row and "slower" in ncnn_row
     assert f"-2.0 pt; NOT within {ACCURACY_BOUND * 100:.0f} pt of dense" in text
+    better = FrameworkResult(
+        "keras", variant("dense fp32", 0.817, "fp32"), variant("compressed int8", 0.838, "int8"), 1, 1, False,
+        [], {}, 0.0, [Speed("onnx", 1.0, 0.5, 0.5)],
+    )  # fmt: skip
+    assert "+2.1 pt; better than dense)" in format_results(DemoResult([better], "out", {}, 10))
