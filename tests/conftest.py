@@ -78,6 +78,24 @@ def trained_keras_digits(digits_nhwc: Digits) -> Any:
     return model
 
 
+@pytest.fixture
+def export_spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The keyword arguments the next ``exporters.export`` call received (it still runs), e.g. what an Export
+    callback passed as ``calibration`` and ``samples``."""
+    import importlib
+
+    export_module = importlib.import_module("exporters.export")  # the package's `export` is the function
+    seen: dict[str, Any] = {}
+    real = export_module.export
+
+    def spy(model: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(export_module, "export", spy)
+    return seen
+
+
 def random_bn_stats(model: Any, seed: int = 0) -> Any:
     """Give every BatchNorm of a torch model non-trivial statistics, so BN folding is really exercised."""
     from fitslim.models.torch_models import randomize_batchnorm

@@ -111,20 +111,10 @@ def _rows(a: Any) -> set[bytes]:
 
 
 @pytest.mark.parametrize("how", ["validation_data", "validation_split"])
-def test_verification_is_held_out_from_calibration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+def test_verification_is_held_out_from_calibration(tmp_path: Path, export_spy: dict[str, Any], how: str) -> None:
     """The validation data given to fit (or split off by validation_split) verifies; calibration comes from the
     training part; the two are disjoint and the report says which."""
-    import importlib
-
-    export_module = importlib.import_module("exporters.export")  # the package's `export` is the function
-    seen: dict[str, Any] = {}
-    real = export_module.export
-
-    def spy(model: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.update(kwargs)
-        return real(model, *args, **kwargs)
-
-    monkeypatch.setattr(export_module, "export", spy)
+    seen = export_spy
     x = np.random.default_rng(0).random((96, 8, 8, 1), dtype=np.float32)  # every sample distinct
     y = np.arange(96) % 10
     model = build_digits_classifier(width=0.5)

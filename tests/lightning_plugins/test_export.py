@@ -192,21 +192,11 @@ def _rows(a: Any) -> set[bytes]:
 @pytest.mark.slow
 @pytest.mark.parametrize("validation", [True, False])
 def test_verification_is_held_out_from_calibration(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, validation: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, export_spy: dict[str, Any], validation: bool
 ) -> None:
     """Calibration and verification samples are disjoint: the validation loader's when there is one, else the
     training batches after the calibration ones; the report says which."""
-    import importlib
-
-    export_module = importlib.import_module("exporters.export")  # the package's `export` is the function
-    seen: dict[str, Any] = {}
-    real = export_module.export
-
-    def spy(model: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.update(kwargs)
-        return real(model, *args, **kwargs)
-
-    monkeypatch.setattr(export_module, "export", spy)
+    seen = export_spy
     logged: dict[str, float] = {}
     monkeypatch.setattr(lightning_export, "log_metrics", lambda trainer, metrics: logged.update(metrics))
     data = _UniqueWithValidation() if validation else _Unique()
