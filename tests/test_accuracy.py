@@ -28,6 +28,7 @@ pytest.importorskip("lightning", reason="lightning not installed")
 from lightning_plugins import Distillation, Pruning  # noqa: E402
 from lightning_plugins._compat import pl  # noqa: E402
 from lightning_plugins.reference import DigitsClassifier, DigitsDataModule, evaluate_accuracy  # noqa: E402
+from tests.lightning_plugins.helpers import cpu_trainer  # noqa: E402
 
 #: test accuracy the pruned model may lose against its dense twin (measured on one x86 CPU: 97.40% -> 96.65%, and
 #: 9.67% with the kept channels removed instead of the masked ones)
@@ -42,19 +43,8 @@ EPOCHS = 8
 
 def _fit(module: Any, data: Any, callbacks: list[Any], root: Path, epochs: int = EPOCHS) -> Any:
     pl.seed_everything(0, verbose=False)
-    pl.Trainer(
-        max_epochs=epochs,
-        limit_val_batches=0,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=str(root),
-        callbacks=callbacks,
-    ).fit(module, data)
+    # every batch of every epoch, no validation (num_sanity_val_steps=0: none to check)
+    cpu_trainer(root, callbacks, epochs=epochs, batches=None, num_sanity_val_steps=0).fit(module, data)
     return module.model.eval()
 
 
