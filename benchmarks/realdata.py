@@ -491,14 +491,15 @@ def lightning_model(name: str, s: Settings, data: Any, x_test: Any, y_test: Any)
 
 
 def keras_model(name: str, s: Settings, data: Any, x_test: Any, y_test: Any) -> ModelResult:
-    """Keras side: not run in this version of the benchmark (recorded as such).
+    """Keras side: :func:`benchmarks.realdata_keras.keras_model` (it loads the images in NHWC at the model's size).
 
     Raises:
-        NotImplementedError: always; the result row says so.
+        ValueError: an unknown ``name``.
+        RuntimeError: an ``Export`` that wrote no report, or an int8 ONNX artifact that failed.
     """
-    raise NotImplementedError(
-        f"keras {name}: the Keras half of this benchmark is not implemented yet (see benchmarks/README.md)"
-    )
+    from benchmarks.realdata_keras import keras_model as run_keras
+
+    return run_keras(name, s)
 
 
 # ------------------------------------------------------------------------------------------------ report

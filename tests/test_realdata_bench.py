@@ -93,3 +93,63 @@ def test_quick_run_writes_every_row_and_goal(tmp_path: Path) -> None:
         assert art["accuracy"] is not None, (target, art)
     assert (tmp_path / "results.md").read_text(encoding="utf-8").startswith("## Fashion-MNIST")
     assert list((tmp_path / "dense").glob("lightning-resnet-*.pt")), "the dense model is cached for later runs"
+
+
+# -- the Keras half (benchmarks/realdata_keras.py) --------------------------------------------------------------
+
+
+@pytest.mark.slow  # importing torch, transformers and keras: about 30 s on a busy 2-core machine
+def test_keras_resnet_mirrors_the_torch_model() -> None:
+    """The Keras ResNet-style CNN is the torch side's ResNetConfig model layer for layer: the same parameters."""
+    pytest.importorskip("keras")
+    pytest.importorskip("transformers")
+    from benchmarks import realdata_keras
+
+    for quick, expected in ((True, 78_178), (False, 309_178)):
+        torch_params = realdata.count_params(realdata.torch_model("resnet", 28, quick))
+        keras_params = realdata_keras.count_params(realdata_keras.build_model("resnet", quick))
+        assert torch_params == keras_params == expected, (quick, torch_params, keras_params)
+
+
+def test_keras_mobilenet_v2_batchnorm_momentum_is_lowered() -> None:
+    """keras.applications.MobileNetV2 builds momentum 0.999 (chance accuracy in inference after a short training);
+    the benchmark's model has 0.9 in every BatchNormalization, in the config ``model.save`` writes."""
+    keras = pytest.importorskip("keras")
+    from benchmarks import realdata_keras
+
+    stock = keras.applications.MobileNetV2(input_shape=(32, 32, 1), alpha=0.35, weights=None, classes=10)
+    assert {layer.momentum for layer in stock.layers if isinstance(layer, keras.layers.BatchNormalization)} == {0.999}
+    model = realdata_keras.build_model("mobilenet_v2", quick=True)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) > 40 and {bn.get_config()["momentum"] for bn in bns} == {realdata_keras.BN_MOMENTUM}
+    assert model.output_shape == (None, 10) and model.layers[-1].get_config()["activation"] == "linear"  # logits
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_quick_keras_run_writes_every_row_and_goal(tmp_path: Path) -> None:
+    # the Keras ResNet-style CNN through the whole pipeline: fit, save, reload, recipe fit from a fresh reload with
+    # and without the teacher, int8 export to every target, every artifact scored in its runtime, timed
+    args = ["--quick", "--frameworks", "keras", "--test-subset", "100", "--rounds", "1", "--burst", "1"]
+    text = realdata.main([*args, "--out", str(tmp_path)])
+    assert "| keras resnet | parameters |" in text
+    payload = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    rows = payload["rows"]
+    assert not any(r["quantity"] == "error" for r in rows), rows
+    for quantity in QUANTITIES:
+        runtimes = {r["runtime"] for r in rows if r["quantity"] == quantity}
+        expected = {"-"} if quantity == "parameters" else {realdata.RUNTIME[t][0] for t in realdata.INT8_TARGETS}
+        assert runtimes == expected, (quantity, runtimes)
+    for r in rows:
+        if r["goal"] != "(no goal)":
+            assert r["status"] in ("met", "MISSED") and r["measured"] != "-", r
+    res = payload["results"][0]
+    assert (res["framework"], res["model"], len(res["kd"]), len(res["plain"])) == ("keras", "resnet", 1, 1)
+    for kind in ("dense", "int8"):
+        for target, art in res[kind].items():
+            assert art["accuracy"] is not None and art["latency_ms"], (kind, target, art)
+    # the dense fp32 files reproduce the Keras model on the test images (one of the 100 may flip on a near-tie);
+    # channel pruning removed channels
+    assert all(abs(art["accuracy"] - res["dense_accuracy"]) <= 0.01 for art in res["dense"].values()), res["dense"]
+    assert res["student_params"] < 0.35 * res["dense_params"], (res["student_params"], res["dense_params"])
+    assert list((tmp_path / "dense").glob("keras-resnet-*.keras")), "the dense model is saved for later runs"
