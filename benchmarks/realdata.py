@@ -11,7 +11,9 @@ For each model, as a user would do it:
    training images (all 54,000 unless ``--train-subset``). The trained model is saved under ``--out`` and
    reloaded by later runs with the same settings (the seeds below all start from it): "a model trained before,
    saved, reloaded, then fine-tuned with the callbacks". It is exported fp32 to ONNX, ncnn and TFLite (LiteRT)
-   with :func:`exporters.export`.
+   with :func:`exporters.export`. Keras (``--frameworks keras``, :mod:`benchmarks.realdata_keras`): a functional
+   ResNet-style CNN (the same layers) and ``keras.applications.MobileNetV2`` (BatchNorm momentum lowered to 0.9),
+   ``model.fit``, ``model.save``, ``keras.models.load_model``; the same recipe through ``keras_callbacks``.
 2. **Compressed.** A copy of the dense model is fine-tuned in one ``Trainer.fit`` with the callbacks of one
    recipe (:data:`RECIPE`): ``Pruning`` (half the channels of every layer, removed physically),
    ``QuantizationAware``, ``Distillation`` from the dense model and ``Export(precision="int8")`` to onnx,
