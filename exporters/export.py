@@ -237,6 +237,8 @@ def _latency_verdict(job: ExportJob, result: TargetResult) -> None:
     """
     if result.precision == "fp32" or result.latency_ratio is not None or result.latency_ms is None:
         return
+    if not job.latency:
+        return
     if result.target == "tensorrt":
         result.notes.append(
             "no latency verdict against fp32: onnxruntime's CPU time of this file says nothing about a TensorRT "
@@ -302,6 +304,7 @@ def export(
     ncnn_depthwise: str = "int8",
     onnx_weights: str = "auto",
     samples_from: str = "",
+    latency: bool = True,
 ) -> ExportReport:
     """Export ``model`` to each target, verify every artifact in its runtime, and return the report.
 
@@ -338,6 +341,10 @@ def export(
             128, exact on every CPU, slower where int8 weights are exact). Choose for the CPU that will run it
             when that is not the exporting one. Only the ``onnx`` int8 artifact changes.
         samples_from: what ``samples`` are, for the report's "verified on" line (e.g. ``"validation samples"``).
+        latency: the latency verdict below (default ``True``). ``False`` skips it and the fp32 peers it builds (a
+            second TFLite conversion of the model, a pnnx run for fp16 ncnn), for a caller that times the
+            artifacts itself; each verified row keeps its own ``latency_ms``, and the rows' verdict fields stay
+            empty.
 
     Every fp16 / int8 artifact is also timed against the fp32 artifact of its target in one interleaved run
     (:mod:`exporters.latency`): its row gets ``fp32_latency_ms``, ``latency_ratio`` and ``latency_verdict``, and
@@ -348,7 +355,13 @@ def export(
 
     Raises:
         ValueError: unknown target, precision or model type; int8 without calibration or QuantSpec.
+        TypeError: a ``latency`` that is not a bool.
     """
+    if not isinstance(latency, bool):
+        raise TypeError(
+            f"latency: expected True or False; got {latency!r}. HINT: latency=False skips the latency verdict "
+            "against fp32 (for callers that time the artifacts themselves); leave it unset to keep it."
+        )
     if ncnn_depthwise not in NCNN_DEPTHWISE:
         raise ValueError(
             f"ncnn_depthwise: unknown {ncnn_depthwise!r}; choose one of {list(NCNN_DEPTHWISE)} ('float' keeps "
@@ -372,7 +385,7 @@ def export(
         return _export(
             model, targets, example_input, calibration, precision, quant_spec, directory, verify, threads,
             progress, samples, reference_fn, tflite_int8, NCNN_DEPTHWISE[ncnn_depthwise],
-            None if onnx_weights == "auto" else onnx_weights, samples_from,
+            None if onnx_weights == "auto" else onnx_weights, samples_from, latency,
         )  # fmt: skip
 
 
@@ -393,6 +406,7 @@ def _export(
     ncnn_keep_float: tuple[str, ...] = (),
     onnx_weights: str | None = None,
     samples_from: str = "",
+    latency: bool = True,
 ) -> ExportReport:
     chosen = _check_args(targets, precision)
     say = progress or (lambda msg: log.info("%s", msg))
@@ -418,6 +432,7 @@ def _export(
         )
         job.ncnn_keep_float = ncnn_keep_float
         job.onnx_weights = onnx_weights
+        job.latency = latency
         report = ExportReport(
             source=job.source.description,
             directory=str(out_dir),

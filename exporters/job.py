@@ -53,6 +53,8 @@ class ExportJob:
             for ``export(..., ncnn_depthwise="float")``).
         onnx_weights: the ``onnx`` int8 artifact's weight storage, ``"int8"`` or ``"uint8"``; None: this CPU's
             (``export(..., onnx_weights=...)``).
+        latency: time an fp16 / int8 artifact against an fp32 peer for the report's latency verdict
+            (``export(..., latency=...)``).
     """
 
     source: Source
@@ -73,6 +75,7 @@ class ExportJob:
     onnx_error: str | None = None
     ncnn_keep_float: tuple[str, ...] = ()
     onnx_weights: str | None = None
+    latency: bool = True
 
     def samples_nchw(self) -> npt.NDArray[np.float32]:
         """Verification inputs in NCHW (the ONNX / ncnn layout)."""

@@ -573,7 +573,7 @@ def _latency_verdict(
     """
     from exporters.latency import compare_with_fp32, ncnn_costly_layers, slower_hint, warn_slower
 
-    if job.precision == "fp32" or result.latency_ms is None:
+    if job.precision == "fp32" or result.latency_ms is None or not job.latency:
         return
     try:
         peer = "fp32 ncnn model the int8 one was written from"

@@ -59,6 +59,9 @@ class ExportSettings:
         calibration_batches: how many training batches to take for calibration and verification.
         quant_spec: learned int8 scales; found on a ``QuantizationAware`` callback when None.
         verify: verify every artifact in its runtime.
+        latency: time every fp16 / int8 artifact against an fp32 peer of its target (the report's latency
+            verdict, :mod:`exporters.latency`); ``False`` skips the verdict and the fp32 peers it builds, for
+            callers that time the artifacts themselves (see :func:`exporters.export`).
         threads: runtime threads for verification and latency.
         input_fn: extracts the model input from a batch (default: first element, or x/input/image key).
         ncnn_depthwise: ``"int8"`` or ``"float"``: depthwise convolutions of the ncnn int8 model stay fp32
@@ -88,6 +91,7 @@ class ExportSettings:
     onnx_weights: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
     verify_data: Any = None
+    latency: bool = True
 
     def __post_init__(self) -> None:
         targets = [self.targets] if isinstance(self.targets, str) else list(self.targets)
@@ -105,6 +109,11 @@ class ExportSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Export({name}=...): must be a positive integer; got {value!r}.")
+        if not isinstance(self.latency, bool):
+            raise TypeError(
+                f"Export(latency=...): expected True or False; got {self.latency!r}. "
+                "HINT: latency=False skips the latency verdict against fp32; leave it unset to keep it."
+            )
         if self.quant_spec is not None and not isinstance(self.quant_spec, QuantSpec):
             raise TypeError(
                 f"Export(quant_spec=...): expected a fitslim.QuantSpec; got {type(self.quant_spec).__name__}. "
@@ -235,6 +244,7 @@ class ExportSettings:
                 quant_spec=spec,
                 directory=self.directory,
                 verify=self.verify,
+                latency=self.latency,
                 threads=self.threads,
                 reference_fn=reference_fn if spec is not None else None,
                 tflite_int8=tflite_int8 if spec is not None else None,

@@ -390,7 +390,7 @@ def export_tflite(job: ExportJob) -> TargetResult:
                 outputs, latency = _run_samples(interpreter, samples)
             fill_agreement(result, compare(job.reference, outputs))
             result.latency_ms = latency
-            if job.precision != "fp32" and not isinstance(samples, tuple):
+            if job.precision != "fp32" and job.latency and not isinstance(samples, tuple):
                 _latency_verdict(job, result, interpreter, samples, framework)
     result.notes.extend(conversion.notes)
     result.size_bytes = path.stat().st_size

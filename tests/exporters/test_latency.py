@@ -259,3 +259,66 @@ def test_fp16_peers_are_built_for_comparison_only(tmp_path: Path) -> None:
         assert row.latency_ratio is not None and row.fp32_latency_ms is not None and row.latency_verdict, row
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["model.fp16.ncnn.bin", "model.fp16.ncnn.param", "model.fp16.tflite", "report.json", "report.md"]
+
+
+def test_latency_opt_out_is_validated_and_reaches_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ExportSettings(latency=False)`` (what the Export callbacks hold) passes ``latency=False`` to ``export``."""
+    import importlib
+
+    from exporters import export
+    from exporters.settings import ExportSettings
+
+    export_module = importlib.import_module("exporters.export")  # the package's ``export`` is the function
+
+    with pytest.raises(TypeError, match=r"Export\(latency=...\): expected True or False; got 'no'"):
+        ExportSettings(latency="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="latency: expected True or False; got 1"):
+        export("model.onnx", latency=1)  # type: ignore[arg-type]
+    seen: list[Any] = []
+
+    def spy(*args: Any, **kwargs: Any) -> ExportReport:
+        seen.append(kwargs.get("latency"))
+        return ExportReport([])
+
+    monkeypatch.setattr(export_module, "export", spy)
+    x = np.zeros((2, 1, 8, 8), dtype=np.float32)
+    for settings in (ExportSettings(), ExportSettings(latency=False)):
+        settings.run(object(), [x], None, "m")
+    assert seen == [True, False]
+
+
+@pytest.mark.slow
+def test_latency_false_skips_the_verdict_and_its_fp32_peers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``export(..., latency=False)``: no interleaved comparison and no fp32 peer (no second TFLite conversion, no
+    second pnnx run for fp16 ncnn); every artifact is still verified and keeps its own latency."""
+    keras = pytest.importorskip("keras", reason="keras not installed")
+    pytest.importorskip("tf2onnx", reason="tf2onnx not installed")
+    pytest.importorskip("ncnn", reason="ncnn not installed")
+    import exporters.latency as latency
+    import exporters.ncnn as ncnn_module
+    import exporters.tflite as tflite_module
+    from exporters import export
+    from keras_callbacks.reference import build_digits_classifier
+
+    calls: dict[str, int] = {"compare": 0, "pnnx": 0, "tflite": 0}
+
+    def counted(name: str, real: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(latency, "compare_with_fp32", counted("compare", latency.compare_with_fp32))
+    monkeypatch.setattr(ncnn_module, "run_pnnx", counted("pnnx", ncnn_module.run_pnnx))
+    monkeypatch.setattr(tflite_module, "_convert_keras", counted("tflite", tflite_module._convert_keras))
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).random((8, 8, 8, 1), dtype=np.float32)
+    report = export(build_digits_classifier(width=0.5), ["tflite", "ncnn"], example_input=x[:1], precision="fp16",
+                    directory=tmp_path, latency=False)  # fmt: skip
+    assert report.ok, report
+    assert calls == {"compare": 0, "pnnx": 1, "tflite": 1}, calls  # latency=True: 2, 2, 2 (the fp32 peers)
+    for row in report:
+        assert row.latency_ms is not None and row.latency_ms > 0, row
+        assert row.latency_ratio is None and row.fp32_latency_ms is None and not row.latency_verdict, row
+        assert not any(n.startswith("WARNING") for n in row.notes), row.notes
