@@ -26,10 +26,13 @@ This module writes the form ONNX Runtime fuses (its own QDQ layout, produced by
 Scales come from the :class:`~exporters.quant.QuantTable` every int8 target shares (a learned QuantSpec,
 used exactly, or fitslim's calibration): weight scales per channel as they are, the input scale ``s`` of
 each quantized layer as uint8 with the same grid (zero point 128 for a signed tensor: ``[-128 s, 127 s]``;
-zero point 0 after a ReLU: ``[0, 255 s]``; after a ReLU6-style clip to ``[0, m]``, scale ``min(s, m / 255)``
-so that dropping the clip stays exact). Tensors no quantized layer reads (residual sums, pooled features,
-attention scores) take min/max ranges from the calibration inputs (the verification samples when there
-are none).
+zero point 0 after a ReLU or a ReLU6-style clip: ``[0, 255 s]``, the clip kept in the graph so its bound stays
+exact; ONNX Runtime drops it where the range makes it redundant). The scale goes on the tensor where a chain of
+Pad / Reshape / MaxPool / ... starts, because ONNX Runtime gives those ops' outputs their input's parameters
+(:data:`SHARED_QPARAMS`). Tensors no quantized layer reads (residual sums, pooled features, attention scores) take
+min/max ranges from the calibration inputs (the verification samples when there are none); with learned scales
+(QAT) measured on the graph with the table's layer Q/DQ (:func:`fake_quant_ranges`), what the fake-quant model
+computes.
 
 Example:
     >>> # result = export_onnx(job)          # job.precision == "int8"
@@ -60,6 +63,7 @@ __all__ = [
     "INT8_KERNELS",
     "cpu_flags",
     "export_onnx",
+    "fake_quant_ranges",
     "int8_kernels",
     "optimized_op_types",
     "scale_overrides",
@@ -129,6 +133,37 @@ def _activation_bounds(model: Any, tensor: str) -> tuple[float | None, float | N
         high = _constant(model, node.input[2]) if len(node.input) > 2 else attrs.get("max")
         return (None if low is None else float(low)), (None if high is None else float(high))
     return None, None
+
+
+#: ops whose output ONNX Runtime's QDQ quantizer gives the parameters of their input (Pad only with a zero pad value)
+SHARED_QPARAMS = ("Pad", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "MaxPool", "AveragePool",
+                  "Resize", "Identity")  # fmt: skip
+
+
+def _shared_source(model: Any, tensor: str, producers: dict[str, Any], consts: set[str]) -> str:
+    """The tensor whose quantization parameters ONNX Runtime gives ``tensor``: up through :data:`SHARED_QPARAMS`."""
+    seen = {tensor}
+    node = producers.get(tensor)
+    while node is not None and node.op_type in SHARED_QPARAMS and node.input and node.input[0] not in consts:
+        if node.op_type == "Pad" and not _zero_pad(model, node):
+            break
+        tensor = str(node.input[0])
+        if tensor in seen:
+            break
+        seen.add(tensor)
+        node = producers.get(tensor)
+    return tensor
+
+
+def _zero_pad(model: Any, node: Any) -> bool:
+    from onnx import helper
+
+    mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"constant")
+    if mode in (b"reflect", b"edge", b"wrap"):
+        return True
+    if len(node.input) < 3 or not node.input[2]:
+        return True
+    return _constant(model, node.input[2]) == 0.0  # another pad value (or a computed one): the output has its own range
 
 
 def _weight_axis(model: Any, node_name: str, op: str) -> int:
@@ -209,23 +244,86 @@ def scale_overrides(model: Any, table: QuantTable, weights: str | None = None) -
         ]
         # a tensor read by several layers keeps the largest scale (the widest range)
         inputs[q.node.input_name] = max(inputs.get(q.node.input_name, 0.0), float(q.input_scale))
+    producers = _producers(model)
+    consts = {i.name for i in model.graph.initializer}
+    shared: dict[str, float] = {}
     for tensor, s in inputs.items():
+        # ONNX Runtime gives the output of Pad, Reshape, MaxPool, ... its input's parameters and ignores an override
+        # on it, so a layer reading such a tensor (HF MobileNetV2 pads before each depthwise conv) got the range
+        # of the tensor before the chain instead of its learned scale: the scale goes where the chain starts
+        source = _shared_source(model, tensor, producers, consts)
+        if source != tensor:
+            shared[source] = max(shared.get(source, 0.0), inputs.get(source, 0.0), s)
+    for tensor, s in {**inputs, **shared}.items():
         if not s > 0:
             continue
         low, high = _activation_bounds(model, tensor)
-        if low is not None and low >= 0.0:
-            scale = s if high is None else min(s, (high - low) / 255.0) if high > low else s
-            zero = 0
-        else:
-            scale, zero = s, 128
-        out[tensor] = [
-            {
-                "scale": np.array(scale, np.float32),
-                "zero_point": np.array(zero, np.uint8),
-                "quant_type": QuantType.QUInt8,
-            }
-        ]
+        # after a ReLU / ReLU6: the learned grid exactly, from 0 (zero point 0). The activation stays in the graph
+        # (to_ort_int8 keeps it), so a clip to [0, 6] stays exact whatever the grid's top (255 s); ONNX Runtime drops
+        # it where the quantized range makes it redundant. Its input takes the same grid when only it reads that
+        # input: Conv -> Q -> DQ -> Clip -> Q then rounds once, as the fake-quant model does. (A grid of 6 / 255,
+        # which let ONNX Runtime drop a ReLU6 exactly, rounded HF MobileNetV2's depthwise inputs twice as finely as
+        # the learned scales: spread error 0.31 against the fake-quant model after QAT, 0.17 on the learned grid.)
+        zero = 0 if low is not None and low >= 0.0 else 128
+        entry = {
+            "scale": np.array(s, np.float32),
+            "zero_point": np.array(zero, np.uint8),
+            "quant_type": QuantType.QUInt8,
+        }
+        out[tensor] = [entry]
+        node = producers.get(tensor)
+        if zero == 0 and node is not None and node.op_type in ("Relu", "Clip"):
+            before = str(node.input[0])
+            if sum(before in n.input for n in model.graph.node) == 1 and before not in out:
+                out[before] = [dict(entry)]
     return out
+
+
+def fake_quant_ranges(model: Any, table: QuantTable, data: Inputs, batch: int = 32) -> dict[str, tuple[float, float]]:
+    """``(min, max)`` of every float tensor of ``model`` as the graph with the table's layer Q/DQ computes it.
+
+    Args:
+        model: the shared fp32 ``onnx.ModelProto``.
+        table: the int8 scales of its weighted nodes.
+        data: inputs in the ONNX layout (one array, or a tuple with one array per graph input).
+        batch: inference batch size (a static-batch graph runs in its own).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from exporters.qdq import to_qdq
+    from exporters.runtimes import fixed_batch
+
+    fq = to_qdq(model, table, residual_inputs=[])
+    inferred = onnx.shape_inference.infer_shapes(model)
+    floats = {
+        v.name
+        for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)
+        if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    }
+    consts = {i.name for i in model.graph.initializer}
+    names = sorted({t for n in model.graph.node for t in (*n.input, *n.output) if t in floats and t not in consts})
+    present = {o.name for o in fq.graph.output}
+    fq.graph.output.extend(
+        onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in present
+    )
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # keep every tensor it reads out
+    sess = ort.InferenceSession(fq.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    outs = [o.name for o in sess.get_outputs()]
+    want = set(names)
+    ranges: dict[str, tuple[float, float]] = {}
+    batch = fixed_batch(sess) or batch
+    for i in range(0, input_count(data), batch):
+        for name, value in zip(outs, sess.run(outs, ort_feed(sess, take(data, i, i + batch))), strict=True):
+            a = np.asarray(value)
+            if name not in want or a.size == 0 or a.dtype != np.float32:
+                continue
+            low, high = float(a.min()), float(a.max())
+            old = ranges.get(name)
+            ranges[name] = (low, high) if old is None else (min(old[0], low), max(old[1], high))
+    return ranges
 
 
 class _Reader:
@@ -290,6 +388,14 @@ def to_ort_int8(
         )
     weights = _weights(weights)
     overrides = scale_overrides(model, table, weights)
+    if table.origin == "qat":
+        # the artifact must reproduce the fake-quant model, whose layer inputs sit on the learned grids: the tensors
+        # without a learned scale take their ranges where that model computes them (the graph with the table's
+        # layer Q/DQ), not on the float graph, whose activations can be far from those (random or briefly trained
+        # weights: HF MobileNetV2's residual sums)
+        for tensor, (low, high) in fake_quant_ranges(model, table, data).items():
+            if tensor not in overrides:
+                overrides[tensor] = [{"rmin": np.array(low, np.float32), "rmax": np.array(high, np.float32)}]
     target = Path(out_path)
     with atomic_path(target) as tmp:
         quantize_static(
@@ -305,6 +411,7 @@ def to_ort_int8(
             extra_options={
                 "TensorQuantOverrides": overrides,
                 "QDQDisableWeightAdjustForInt32Bias": True,  # keep the table's weight scales exact
+                "QDQKeepRemovableActivations": True,  # a ReLU6 on the learned grid: its clip is not in the range
             },
         )
     return target

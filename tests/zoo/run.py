@@ -29,7 +29,11 @@ from tests.zoo import table
 ROOT = Path(__file__).resolve().parents[2]
 FILES = {
     "keras": ("tests/zoo/test_keras_export.py", "tests/zoo/test_keras_callbacks.py"),
-    "torch": ("tests/zoo/test_torch_export.py", "tests/zoo/test_lightning_callbacks.py"),
+    "torch": (
+        "tests/zoo/test_torch_export.py",
+        "tests/zoo/test_lightning_callbacks.py",
+        "tests/zoo/test_torch_trained_int8.py",
+    ),
 }
 
 
@@ -110,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--select", default="", help="only test ids containing this (e.g. 'callbacks')")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one case may run")
     parser.add_argument("--keep", action="store_true", help="append to earlier cells instead of starting afresh")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the cells and notes of the table at --output and put this run's cells over them (a partial run, "
+        "e.g. --select trained_int8 for the trained-weights int8 columns)",
+    )
     args = parser.parse_args(argv)
     results = Path(args.results).resolve()
     results.mkdir(parents=True, exist_ok=True)
@@ -156,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cells.is_file():
         print("[zoo] no cells were recorded", file=sys.stderr)
         return 2
-    rc = table.main([str(cells), "--output", args.output, "--note", note])
+    rc = table.main([str(cells), "--output", args.output, "--note", note, *(["--merge"] if args.merge else [])])
     print(f"[zoo] {note}")
     return rc or (2 if broken else 0)
 

@@ -85,6 +85,23 @@ def parse(text: str) -> dict[tuple[str, str, str], tuple[str, str]]:
     return cells
 
 
+def merge(old: str, cells: list[dict[str, Any]], note: str) -> tuple[list[dict[str, Any]], str]:
+    """The cells of a rendered table ``old`` with ``cells`` over them, and its notes followed by ``note``.
+
+    A partial run (one column, a few cases) then updates its cells and keeps every other one as recorded.
+    """
+    new = {(c["framework"], c["case"], c["column"]) for c in cells}
+    kept = [
+        {"framework": f, "case": case, "column": col, "status": status, "detail": detail}
+        for (f, case, col), (status, detail) in parse(old).items()
+        if (f, case, col) not in new
+    ]
+    marker = "Regenerate with `make zoo`.\n"
+    head = old.split("\n## ", 1)[0]
+    notes = head.split(marker, 1)[1].strip() if marker in head else ""
+    return kept + cells, "\n\n".join(n for n in (notes, note.strip()) if n)
+
+
 def _column_key(column: str) -> tuple[int, int, str]:
     target, _, precision = column.partition(" ")
     t = TARGET_ORDER.index(target) if target in TARGET_ORDER else len(TARGET_ORDER)
@@ -127,13 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("cells", nargs="?", help="cells.jsonl (default: $FITSLIM_ZOO_RESULTS/cells.jsonl)")
     parser.add_argument("--output", default="docs/zoo-support.md", help="the Markdown file to write")
     parser.add_argument("--note", default="", help="a paragraph about the run, printed under the header")
+    parser.add_argument("--merge", action="store_true", help="keep the cells and notes already in --output under these")
     args = parser.parse_args(argv)
     source = args.cells or os.path.join(os.environ.get("FITSLIM_ZOO_RESULTS", "zoo-results"), "cells.jsonl")
     if not Path(source).is_file():
         print(f"no zoo cells at {source}; run the zoo tests with FITSLIM_ZOO_RESULTS set first", file=sys.stderr)
         return 2
-    text = render(load(source), args.note)
     target = Path(args.output)
+    cells, note = load(source), args.note
+    if args.merge and target.is_file():
+        cells, note = merge(target.read_text(encoding="utf-8"), cells, note)
+    text = render(cells, note)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.partial")
     tmp.write_text(text, encoding="utf-8")
