@@ -3,7 +3,9 @@ again with the callbacks, (2) saved to ``.keras`` and reloaded first, (3) reload
 optimizer first; on the TensorFlow backend in this process, on PyTorch and JAX in a subprocess each
 (``backend_checks.check_fit_before``). Channel pruning, QAT and distillation run together as the README's recipe
 (int8 Export on path 1) on every path and backend; unstructured pruning on its own, on every path on TensorFlow and
-on path 1 on the others.
+on path 1 on the others. The PyTorch and JAX subprocesses start together with the module's first test and run while
+the TensorFlow checks run here (each is mostly one busy thread: imports, tracing, a tiny model), so the file's wall
+time is about the longest of the three instead of their sum.
 
 The plain fit before takes more optimizer steps than the whole callback fit, so a schedule keyed on
 ``optimizer.iterations`` (what the callbacks used) finds every phase over at the first batch: QAT observers that
@@ -13,10 +15,12 @@ observers that do not run comes at the end of the first epoch with them on, and 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,10 @@ from keras_callbacks.reference import build_digits_classifier  # noqa: E402
 CHECKS = Path(__file__).with_name("backend_checks.py")
 ROOT = Path(__file__).resolve().parents[2]
 PATHS = ("fit", "reloaded", "recompiled")
+#: the Keras backends checked in a subprocess each (``backend_checks.py fit_before``)
+OTHER_BACKENDS = ("torch", "jax")
+#: seconds a subprocess may take (a busy shared 2-core machine, both running at once)
+SUBPROCESS_TIMEOUT = 900
 
 #: ``qat/phase`` after each of the callback fit's 16 steps with start=0.5, freeze_bn=0.8, freeze_observers=0.9:
 #: float for steps 0-7, fake-quant with observers from step 8, observers frozen from step round(0.9 * 16) = 14
@@ -82,8 +90,52 @@ def _assert_unstructured(r: dict[str, Any], backend: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def tensorflow_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Every check of ``backend_checks.check_fit_before`` on the TensorFlow backend, run once for the module."""
+def other_backends(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, tuple[subprocess.Popen[str], Path]]]:
+    """``backend_checks.py fit_before`` started in a subprocess per selected, installed backend of
+    :data:`OTHER_BACKENDS`: ``{backend: (process, folder with its stdout.txt / stderr.txt)}``.
+
+    Started at once, not waited for: they run while the TensorFlow checks run in this process. Output goes to files
+    (a pipe nobody reads while the TensorFlow checks run could fill and stall the child). Killed at teardown if
+    still running.
+    """
+    test = test_callbacks_on_a_model_fit_before_other_backends.__name__
+    selected = {
+        item.callspec.params["backend"]
+        for item in request.session.items
+        if getattr(item, "originalname", "") == test and hasattr(item, "callspec")
+    }
+    started: dict[str, tuple[subprocess.Popen[str], Path]] = {}
+    for backend in OTHER_BACKENDS:
+        if backend not in selected or importlib.util.find_spec(backend) is None:
+            continue
+        folder = tmp_path_factory.mktemp(f"fit_before_{backend}")
+        env = {
+            **os.environ,
+            "KERAS_BACKEND": backend,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "PYTHONPATH": str(ROOT),
+            "FITSLIM_TMP": str(folder),
+        }
+        with open(folder / "stdout.txt", "w") as out, open(folder / "stderr.txt", "w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, str(CHECKS), "fit_before"], stdout=out, stderr=err, text=True, env=env, cwd=ROOT
+            )
+        started[backend] = (proc, folder)
+    yield started
+    for proc, _ in started.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def tensorflow_results(
+    tmp_path_factory: pytest.TempPathFactory, other_backends: dict[str, tuple[subprocess.Popen[str], Path]]
+) -> dict[str, Any]:
+    """Every check of ``backend_checks.check_fit_before`` on the TensorFlow backend, run once for the module (while
+    the other backends' subprocesses run)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FITSLIM_TMP", str(tmp_path_factory.mktemp("fit_before")))
         result: dict[str, Any] = _checks().check_fit_before()
@@ -103,21 +155,16 @@ def test_unstructured_pruning_on_a_model_fit_before_tensorflow(path: str, tensor
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_callbacks_on_a_model_fit_before_other_backends(backend: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_callbacks_on_a_model_fit_before_other_backends(
+    backend: str, other_backends: dict[str, tuple[subprocess.Popen[str], Path]]
+) -> None:
     pytest.importorskip(backend)
-    env = {
-        **os.environ,
-        "KERAS_BACKEND": backend,
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "PYTHONPATH": str(ROOT),
-        "FITSLIM_TMP": str(tmp_path),
-    }
-    proc = subprocess.run(
-        [sys.executable, str(CHECKS), "fit_before"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=500
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    proc, folder = other_backends[backend]
+    returncode = proc.wait(timeout=SUBPROCESS_TIMEOUT)
+    stdout, stderr = ((folder / name).read_text() for name in ("stdout.txt", "stderr.txt"))
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert returncode == 0 and lines, stderr[-3000:]
     result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
     assert sorted(result) == sorted(PATHS)
     for path in PATHS:
