@@ -26,13 +26,14 @@ This module writes the form ONNX Runtime fuses (its own QDQ layout, produced by
 Scales come from the :class:`~exporters.quant.QuantTable` every int8 target shares (a learned QuantSpec,
 used exactly, or fitslim's calibration): weight scales per channel as they are, the input scale ``s`` of
 each quantized layer as uint8 with the same grid (zero point 128 for a signed tensor: ``[-128 s, 127 s]``;
-zero point 0 after a ReLU or a ReLU6-style clip: ``[0, 255 s]``, the clip kept in the graph so its bound stays
-exact; ONNX Runtime drops it where the range makes it redundant). The scale goes on the tensor where a chain of
-Pad / Reshape / MaxPool / ... starts, because ONNX Runtime gives those ops' outputs their input's parameters
-(:data:`SHARED_QPARAMS`). Tensors no quantized layer reads (residual sums, pooled features, attention scores) take
-min/max ranges from the calibration inputs (the verification samples when there are none); with learned scales
-(QAT) measured on the graph with the table's layer Q/DQ (:func:`fake_quant_ranges`), what the fake-quant model
-computes.
+zero point 0 after a ReLU: ``[0, 255 s]``; after a ReLU6-style clip to ``[0, m]``, calibrated scales take
+``min(s, m / 255)`` so that dropping the clip stays exact, learned ones the learned grid exactly with the clip
+kept in the graph, as the fake-quant model rounds; ONNX Runtime drops it where the range makes it redundant). The
+scale goes on the tensor where a chain of Pad / Reshape / MaxPool / ... starts, because ONNX Runtime gives those
+ops' outputs their input's parameters (:data:`SHARED_QPARAMS`). Tensors no quantized layer reads (residual sums,
+pooled features, attention scores) take min/max ranges from the calibration inputs (the verification samples when
+there are none); with learned scales (QAT) measured on the graph with the table's layer Q/DQ
+(:func:`fake_quant_ranges`), what the fake-quant model computes.
 
 Example:
     >>> # result = export_onnx(job)          # job.precision == "int8"
@@ -258,13 +259,16 @@ def scale_overrides(model: Any, table: QuantTable, weights: str | None = None) -
         if not s > 0:
             continue
         low, high = _activation_bounds(model, tensor)
-        # after a ReLU / ReLU6: the learned grid exactly, from 0 (zero point 0). The activation stays in the graph
-        # (to_ort_int8 keeps it), so a clip to [0, 6] stays exact whatever the grid's top (255 s); ONNX Runtime drops
-        # it where the quantized range makes it redundant. Its input takes the same grid when only it reads that
-        # input: Conv -> Q -> DQ -> Clip -> Q then rounds once, as the fake-quant model does. (A grid of 6 / 255,
-        # which let ONNX Runtime drop a ReLU6 exactly, rounded HF MobileNetV2's depthwise inputs twice as finely as
-        # the learned scales: spread error 0.31 against the fake-quant model after QAT, 0.17 on the learned grid.)
+        # learned scales (QAT), after a ReLU / ReLU6: the learned grid exactly, from 0 (zero point 0). The activation
+        # stays in the graph (to_ort_int8 keeps it), so a clip to [0, 6] stays exact whatever the grid's top (255 s);
+        # ONNX Runtime drops it where the quantized range makes it redundant. Its input takes the same grid when only
+        # it reads that input: Conv -> Q -> DQ -> Clip -> Q then rounds once, as the fake-quant model does. (A grid of
+        # 6 / 255, which let ONNX Runtime drop a ReLU6 exactly, rounded HF MobileNetV2's depthwise inputs twice as
+        # finely as the learned scales: spread error 0.31 against the fake-quant model after QAT, 0.16 on the learned
+        # grid.) Calibrated scales (PTQ, judged against the float model) keep the finer grid and the dropped clip.
         zero = 0 if low is not None and low >= 0.0 else 128
+        if zero == 0 and high is not None and high > low and table.origin != "qat":
+            s = min(s, (high - low) / 255.0)
         entry = {
             "scale": np.array(s, np.float32),
             "zero_point": np.array(zero, np.uint8),
@@ -272,7 +276,7 @@ def scale_overrides(model: Any, table: QuantTable, weights: str | None = None) -
         }
         out[tensor] = [entry]
         node = producers.get(tensor)
-        if zero == 0 and node is not None and node.op_type in ("Relu", "Clip"):
+        if zero == 0 and table.origin == "qat" and node is not None and node.op_type in ("Relu", "Clip"):
             before = str(node.input[0])
             if sum(before in n.input for n in model.graph.node) == 1 and before not in out:
                 out[before] = [dict(entry)]
@@ -411,7 +415,8 @@ def to_ort_int8(
             extra_options={
                 "TensorQuantOverrides": overrides,
                 "QDQDisableWeightAdjustForInt32Bias": True,  # keep the table's weight scales exact
-                "QDQKeepRemovableActivations": True,  # a ReLU6 on the learned grid: its clip is not in the range
+                # a ReLU6 on the learned grid: its clip is not in the range (see scale_overrides)
+                "QDQKeepRemovableActivations": table.origin == "qat",
             },
         )
     return target
