@@ -267,7 +267,7 @@ def scale_overrides(model: Any, table: QuantTable, weights: str | None = None) -
         # finely as the learned scales: spread error 0.31 against the fake-quant model after QAT, 0.16 on the learned
         # grid.) Calibrated scales (PTQ, judged against the float model) keep the finer grid and the dropped clip.
         zero = 0 if low is not None and low >= 0.0 else 128
-        if zero == 0 and high is not None and high > low and table.origin != "qat":
+        if low is not None and zero == 0 and high is not None and high > low and table.origin != "qat":
             s = min(s, (high - low) / 255.0)
         entry = {
             "scale": np.array(s, np.float32),
