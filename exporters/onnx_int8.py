@@ -66,6 +66,7 @@ __all__ = [
     "export_onnx",
     "fake_quant_ranges",
     "int8_kernels",
+    "keeps_activations",
     "optimized_op_types",
     "scale_overrides",
     "to_ort_int8",
@@ -214,6 +215,24 @@ def _weights(weights: str | None) -> str:
     return weights
 
 
+def keeps_activations(model: Any, table: QuantTable) -> bool:
+    """Whether the artifact keeps its ReLU / Clip nodes: learned scales where a quantized layer reads a clip to
+    ``[0, m]`` whose learned grid reaches past ``m`` (``255 s > m``), so that dropping the clip would not be exact.
+
+    Elsewhere ONNX Runtime's quantizer drops them into the range of the tensor before (exact for a ReLU with zero
+    point 0), which saves a requantization.
+    """
+    if table.origin != "qat":
+        return False
+    producers = _producers(model)
+    consts = {i.name for i in model.graph.initializer}
+    for q in table.nodes:
+        low, high = _activation_bounds(model, _shared_source(model, q.node.input_name, producers, consts))
+        if low is not None and high is not None and low >= 0.0 and 255.0 * float(q.input_scale) > high - low:
+            return True
+    return False
+
+
 def scale_overrides(model: Any, table: QuantTable, weights: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """ONNX Runtime tensor overrides that carry the table's scales into its uint8 QDQ layout.
 
@@ -276,7 +295,7 @@ def scale_overrides(model: Any, table: QuantTable, weights: str | None = None) -
         }
         out[tensor] = [entry]
         node = producers.get(tensor)
-        if zero == 0 and table.origin == "qat" and node is not None and node.op_type in ("Relu", "Clip"):
+        if zero == 0 and keeps_activations(model, table) and node is not None and node.op_type in ("Relu", "Clip"):
             before = str(node.input[0])
             if sum(before in n.input for n in model.graph.node) == 1 and before not in out:
                 out[before] = [dict(entry)]
@@ -416,7 +435,7 @@ def to_ort_int8(
                 "TensorQuantOverrides": overrides,
                 "QDQDisableWeightAdjustForInt32Bias": True,  # keep the table's weight scales exact
                 # a ReLU6 on the learned grid: its clip is not in the range (see scale_overrides)
-                "QDQKeepRemovableActivations": table.origin == "qat",
+                "QDQKeepRemovableActivations": keeps_activations(model, table),
             },
         )
     return target
