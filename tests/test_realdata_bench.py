@@ -111,6 +111,7 @@ def test_keras_resnet_mirrors_the_torch_model() -> None:
         assert torch_params == keras_params == expected, (quick, torch_params, keras_params)
 
 
+@pytest.mark.slow  # importing keras and building two MobileNetV2: about 11 s on a busy 2-core machine
 def test_keras_mobilenet_v2_batchnorm_momentum_is_lowered() -> None:
     """keras.applications.MobileNetV2 builds momentum 0.999 (chance accuracy in inference after a short training);
     the benchmark's model has 0.9 in every BatchNormalization, in the config ``model.save`` writes."""
