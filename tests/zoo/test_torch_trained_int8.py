@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.zoo import cell_detail, full_zoo
+from tests.zoo import LOCATED, cell_detail, full_zoo
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -47,6 +47,10 @@ QAT_STEPS = 10
 EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     **{(t, "ncnn int8 trained"): ("failed", r"ncnn: this model takes 2 inputs") for t in ("hf_bert", "hf_distilbert")},
     ("hf_swin", "ncnn int8 trained"): ("failed", r"Tensor\.reshape"),
+    # measured 2026-12-07 (docs/zoo-support.md): PTQ of the 47%-trained MobileNetV2 at spread error 0.21 (bound 0.2);
+    # MobileViT's int8 attention MatMul (two activations) against the fake-quant model after QAT, not fixed yet
+    ("hf_mobilenet_v2", "tensorrt int8 trained"): ("mismatch", LOCATED),
+    ("hf_mobilevit", "qat onnx int8 trained"): ("mismatch", LOCATED),
 }
 
 
@@ -89,6 +93,8 @@ def _record(record: Callable[..., None], name: str, column: str, row: Any, accur
         return "" if row.ok else f"{column}: {row.status}: {row.reason}"
     import re
 
+    if want[0] == "mismatch" and row.ok:  # passing is never a defect
+        return ""
     if row.status != want[0] or not re.search(want[1], row.reason or ""):
         return f"{column}: expected {want[0]} /{want[1]}/, got {row.status}: {row.reason}"
     return ""
