@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from exporters.report import ExportReport, TargetResult
@@ -89,7 +89,6 @@ class ExportSettings:
     input_fn: Callable[[Any], Any] | None = None
     ncnn_depthwise: str = "int8"
     onnx_weights: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
     verify_data: Any = None
     latency: bool = True
 

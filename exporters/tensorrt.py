@@ -90,11 +90,6 @@ def _inputs_spec(onnx_path: Path) -> list[tuple[str, list[int | None]]]:
     ]
 
 
-def _input_spec(onnx_path: Path) -> tuple[str, list[int | None]]:
-    """The first ONNX graph input's name and dims (None for a symbolic dimension)."""
-    return _inputs_spec(onnx_path)[0]
-
-
 def _shape_flags(
     name: str,
     dims: list[int | None],
