@@ -481,6 +481,15 @@ def int8_kernels(path: str | Path, threads: int = 2) -> dict[str, int]:
     return {op: n for op, n in sorted(ops.items()) if op in INT8_KERNELS}
 
 
+def _float_after_qat(path: Path) -> dict[str, int]:
+    """How many nodes of each :data:`FLOAT_AFTER_QAT` op type the fp32 graph at ``path`` has (none: empty)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    counts = {op: sum(1 for n in graph.node if n.op_type == op) for op in FLOAT_AFTER_QAT}
+    return {op: n for op, n in counts.items() if n}
+
+
 def export_onnx(job: ExportJob) -> TargetResult:
     """The ``onnx`` target: fp32 and fp16 as :func:`exporters.onnx_export.export_onnx`; int8 as ONNX Runtime's QDQ form.
 
@@ -514,11 +523,13 @@ def export_onnx(job: ExportJob) -> TargetResult:
     )
     if calib is None:
         result.notes.append("ranges of the tensors without learned scales taken from the verification samples")
-    if job.quant.origin == "qat":
+    kept = _float_after_qat(job.onnx_path) if job.quant.origin == "qat" else {}
+    if kept:
         result.notes.append(
-            "after QAT, element-wise " + " / ".join(FLOAT_AFTER_QAT) + " (SiLU, squeeze-excitation gates) kept float: "
-            "the fake-quant model quantizes only layer inputs, and int8 products there broke HF EfficientNet"
-        )
+            "after QAT, element-wise " + ", ".join(f"{op} x{n}" for op, n in kept.items())
+            + " (SiLU, squeeze-excitation gates) kept float: the fake-quant model quantizes only layer inputs, and "
+            "int8 products there broke HF EfficientNet"
+        )  # fmt: skip
     if job.onnx_weights is None and weights == "uint8":
         result.notes.append(
             "weights stored as uint8 around 128 (the same symmetric int8 grid): this is an x86 CPU without VNNI, where "
