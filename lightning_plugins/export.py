@@ -55,7 +55,8 @@ def _fake_quant_reference(module: Any, spec: QuantSpec) -> Any:
             with torch.no_grad(), simulate(module, spec):
                 param = next(module.parameters(), None)
                 device = param.device if param is not None else torch.device("cpu")
-                return module(torch.as_tensor(x, device=device)).detach().cpu().numpy()
+                inputs = x if isinstance(x, (tuple, list)) else (x,)  # token ids and mask: one tensor each
+                return module(*(torch.as_tensor(a, device=device) for a in inputs)).detach().cpu().numpy()
         finally:
             module.train(was_training)
 
