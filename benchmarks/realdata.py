@@ -387,6 +387,30 @@ def _time(pairs: list[tuple[Artifact, Callable[[Any], Any]]], x1: npt.NDArray[np
         art.latency_ms = statistics.median(t)
 
 
+def record_dense(res: ModelResult, dense: Any, accuracy: float, params: int, x_model: Any, x_runtime: Any,
+                 y_test: Any, out: Path, s: Settings) -> dict[str, Callable[[Any], Any]]:  # fmt: skip
+    """Record the dense model's accuracy and size, export it fp32 and score each file; returns the runners.
+
+    Args:
+        res: the result to fill in.
+        dense: the trained dense model (torch or Keras).
+        accuracy: its test accuracy; params: its parameter count.
+        x_model: test images in the model's layout (export example and verification samples).
+        x_runtime: the same images in the runtimes' layout (NCHW).
+        y_test: test labels.
+        out: the model's output folder.
+        s: the run's settings.
+    """
+    from exporters import export
+
+    res.dense_accuracy, res.dense_params = accuracy, params
+    log.info("%s: dense test accuracy %.2f%% (%d params)", res.model, 100 * accuracy, params)
+    report = export(dense, FP32_TARGETS, example_input=x_model[:1], precision="fp32", directory=out / "dense-fp32",
+                    threads=s.threads, samples=x_model[:64])  # fmt: skip
+    res.dense = _artifacts(report)
+    return score(res.dense, report, x_runtime, y_test, s.threads)
+
+
 def _cache_key(framework: str, name: str, s: Settings, size: int) -> str:
     key = json.dumps([framework, name, size, s.epochs, s.train_subset, s.batch_size, s.lr, s.quick], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -396,7 +420,6 @@ def lightning_model(name: str, s: Settings, data: Any, x_test: Any, y_test: Any)
     """Dense (trained or reloaded), compressed over the seeds with and without the teacher, all scored."""
     import torch
 
-    from exporters import export
     from lightning_plugins import from_recipe
 
     size = int(data.x_train.shape[-1])
@@ -431,13 +454,8 @@ def lightning_model(name: str, s: Settings, data: Any, x_test: Any, y_test: Any)
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"state_dict": dense.state_dict(), "seconds": res.dense_seconds}, cache)
     torch.set_num_threads(s.threads)
-    res.dense_accuracy = torch_accuracy(dense, x_test, y_test)
-    res.dense_params = count_params(dense)
-    log.info("%s: dense test accuracy %.2f%% (%d params)", name, 100 * res.dense_accuracy, res.dense_params)
-    report = export(dense, FP32_TARGETS, example_input=x_test[:1], precision="fp32", directory=out / "dense-fp32",
-                    threads=s.threads, samples=x_test[:64])  # fmt: skip
-    res.dense = _artifacts(report)
-    dense_runners = score(res.dense, report, x_test, y_test, s.threads)
+    acc = torch_accuracy(dense, x_test, y_test)
+    dense_runners = record_dense(res, dense, acc, count_params(dense), x_test, x_test, y_test, out, s)
 
     # 2. compressed: seed by seed, with and without the teacher; the first seed with the teacher exports all
     # targets (the headline artifacts), the other fits the int8 ONNX the gain is measured on; with --gain-subset

@@ -38,7 +38,6 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.realdata import (
-    FP32_TARGETS,
     INT8_TARGETS,
     ModelResult,
     Settings,
@@ -46,6 +45,7 @@ from benchmarks.realdata import (
     _cache_key,
     _time,
     recipe,
+    record_dense,
     score,
 )
 
@@ -183,7 +183,6 @@ def keras_model(name: str, s: Settings) -> ModelResult:
     """
     import keras
 
-    from exporters import export
     from fitslim.data import fashion_mnist
     from keras_callbacks import from_recipe
 
@@ -231,13 +230,8 @@ def keras_model(name: str, s: Settings) -> ModelResult:
         dense.save(cache)
         meta.write_text(json.dumps({"seconds": res.dense_seconds}), encoding="utf-8")
     dense = keras.models.load_model(cache)
-    res.dense_accuracy = accuracy(dense, x_test, y_test)
-    res.dense_params = count_params(dense)
-    log.info("%s: dense test accuracy %.2f%% (%d params)", name, 100 * res.dense_accuracy, res.dense_params)
-    report = export(dense, FP32_TARGETS, example_input=x_test[:1], precision="fp32", directory=out / "dense-fp32",
-                    threads=s.threads, samples=x_test[:64])  # fmt: skip
-    res.dense = _artifacts(report)
-    dense_runners = score(res.dense, report, x_test_nchw, y_test, s.threads)
+    acc = accuracy(dense, x_test, y_test)
+    dense_runners = record_dense(res, dense, acc, count_params(dense), x_test, x_test_nchw, y_test, out, s)
 
     # 2. compressed: seed by seed, with and without the teacher; the first seed with the teacher exports all
     # targets (the headline artifacts), the other fits the int8 ONNX the gain is measured on
