@@ -284,6 +284,7 @@ def scale_overrides(model: Any, table: QuantTable, weights: str | None = None) -
     producers = _producers(model)
     consts = {i.name for i in model.graph.initializer}
     shared: dict[str, float] = {}
+    keep = keeps_activations(model, table)  # once: it walks every quantized layer's input chain
     for tensor, s in inputs.items():
         # ONNX Runtime gives the output of Pad, Reshape, MaxPool, ... its input's parameters and ignores an override
         # on it, so a layer reading such a tensor (HF MobileNetV2 pads before each depthwise conv) got the range
@@ -312,7 +313,7 @@ def scale_overrides(model: Any, table: QuantTable, weights: str | None = None) -
         }
         out[tensor] = [entry]
         node = producers.get(tensor)
-        if zero == 0 and keeps_activations(model, table) and node is not None and node.op_type in ("Relu", "Clip"):
+        if zero == 0 and keep and node is not None and node.op_type in ("Relu", "Clip"):
             before = str(node.input[0])
             if sum(before in n.input for n in model.graph.node) == 1 and before not in out:
                 out[before] = [dict(entry)]
