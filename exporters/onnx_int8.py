@@ -63,9 +63,11 @@ from fitslim.fileio import atomic_path
 __all__ = [
     "FLOAT_AFTER_QAT",
     "INT8_KERNELS",
+    "LAYERNORM_INPUT_OPS",
     "cpu_flags",
     "export_onnx",
     "fake_quant_ranges",
+    "float_nodes",
     "int8_kernels",
     "keeps_activations",
     "optimized_op_types",
@@ -159,6 +161,18 @@ def _shared_source(model: Any, tensor: str, producers: dict[str, Any], consts: s
     return tensor
 
 
+def _from_constant(tensor: str, producers: dict[str, Any], consts: set[str]) -> bool:
+    """Whether ``tensor`` is a constant, or one through single-input reshapes / transposes / casts (a weight)."""
+    seen: set[str] = set()
+    while tensor not in consts and tensor not in seen:
+        seen.add(tensor)
+        node = producers.get(tensor)
+        if node is None or not node.input or node.op_type not in (*SHARED_QPARAMS, "Cast"):
+            return False
+        tensor = str(node.input[0])
+    return tensor in consts
+
+
 def _zero_pad(model: Any, node: Any) -> bool:
     from onnx import helper
 
@@ -222,6 +236,14 @@ def _weights(weights: str | None) -> str:
 #: model (top-1 agreement 86% -> 9%), which quantizes only layer inputs; its convolutions stay int8
 FLOAT_AFTER_QAT = ("Mul", "Sigmoid")
 
+#: ops that stay float when they produce a LayerNormalization's input (and the LayerNormalization with them):
+#: per-tensor uint8 on a transformer's residual stream rounds away tokens whose values are small against the other
+#: tokens' range, and the LayerNorm after it scales that rounding up: trained HF DeiT's class and distillation tokens
+#: took its int8 ONNX to a spread error of 0.80 and top-1 agreement 50% against the model (kept float: 0.03, 100%;
+#: its TensorRT Q/DQ file, which quantizes only layer inputs, was ok). ONNX Runtime's CPU provider has no int8
+#: LayerNormalization kernel, so only the residual additions lose int8 kernels.
+LAYERNORM_INPUT_OPS = ("Add", "Sum", "Sub", "Concat")
+
 
 def quantized_op_types(table: QuantTable) -> list[str]:
     """The op types ONNX Runtime's quantizer may quantize: its defaults, less :data:`FLOAT_AFTER_QAT` for learned
@@ -229,7 +251,35 @@ def quantized_op_types(table: QuantTable) -> list[str]:
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     ops = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
-    return [op for op in ops if table.origin != "qat" or op not in FLOAT_AFTER_QAT]
+    return [op for op in ops if op != "LayerNormalization" and (table.origin != "qat" or op not in FLOAT_AFTER_QAT)]
+
+
+def float_nodes(model: Any, table: QuantTable) -> dict[str, list[str]]:
+    """The nodes the int8 ONNX keeps float beyond :func:`quantized_op_types`, by why (names of ``model``'s nodes).
+
+    - ``"layernorm input"``: the :data:`LAYERNORM_INPUT_OPS` nodes whose output a LayerNormalization normalizes;
+    - ``"activation matmul"`` (learned scales only): MatMuls of two activations (attention's ``q k^T`` and
+      ``softmax v``), which the fake-quant model computes in float (it quantizes layer inputs only); int8 there took
+      the QAT-trained HF MobileViT to a spread error of 0.15 against it.
+    """
+    producers = _producers(model)
+    consts = {i.name for i in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output
+    }
+    kept: dict[str, list[str]] = {"layernorm input": [], "activation matmul": []}
+    for node in model.graph.node:
+        if node.op_type == "LayerNormalization" and node.input:
+            p = producers.get(node.input[0])
+            if p is not None and p.op_type in LAYERNORM_INPUT_OPS and p.name and p.name not in kept["layernorm input"]:
+                kept["layernorm input"].append(p.name)
+        if (
+            table.origin == "qat"
+            and node.op_type == "MatMul"
+            and node.name
+            and not any(_from_constant(i, producers, consts) for i in node.input[:2])
+        ):
+            kept["activation matmul"].append(node.name)
+    return {why: names for why, names in kept.items() if names}
 
 
 def keeps_activations(model: Any, table: QuantTable) -> bool:
@@ -437,6 +487,7 @@ def to_ort_int8(
         for tensor, (low, high) in fake_quant_ranges(model, table, data).items():
             if tensor not in overrides:
                 overrides[tensor] = [{"rmin": np.array(low, np.float32), "rmax": np.array(high, np.float32)}]
+    kept = float_nodes(model, table)
     target = Path(out_path)
     with atomic_path(target) as tmp:
         quantize_static(
@@ -444,6 +495,7 @@ def to_ort_int8(
             str(tmp),
             _Reader(names, data),
             op_types_to_quantize=quantized_op_types(table),
+            nodes_to_exclude=[name for names in kept.values() for name in names],
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QUInt8 if weights == "uint8" else QuantType.QInt8,
@@ -482,13 +534,32 @@ def int8_kernels(path: str | Path, threads: int = 2) -> dict[str, int]:
     return {op: n for op, n in sorted(ops.items()) if op in INT8_KERNELS}
 
 
-def _float_after_qat(path: Path) -> dict[str, int]:
-    """How many nodes of each :data:`FLOAT_AFTER_QAT` op type the fp32 graph at ``path`` has (none: empty)."""
+def _float_notes(path: Path, table: QuantTable) -> list[str]:
+    """The report's notes on what the int8 ONNX of the fp32 graph at ``path`` keeps float, and why (none: empty)."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    counts = {op: sum(1 for n in graph.node if n.op_type == op) for op in FLOAT_AFTER_QAT}
-    return {op: n for op, n in counts.items() if n}
+    model = onnx.load(str(path), load_external_data=False)
+    notes = []
+    if table.origin == "qat":
+        counts = {op: sum(1 for n in model.graph.node if n.op_type == op) for op in FLOAT_AFTER_QAT}
+        if any(counts.values()):
+            notes.append(
+                "after QAT, element-wise " + ", ".join(f"{op} x{n}" for op, n in counts.items() if n)
+                + " (SiLU, squeeze-excitation gates) kept float: the fake-quant model quantizes only layer inputs, and "
+                "int8 products there broke HF EfficientNet"
+            )  # fmt: skip
+    kept = float_nodes(model, table)
+    if "layernorm input" in kept:
+        notes.append(
+            f"LayerNormalization inputs kept float ({len(kept['layernorm input'])} residual additions / concats): "
+            "per-tensor int8 there rounds away small tokens (HF DeiT's class token) that the LayerNorm scales up"
+        )
+    if "activation matmul" in kept:
+        notes.append(
+            f"after QAT, MatMuls of two activations x{len(kept['activation matmul'])} (attention) kept float: the "
+            "fake-quant model computes them in float"
+        )
+    return notes
 
 
 def export_onnx(job: ExportJob) -> TargetResult:
@@ -524,13 +595,7 @@ def export_onnx(job: ExportJob) -> TargetResult:
     )
     if calib is None:
         result.notes.append("ranges of the tensors without learned scales taken from the verification samples")
-    kept = _float_after_qat(job.onnx_path) if job.quant.origin == "qat" else {}
-    if kept:
-        result.notes.append(
-            "after QAT, element-wise " + ", ".join(f"{op} x{n}" for op, n in kept.items())
-            + " (SiLU, squeeze-excitation gates) kept float: the fake-quant model quantizes only layer inputs, and "
-            "int8 products there broke HF EfficientNet"
-        )  # fmt: skip
+    result.notes.extend(_float_notes(job.onnx_path, job.quant))
     if job.onnx_weights is None and weights == "uint8":
         result.notes.append(
             "weights stored as uint8 around 128 (the same symmetric int8 grid): this is an x86 CPU without VNNI, where "
