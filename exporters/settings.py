@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from exporters.report import ExportReport, TargetResult
+from fitslim.callback_spec import ExportSpec
 from fitslim.quantspec import QuantSpec
 from fitslim.recipe import EXPORT_PRECISIONS, EXPORT_TARGETS
 
@@ -46,8 +47,8 @@ def quant_spec_arg(value: Any) -> Any:
 
 
 @dataclass
-class ExportSettings:
-    """What to export at fit end, and how.
+class ExportSettings(ExportSpec):
+    """What to export at fit end, and how: an :class:`fitslim.callback_spec.ExportSpec` checked against the exporters.
 
     Args:
         targets: any of ``onnx``, ``ncnn``, ``tflite``, ``tensorrt``.
@@ -77,19 +78,8 @@ class ExportSettings:
         TypeError: a quant_spec that is not a ``fitslim.QuantSpec``, or an input_fn that is not callable.
     """
 
-    targets: Sequence[str] = ("onnx",)
-    directory: str | os.PathLike[str] = "exports"
-    precision: str = "auto"
-    example_input: Any = None
-    calibration: Any = None
-    calibration_batches: int = 8
+    # the Export callbacks' arguments and defaults are fitslim.callback_spec.ExportSpec's fields, in its order
     quant_spec: QuantSpec | None = None
-    verify: bool = True
-    threads: int = 2
-    input_fn: Callable[[Any], Any] | None = None
-    ncnn_depthwise: str = "int8"
-    onnx_weights: str = "auto"
-    verify_data: Any = None
     latency: bool = True
 
     def __post_init__(self) -> None:
@@ -141,6 +131,17 @@ class ExportSettings:
             )
         if not str(self.directory):
             raise ValueError("Export(directory=...): must not be empty. HINT: e.g. directory='exports'.")
+
+    @classmethod
+    def from_spec(cls, spec: ExportSpec) -> ExportSettings:
+        """The settings of an ``Export`` callback, from its arguments (by keyword; a ``quant_spec`` path is loaded).
+
+        Raises:
+            ValueError: an unknown target or precision, a non-positive count, a path that holds no QuantSpec.
+            TypeError: an argument of the wrong type.
+        """
+        arguments = {f.name: getattr(spec, f.name) for f in fields(ExportSpec)}
+        return cls(**{**arguments, "quant_spec": quant_spec_arg(spec.quant_spec)})
 
     def resolve_precision(self, found_spec: QuantSpec | None) -> str:
         """The precision to export at: ``auto`` becomes int8 when a QuantSpec is present, else fp32."""

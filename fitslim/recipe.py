@@ -36,6 +36,7 @@ __all__ = [
     "RecipeError",
     "SECTIONS",
     "build_callbacks",
+    "recipe_builder",
 ]
 
 RECIPE_VERSION = 1
@@ -468,3 +469,44 @@ def build_callbacks(
         else:
             callbacks.append(factories[section](**kw))
     return callbacks
+
+
+def recipe_builder(
+    pruning: Callable[..., Any],
+    quantization: Callable[..., Any],
+    distillation: Callable[..., Any],
+    export: Callable[..., Any],
+) -> Callable[..., list[Any]]:
+    """The ``from_recipe`` of a plugin set: :func:`build_callbacks` with that plugin set's callback classes.
+
+    Args:
+        pruning: the ``Pruning`` class.
+        quantization: the ``QuantizationAware`` class.
+        distillation: the ``Distillation`` class.
+        export: the ``Export`` class.
+    """
+    factories = {"pruning": pruning, "quantization": quantization, "distillation": distillation, "export": export}
+    package = getattr(pruning, "__module__", "").split(".")[0]
+
+    def from_recipe(
+        recipe: str | os.PathLike[str] | Mapping[str, Any] | Recipe,
+        teacher: Any = None,
+        loader: Callable[[str], Any] | None = None,
+    ) -> list[Any]:
+        return build_callbacks(recipe, factories, teacher, loader)
+
+    from_recipe.__doc__ = f"""Build the {package} callbacks a recipe describes, in the order pruning, quantization,
+    distillation, export.
+
+    Args:
+        recipe: a YAML path, YAML text, a dict, or a :class:`fitslim.Recipe`.
+        teacher: the teacher for ``distillation``; else the recipe's ``teacher`` path is loaded with ``loader``.
+        loader: ``path -> teacher`` for a recipe that names a teacher checkpoint.
+
+    Raises:
+        fitslim.RecipeError: an invalid recipe (the message starts with the key path), or a distillation
+            section without a teacher.
+    """
+    from_recipe.__module__ = f"{package}.recipe"
+    from_recipe.__qualname__ = "from_recipe"
+    return from_recipe

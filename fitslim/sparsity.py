@@ -33,7 +33,6 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,7 +40,6 @@ import numpy.typing as npt
 
 __all__ = [
     "GRANULARITIES",
-    "PruningArgs",
     "pruning_args",
     "IMPORTANCES",
     "SCOPES",
@@ -369,27 +367,6 @@ def sparsity_of(masks: Sequence[npt.ArrayLike]) -> float:
     return pruned / total if total else 0.0
 
 
-SCHEDULE_NAMES = ("polynomial", "constant", "cubic")
-
-
-def _fail(argument: str, problem: str, hint: str) -> ValueError:
-    return ValueError(f"Pruning({argument}=...): {problem}. HINT: {hint}.")
-
-
-@dataclass(frozen=True)
-class PruningArgs:
-    """The validated, framework-free arguments of both ``Pruning`` callbacks."""
-
-    sparsity: float
-    granularity: str
-    scope: str
-    importance: str
-    make_permanent: bool
-    schedule: Any  # fitslim.schedules.SparsitySchedule
-    nm: tuple[int, int] | None
-    round_to: int | None = None
-
-
 def pruning_args(
     sparsity: float,
     granularity: str,
@@ -403,66 +380,26 @@ def pruning_args(
     start_step: int | None,
     end_step: int | None,
     round_to: int | None = None,
-) -> PruningArgs:
-    """Validate the ``Pruning`` arguments shared by the Lightning and Keras callbacks and build the schedule.
+) -> Any:
+    """The validated ``Pruning`` arguments: a :class:`fitslim.callback_spec.PruningSpec` (kept for its callers).
 
     Raises:
         ValueError: an argument out of range or unknown, named with the fix.
         TypeError: an argument of the wrong type.
     """
-    from fitslim.schedules import SparsitySchedule, make_schedule
+    from fitslim.callback_spec import PruningSpec
 
-    if isinstance(sparsity, bool) or not isinstance(sparsity, int | float):
-        raise TypeError(f"Pruning(sparsity=...): got {sparsity!r}; expected a number. HINT: e.g. sparsity=0.5.")
-    if not (math.isfinite(sparsity) and 0.0 <= sparsity < 1.0):
-        raise _fail("sparsity", f"got {sparsity!r}, outside [0, 1)", "pass the fraction to prune, e.g. 0.5")
-    for name, value, choices in (
-        ("granularity", granularity, GRANULARITIES),
-        ("scope", scope, SCOPES),
-        ("importance", importance, IMPORTANCES),
-    ):
-        if value not in choices:
-            raise _fail(name, f"unknown {value!r}", f"choose one of {list(choices)}")
-    nm: tuple[int, int] | None = parse_n_of_m(granularity) if ":" in granularity else None
-    if nm is not None and not math.isclose(sparsity, 1 - nm[0] / nm[1]):
-        raise _fail(
-            "sparsity",
-            f"granularity={granularity!r} prunes exactly {1 - nm[0] / nm[1]}; got {sparsity!r}",
-            f"pass sparsity={1 - nm[0] / nm[1]} (or leave the default)",
-        )
-    if round_to is not None:
-        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-            raise _fail("round_to", f"got {round_to!r}", "pass a positive integer such as 8, or None")
-        if granularity != "channel":
-            raise _fail(
-                "round_to",
-                f"rounds kept channel counts, but granularity={granularity!r}",
-                "use granularity='channel', or leave round_to=None",
-            )
-    if not isinstance(make_permanent, bool):
-        raise TypeError(f"Pruning(make_permanent=...): got {make_permanent!r}; expected True or False.")
-    if isinstance(schedule, SparsitySchedule):
-        sched = schedule
-    elif isinstance(schedule, str):
-        if schedule not in SCHEDULE_NAMES:
-            raise _fail(
-                "schedule", f"unknown {schedule!r}", f"choose one of {list(SCHEDULE_NAMES)} or a SparsitySchedule"
-            )
-        timing = {
-            "start": None if start_step is not None else start,
-            "end": None if end_step is not None else end,
-            "start_step": start_step,
-            "end_step": end_step,
-        }
-        if timing["start"] is not None and timing["end"] is not None and not timing["end"] > timing["start"]:
-            raise _fail("end", f"end={end!r} is not after start={start!r}", "pass an end after the start")
-        try:
-            sched = make_schedule(schedule, sparsity=sparsity, frequency=frequency, **timing)
-        except ValueError as err:
-            raise ValueError(f"Pruning(schedule={schedule!r}, ...): {err}") from err
-    else:
-        raise TypeError(
-            f"Pruning(schedule=...): got {type(schedule).__name__}; expected a name or a SparsitySchedule. "
-            f"HINT: one of {list(SCHEDULE_NAMES)}."
-        )
-    return PruningArgs(float(sparsity), granularity, scope, importance, make_permanent, sched, nm, round_to)
+    return PruningSpec(
+        sparsity=sparsity,
+        granularity=granularity,
+        scope=scope,
+        schedule=schedule,
+        start=start,
+        end=end,
+        frequency=frequency,
+        importance=importance,
+        make_permanent=make_permanent,
+        start_step=start_step,
+        end_step=end_step,
+        round_to=round_to,
+    )

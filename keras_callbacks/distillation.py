@@ -23,7 +23,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from fitslim.distill import DistillationSettings, adapter_kind, resolve_layer
+from fitslim.callback_spec import DistillationSpec
+from fitslim.distill import adapter_kind, resolve_layer
 
 __all__ = ["Distillation", "FeatureAdapter", "kd_loss"]
 
@@ -244,12 +245,8 @@ class Distillation(keras.callbacks.Callback):
         loader: Callable[[str], Any] | None = None,
     ) -> None:
         super().__init__()
-        self.settings = DistillationSettings(temperature, alpha, loss, features, feature_weight)
-        for name, fn in (("input_fn", input_fn), ("output_fn", output_fn), ("loader", loader)):
-            if fn is not None and not callable(fn):
-                raise TypeError(
-                    f"Distillation({name}=...): got {type(fn).__name__}; expected a callable. HINT: pass a function."
-                )
+        spec = DistillationSpec(temperature, alpha, loss, features, feature_weight, input_fn, output_fn, loader)
+        self.settings = spec.settings
         if not isinstance(teacher, str | os.PathLike | keras.Model):
             raise TypeError(
                 f"Distillation(teacher=...): expected a keras.Model or a .keras path; got {type(teacher).__name__}. "

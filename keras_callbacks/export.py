@@ -21,8 +21,9 @@ from typing_extensions import override
 
 from exporters.latency import latency_metrics
 from exporters.report import ExportReport
-from exporters.settings import ExportSettings, quant_spec_arg
+from exporters.settings import ExportSettings
 from exporters.source import as_numpy, batch_input
+from fitslim.callback_spec import ExportSpec, call_arguments
 from fitslim.metrics import export_metrics
 from fitslim.quantspec import QuantSpec
 
@@ -152,22 +153,9 @@ class Export(keras.callbacks.Callback):
         onnx_weights: str = "auto",
         verify_data: Any = None,
     ) -> None:
+        arguments = call_arguments(locals(), drop=("batch_size",))
         super().__init__()
-        self.settings = ExportSettings(
-            targets,
-            directory,
-            precision,
-            example_input,
-            calibration,
-            calibration_batches,
-            quant_spec_arg(quant_spec),
-            verify,
-            threads,
-            input_fn,
-            ncnn_depthwise,
-            onnx_weights,
-            verify_data=verify_data,
-        )
+        self.settings = ExportSettings.from_spec(ExportSpec(**arguments))
         self.batch_size = batch_size
         self.report: ExportReport | None = None
         self._fit_x: Any = None

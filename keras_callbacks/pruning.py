@@ -26,13 +26,14 @@ from typing import Any
 import keras
 import numpy as np
 
+from fitslim.callback_spec import PruningSpec, Selectors, call_arguments
+from fitslim.errors import fail
 from fitslim.schedules import SparsitySchedule
 from fitslim.sparsity import (
     channel_masks,
     channel_scores,
     magnitude_masks,
     n_of_m_mask,
-    pruning_args,
 )
 from keras_callbacks._backend import masking_function, patch_train_step, sync_state, to_numpy
 from keras_callbacks._steps import fit_step
@@ -73,21 +74,9 @@ class SeparablePart:
         return f"SeparablePart({self.name!r}, {self.part!r})"
 
 
-def _fail(argument: str, problem: str, hint: str) -> ValueError:
-    return ValueError(f"Pruning({argument}=...): {problem}. HINT: {hint}.")
-
-
-def _check_selectors(argument: str, value: Any) -> list[str | type] | None:
-    if value is None:
-        return None
-    items = [value] if isinstance(value, str | type) else list(value)
-    for item in items:
-        if not (isinstance(item, str) or (isinstance(item, type) and issubclass(item, keras.layers.Layer))):
-            raise TypeError(
-                f"Pruning({argument}=...): got {item!r}; expected layer-name patterns (str) or keras Layer types. "
-                f"HINT: e.g. {argument}=['*_conv', keras.layers.Dense]."
-            )
-    return items
+_SELECTORS = Selectors(
+    keras.layers.Layer, "layer-name patterns (str) or keras Layer types", "['*_conv', keras.layers.Dense]"
+)
 
 
 def prunable_layers(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -234,35 +223,9 @@ class Pruning(keras.callbacks.Callback):
         round_to: int | None = None,
         attention: str = "heads",
     ) -> None:
+        arguments = call_arguments(locals())
         super().__init__()
-        args = pruning_args(
-            sparsity,
-            granularity,
-            scope,
-            schedule,
-            start,
-            end,
-            frequency,
-            importance,
-            make_permanent,
-            start_step,
-            end_step,
-            round_to,
-        )
-        self.schedule: SparsitySchedule = args.schedule
-        self.nm: tuple[int, int] | None = args.nm
-        self.sparsity = args.sparsity
-        self.granularity = granularity
-        self.scope = scope
-        self.importance = importance
-        self.make_permanent = make_permanent
-        self.round_to = args.round_to
-        if attention not in ("heads", "mlp"):
-            raise ValueError(f"Pruning(attention=...): unknown {attention!r}. HINT: choose one of ['heads', 'mlp'].")
-        self.attention = attention
-        self.include = _check_selectors("include", include)
-        self.exclude = _check_selectors("exclude", exclude)
-        self.example_input = example_input
+        PruningSpec(**arguments, selectors=_SELECTORS).assign(self)
         self._reset()
 
     def _reset(self) -> None:
@@ -315,7 +278,8 @@ class Pruning(keras.callbacks.Callback):
                 hits = [name for name, layer in layers if _matches(name, selector, layer)]
                 if not hits:
                     shown = selector if isinstance(selector, str) else selector.__name__
-                    raise _fail(
+                    raise fail(
+                        "Pruning",
                         "include",
                         f"{shown!r} matches no prunable layer (prunable: {[n for n, _ in layers]})",
                         "use one of these names or a pattern such as '*_conv'",
@@ -341,7 +305,8 @@ class Pruning(keras.callbacks.Callback):
                     bad.append(name)
             named = [n for n in bad if n in explicit]
             if named:
-                raise _fail(
+                raise fail(
+                    "Pruning",
                     "include",
                     f"layer {named[0]!r} has an input dimension that is not a multiple of {m}, "
                     f"so {self.granularity} cannot apply",
@@ -351,7 +316,8 @@ class Pruning(keras.callbacks.Callback):
                 log.info("Pruning(%s): skipping %s (input dimension not a multiple of %d)", self.granularity, bad, m)
             chosen = [(n, lay) for n, lay in chosen if n not in bad]
         if not chosen:
-            raise _fail(
+            raise fail(
+                "Pruning",
                 "exclude",
                 f"no prunable layer left out of {len(layers)}",
                 "loosen exclude or widen include" + (" or use 'unstructured'" if self.nm else ""),
@@ -362,7 +328,8 @@ class Pruning(keras.callbacks.Callback):
         params = self.params or {}
         epochs, steps = params.get("epochs"), params.get("steps")
         if not epochs or not steps:
-            raise _fail(
+            raise fail(
+                "Pruning",
                 "schedule",
                 f"the fit has no known length (epochs={epochs!r}, steps per epoch={steps!r})",
                 "pass steps_per_epoch=... to fit() for a generator or an unsized dataset",
@@ -373,7 +340,8 @@ class Pruning(keras.callbacks.Callback):
         """Validate the model and the fit, resolve the schedule (before the first step)."""
         model = self.model
         if int(getattr(model, "steps_per_execution", 1) or 1) > 1:
-            raise _fail(
+            raise fail(
+                "Pruning",
                 "granularity",
                 f"the model is compiled with steps_per_execution={model.steps_per_execution}, so callbacks "
                 "do not run after every optimizer step and pruned weights could regrow",
@@ -504,7 +472,8 @@ class Pruning(keras.callbacks.Callback):
         graph = ChannelGraph(model, {name for name, _ in self._layers})
         groups = graph.groups()
         if not groups and not self._heads:
-            raise _fail(
+            raise fail(
+                "Pruning",
                 "granularity",
                 "channel pruning found no channel group it can remove (every group reaches an output, a layer "
                 "without a channel rule such as Flatten/Concatenate, or an excluded layer)",
@@ -542,7 +511,8 @@ class Pruning(keras.callbacks.Callback):
         try:
             self._rebuild(model, trial=True)
         except Exception as err:  # any failure of the trial rebuild is the user's answer
-            raise _fail(
+            raise fail(
+                "Pruning",
                 "granularity",
                 f"the model cannot be rebuilt with fewer channels ({type(err).__name__}: {str(err)[:300]})",
                 "exclude the layers around the one named there (exclude=[...]), or use 'unstructured'",
@@ -808,7 +778,8 @@ def _attention_heads(model: Any) -> dict[str, tuple[Any, list[tuple[Any, int]]]]
     out: dict[str, tuple[Any, list[tuple[Any, int]]]] = {}
 
     def refuse(name: str, why: str) -> ValueError:
-        return _fail(
+        return fail(
+            "Pruning",
             "attention",
             f"attention layer {name!r} cannot lose whole heads: {why}",
             "pass attention='mlp' to leave attention layers whole and prune the MLP hidden dimensions",
@@ -857,7 +828,8 @@ def _head_mask(var: Any, axis: int, keep: np.ndarray) -> np.ndarray:
 def _check_graph(model: Any) -> None:
     """Channel pruning rebuilds the model from its config: it needs a Functional or Sequential model."""
     if not any(c.__name__ in ("Functional", "Sequential") for c in type(model).__mro__):
-        raise _fail(
+        raise fail(
+            "Pruning",
             "granularity",
             f"channel pruning needs a graph, and {type(model).__name__!r} is a subclassed model",
             "build the model with the Functional API or keras.Sequential, or use 'unstructured'",
@@ -902,7 +874,8 @@ class ChannelGraph:
                 self.layers[layer.name] = layer
             nodes = getattr(layer, "_inbound_nodes", [])
             if len(nodes) != 1:
-                raise _fail(
+                raise fail(
+                    "Pruning",
                     "granularity",
                     f"layer {layer.name!r} is called {len(nodes)} times; channel pruning needs each layer once",
                     "use 'unstructured' for models with shared layers",

@@ -60,6 +60,8 @@ from keras import ops
 from typing_extensions import override
 
 from exporters.source import keras_layers
+from fitslim.callback_spec import QAT_OBSERVERS, QuantizationAwareSpec, call_arguments
+from fitslim.errors import ArgumentError, fail
 from fitslim.int8 import MIN_SCALE, absmax_scale, qmax
 from fitslim.metrics import QAT_PHASES, bn_freeze_warning, qat_metrics
 from fitslim.quantspec import LayerQuant, QuantSpec
@@ -80,7 +82,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: activation observers: exponential moving average of the batch absmax, running absmax, EMA of a percentile
-OBSERVERS = ("ema", "minmax", "percentile")
+OBSERVERS = QAT_OBSERVERS
 
 #: EMA decay of the ``ema`` and ``percentile`` observers
 EMA_DECAY = 0.99
@@ -96,28 +98,14 @@ _QUANTIZED = ("Dense", "Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D")
 _walk = keras_layers
 
 
-def _err(arg: str, value: Any, what: str, hint: str) -> ValueError:
-    return ValueError(f"QuantizationAware({arg}={value!r}): {what} HINT: {hint}")
-
-
-def _fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise _err(name, value, "must be a fraction of the fit in [0, 1].", f"e.g. {name}=0.6.")
-    return float(value)
-
-
-def _bits(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 8:
-        raise _err(name, value, "must be an integer in 2..8.", f"use {name}=8 for int8.")
-    return value
-
-
 def _patterns(name: str, value: Any) -> list[re.Pattern[str]] | None:
     """fnmatch patterns on layer names (as ``Pruning`` and the Lightning callbacks take them), compiled."""
     if value is None:
         return None
     if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
-        raise _err(name, value, "must be a list of layer names or fnmatch patterns.", f"e.g. {name}=['head_*'].")
+        raise fail(
+            "QuantizationAware", name, "must be a list of layer names or fnmatch patterns.", f"e.g. {name}=['head_*']."
+        ).showing(value)
     return [re.compile(fnmatch.translate(v)) for v in value]
 
 
@@ -539,8 +527,8 @@ def load_model(
     Example:
         >>> # model = load_model("checkpoint.keras"); model.fit(x, y, initial_epoch=3, callbacks=[QuantizationAware()])
     """
-    weight_bits = _bits("weight_bits", weight_bits)
-    activation_bits = _bits("activation_bits", activation_bits)
+    bits = QuantizationAwareSpec(weight_bits=weight_bits, activation_bits=activation_bits)
+    weight_bits, activation_bits = bits.weight_bits, bits.activation_bits
     loaded: list[Any] = []
     classes = [getattr(keras.layers, name) for name in _QUANTIZED]
     originals = {cls: cls.__dict__.get("load_own_variables") for cls in classes}
@@ -710,28 +698,16 @@ class QuantizationAware(keras.callbacks.Callback):
         exclude: Sequence[str] | None = None,
         observer: str = "ema",
     ) -> None:
+        arguments = call_arguments(locals())
         super().__init__()
-        self.start = _fraction("start", start)
-        self.freeze_observers = _fraction("freeze_observers", freeze_observers)
-        self.freeze_bn = _fraction("freeze_bn", freeze_bn)
-        if self.freeze_observers < self.start:
-            raise _err(
-                "freeze_observers",
-                freeze_observers,
-                f"is before start={start}, so no range would be observed.",
-                "give freeze_observers >= start, e.g. 0.9.",
-            )
-        self.weight_bits = _bits("weight_bits", weight_bits)
-        self.activation_bits = _bits("activation_bits", activation_bits)
-        if not isinstance(per_channel, bool):
-            raise _err("per_channel", per_channel, "must be a bool.", "use per_channel=True (ncnn/TensorRT style).")
-        self.per_channel = per_channel
+        try:
+            spec = QuantizationAwareSpec(**arguments)
+        except ArgumentError as err:  # the Keras twin has always shown the value in the call
+            raise err.showing(arguments[err.argument]) from None
+        spec.assign(self, [name for name in arguments if name not in ("include", "exclude")])  # kept as patterns
         self._include = _patterns("include", include)
         self._include_given = None if include is None else list(include)
         self._exclude = _patterns("exclude", exclude)
-        if observer not in OBSERVERS:
-            raise _err("observer", observer, f"is not one of {OBSERVERS}.", "use observer='ema'.")
-        self.observer = observer
         self.quant_spec: QuantSpec | None = None
         self._state = _State(self.weight_bits, self.activation_bits, per_channel, observer)
         self._layers: list[Any] = []
@@ -777,20 +753,17 @@ class QuantizationAware(keras.callbacks.Callback):
             names = [layer.name for layer in leaves]
             for text, p in zip(self._include_given or [], self._include, strict=True):
                 if not any(p.fullmatch(n) for n in names):
-                    raise _err(
-                        "include",
-                        text,
-                        "matches no layer of the model.",
-                        f"layer names: {names[:20]}.",
-                    )
+                    raise fail(
+                        "QuantizationAware", "include", "matches no layer of the model.", f"layer names: {names[:20]}."
+                    ).showing(text)
             for layer in leaves:
                 if hit(self._include, layer.name) and layer not in chosen and type(layer).__name__ not in _QUANTIZED:
-                    raise _err(
+                    raise fail(
+                        "QuantizationAware",
                         "include",
-                        layer.name,
                         f"names a {type(layer).__name__} layer, which has no int8 quantizer.",
                         f"quantizable layer types: {list(_QUANTIZED)}.",
-                    )
+                    ).showing(layer.name)
         return chosen
 
     # ----------------------------------------------------------------------------------------- hooks
@@ -821,20 +794,20 @@ class QuantizationAware(keras.callbacks.Callback):
         if not self._layers:
             self.set_model(model)
         if not self._layers:
-            raise _err(
+            raise fail(
+                "QuantizationAware",
                 "include",
-                self._include_given,
                 f"selects no quantizable layer in model {model.name!r}.",
                 f"QuantizationAware quantizes {list(_QUANTIZED)} layers.",
-            )
+            ).showing(self._include_given)
         epochs, steps = self.params.get("epochs"), self.params.get("steps")
         if not epochs or not steps:
-            raise _err(
+            raise fail(
+                "QuantizationAware",
                 "start",
-                self.start,
                 f"cannot be resolved: fit has epochs={epochs}, steps={steps}.",
                 "pass steps_per_epoch= to fit when the data has no known length.",
-            )
+            ).showing(self.start)
         total = int(epochs) * int(steps)
         self._total = total
         self._steps = tuple(
@@ -1092,29 +1065,29 @@ class QuantizationAware(keras.callbacks.Callback):
         start, freeze, _ = self._steps
         reached = max(self._step, 0)
         if self._observed_steps == 0 and reached <= start:
-            return _err(
+            return fail(
+                "QuantizationAware",
                 "start",
-                self.start,
                 f"left layer {name!r} without an observed input range: the fit ended after {reached} of its "
                 f"{self._total} steps, before QAT's start at step {start}, so the observers never ran.",
                 "let the fit run past start (an EarlyStopping or a stop_training may have ended it), or lower start.",
-            )
+            ).showing(self.start)
         if self._observed_steps == 0:
-            return _err(
+            return fail(
+                "QuantizationAware",
                 "freeze_observers",
-                self.freeze_observers,
                 f"left layer {name!r} without an observed input range: the observers were on for no step of the fit "
                 f"(start at step {start}, frozen at step {freeze} of {self._total}).",
                 "give freeze_observers a later fraction than start, e.g. freeze_observers=0.9.",
-            )
-        return _err(
+            ).showing(self.freeze_observers)
+        return fail(
+            "QuantizationAware",
             "start",
-            self.start,
             f"left layer {name!r} without an observed input range although the observers were on for "
             f"{self._observed_steps} steps of the fit (steps {start} to {freeze} of {self._total}): its input was "
             "zero in every one of them, or the train step that ran did not run the fake-quant layer.",
             f"check what feeds {name!r} (a dead ReLU?), or leave it in float with exclude=[{name!r}].",
-        )
+        ).showing(self.start)
 
     def build_spec(self) -> QuantSpec:
         """The QuantSpec of the current weights and ranges (weight scales on BN-folded kernels).

@@ -43,7 +43,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from fitslim.distill import DistillationSettings, adapter_kind, resolve_layer
+from fitslim.callback_spec import DistillationSpec
+from fitslim.distill import adapter_kind, resolve_layer
 from lightning_plugins._compat import pl
 
 __all__ = ["Distillation", "kd_loss"]
@@ -360,7 +361,8 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
         teacher_class: type[nn.Module] | str | None = None,
     ) -> None:
         super().__init__()
-        self.settings = DistillationSettings(temperature, alpha, loss, features, feature_weight)
+        spec = DistillationSpec(temperature, alpha, loss, features, feature_weight, input_fn, output_fn, loader)
+        self.settings = spec.settings
         if teacher_class is not None:
             if not isinstance(teacher, str | os.PathLike):
                 raise ValueError(
@@ -386,9 +388,6 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
                 f"Distillation(teacher=...): expected a torch.nn.Module or a checkpoint path; got "
                 f"{type(teacher).__name__}. HINT: pass the trained teacher model (a LightningModule works)."
             )
-        for name, fn in (("input_fn", input_fn), ("output_fn", output_fn), ("loader", loader)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"Distillation({name}=...): expected a callable or None; got {fn!r}.")
         self.teacher: nn.Module | None = teacher if isinstance(teacher, nn.Module) else None
         self.teacher_path: str | None = None if isinstance(teacher, nn.Module) else os.fspath(teacher)
         self.loader = loader

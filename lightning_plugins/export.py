@@ -20,8 +20,9 @@ from typing_extensions import override
 from exporters.latency import latency_metrics
 from exporters.report import ExportReport
 from exporters.runtimes import as_inputs
-from exporters.settings import ExportSettings, quant_spec_arg
+from exporters.settings import ExportSettings
 from exporters.source import batch_input
+from fitslim.callback_spec import ExportSpec, call_arguments
 from fitslim.metrics import export_metrics
 from fitslim.quantspec import QuantSpec
 from lightning_plugins._compat import pl
@@ -121,22 +122,9 @@ class Export(pl.Callback):  # type: ignore[name-defined]
         onnx_weights: str = "auto",
         verify_data: Any = None,
     ) -> None:
+        arguments = call_arguments(locals())
         super().__init__()
-        self.settings = ExportSettings(
-            targets,
-            directory,
-            precision,
-            example_input,
-            calibration,
-            calibration_batches,
-            quant_spec_arg(quant_spec),
-            verify,
-            threads,
-            input_fn,
-            ncnn_depthwise,
-            onnx_weights,
-            verify_data=verify_data,
-        )
+        self.settings = ExportSettings.from_spec(ExportSpec(**arguments))
         self.report: ExportReport | None = None
 
     def _batches(self, loader: Any, count: int) -> list[Any]:

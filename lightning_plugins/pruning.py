@@ -26,9 +26,11 @@ import torch
 from torch import nn
 from typing_extensions import override
 
+from fitslim.callback_spec import PruningSpec, Selectors, call_arguments
+from fitslim.errors import fail
 from fitslim.schedules import SparsitySchedule
-from fitslim.sparsity import magnitude_masks, n_of_m_mask, pruning_args
-from lightning_plugins._channels import ATTENTION_MODES, ChannelPlan, Structure, build_plan, rebind_optimizers, shrink
+from fitslim.sparsity import magnitude_masks, n_of_m_mask
+from lightning_plugins._channels import ChannelPlan, Structure, build_plan, rebind_optimizers, shrink
 from lightning_plugins._compat import pl
 from lightning_plugins._masks import (
     MASK_SUFFIX,
@@ -47,21 +49,7 @@ log = logging.getLogger(__name__)
 _STATE_VERSION = 1
 
 
-def _fail(argument: str, problem: str, hint: str) -> ValueError:
-    return ValueError(f"Pruning({argument}=...): {problem}. HINT: {hint}.")
-
-
-def _check_selectors(argument: str, value: Any) -> list[str | type] | None:
-    if value is None:
-        return None
-    items = [value] if isinstance(value, str | type) else list(value)
-    for item in items:
-        if not (isinstance(item, str) or (isinstance(item, type) and issubclass(item, nn.Module))):
-            raise TypeError(
-                f"Pruning({argument}=...): got {item!r}; expected module-name patterns (str) or nn.Module types. "
-                f"HINT: e.g. {argument}=['*.conv', nn.Linear]."
-            )
-    return items
+_SELECTORS = Selectors(nn.Module, "module-name patterns (str) or nn.Module types", "['*.conv', nn.Linear]")
 
 
 def _is_spawn(trainer: Any) -> bool:
@@ -190,35 +178,9 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
         round_to: int | None = None,
         attention: str = "heads",
     ) -> None:
+        arguments = call_arguments(locals())
         super().__init__()
-        args = pruning_args(
-            sparsity,
-            granularity,
-            scope,
-            schedule,
-            start,
-            end,
-            frequency,
-            importance,
-            make_permanent,
-            start_step,
-            end_step,
-            round_to,
-        )
-        self.schedule: SparsitySchedule = args.schedule
-        self.nm: tuple[int, int] | None = args.nm
-        self.sparsity = args.sparsity
-        self.granularity = granularity
-        self.scope = scope
-        self.importance = importance
-        self.make_permanent = make_permanent
-        self.round_to = args.round_to
-        if attention not in ATTENTION_MODES:
-            raise _fail("attention", f"unknown {attention!r}", f"choose one of {list(ATTENTION_MODES)}")
-        self.attention = attention
-        self.include = _check_selectors("include", include)
-        self.exclude = _check_selectors("exclude", exclude)
-        self.example_input = example_input
+        PruningSpec(**arguments, selectors=_SELECTORS).assign(self)
         self._reset()
 
     def _reset(self) -> None:
@@ -271,7 +233,8 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
             try:
                 x = _first_input(trainer)
             except Exception as err:
-                raise _fail(
+                raise fail(
+                    "Pruning",
                     "example_input",
                     f"no input to trace the model with ({type(err).__name__}: {err})",
                     "pass example_input=... or set module.example_input_array",
@@ -303,7 +266,8 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
                 bad = [n for n in names if param_of(module.get_submodule(n)).shape[1] % m]
                 named = [n for n in bad if n in selection.explicit]
                 if named:
-                    raise _fail(
+                    raise fail(
+                        "Pruning",
                         "include",
                         f"layer {named[0]!r} has {param_of(module.get_submodule(named[0])).shape[1]} input "
                         f"channels, not a multiple of {m}, so {self.granularity} cannot apply",
@@ -315,8 +279,11 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
                     )
                 names = [n for n in names if n not in bad]
                 if not names:
-                    raise _fail(
-                        "granularity", f"no layer has an input dimension divisible by {m}", "use 'unstructured'"
+                    raise fail(
+                        "Pruning",
+                        "granularity",
+                        f"no layer has an input dimension divisible by {m}",
+                        "use 'unstructured'",
                     )
             params = [MaskedParam(n, "weight") for n in names]
         self._masks = MaskSet(module, params)
@@ -371,7 +338,8 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
         if stage == "fit" and self._phase == "permanent":
             self._phase, self._last_update, self._target = "dense", None, 0.0  # a new fit prunes again
         if stage == "fit" and self.granularity == "channel" and self.make_permanent and _is_spawn(trainer):
-            raise _fail(
+            raise fail(
+                "Pruning",
                 "granularity",
                 "physically removing channels under a spawn strategy (ddp_spawn, ddp_notebook) cannot work: "
                 "Lightning copies the trained weights back into the parent process's full-size module",
@@ -382,7 +350,8 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         total = trainer.estimated_stepping_batches
         if not (isinstance(total, int) or (isinstance(total, float) and math.isfinite(total))) or total < 1:
-            raise _fail(
+            raise fail(
+                "Pruning",
                 "end",
                 f"the fit has no finite number of optimizer steps ({total!r}) to place start/end in",
                 "set max_epochs or max_steps, or pass start_step/end_step",

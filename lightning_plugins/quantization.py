@@ -37,11 +37,13 @@ import torch
 from torch import nn
 from typing_extensions import override
 
+from fitslim.callback_spec import QuantizationAwareSpec, call_arguments
+from fitslim.errors import fail, fail_type
 from fitslim.metrics import bn_freeze_warning, qat_metrics
 from fitslim.quantspec import LayerQuant, QuantSpec
 from fitslim.sparsity import match_patterns
 from lightning_plugins._compat import pl
-from lightning_plugins._fakequant import OBSERVERS, LayerQuantizer, layer_kind
+from lightning_plugins._fakequant import LayerQuantizer, layer_kind
 from lightning_plugins._logging import logs_due
 
 __all__ = ["QuantizationAware", "build_spec", "find_layers", "simulate"]
@@ -56,27 +58,10 @@ def _learning_rate(trainer: Any) -> float | None:
     except (AttributeError, IndexError, KeyError, TypeError, ValueError):
         return None
 
+
 _STATE_VERSION = 1
 _QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
-
-
-def _fail(argument: str, problem: str, hint: str) -> ValueError:
-    return ValueError(f"QuantizationAware({argument}=...): {problem}. HINT: {hint}.")
-
-
-def _fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _fail(name, f"got {value!r}, not a number", "pass a fraction of the fit in [0, 1], e.g. 0.6")
-    if not 0.0 <= float(value) <= 1.0:
-        raise _fail(name, f"got {value!r}, outside [0, 1]", "pass a fraction of the fit in [0, 1], e.g. 0.6")
-    return float(value)
-
-
-def _bits(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 8:
-        raise _fail(name, f"got {value!r}, outside 2..8", "use 8 for int8 (the exporters carry int8 only)")
-    return int(value)
 
 
 def _selectors(argument: str, value: Any) -> list[str | type] | None:
@@ -86,16 +71,19 @@ def _selectors(argument: str, value: Any) -> list[str | type] | None:
     for item in items:
         if isinstance(item, type):
             if not issubclass(item, _QUANTIZABLE):
-                raise _fail(
+                raise fail(
+                    "QuantizationAware",
                     argument,
                     f"layer type {item.__name__} has no quantizer",
                     "QuantizationAware quantizes Conv1d, Conv2d (grouped/depthwise) and Linear; "
                     f"remove {item.__name__} or name those types",
                 )
         elif not isinstance(item, str):
-            raise TypeError(
-                f"QuantizationAware({argument}=...): got {item!r}; expected module-name patterns or module types. "
-                f"HINT: e.g. {argument}=['*.conv', nn.Linear]."
+            raise fail_type(
+                "QuantizationAware",
+                argument,
+                f"got {item!r}; expected module-name patterns or module types",
+                f"e.g. {argument}=['*.conv', nn.Linear]",
             )
     return items
 
@@ -123,7 +111,8 @@ def find_layers(
     entries = list(root.named_modules())
     layers = [(n, m) for n, m in entries if layer_kind(m) is not None]
     if not layers:
-        raise _fail(
+        raise fail(
+            "QuantizationAware",
             "include",
             f"the model ({type(root).__name__}) has no Conv1d, Conv2d or Linear layer: nothing to quantize",
             "QuantizationAware quantizes Conv1d/Conv2d/Linear layers; add the callback to a model that has them",
@@ -132,12 +121,17 @@ def find_layers(
     if include is not None:
         for s in include:
             if isinstance(s, str) and not match_patterns(names, [s])[s]:
-                raise _fail("include", f"pattern {s!r} matches no quantizable layer", f"quantizable layers: {names}")
+                raise fail(
+                    "QuantizationAware",
+                    "include",
+                    f"pattern {s!r} matches no quantizable layer",
+                    f"quantizable layers: {names}",
+                )
         layers = [(n, m) for n, m in layers if _matches(n, m, include)]
     if exclude:
         layers = [(n, m) for n, m in layers if not _matches(n, m, exclude)]
     if not layers:
-        raise _fail("exclude", "no layer left to quantize", "exclude fewer layers")
+        raise fail("QuantizationAware", "exclude", "no layer left to quantize", "exclude fewer layers")
     index = {n: i for i, (n, _) in enumerate(entries)}
     out: list[tuple[str, nn.Module, nn.Module | None]] = []
     for name, module in layers:
@@ -258,36 +252,11 @@ class QuantizationAware(pl.Callback):  # type: ignore[name-defined]
         calibration_steps: int = 8,
         directory: str | os.PathLike[str] | None = None,
     ) -> None:
+        arguments = call_arguments(locals())
         super().__init__()
-        self.start = _fraction("start", start)
-        self.freeze_observers = _fraction("freeze_observers", freeze_observers)
-        self.freeze_bn = _fraction("freeze_bn", freeze_bn)
-        if self.freeze_observers < self.start:
-            raise _fail(
-                "freeze_observers",
-                f"freeze_observers={freeze_observers!r} is before start={start!r}",
-                "observers must see batches after start: pass freeze_observers >= start",
-            )
-        self.weight_bits = _bits("weight_bits", weight_bits)
-        self.activation_bits = _bits("activation_bits", activation_bits)
-        if not isinstance(per_channel, bool):
-            raise TypeError(f"QuantizationAware(per_channel=...): got {per_channel!r}; expected True or False.")
-        if observer not in OBSERVERS:
-            raise _fail("observer", f"unknown {observer!r}", f"choose one of {list(OBSERVERS)}")
-        if not (isinstance(momentum, int | float) and 0.0 < float(momentum) <= 1.0):
-            raise _fail("momentum", f"got {momentum!r}, outside (0, 1]", "pass e.g. momentum=0.01")
-        if not (isinstance(percentile, int | float) and 0.0 < float(percentile) <= 100.0):
-            raise _fail("percentile", f"got {percentile!r}, outside (0, 100]", "pass e.g. percentile=99.99")
-        if isinstance(calibration_steps, bool) or not isinstance(calibration_steps, int) or calibration_steps < 1:
-            raise _fail("calibration_steps", f"got {calibration_steps!r}", "pass a positive number of batches")
-        self.per_channel = per_channel
+        QuantizationAwareSpec(**arguments).assign(self)
         self.include = _selectors("include", include)
         self.exclude = _selectors("exclude", exclude)
-        self.observer = observer
-        self.momentum = float(momentum)
-        self.percentile = float(percentile)
-        self.calibration_steps = calibration_steps
-        self.directory = directory
         self.quant_spec: QuantSpec | None = None
         self.spec_path: Path | None = None
         self._quantizers: dict[str, LayerQuantizer] = {}
@@ -353,7 +322,8 @@ class QuantizationAware(pl.Callback):  # type: ignore[name-defined]
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         total = trainer.estimated_stepping_batches
         if not (isinstance(total, int) or (isinstance(total, float) and math.isfinite(total))) or total < 1:
-            raise _fail(
+            raise fail(
+                "QuantizationAware",
                 "start",
                 f"the fit has no finite number of optimizer steps ({total!r}) to place start in",
                 "set max_epochs or max_steps",
