@@ -28,7 +28,11 @@ from tests.zoo import table
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = {
-    "keras": ("tests/zoo/test_keras_export.py", "tests/zoo/test_keras_callbacks.py"),
+    "keras": (
+        "tests/zoo/test_keras_export.py",
+        "tests/zoo/test_keras_callbacks.py",
+        "tests/zoo/test_keras_trained_int8.py",
+    ),
     "torch": (
         "tests/zoo/test_torch_export.py",
         "tests/zoo/test_lightning_callbacks.py",
