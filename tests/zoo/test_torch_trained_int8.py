@@ -47,10 +47,8 @@ QAT_STEPS = 10
 EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     **{(t, "ncnn int8 trained"): ("failed", r"ncnn: this model takes 2 inputs") for t in ("hf_bert", "hf_distilbert")},
     ("hf_swin", "ncnn int8 trained"): ("failed", r"Tensor\.reshape"),
-    # measured 2026-12-07 (docs/zoo-support.md): PTQ of the 47%-trained MobileNetV2 at spread error 0.21 (bound 0.2);
-    # MobileViT's int8 attention MatMul (two activations) against the fake-quant model after QAT, not fixed yet
+    # measured 2026-12-07 (docs/zoo-support.md): PTQ of the 47%-trained MobileNetV2 at spread error 0.21 (bound 0.2)
     ("hf_mobilenet_v2", "tensorrt int8 trained"): ("mismatch", LOCATED),
-    ("hf_mobilevit", "qat onnx int8 trained"): ("mismatch", LOCATED),
 }
 
 
