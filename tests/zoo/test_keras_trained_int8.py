@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.zoo import cell_detail, full_zoo
+from tests.zoo import LOCATED, cell_detail, full_zoo
 
 keras = pytest.importorskip("keras")
 
@@ -50,7 +50,18 @@ CALIBRATION, SAMPLES = 64, 64
 #: QAT: a short second fit from the fine-tuned weights, fake-quant on from the start
 QAT_STEPS = 10
 #: known limits of the trained int8 cells: (case, column) -> (status, reason pattern); every other cell must be ok
-EXPECTED: dict[tuple[str, str], tuple[str, str]] = {}
+EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
+    # measured 2026-12-07 (docs/zoo-support.md): after QAT of the 45%-trained EfficientNet small config, the onnx and
+    # Q/DQ (tensorrt) files agree with the fake-quant model on 25 of 26 decisive samples (96.2%, bound 97%; spread
+    # error 0.20 / 0.12), the int8 error first large at the first squeeze-excitation's reduce conv (block1a_se_reduce,
+    # SQNR 17.5 -> 12.3 dB); its ncnn and tflite int8 files pass (100% of 26)
+    **{("efficientnet_small", f"qat {t} int8 trained"): ("mismatch", LOCATED) for t in ("onnx", "tensorrt")},
+    # measured 2026-12-07: after QAT of the 47%-trained DenseNet small config, the onnx int8 file (ONNX Runtime's
+    # quantizer: QLinear ops beyond the layer inputs the fake-quant model quantizes) agrees on 40 of 42 decisive
+    # samples (95.2%, spread error 0.26), the int8 error first large at conv5_block1_0_relu (the pre-activation
+    # BN + ReLU after a Concat, SQNR 17.7 -> 12.8 dB); its Q/DQ (tensorrt), ncnn and tflite files pass (100% of 42)
+    ("densenet_small", "qat onnx int8 trained"): ("mismatch", LOCATED),
+}
 
 
 def _batch_norms(model: Any) -> list[Any]:
