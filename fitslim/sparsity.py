@@ -33,14 +33,12 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
     "GRANULARITIES",
-    "pruning_args",
     "IMPORTANCES",
     "SCOPES",
     "channel_masks",
@@ -365,41 +363,3 @@ def sparsity_of(masks: Sequence[npt.ArrayLike]) -> float:
     total = sum(int(np.asarray(m).size) for m in masks)
     pruned = sum(int(np.asarray(m).size - np.count_nonzero(m)) for m in masks)
     return pruned / total if total else 0.0
-
-
-def pruning_args(
-    sparsity: float,
-    granularity: str,
-    scope: str,
-    schedule: Any,
-    start: float,
-    end: float,
-    frequency: int | None,
-    importance: str,
-    make_permanent: bool,
-    start_step: int | None,
-    end_step: int | None,
-    round_to: int | None = None,
-) -> Any:
-    """The validated ``Pruning`` arguments: a :class:`fitslim.callback_spec.PruningSpec` (kept for its callers).
-
-    Raises:
-        ValueError: an argument out of range or unknown, named with the fix.
-        TypeError: an argument of the wrong type.
-    """
-    from fitslim.callback_spec import PruningSpec
-
-    return PruningSpec(
-        sparsity=sparsity,
-        granularity=granularity,
-        scope=scope,
-        schedule=schedule,
-        start=start,
-        end=end,
-        frequency=frequency,
-        importance=importance,
-        make_permanent=make_permanent,
-        start_step=start_step,
-        end_step=end_step,
-        round_to=round_to,
-    )

@@ -147,13 +147,11 @@ def test_channel_masks_round_to_keeps_multiples_and_the_best_channels(scope: str
         channel_masks(scores, 0.6, scope, round_to=0)
 
 
-def test_pruning_args_round_to_is_for_channels_only() -> None:
-    from fitslim.sparsity import pruning_args
+def test_pruning_spec_round_to_is_for_channels_only() -> None:
+    from fitslim.callback_spec import PruningSpec
 
-    common = dict(scope="global", schedule="polynomial", start=0.0, end=0.5, frequency=None, importance="l1",
-                  make_permanent=True, start_step=None, end_step=None)  # fmt: skip
-    assert pruning_args(0.5, "channel", round_to=8, **common).round_to == 8  # type: ignore[arg-type]
+    assert PruningSpec(sparsity=0.5, granularity="channel", round_to=8).round_to == 8
     with pytest.raises(ValueError, match=r"Pruning\(round_to=...\).*granularity='unstructured'"):
-        pruning_args(0.5, "unstructured", round_to=8, **common)  # type: ignore[arg-type]
+        PruningSpec(sparsity=0.5, granularity="unstructured", round_to=8)
     with pytest.raises(ValueError, match=r"Pruning\(round_to=...\): got -2"):
-        pruning_args(0.5, "channel", round_to=-2, **common)  # type: ignore[arg-type]
+        PruningSpec(sparsity=0.5, granularity="channel", round_to=-2)
