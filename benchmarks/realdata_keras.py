@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.realdata import (
+from benchmarks.realdata_common import (
     INT8_TARGETS,
     ModelResult,
     Settings,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import realdata
-from benchmarks.realdata import COLUMNS, GOALS, Artifact, ModelResult
+from benchmarks.realdata_common import COLUMNS, GOALS, Artifact, ModelResult
 
 QUANTITIES = ("test accuracy", "test accuracy (floor)", "parameters", "file size", "latency, batch 1")
 
