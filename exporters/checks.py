@@ -1,4 +1,4 @@
-"""Checks of ``export()``'s inputs that run before anything is written.
+"""Checks of ``export()``'s inputs that run before anything is written, and what the converters share.
 
 A bad file, an input in the wrong layout or an output path that is a file becomes a ``ValueError`` naming the
 argument and the fix, instead of an error from deep inside a converter, and no folder is left behind.
@@ -11,8 +11,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "CALIBRATION_LIMIT",
     "Refusal",
     "check_onnx_file",
     "converter_error",
@@ -28,7 +33,13 @@ __all__ = [
     "legacy_trace_check",
     "output_dir",
     "probe_source",
+    "quiet",
 ]
+
+log = logging.getLogger(__name__)
+
+#: at most this many calibration inputs are used (the TFLite converter's representative data set, PT2E observers)
+CALIBRATION_LIMIT = 512
 
 
 def _why(err: BaseException) -> str:
@@ -260,3 +271,16 @@ def converter_error(err: BaseException, what: str, converter: str, instead: str)
     where = failing_op(err)
     on = f" on {where}" if where else ""
     return RuntimeError(f"{what}: {converter} failed{on} ({converter_summary(err)}); {instead}")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Route the converters' prints and progress bars to the debug log instead of the user's console."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    finally:
+        text = (out.getvalue() + err.getvalue()).strip()
+        if text:
+            log.debug("converter output:\n%s", text)

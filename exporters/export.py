@@ -23,10 +23,10 @@ import numpy as np
 import numpy.typing as npt
 
 from exporters.checks import check_onnx_file, output_dir, probe_source
+from exporters.inputs import as_inputs, input_count, is_multi, ort_feed, take
 from exporters.job import ExportJob
 from exporters.quant import QuantTable, calibrate, table_from_spec
 from exporters.report import ExportReport, TargetResult
-from exporters.runtimes import as_inputs, input_count, is_multi, ort_feed, take
 from exporters.source import Source, as_numpy, batches_to_numpy, source_weights
 from fitslim.quantspec import QuantSpec
 from fitslim.recipe import EXPORT_TARGETS, PRECISIONS

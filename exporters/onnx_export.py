@@ -27,9 +27,9 @@ import numpy as np
 import numpy.typing as npt
 
 from exporters.checks import Refusal, converter_error, failing_op, legacy_trace_check
+from exporters.inputs import as_inputs, ort_feed, ort_run, take
 from exporters.job import ExportJob
 from exporters.report import TargetResult
-from exporters.runtimes import ort_feed, ort_run, take
 from exporters.source import Source, keras_backend
 from exporters.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
@@ -649,8 +649,6 @@ def to_onnx(source: Source, path: str | Path, example_input: npt.ArrayLike) -> t
         onnx.checker.ValidationError: the graph is not valid ONNX.
     """
     import onnx
-
-    from exporters.runtimes import as_inputs
 
     example = as_inputs(example_input)
     if isinstance(example, tuple) and source.framework not in ("torch", "onnx"):

@@ -53,10 +53,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from exporters.inputs import Inputs, as_inputs, fixed_batch, input_count, ort_feed, ort_run, take
 from exporters.job import ExportJob
 from exporters.quant import QuantTable
 from exporters.report import TargetResult
-from exporters.runtimes import Inputs, as_inputs, input_count, ort_feed, ort_run, take
 from exporters.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
 
@@ -383,7 +383,6 @@ def fake_quant_ranges(model: Any, table: QuantTable, data: Inputs, batch: int = 
     import onnxruntime as ort
 
     from exporters.qdq import to_qdq
-    from exporters.runtimes import fixed_batch
 
     fq = to_qdq(model, table, residual_inputs=[])
     inferred = onnx.shape_inference.infer_shapes(model)

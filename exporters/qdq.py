@@ -60,8 +60,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from exporters.inputs import as_inputs, input_count
 from exporters.quant import WEIGHTED_OPS, QuantizedNode, QuantTable, activation_values
-from exporters.runtimes import as_inputs, input_count
 from fitslim.int8 import absmax_scale, quantize
 
 if TYPE_CHECKING:

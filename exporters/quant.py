@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from exporters.inputs import as_inputs, fixed_batch, input_count, ort_feed, take
 from fitslim.int8 import absmax_scale, percentile_scale
 from fitslim.quantspec import LayerQuant, QuantSpec
 
@@ -279,8 +280,6 @@ def activation_values(
     import onnx
     import onnxruntime as ort
 
-    from exporters.runtimes import fixed_batch, input_count, ort_feed, take
-
     m = onnx.ModelProto()
     m.CopyFrom(model)
     present = {o.name for o in m.graph.output}
@@ -332,8 +331,6 @@ def calibrate(
     """
     if method not in ("absmax", "percentile"):
         raise ValueError(f"method must be 'absmax' or 'percentile'; got {method!r}.")
-    from exporters.runtimes import as_inputs, input_count
-
     x = as_inputs(data)
     if (not isinstance(x, tuple) and x.ndim == 0) or input_count(x) == 0:
         raise ValueError("calibration data is empty; pass a few hundred real inputs.")

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from exporters.inputs import as_inputs, concat_inputs, take
 from exporters.report import ExportReport, TargetResult
 from fitslim.callback_spec import ExportSpec
 from fitslim.quantspec import QuantSpec
@@ -167,7 +168,6 @@ class ExportSettings(ExportSpec):
             held_out: input batches from the fit's validation data, or None.
         """
         from exporters.export import MAX_SAMPLES
-        from exporters.runtimes import as_inputs, concat_inputs, take
         from exporters.source import batches_to_numpy
 
         if not self.verify:
@@ -224,8 +224,6 @@ class ExportSettings(ExportSpec):
                 "a QuantSpec is present" if precision == "int8" else "no QuantSpec: no QAT ran",
             )
         try:
-            from exporters.runtimes import concat_inputs, take
-
             samples, samples_from = self.verification(batches, held_out)
             batches = list(batches)[: self.calibration_batches]  # the rest only ever verifies
             several = bool(batches) and isinstance(batches[0], tuple)  # several inputs: (ids, mask), ...

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from exporters.inputs import as_inputs, ort_run
+
 __all__ = [
     "FRAMEWORKS",
     "Source",
@@ -170,8 +172,6 @@ def batches_to_numpy(batches: Iterable[Any], limit: int | None = None) -> npt.ND
     Raises:
         ValueError: no batch, or batches whose sample shapes differ.
     """
-    from exporters.runtimes import as_inputs
-
     arrays: list[npt.NDArray[Any]] = []
     total = 0
     for batch in batches:
@@ -241,8 +241,6 @@ class Source:
 
         ``x`` may be a tuple of arrays for a model with several inputs (each keeps an integer dtype).
         """
-        from exporters.runtimes import as_inputs
-
         a = as_inputs(x)
         if self.framework == "torch":
             return self._predict_torch(a)
@@ -278,6 +276,4 @@ class Source:
         if sess is None:
             sess = ort.InferenceSession(str(self.model), providers=["CPUExecutionProvider"])
             self._ort = sess
-        from exporters.runtimes import ort_run
-
         return np.asarray(ort_run(sess, a)[0], dtype=np.float32)

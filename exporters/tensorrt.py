@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from exporters.inputs import ort_feed, ort_run, take
 from exporters.job import ExportJob
 from exporters.onnx_export import ort_session
 from exporters.qdq import lint_qdq, qdq_counts, residual_add_scales, to_qdq
 from exporters.quant import QuantTable
 from exporters.report import TargetResult
-from exporters.runtimes import ort_feed, ort_run, take
 from exporters.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
 

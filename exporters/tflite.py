@@ -16,10 +16,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.metadata
-import io
 import logging
 import warnings
 from collections import Counter
@@ -31,9 +29,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.checks import converter_error
+from exporters.checks import CALIBRATION_LIMIT, converter_error, quiet
 from exporters.job import ExportJob
+from exporters.latency import compare_with_fp32, slower_hint, warn_slower
 from exporters.report import TargetResult
+from exporters.tflite_torch import convert_torch, run_samples_multi
 from exporters.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
 
@@ -47,9 +47,6 @@ SUFFIXES = {"fp32": ".tflite", "fp16": ".fp16.tflite", "int8": ".int8.tflite"}
 #: the ops that must run on int8 inputs and weights in an int8 artifact
 KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
-#: at most this many calibration inputs are used (the TFLite converter's representative data set, PT2E observers)
-CALIBRATION_LIMIT = 512
-
 _QAT_WITHOUT_FAKE_QUANT = (
     "re-calibrated by the TFLite converter: the model has no fake-quant layers; learned scales are carried "
     "only by models trained with keras_callbacks.QuantizationAware"
@@ -61,19 +58,6 @@ class _Conversion:
     content: bytes
     scales: str = ""
     notes: list[str] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Route the converters' prints and progress bars to the debug log instead of the user's console."""
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            yield
-    finally:
-        text = (out.getvalue() + err.getvalue()).strip()
-        if text:
-            log.debug("converter output:\n%s", text)
 
 
 def tflite_runtime() -> str:
@@ -203,8 +187,6 @@ def _convert_keras(job: ExportJob) -> _Conversion:
 
 
 def _convert_torch(job: ExportJob) -> _Conversion:
-    from exporters.tflite_torch import convert_torch
-
     conv = convert_torch(job)
     return _Conversion(conv.content, conv.scales, conv.notes)
 
@@ -312,8 +294,6 @@ def _latency_verdict(
     """
     import dataclasses
 
-    from exporters.latency import compare_with_fp32, slower_hint, warn_slower
-
     try:
         peer_job = dataclasses.replace(job, precision="fp32", quant=None, notes=[])
         conversion = _convert_torch(peer_job) if framework == "torch" else _convert_keras(peer_job)
@@ -383,8 +363,6 @@ def export_tflite(job: ExportJob) -> TargetResult:
         result.notes.append(_input_note(interpreter, "NCHW" if framework == "torch" else "NHWC"))
         if job.verify:
             if isinstance(samples, tuple):  # several inputs (token ids, masks), from torch
-                from exporters.tflite_torch import run_samples_multi
-
                 outputs, latency = run_samples_multi(interpreter, samples)
             else:
                 outputs, latency = _run_samples(interpreter, samples)

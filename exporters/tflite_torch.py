@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from exporters.checks import CALIBRATION_LIMIT, quiet
 from exporters.job import ExportJob
 from exporters.quant import QuantizedNode, QuantTable
-from exporters.tflite import CALIBRATION_LIMIT, quiet
 
 __all__ = ["TorchConversion", "convert_torch", "pt2e_quantize", "run_samples_multi"]
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from typing_extensions import override
 
+from exporters.inputs import as_inputs
 from exporters.latency import latency_metrics
 from exporters.report import ExportReport
-from exporters.runtimes import as_inputs
 from exporters.settings import ExportSettings
 from exporters.source import batch_input
 from fitslim.callback_spec import ExportSpec, call_arguments
