@@ -23,6 +23,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from tests.zoo import table
 
@@ -39,6 +40,13 @@ FILES = {
         "tests/zoo/test_torch_trained_int8.py",
     ),
 }
+
+
+def _which(runs: list[dict[str, Any]], most: int = 8) -> str:
+    """`` (torch hf_deit, ...)`` for a partial run, so that a merged note says which cases it ran."""
+    if not runs or len(runs) > most:
+        return ""
+    return " (" + ", ".join(f"{r['framework']} {r['group']}" for r in runs) + ")"
 
 
 def _env(results: Path) -> dict[str, str]:
@@ -151,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     failing = [r for r in runs if r["rc"] == 1]
     note = (
         f"This run ({time.strftime('%Y-%m-%d')}, `make zoo`, {os.cpu_count()} CPUs): {len(runs)} pytest processes, "
-        f"one per case, {duration(wall)} in all; the largest process peaked at "
+        f"one per case{_which(runs)}, {duration(wall)} in all; the largest process peaked at "
         f"{max((float(r['peak_rss_gb']) for r in runs), default=0):.1f} GB."
     )
     if failing:
