@@ -48,17 +48,18 @@ a teacher of the same family. `refused`: stopped before the first step, naming t
 digits fine-tune of `benchmarks/zoo_keras.py` / `zoo_lightning.py`, within 2 points of dense or not.
 
 Trained-weights int8 columns (`... int8 trained`, `tests/zoo/test_torch_trained_int8.py` and
-`tests/zoo/test_keras_trained_int8.py`; the random-weight int8 columns stay): the case is first fine-tuned on Fashion-MNIST at its own input size (`fine-tune (Fashion-MNIST)`: 60
-AdamW steps of 32 training images, test top-1 on 300 test images; grey replicated to 3 channels; the text cases read
-each image as 16 tokens, the mean intensity of a 4x4 grid of cells binned into ids 1..99, labels modulo 3, a
-deterministic mapping of the same real images, see `tests/zoo/trained.py`). Then `<target> int8 trained`: PTQ,
-calibrated on 64 training images, verified against the trained model on 64 test images (torch: tflite left out of this
-column to fit the run's time budget); `qat <target> int8 trained`: `QuantizationAware` + `Export(precision="int8")`
-in a 10-step second fit (Lightning `Trainer.fit`, Keras `model.fit`) on training images from the fine-tuned weights,
-verified against the fake-quant model on the same test images. The Keras file's per-case fine-tune settings (more
-steps, BatchNorm momentum, pixel range) are written and measured there. A mismatch there points at a defect, not at
-random weights. Each cell ends with the fine-tuned accuracy. Run them alone with
-`python -m tests.zoo.run --only torch --select trained_int8 --merge` (or `--only keras`).
+`tests/zoo/test_keras_trained_int8.py`; the random-weight int8 columns stay): the case is first fine-tuned on
+Fashion-MNIST at its own input size (`fine-tune (Fashion-MNIST)`: 60 AdamW steps of 32 training images, test top-1
+on 300 test images; grey replicated to 3 channels; the text cases read each image as 16 tokens, the mean intensity
+of a 4x4 grid of cells binned into ids 1..99, labels modulo 3, a deterministic mapping of the same real images, see
+`tests/zoo/trained.py`). Then `<target> int8 trained`: PTQ, calibrated on 64 training images, verified against the
+trained model on 64 test images (torch: tflite left out of this column to fit the run's time budget); `qat <target>
+int8 trained`: `QuantizationAware` + `Export(precision="int8")` in a 10-step second fit (Lightning `Trainer.fit`,
+Keras `model.fit`) on training images from the fine-tuned weights, verified against the fake-quant model on the same
+test images. The Keras file's per-case fine-tune settings (more steps, BatchNorm momentum, pixel range) are written
+and measured there. A mismatch there points at a defect, not at random weights. Each cell ends with the fine-tuned
+accuracy. Run them alone with `python -m tests.zoo.run --only torch --select trained_int8 --merge` (or `--only
+keras`).
 Regenerate with `make zoo`.
 """
 
