@@ -11,7 +11,6 @@ at random weights. ``make test`` runs none of it. The torch twin is tests/zoo/te
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,14 +19,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.zoo import LOCATED, cell_detail, full_zoo
+from tests.zoo import LOCATED, full_zoo
 
 keras = pytest.importorskip("keras")
 
 from exporters import export  # noqa: E402
 from keras_callbacks import Export, QuantizationAware  # noqa: E402
 from tests.zoo.keras_zoo import CASES  # noqa: E402
-from tests.zoo.trained import MEAN, STD, accuracy_floor, real_data  # noqa: E402
+from tests.zoo.trained import MEAN, STD, accuracy_floor, real_data, record_trained  # noqa: E402
 
 pytestmark = [pytest.mark.zoo, pytest.mark.slow]
 
@@ -130,20 +129,6 @@ def fine_tune(name: str) -> tuple[Any, float, float, int]:
     return model, accuracy, time.perf_counter() - t0, steps
 
 
-def _record(record: Callable[..., None], name: str, column: str, row: Any, accuracy: float) -> str:
-    """Record one trained int8 cell (figures first, then the fine-tuned accuracy); the problem, or ''."""
-    detail = f"{cell_detail(row)}; fine-tuned {accuracy * 100:.0f}%"
-    record("keras", name, column, row.status, detail)
-    want = EXPECTED.get((name, column))
-    if want is None:
-        return "" if row.ok else f"{column}: {row.status}: {row.reason}"
-    if want[0] == "mismatch" and row.ok:  # passing is never a defect
-        return ""
-    if row.status != want[0] or not re.search(want[1], row.reason or ""):
-        return f"{column}: expected {want[0]} /{want[1]}/, got {row.status}: {row.reason}"
-    return ""
-
-
 #: the CI cases first (one per family), so a matrix cut short by its time budget covers them
 FIRST = (
     "user_sequential", "resnet_small", "mobilenet_v2", "efficientnet_small", "convnext_small", "densenet_small",
@@ -169,7 +154,9 @@ def test_keras_zoo_trained_int8(name: str, tmp_path: Path, zoo_record: Callable[
     report = export(model, list(PTQ_TARGETS), example_input=samples[:1], calibration=calibration, samples=samples,
                     precision="int8", directory=tmp_path / "ptq", latency=False)  # fmt: skip
     for row in report:
-        problems.append(_record(zoo_record, name, f"{row.target} int8 trained", row, accuracy))
+        problems.append(
+            record_trained(zoo_record, EXPECTED, "keras", name, f"{row.target} int8 trained", row, accuracy)
+        )
 
     # QAT from the fine-tuned weights in a second fit, then Export at int8 from the learned spec
     x, y = images(name, "train", QAT_STEPS * BATCH, offset=steps * BATCH)
@@ -179,7 +166,9 @@ def test_keras_zoo_trained_int8(name: str, tmp_path: Path, zoo_record: Callable[
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[qat, exp])
     assert qat.quant_spec is not None and exp.report is not None
     for row in exp.report:
-        problems.append(_record(zoo_record, name, f"qat {row.target} int8 trained", row, accuracy))
+        problems.append(
+            record_trained(zoo_record, EXPECTED, "keras", name, f"qat {row.target} int8 trained", row, accuracy)
+        )
     assert len(exp.report) == len(QAT_TARGETS) and len(report) == len(PTQ_TARGETS)
     problems = [p for p in problems if p]
     assert not problems, "\n".join(problems)

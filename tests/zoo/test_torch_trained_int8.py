@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.zoo import LOCATED, cell_detail, full_zoo
+from tests.zoo import LOCATED, full_zoo
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -30,7 +30,7 @@ from exporters import export  # noqa: E402
 from lightning_plugins import Export, QuantizationAware  # noqa: E402
 from tests.zoo.test_lightning_callbacks import ZooModule  # noqa: E402
 from tests.zoo.torch_zoo import CASES  # noqa: E402
-from tests.zoo.trained import accuracy_floor, real_data  # noqa: E402
+from tests.zoo.trained import accuracy_floor, real_data, record_trained  # noqa: E402
 
 pytestmark = [pytest.mark.zoo, pytest.mark.slow]
 
@@ -82,22 +82,6 @@ def fine_tune(name: str, steps: int = STEPS) -> tuple[Any, float, float]:
     return model, float((pred.numpy() == yt).mean()), time.perf_counter() - t0
 
 
-def _record(record: Callable[..., None], name: str, column: str, row: Any, accuracy: float) -> str:
-    """Record one trained int8 cell (figures first, then the fine-tuned accuracy); the problem, or ''."""
-    detail = f"{cell_detail(row)}; fine-tuned {accuracy * 100:.0f}%"
-    record("torch", name, column, row.status, detail)
-    want = EXPECTED.get((name, column))
-    if want is None:
-        return "" if row.ok else f"{column}: {row.status}: {row.reason}"
-    import re
-
-    if want[0] == "mismatch" and row.ok:  # passing is never a defect
-        return ""
-    if row.status != want[0] or not re.search(want[1], row.reason or ""):
-        return f"{column}: expected {want[0]} /{want[1]}/, got {row.status}: {row.reason}"
-    return ""
-
-
 #: the cases the QAT onnx int8 defect was seen on first, so a matrix cut short by its time budget covers them
 FIRST = ("hf_mobilenet_v2", "hf_efficientnet", "hf_bert", "hf_mobilenet_v1", "hf_mobilevit", "hf_vit", "hf_regnet")
 
@@ -120,7 +104,9 @@ def test_torch_zoo_trained_int8(name: str, tmp_path: Path, zoo_record: Callable[
     report = export(model, list(PTQ_TARGETS), example_input=_first(samples, 1), calibration=calibration,
                     samples=samples, precision="int8", directory=tmp_path / "ptq", latency=False)  # fmt: skip
     for row in report:
-        problems.append(_record(zoo_record, name, f"{row.target} int8 trained", row, accuracy))
+        problems.append(
+            record_trained(zoo_record, EXPECTED, "torch", name, f"{row.target} int8 trained", row, accuracy)
+        )
 
     # QAT from the fine-tuned weights, then Export at int8 from the learned spec (verified on test images)
     x, y = real_data(case, "train", QAT_STEPS * BATCH, offset=STEPS * BATCH)
@@ -136,7 +122,9 @@ def test_torch_zoo_trained_int8(name: str, tmp_path: Path, zoo_record: Callable[
     ).fit(module, loader)  # fmt: skip
     assert exp.report is not None
     for row in exp.report:
-        problems.append(_record(zoo_record, name, f"qat {row.target} int8 trained", row, accuracy))
+        problems.append(
+            record_trained(zoo_record, EXPECTED, "torch", name, f"qat {row.target} int8 trained", row, accuracy)
+        )
     problems = [p for p in problems if p]
     assert not problems, "\n".join(problems)
     assert np.isfinite(accuracy)

@@ -15,14 +15,16 @@ modulo 3 (classes {0, 3, 6, 9}, {1, 4, 7}, {2, 5, 8}); a deterministic mapping o
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from tests.zoo import ZooCase
+from tests.zoo import ZooCase, cell_detail
 
-__all__ = ["MEAN", "STD", "TEXT_TOKENS", "TEXT_VOCAB", "accuracy_floor", "real_data"]
+__all__ = ["MEAN", "STD", "TEXT_TOKENS", "TEXT_VOCAB", "accuracy_floor", "real_data", "record_trained"]
 
 #: Fashion-MNIST's pixel mean and std (training split, pixels in [0, 1])
 MEAN, STD = 0.2860, 0.3530
@@ -88,3 +90,33 @@ def accuracy_floor(case: ZooCase) -> float:
     """The least test accuracy a fine-tune must reach to count as trained: chance (10 or 3 classes) plus 10 points
     (BERT's 60-step fine-tune on the token mapping reached 49% of 3 classes, the vision cases 47-77% of 10)."""
     return 1.0 / (3 if case.kind == "text" else 10) + 0.10
+
+
+def record_trained(
+    record: Callable[..., None],
+    expected: dict[tuple[str, str], tuple[str, str]],
+    framework: str,
+    name: str,
+    column: str,
+    row: Any,
+    accuracy: float,
+) -> str:
+    """Record one trained int8 cell (figures first, then the fine-tuned accuracy); the problem, or ''.
+
+    Args:
+        record: the ``zoo_record`` fixture.
+        expected: known limits, ``(case, column) -> (status, reason pattern)``; every other cell must be ok, and a
+            known mismatch that passes is no problem.
+        framework: ``"torch"`` or ``"keras"``; name: the case; column: the cell's column.
+        row: the export report's row; accuracy: the fine-tuned test accuracy.
+    """
+    detail = f"{cell_detail(row)}; fine-tuned {accuracy * 100:.0f}%"
+    record(framework, name, column, row.status, detail)
+    want = expected.get((name, column))
+    if want is None:
+        return "" if row.ok else f"{column}: {row.status}: {row.reason}"
+    if want[0] == "mismatch" and row.ok:  # passing is never a defect
+        return ""
+    if row.status != want[0] or not re.search(want[1], row.reason or ""):
+        return f"{column}: expected {want[0]} /{want[1]}/, got {row.status}: {row.reason}"
+    return ""
