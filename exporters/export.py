@@ -28,6 +28,7 @@ from exporters.job import ExportJob
 from exporters.quant import QuantTable, calibrate, table_from_spec
 from exporters.report import ExportReport, TargetResult
 from exporters.source import Source, as_numpy, batches_to_numpy, source_weights
+from fitslim.callback_spec import ONNX_WEIGHT_TYPES, check_export_options
 from fitslim.quantspec import QuantSpec
 from fitslim.recipe import EXPORT_TARGETS, PRECISIONS
 
@@ -44,7 +45,7 @@ NCNN_DEPTHWISE: dict[str, tuple[str, ...]] = {"int8": (), "float": ("Convolution
 
 #: ``export(..., onnx_weights=...)``: how the ``onnx`` int8 artifact stores its weights (``auto``: this CPU's
 #: choice, :func:`exporters.onnx_int8.weight_type`)
-ONNX_WEIGHTS = ("auto", "int8", "uint8")
+ONNX_WEIGHTS = ONNX_WEIGHT_TYPES
 
 #: target → (module, function, the extra that provides its runtime)
 _TARGET_IMPL: dict[str, tuple[str, str, str]] = {
@@ -56,17 +57,6 @@ _TARGET_IMPL: dict[str, tuple[str, str, str]] = {
 
 #: how many verification samples are compared at most
 MAX_SAMPLES = 256
-
-
-def _check_args(targets: Sequence[str], precision: str) -> list[str]:
-    if isinstance(targets, str):
-        targets = [targets]
-    bad = [t for t in targets if t not in TARGETS]
-    if bad or not targets:
-        raise ValueError(f"targets: unknown {bad or targets!r}; choose any of {list(TARGETS)}.")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: unknown {precision!r}; choose one of {list(PRECISIONS)}.")
-    return list(dict.fromkeys(targets))
 
 
 def _example(source: Source, example_input: Any, calib: Any) -> Any:
@@ -362,16 +352,7 @@ def export(
             f"latency: expected True or False; got {latency!r}. HINT: latency=False skips the latency verdict "
             "against fp32 (for callers that time the artifacts themselves); leave it unset to keep it."
         )
-    if ncnn_depthwise not in NCNN_DEPTHWISE:
-        raise ValueError(
-            f"ncnn_depthwise: unknown {ncnn_depthwise!r}; choose one of {list(NCNN_DEPTHWISE)} ('float' keeps "
-            "depthwise convolutions fp32 in the ncnn int8 model, faster on x86)."
-        )
-    if onnx_weights not in ONNX_WEIGHTS:
-        raise ValueError(
-            f"onnx_weights: unknown {onnx_weights!r}; choose one of {list(ONNX_WEIGHTS)} (how the onnx int8 artifact "
-            "stores its weights: 'uint8' for x86 CPUs without VNNI, 'int8' for ARM and VNNI CPUs)."
-        )
+    targets = check_export_options(targets, precision, ncnn_depthwise, onnx_weights)
     int8 = None if isinstance(model, str | os.PathLike) else getattr(model, "_fitslim_int8", None)
     view: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if int8 is not None:
@@ -408,7 +389,7 @@ def _export(
     samples_from: str = "",
     latency: bool = True,
 ) -> ExportReport:
-    chosen = _check_args(targets, precision)
+    chosen = list(targets)
     say = progress or (lambda msg: log.info("%s", msg))
     out_dir = output_dir(directory)
     created = not out_dir.exists()

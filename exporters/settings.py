@@ -18,9 +18,8 @@ from typing import Any
 
 from exporters.inputs import as_inputs, concat_inputs, take
 from exporters.report import ExportReport, TargetResult
-from fitslim.callback_spec import ExportSpec
+from fitslim.callback_spec import ExportSpec, check_export_options
 from fitslim.quantspec import QuantSpec
-from fitslim.recipe import EXPORT_PRECISIONS, EXPORT_TARGETS
 
 __all__ = ["ExportSettings", "quant_spec_arg"]
 
@@ -84,17 +83,9 @@ class ExportSettings(ExportSpec):
     latency: bool = True
 
     def __post_init__(self) -> None:
-        targets = [self.targets] if isinstance(self.targets, str) else list(self.targets)
-        bad = [t for t in targets if t not in EXPORT_TARGETS]
-        if bad or not targets:
-            raise ValueError(
-                f"Export(targets=...): unknown {bad or targets!r}. HINT: choose any of {list(EXPORT_TARGETS)}."
-            )
-        self.targets = list(dict.fromkeys(targets))
-        if self.precision not in EXPORT_PRECISIONS:
-            raise ValueError(
-                f"Export(precision=...): unknown {self.precision!r}. HINT: choose one of {list(EXPORT_PRECISIONS)}."
-            )
+        self.targets = check_export_options(
+            self.targets, self.precision, self.ncnn_depthwise, self.onnx_weights, callback="Export"
+        )
         for name in ("calibration_batches", "threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -111,20 +102,6 @@ class ExportSettings(ExportSpec):
             )
         if self.input_fn is not None and not callable(self.input_fn):
             raise TypeError(f"Export(input_fn=...): expected a callable batch -> input; got {self.input_fn!r}.")
-        from exporters.export import NCNN_DEPTHWISE
-
-        if self.ncnn_depthwise not in NCNN_DEPTHWISE:
-            raise ValueError(
-                f"Export(ncnn_depthwise=...): unknown {self.ncnn_depthwise!r}. HINT: choose one of "
-                f"{list(NCNN_DEPTHWISE)} ('float' keeps depthwise convolutions fp32 in the ncnn int8 model)."
-            )
-        from exporters.export import ONNX_WEIGHTS
-
-        if self.onnx_weights not in ONNX_WEIGHTS:
-            raise ValueError(
-                f"Export(onnx_weights=...): unknown {self.onnx_weights!r}. HINT: choose one of {list(ONNX_WEIGHTS)} "
-                "('uint8' for x86 CPUs without VNNI, 'int8' for ARM and VNNI CPUs, 'auto' for the exporting CPU)."
-            )
         if isinstance(self.verify_data, str | bytes | int | float):
             raise TypeError(
                 f"Export(verify_data=...): expected inputs (an array or batches); got {type(self.verify_data).__name__}"

@@ -36,6 +36,7 @@ from exporters.quant import QuantTable
 from exporters.report import TargetResult
 from exporters.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
+from fitslim.recipe import PRECISIONS
 
 __all__ = [
     "ENGINE_MAX_BATCH",
@@ -50,8 +51,6 @@ log = logging.getLogger(__name__)
 
 #: Largest batch of the engine's optimization profile (the ONNX batch axis is dynamic).
 ENGINE_MAX_BATCH = 64
-
-_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def tensorrt_available() -> tuple[bool, str]:
@@ -138,7 +137,7 @@ def trtexec_command(
             f"python -m modelopt.onnx.autocast --onnx_path {onnx_name} --output_path {fp16_onnx} && "
             f"trtexec --onnx={fp16_onnx}{shapes} --saveEngine={engine_name}"
         )
-    raise ValueError(f"precision: unknown {precision!r}; choose one of {list(_PRECISIONS)}.")
+    raise ValueError(f"precision: unknown {precision!r}; choose one of {list(PRECISIONS)}.")
 
 
 def build_engine(
@@ -286,8 +285,6 @@ def export_tensorrt(job: ExportJob) -> TargetResult:
     """
     import onnxruntime as ort
 
-    if job.precision not in _PRECISIONS:
-        raise ValueError(f"precision: unknown {job.precision!r}; choose one of {list(_PRECISIONS)}.")
     notes: list[str] = []
     scales = ""
     if job.precision == "int8":

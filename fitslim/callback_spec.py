@@ -29,10 +29,13 @@ from typing import Any
 
 from fitslim.distill import DistillationSettings
 from fitslim.errors import fail, fail_type
+from fitslim.recipe import EXPORT_PRECISIONS, EXPORT_TARGETS, PRECISIONS
 from fitslim.sparsity import GRANULARITIES, IMPORTANCES, SCOPES, parse_n_of_m
 
 __all__ = [
     "ATTENTION_MODES",
+    "NCNN_DEPTHWISE_MODES",
+    "ONNX_WEIGHT_TYPES",
     "QAT_OBSERVERS",
     "SCHEDULE_NAMES",
     "DistillationSpec",
@@ -42,6 +45,7 @@ __all__ = [
     "Selectors",
     "call_arguments",
     "check_callables",
+    "check_export_options",
     "defaults",
 ]
 
@@ -421,3 +425,60 @@ class ExportSpec:
     ncnn_depthwise: str = "int8"
     onnx_weights: str = "auto"
     verify_data: Any = None
+
+
+#: ``ncnn_depthwise``: depthwise convolutions of the ncnn int8 model int8 (default) or kept fp32
+NCNN_DEPTHWISE_MODES = ("int8", "float")
+#: ``onnx_weights``: how the ``onnx`` int8 artifact stores its weights
+ONNX_WEIGHT_TYPES = ("auto", "int8", "uint8")
+
+_OPTION_WHY = {
+    "ncnn_depthwise": "'float' keeps depthwise convolutions fp32 in the ncnn int8 model, faster on x86",
+    "onnx_weights": "how the onnx int8 artifact stores its weights: 'uint8' for x86 CPUs without VNNI, 'int8' for "
+    "ARM and VNNI CPUs, 'auto' for the exporting CPU",
+}
+
+
+def check_export_options(
+    targets: str | Sequence[str],
+    precision: str,
+    ncnn_depthwise: str = "int8",
+    onnx_weights: str = "auto",
+    callback: str | None = None,
+) -> list[str]:
+    """The one check of the export options every entry point takes (``Export`` on both sides, ``export()``).
+
+    Args:
+        targets: any of the export targets (a single name is one target).
+        precision: ``fp32``, ``fp16``, ``int8``, and for a callback also ``auto``.
+        ncnn_depthwise: one of :data:`NCNN_DEPTHWISE_MODES`.
+        onnx_weights: one of :data:`ONNX_WEIGHT_TYPES`.
+        callback: the callback's class name, so the error names ``Export(precision=...)``; None for ``export()``,
+            whose errors name the argument alone.
+
+    Returns:
+        The targets as a list, each once, in their order.
+
+    Raises:
+        ValueError: an unknown or empty target, or an unknown value, naming the argument and the choices.
+    """
+
+    def unknown(argument: str, value: Any, choices: Sequence[str], many: bool = False) -> ValueError:
+        pick = f"choose {'any' if many else 'one'} of {list(choices)}"
+        why = _OPTION_WHY.get(argument)
+        if callback is None:
+            return ValueError(f"{argument}: unknown {value!r}; {pick}" + (f" ({why})." if why else "."))
+        return fail(callback, argument, f"unknown {value!r}", pick + (f" ({why})" if why else ""))
+
+    names = [targets] if isinstance(targets, str) else list(targets)
+    bad = [t for t in names if t not in EXPORT_TARGETS]
+    if bad or not names:
+        raise unknown("targets", bad or names, EXPORT_TARGETS, many=True)
+    precisions = PRECISIONS if callback is None else EXPORT_PRECISIONS
+    if precision not in precisions:
+        raise unknown("precision", precision, precisions)
+    if ncnn_depthwise not in NCNN_DEPTHWISE_MODES:
+        raise unknown("ncnn_depthwise", ncnn_depthwise, NCNN_DEPTHWISE_MODES)
+    if onnx_weights not in ONNX_WEIGHT_TYPES:
+        raise unknown("onnx_weights", onnx_weights, ONNX_WEIGHT_TYPES)
+    return list(dict.fromkeys(names))

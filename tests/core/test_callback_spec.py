@@ -224,3 +224,33 @@ def test_the_recipe_builds_the_same_specs_through_both_plugin_sets() -> None:
             "int8",
             "out",
         )
+
+
+def test_export_options_are_checked_in_one_place_for_export_and_the_callbacks() -> None:
+    """``check_export_options`` is what ``export()`` and ``Export`` (via ExportSettings) run: one list of choices, the
+    function's errors naming the argument, the callback's naming ``Export(argument=...)`` with a HINT."""
+    from fitslim.callback_spec import check_export_options
+
+    assert check_export_options(["onnx", "ncnn", "onnx"], "int8") == ["onnx", "ncnn"]
+    assert check_export_options("tflite", "auto", callback="Export") == ["tflite"]
+    with pytest.raises(ValueError, match=r"^targets: unknown \['coreml'\]; choose any of \['onnx'"):
+        check_export_options(["coreml"], "fp32")
+    with pytest.raises(ValueError, match=r"^precision: unknown 'auto'; choose one of \['fp32', 'fp16', 'int8'\]\.$"):
+        check_export_options(["onnx"], "auto")  # "auto" is the callbacks' choice (int8 after QAT), not export()'s
+    with pytest.raises(ValueError, match=r"^Export\(precision=\.\.\.\): unknown 'int4'\. HINT: choose one of .*'auto'"):
+        check_export_options(["onnx"], "int4", callback="Export")
+    with pytest.raises(ValueError, match=r"^ncnn_depthwise: unknown 'fp16'; choose one of \['int8', 'float'\]"):
+        check_export_options(["ncnn"], "int8", ncnn_depthwise="fp16")
+    with pytest.raises(ValueError, match=r"^Export\(onnx_weights=\.\.\.\): unknown 'u8'\. HINT: choose one of"):
+        check_export_options(["onnx"], "int8", onnx_weights="u8", callback="Export")
+
+
+def test_export_and_export_settings_refuse_through_the_kernel_check() -> None:
+    pytest.importorskip("onnx")
+    from exporters import export
+    from exporters.settings import ExportSettings
+
+    with pytest.raises(ValueError, match=r"^onnx_weights: unknown 'u8'"):
+        export("model.onnx", ["onnx"], onnx_weights="u8")
+    with pytest.raises(ValueError, match=r"^Export\(ncnn_depthwise=\.\.\.\): unknown 'half'"):
+        ExportSettings(targets=["ncnn"], ncnn_depthwise="half")
