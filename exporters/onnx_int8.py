@@ -244,6 +244,9 @@ FLOAT_AFTER_QAT = ("Mul", "Sigmoid")
 #: LayerNormalization kernel, so only the residual additions lose int8 kernels.
 LAYERNORM_INPUT_OPS = ("Add", "Sum", "Sub", "Concat")
 
+#: after QAT, these ops stay float when every non-constant input comes from a float op (see :func:`float_nodes`)
+AFTER_FLOAT = ("Add", "Sub", "Mul", "Div", "Relu", "Clip", "GlobalAveragePool", "AveragePool", "ReduceMean")
+
 
 def quantized_op_types(table: QuantTable) -> list[str]:
     """The op types ONNX Runtime's quantizer may quantize: its defaults, less :data:`FLOAT_AFTER_QAT` for learned
@@ -266,8 +269,18 @@ def float_nodes(model: Any, table: QuantTable) -> dict[str, list[str]]:
     consts = {i.name for i in model.graph.initializer} | {
         o for n in model.graph.node if n.op_type == "Constant" for o in n.output
     }
-    kept: dict[str, list[str]] = {"layernorm input": [], "activation matmul": []}
+    kept: dict[str, list[str]] = {"layernorm input": [], "activation matmul": [], "between float and a layer": []}
+    floating = {n.name for n in model.graph.node if table.origin == "qat" and n.op_type in FLOAT_AFTER_QAT}
     for node in model.graph.node:
+        if table.origin == "qat" and node.name and node.name not in floating and node.op_type in AFTER_FLOAT:
+            # after QAT, an op fed only by float ops (a BatchNorm's leftover shift after its float scale, the ReLU
+            # or pooling after it) stays float: quantized, it rounds once more before the next layer's learned
+            # input grid, where the fake-quant model rounds once (Keras DenseNet's pre-activation BatchNorms, the
+            # squeeze-excitation pooling after SiLU)
+            sources = [producers.get(i) for i in node.input if i and not _from_constant(i, producers, consts)]
+            if sources and all(p is not None and p.name in floating for p in sources):
+                floating.add(node.name)
+                kept["between float and a layer"].append(node.name)
         if node.op_type == "LayerNormalization" and node.input:
             p = producers.get(node.input[0])
             if p is not None and p.op_type in LAYERNORM_INPUT_OPS and p.name and p.name not in kept["layernorm input"]:
@@ -552,6 +565,12 @@ def _float_notes(path: Path, table: QuantTable) -> list[str]:
         notes.append(
             f"LayerNormalization inputs kept float ({len(kept['layernorm input'])} residual additions / concats): "
             "per-tensor int8 there rounds away small tokens (HF DeiT's class token) that the LayerNorm scales up"
+        )
+    if "between float and a layer" in kept:
+        notes.append(
+            f"after QAT, {len(kept['between float and a layer'])} op(s) fed only by float ops (BatchNorm shifts, the "
+            "ReLU / pooling after them) kept float: quantized, they would round once more before the next layer's "
+            "learned input grid"
         )
     if "activation matmul" in kept:
         notes.append(
