@@ -263,7 +263,10 @@ def float_nodes(model: Any, table: QuantTable) -> dict[str, list[str]]:
     - ``"layernorm input"``: the :data:`LAYERNORM_INPUT_OPS` nodes whose output a LayerNormalization normalizes;
     - ``"activation matmul"`` (learned scales only): MatMuls of two activations (attention's ``q k^T`` and
       ``softmax v``), which the fake-quant model computes in float (it quantizes layer inputs only); int8 there took
-      the QAT-trained HF MobileViT to a spread error of 0.15 against it.
+      the QAT-trained HF MobileViT to a spread error of 0.15 against it;
+    - ``"between float and a layer"`` (learned scales only): :data:`AFTER_FLOAT` ops whose every non-constant input
+      comes from a float op (a BatchNorm's shift after its float scale, the ReLU after it), so the next layer's
+      learned input grid is the only rounding, as in the fake-quant model.
     """
     producers = _producers(model)
     consts = {i.name for i in model.graph.initializer} | {

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.zoo import LOCATED, full_zoo
+from tests.zoo import LOCATED
 
 keras = pytest.importorskip("keras")
 
 from exporters import export  # noqa: E402
 from keras_callbacks import Export, QuantizationAware  # noqa: E402
 from tests.zoo.keras_zoo import CASES  # noqa: E402
-from tests.zoo.trained import MEAN, STD, accuracy_floor, real_data, record_trained  # noqa: E402
+from tests.zoo.trained import MEAN, STD, accuracy_floor, real_data, record_trained, trained_cases  # noqa: E402
 
 pytestmark = [pytest.mark.zoo, pytest.mark.slow]
 
@@ -133,12 +133,7 @@ FIRST = (
 )  # fmt: skip
 
 
-def _cases() -> list[Any]:
-    order = [*FIRST, *(n for n in CASES if n not in FIRST)]
-    return [pytest.param(n, id=f"{n}-trained_int8") for n in order] if full_zoo() else []
-
-
-@pytest.mark.parametrize("name", _cases())
+@pytest.mark.parametrize("name", trained_cases(list(CASES), FIRST))
 def test_keras_zoo_trained_int8(name: str, tmp_path: Path, zoo_record: Callable[..., None]) -> None:
     case = CASES[name]
     model, accuracy, seconds, steps = fine_tune(name)

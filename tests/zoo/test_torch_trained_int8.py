@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.zoo import LOCATED, full_zoo
+from tests.zoo import LOCATED
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -30,7 +30,7 @@ from exporters import export  # noqa: E402
 from lightning_plugins import Export, QuantizationAware  # noqa: E402
 from tests.zoo.test_lightning_callbacks import ZooModule  # noqa: E402
 from tests.zoo.torch_zoo import CASES  # noqa: E402
-from tests.zoo.trained import accuracy_floor, real_data, record_trained  # noqa: E402
+from tests.zoo.trained import accuracy_floor, real_data, record_trained, trained_cases  # noqa: E402
 
 pytestmark = [pytest.mark.zoo, pytest.mark.slow]
 
@@ -86,12 +86,7 @@ def fine_tune(name: str, steps: int = STEPS) -> tuple[Any, float, float]:
 FIRST = ("hf_mobilenet_v2", "hf_efficientnet", "hf_bert", "hf_mobilenet_v1", "hf_mobilevit", "hf_vit", "hf_regnet")
 
 
-def _cases() -> list[Any]:
-    order = [*FIRST, *(n for n in CASES if n not in FIRST)]
-    return [pytest.param(n, id=f"{n}-trained_int8") for n in order] if full_zoo() else []
-
-
-@pytest.mark.parametrize("name", _cases())
+@pytest.mark.parametrize("name", trained_cases(list(CASES), FIRST))
 def test_torch_zoo_trained_int8(name: str, tmp_path: Path, zoo_record: Callable[..., None]) -> None:
     case = CASES[name]
     model, accuracy, seconds = fine_tune(name)

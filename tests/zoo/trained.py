@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from tests.zoo import ZooCase, cell_detail
 
-__all__ = ["MEAN", "STD", "TEXT_TOKENS", "TEXT_VOCAB", "accuracy_floor", "real_data", "record_trained"]
+__all__ = ["MEAN", "STD", "TEXT_TOKENS", "TEXT_VOCAB", "accuracy_floor", "real_data", "record_trained", "trained_cases"]
 
 #: Fashion-MNIST's pixel mean and std (training split, pixels in [0, 1])
 MEAN, STD = 0.2860, 0.3530
@@ -120,3 +120,14 @@ def record_trained(
     if row.status != want[0] or not re.search(want[1], row.reason or ""):
         return f"{column}: expected {want[0]} /{want[1]}/, got {row.status}: {row.reason}"
     return ""
+
+
+def trained_cases(cases: Sequence[str], first: Sequence[str]) -> list[Any]:
+    """The trained-int8 test parameters: ``first`` (so a run cut short covers them), then the other cases; none
+    unless the full zoo runs (``FITSLIM_ZOO=full``)."""
+    import pytest
+
+    from tests.zoo import full_zoo
+
+    order = [*first, *(n for n in cases if n not in first)]
+    return [pytest.param(n, id=f"{n}-trained_int8") for n in order] if full_zoo() else []
