@@ -28,14 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import emit
 from exporters import ExportReport, export
 from fitslim.data import digits
-from fitslim.models import copy_torch_to_keras, keras_model, torch_model
+from keras_callbacks.models import copy_torch_to_keras, keras_model
+from lightning_plugins.models import torch_model
 
 TARGETS = ["onnx", "ncnn", "tflite", "tensorrt"]
 
 
 def _bn_from_data(model: Any, x: np.ndarray) -> Any:
     """BatchNorm statistics from a data batch (shared helper)."""
-    from fitslim.models.torch_models import batchnorm_from_data
+    from lightning_plugins.models import batchnorm_from_data
 
     return batchnorm_from_data(model, x)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fitslim.models import keras_model
+from keras_callbacks.models import keras_model
 
 __all__ = ["TORCH_ADAM_EPSILON", "build_digits_classifier", "evaluate_accuracy"]
 

@@ -19,7 +19,7 @@ restores them.
 Example:
     >>> import torch
     >>> from lightning_plugins.distillation import Distillation
-    >>> from fitslim.models import torch_model
+    >>> from lightning_plugins.models import torch_model
     >>> teacher = torch_model("digits_cnn", width=4.0)
     >>> cb = Distillation(teacher, temperature=4.0, alpha=0.7, features={"model.transition.conv": "transition.conv"})
     >>> cb.settings.alpha
@@ -338,7 +338,7 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
         RuntimeError: manual optimization, or a ``training_step`` that never calls the module (``self(x)``).
 
     Example:
-        >>> from fitslim.models import torch_model
+        >>> from lightning_plugins.models import torch_model
         >>> from lightning_plugins.distillation import Distillation
         >>> cb = Distillation(torch_model("digits_cnn", width=4.0), temperature=4.0, alpha=0.7)
         >>> cb.settings.to_dict()["loss"]

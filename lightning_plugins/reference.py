@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fitslim.data import digits
-from fitslim.models import torch_model
+from lightning_plugins.models import torch_model
 from lightning_plugins._compat import pl
 
 __all__ = ["DigitsClassifier", "DigitsDataModule", "evaluate_accuracy"]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fitslim.app.cli import main
+from fitslim_app.cli import main
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -358,7 +358,7 @@ def test_api_output_is_a_file(files: dict[str, Path], tmp_path: Path) -> None:
 def test_api_nhwc_batch_to_a_torch_model(tmp_path: Path, digits_nhwc: Any) -> None:
     pytest.importorskip("torch")
     from exporters import export
-    from fitslim.models import torch_model
+    from lightning_plugins.models import torch_model
 
     out = tmp_path / "e"
     with pytest.raises(ValueError, match=r"example_input: .*\(1, 8, 8, 1\).*NCHW"):

@@ -1,7 +1,7 @@
 """Each package imports only its own framework: checked in a fresh interpreter via sys.modules.
 
-The core (``fitslim`` without its application layer ``fitslim.app``) imports neither plugin set nor the
-exporters, not even lazily inside a function: checked on the source.
+The core (every module of ``fitslim``, no exemption) imports neither a framework, nor a plugin set, nor the
+exporters, nor the application layer ``fitslim_app``, not even lazily inside a function: checked on the source.
 """
 
 from __future__ import annotations
@@ -36,23 +36,14 @@ def _imported_after(statement: str) -> set[str]:
 
 
 CORE = Path(__file__).resolve().parents[1] / "fitslim"
-APPLICATION = ("lightning_plugins", "keras_callbacks", "exporters")
-# framework twins of the reference models: they import their framework by design, and only when asked for
-FRAMEWORK_MODULES = ("fitslim.models.torch_models", "fitslim.models.keras_models")
-# fitslim.cli forwards to fitslim.app.cli inside main(), for console scripts installed by fitslim 0.1.0
-APP_FORWARDERS = ("fitslim/cli.py",)
+APPLICATION = ("lightning_plugins", "keras_callbacks", "exporters", "fitslim_app")
 
 
 def _core_modules() -> list[str]:
-    names = []
-    for path in sorted(CORE.rglob("*.py")):
-        rel = path.relative_to(CORE.parent)
-        if rel.parts[1] == "app":
-            continue
-        name = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
-        if name not in FRAMEWORK_MODULES:
-            names.append(name)
-    return names
+    return [
+        ".".join(path.relative_to(CORE.parent).with_suffix("").parts).removesuffix(".__init__")
+        for path in sorted(CORE.rglob("*.py"))
+    ]
 
 
 def _imports(path: Path) -> set[str]:
@@ -67,35 +58,33 @@ def _imports(path: Path) -> set[str]:
 
 def test_core_imports_no_framework() -> None:
     modules = _core_modules()
-    assert "fitslim.schedules" in modules and "fitslim.data" in modules and "fitslim.app.cli" not in modules
+    assert {"fitslim.schedules", "fitslim.data", "fitslim.models", "fitslim.models.spec"} <= set(modules)
     loaded = _imported_after("import " + ", ".join(modules))
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
     assert not loaded & set(APPLICATION), loaded & set(APPLICATION)
 
 
 def test_core_source_never_imports_the_application_layer() -> None:
-    """Lazy imports inside functions count too: only fitslim/app/ may use the plugin sets and exporters."""
+    """Lazy imports inside functions count too: no module of fitslim/ uses a framework, plugin set or exporter."""
     offenders = []
     for path in sorted(CORE.rglob("*.py")):
         rel = path.relative_to(CORE.parent).as_posix()
-        if rel.startswith("fitslim/app/"):
-            continue
         for name in _imports(path):
-            top = name.split(".")[0]
-            if top in APPLICATION or (name.startswith("fitslim.app") and rel not in APP_FORWARDERS):
+            if name.split(".")[0] in (*APPLICATION, *HEAVY):
                 offenders.append(f"{rel}: import {name}")
     assert not offenders, offenders
-    # the check sees lazy imports: the application layer itself is full of them
+    # the check sees lazy imports: the application layer on top is full of them
     assert {"exporters", "lightning_plugins", "keras_callbacks"} <= {
-        n.split(".")[0] for n in _imports(CORE / "app" / "demo.py")
+        n.split(".")[0] for n in _imports(CORE.parent / "fitslim_app" / "demo.py")
     }
 
 
 def test_cli_starts_without_any_framework() -> None:
     """``fitslim --help`` and friends load no framework: the application layer imports them per command."""
-    loaded = _imported_after("import fitslim.app.cli, fitslim.cli")
+    loaded = _imported_after("import fitslim_app.cli")
+    plugin_sets = {"lightning_plugins", "keras_callbacks", "exporters"}
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
-    assert not loaded & set(APPLICATION), loaded & set(APPLICATION)
+    assert not loaded & plugin_sets, loaded & plugin_sets
 
 
 def test_exporters_import_no_framework() -> None:
@@ -161,7 +150,7 @@ def test_the_blocker_blocks(tmp_path: Path) -> None:
         ("lightning,pytorch_lightning", "from lightning_plugins.reference import DigitsClassifier", "needs Lightning"),
         ("keras", "import keras_callbacks", "keras_callbacks needs Keras 3"),
         ("keras", "from keras_callbacks.reference import build_digits_classifier", "keras_callbacks needs Keras 3"),
-        ("torch", "from fitslim.models import torch_model; torch_model('digits_cnn')", "needs torch"),
+        ("torch", "from lightning_plugins.models import torch_model", "lightning_plugins needs torch"),
     ],
 )
 def test_a_missing_framework_names_the_extra(blocked: str, statement: str, message: str, tmp_path: Path) -> None:
@@ -199,7 +188,7 @@ def test_an_export_target_without_its_runtime_names_the_extra(
 
 def test_demo_skips_a_framework_that_is_not_installed(tmp_path: Path) -> None:
     code = (
-        "from fitslim.app.cli import installed_frameworks\n"
+        "from fitslim_app.cli import installed_frameworks\n"
         "print(installed_frameworks(None))\n"
         "print(installed_frameworks(['keras']))"
     )
@@ -209,7 +198,7 @@ def test_demo_skips_a_framework_that_is_not_installed(tmp_path: Path) -> None:
     assert both.startswith("(['lightning'], {'keras': ") and "pip install 'fitslim[keras]'" in both, both
     assert keras_only.startswith("([], {'keras'"), keras_only
     # with no framework at all, the demo refuses at once (exit 2) and names both extras
-    proc = _run_without("keras,tensorflow,torch", "", tmp_path, "-m", "fitslim.app.cli", "demo", "--output", "d")
+    proc = _run_without("keras,tensorflow,torch", "", tmp_path, "-m", "fitslim_app.cli", "demo", "--output", "d")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "skipping lightning: torch" in proc.stderr and "skipping keras: keras, tensorflow" in proc.stderr
     assert "pip install 'fitslim[lightning]' or 'fitslim[keras]'" in proc.stderr and "Traceback" not in proc.stderr

@@ -89,4 +89,4 @@ def test_extras_keep_frameworks_apart_and_pin_nothing() -> None:
 
 @pytest.mark.parametrize("script", ["fitslim"])
 def test_console_script_points_at_the_application_layer(script: str) -> None:
-    assert PYPROJECT["project"]["scripts"][script] == "fitslim.app.cli:main"
+    assert PYPROJECT["project"]["scripts"][script] == "fitslim_app.cli:main"

@@ -1,7 +1,7 @@
 """Framework-free architecture descriptions of the reference models.
 
-The PyTorch twins (:mod:`fitslim.models.torch_models`) and the Keras twins
-(:mod:`fitslim.models.keras_models`) are both built from the dataclasses here, so their channel
+The PyTorch twins (:mod:`lightning_plugins.models`) and the Keras twins
+(:mod:`keras_callbacks.models`) are both built from the dataclasses here, so their channel
 counts, strides and expansions cannot drift apart. This module imports only the standard library.
 
 Weight counting rule used by :meth:`DigitsCNNSpec.num_weights` and :meth:`MobileNetV2Spec.num_weights`

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fitslim.app.demo import ACCURACY_BOUND, FrameworkResult, Speed, format_results, run_demo, time_interleaved
+from fitslim_app.demo import ACCURACY_BOUND, FrameworkResult, Speed, format_results, run_demo, time_interleaved
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: the runtimes whose speed the demo claims (the TensorRT row is the Q/DQ file in onnxruntime: no TensorRT figure)
@@ -76,7 +76,7 @@ def test_quick_demo_writes_tables_report_and_plots(
     pytest.importorskip("matplotlib")
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "fitslim.app.cli", "demo", "--quick", "--output", str(out)],
+        [sys.executable, "-m", "fitslim_app.cli", "demo", "--quick", "--output", str(out)],
         capture_output=True,
         text=True,
         timeout=1800,  # a busy shared 2-core machine took over 900 s
@@ -117,7 +117,7 @@ def _dense_of_a_second_run(
 ) -> dict[str, Any]:
     """Run the quick demo of ``framework`` again in ``out`` up to its dense model: trained again or reused, and its
     test accuracy."""
-    import fitslim.app.demo as demo
+    import fitslim_app.demo as demo
 
     seen: dict[str, Any] = {}
 
@@ -147,7 +147,7 @@ def test_keras_half_trains_with_the_lightning_halfs_adam(tmp_path: Path, monkeyp
     """
     torch = pytest.importorskip("torch")
     pytest.importorskip("keras")
-    import fitslim.app.demo as demo
+    import fitslim_app.demo as demo
     import keras_callbacks.reference as reference
 
     calls: list[dict[str, Any]] = []
@@ -196,7 +196,7 @@ def test_time_interleaved_rotates_and_measures() -> None:
 
 
 def test_table_says_faster_or_slower_and_the_accuracy_verdict() -> None:
-    from fitslim.app.demo import ArtifactResult, DemoResult, VariantResult
+    from fitslim_app.demo import ArtifactResult, DemoResult, VariantResult
 
     def variant(name: str, acc: float, precision: str) -> VariantResult:
         arts = [ArtifactResult(t, precision, "ok", ["f"], 1000, acc, 1.0, 1.0, "rt") for t in ("onnx", "ncnn")]

@@ -29,8 +29,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fitslim.models import MODEL_NAMES, keras_model, mobilenet_v2_spec, torch_model
+from fitslim.models import MODEL_NAMES, mobilenet_v2_spec
 from fitslim.models.spec import _make_divisible, digits_cnn_spec, normalize_input_size
+from keras_callbacks.models import keras_model
+from lightning_plugins.models import torch_model
 
 torch = pytest.importorskip("torch")
 
@@ -136,18 +138,31 @@ def keras_tf() -> Any:
 def test_models_package_imports_no_framework() -> None:
     code = (
         "import sys, json\n"
-        "import fitslim.models, fitslim.models.spec, fitslim.models.transfer\n"
-        "from fitslim.models import digits_cnn_spec, mobilenet_v2_spec, copy_torch_to_keras\n"
+        "import fitslim.models, fitslim.models.spec\n"
+        "from fitslim.models import MODEL_NAMES, digits_cnn_spec, mobilenet_v2_spec\n"
         "light = sorted({m.split('.')[0] for m in sys.modules})\n"
-        "from fitslim.models import torch_model\n"
+        "from lightning_plugins.models import torch_model\n"
         "torch_model('digits_cnn')\n"
         "after_torch = sorted({m.split('.')[0] for m in sys.modules})\n"
         "print(json.dumps([light, after_torch]))"
     )
     light, after_torch = json.loads(_run_python(code))
     assert not HEAVY & set(light), HEAVY & set(light)
-    assert "torch" in after_torch  # the lazy import really happened ...
-    assert not {"keras", "tensorflow", "jax"} & set(after_torch)  # ... and pulled in torch only
+    assert "torch" in after_torch  # the torch twin lives with the Lightning plugin set ...
+    assert not {"keras", "tensorflow", "jax"} & set(after_torch)  # ... and pulls in torch only
+
+
+@pytest.mark.parametrize(
+    ("name", "home"),
+    [
+        ("torch_model", "lightning_plugins.models"),
+        ("keras_model", "keras_callbacks.models"),
+        ("copy_torch_to_keras", "keras_callbacks.models"),
+    ],
+)
+def test_a_twin_imported_from_its_old_home_names_the_new_one(name: str, home: str) -> None:
+    with pytest.raises(ImportError, match=rf"moved to {home}.{name}.*HINT: from {home} import {name}"):
+        exec(f"from fitslim.models import {name}", {})
 
 
 @pytest.mark.parametrize("build", [torch_model, keras_model])
@@ -197,9 +212,7 @@ def test_digits_widths() -> None:
 def test_mobilenet_v2_spec_is_the_standard_network() -> None:
     spec = mobilenet_v2_spec(width_multiplier=1.0, num_classes=1000, input_size=224)
     assert spec.stem_channels == 32 and spec.last_channels == 1280 and len(spec.blocks) == 17
-    assert [b.out_channels for b in spec.blocks] == [16] + [24] * 2 + [32] * 3 + [64] * 4 + [96] * 3 + [
-        160
-    ] * 3 + [320]
+    assert [b.out_channels for b in spec.blocks] == [16] + [24] * 2 + [32] * 3 + [64] * 4 + [96] * 3 + [160] * 3 + [320]
     assert [i for i, b in enumerate(spec.blocks) if b.stride == 2] == [1, 3, 6, 13]
     assert sum(b.use_residual for b in spec.blocks) == 10
     assert spec.feature_size() == (7, 7)
@@ -246,9 +259,7 @@ def test_torch_submodule_names() -> None:
     assert names["blocks.1.dw_conv"].stride == (2, 2) and names["blocks.1.dw_conv"].padding == (1, 1)
     assert isinstance(names["head.fc"], torch.nn.Linear)
     digits = dict(torch_model("digits_cnn").named_modules())
-    assert {"stem.conv", "block.dw_conv", "block.pw_conv", "pool", "transition.conv", "head.fc"} <= set(
-        digits
-    )
+    assert {"stem.conv", "block.dw_conv", "block.pw_conv", "pool", "transition.conv", "head.fc"} <= set(digits)
     assert digits["block.dw_conv"].groups == 16
 
 
@@ -261,9 +272,7 @@ def test_torch_submodule_names() -> None:
         ("mobilenet_v2", {"width_multiplier": 0.35, "num_classes": 10}, (96, 80)),
     ],
 )
-def test_torch_output_shape_and_sensitivity(
-    name: str, kwargs: dict[str, Any], shape: tuple[int, int]
-) -> None:
+def test_torch_output_shape_and_sensitivity(name: str, kwargs: dict[str, Any], shape: tuple[int, int]) -> None:
     torch.manual_seed(0)
     model = _randomize(torch_model(name, **kwargs), _input(name, *shape, batch=8, seed=0))
     a = _torch_out(model, _input(name, *shape, seed=1))
@@ -286,7 +295,7 @@ def test_torch_init_is_deterministic() -> None:
     assert not torch.equal(first["stem.conv.weight"], third["stem.conv.weight"])
 
 
-@pytest.mark.parametrize("module", ["fitslim.models.spec", "fitslim.models.torch_models"])
+@pytest.mark.parametrize("module", ["fitslim.models", "fitslim.models.spec", "lightning_plugins.models"])
 def test_docstring_examples_without_keras(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
@@ -330,7 +339,7 @@ def test_twins_have_equal_weight_counts(keras_tf: Any, name: str, kwargs: dict[s
 def test_twins_compute_the_same_function(
     keras_tf: Any, name: str, kwargs: dict[str, Any], shape: tuple[int, int], fixed: bool
 ) -> None:
-    from fitslim.models import copy_torch_to_keras
+    from keras_callbacks.models import copy_torch_to_keras
 
     torch.manual_seed(0)
     t_model = _randomize(torch_model(name, **kwargs), _input(name, *shape, batch=8, seed=0))
@@ -374,7 +383,7 @@ def test_keras_layer_names_and_padding(keras_tf: Any) -> None:
 
 @pytest.mark.slow
 def test_transfer_rejects_mismatched_structures_and_writes_nothing(keras_tf: Any) -> None:
-    from fitslim.models import copy_torch_to_keras
+    from keras_callbacks.models import copy_torch_to_keras
 
     k_model = keras_model("digits_cnn", width=2.0)
     before = [w.copy() for w in k_model.get_weights()]
@@ -413,9 +422,7 @@ def test_keras_reference_classifier_can_train_with_the_lightning_adam(keras_tf: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "module", ["fitslim.models", "fitslim.models.keras_models", "fitslim.models.transfer"]
-)
+@pytest.mark.parametrize("module", ["keras_callbacks.models", "keras_callbacks.transfer"])
 def test_docstring_examples_with_keras(keras_tf: Any, module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
@@ -423,7 +430,8 @@ def test_docstring_examples_with_keras(keras_tf: Any, module: str) -> None:
 
 _BACKEND_CHECK = """
 import json, numpy as np, torch, keras
-from fitslim.models import copy_torch_to_keras, keras_model, torch_model
+from keras_callbacks.models import copy_torch_to_keras, keras_model
+from lightning_plugins.models import torch_model
 torch.manual_seed(0)
 errors = {"backend": keras.backend.backend()}
 for name, kwargs, shape in [("digits_cnn", {"width": 1.0}, (9, 7)),

@@ -11,8 +11,8 @@ import pytest
 keras = pytest.importorskip("keras", reason="keras not installed")
 
 from fitslim import RecipeError  # noqa: E402
-from fitslim.models import keras_model  # noqa: E402
 from keras_callbacks import Distillation, Export, Pruning, QuantizationAware, from_recipe  # noqa: E402
+from keras_callbacks.models import keras_model  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "recipes" / "digits.yaml"
 

@@ -12,9 +12,9 @@ pytest.importorskip("lightning", reason="lightning not installed")
 import torch
 from torch import nn
 
-from fitslim.models import torch_model
 from lightning_plugins import Distillation, Export, Pruning, QuantizationAware
 from lightning_plugins._compat import pl
+from lightning_plugins.models import torch_model
 from lightning_plugins.reference import DigitsClassifier, DigitsDataModule
 
 

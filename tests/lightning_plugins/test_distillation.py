@@ -19,10 +19,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from fitslim.data import digits
 from fitslim.distill import combined_loss_reference, kd_loss_reference, log_softmax_reference
-from fitslim.models import torch_model
 from lightning_plugins import Export
 from lightning_plugins._compat import pl
 from lightning_plugins.distillation import Distillation, _make_adapter, kd_loss
+from lightning_plugins.models import torch_model
 from lightning_plugins.reference import DigitsClassifier
 
 # transition.conv: student (N, 16, 4, 4) vs teacher (N, 32, 4, 4) -> a 1x1 conv adapter;

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from fitslim.data import digits
-from fitslim.models import torch_model
 from fitslim.sparsity import prune_count
 from lightning_plugins._channels import build_plan
 from lightning_plugins._compat import pl
+from lightning_plugins.models import torch_model
 from lightning_plugins.pruning import Pruning
 from lightning_plugins.reference import DigitsClassifier
 from tests.lightning_plugins.helpers import CaptureLogger, Crash, Digits, cpu_trainer

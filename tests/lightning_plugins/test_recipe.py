@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("lightning", reason="lightning not installed")
 
 from fitslim import Recipe, RecipeError
-from fitslim.models import torch_model
 from fitslim.schedules import Cubic
 from lightning_plugins import Distillation, Export, Pruning, QuantizationAware, from_recipe
+from lightning_plugins.models import torch_model
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "recipes" / "digits.yaml"
 

@@ -1,16 +1,16 @@
 """PyTorch twins of the reference models (``DigitsCNN``, ``MobileNetV2``).
 
 Built from :mod:`fitslim.models.spec`, with the same layer sizes as the Keras twins in
-:mod:`fitslim.models.keras_models`. Module paths map one-to-one onto Keras layer names by
+:mod:`keras_callbacks.models`. Module paths map one-to-one onto Keras layer names by
 replacing ``.`` with ``_`` (``blocks.3.dw_conv`` is the Keras layer ``blocks_3_dw_conv``), which is
-what :func:`fitslim.models.transfer.copy_torch_to_keras` relies on.
+what :func:`keras_callbacks.models.copy_torch_to_keras` relies on.
 
 Only plain ops that ONNX, ncnn and TFLite all support are used: Conv2d (symmetric padding),
 BatchNorm2d, ReLU/ReLU6, add, MaxPool2d, AdaptiveAvgPool2d(1), flatten, Dropout, Linear.
 
 Example:
     >>> import torch
-    >>> from fitslim.models.torch_models import DigitsCNN
+    >>> from lightning_plugins.models import DigitsCNN
     >>> _ = torch.manual_seed(0)
     >>> DigitsCNN(width=1.0).eval()(torch.zeros(2, 1, 8, 8)).shape
     torch.Size([2, 10])
@@ -18,13 +18,16 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any, Literal, overload
+
 import numpy as np
 import torch
 from torch import nn
 
+from fitslim.models import check_model_name
 from fitslim.models.spec import InvertedResidualSpec, digits_cnn_spec, mobilenet_v2_spec
 
-__all__ = ["DigitsCNN", "MobileNetV2", "batchnorm_from_data", "randomize_batchnorm"]
+__all__ = ["DigitsCNN", "MobileNetV2", "batchnorm_from_data", "randomize_batchnorm", "torch_model"]
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -136,7 +139,7 @@ class DigitsCNN(nn.Module):
 
     Example:
         >>> import torch
-        >>> from fitslim.models.torch_models import DigitsCNN
+        >>> from lightning_plugins.models import DigitsCNN
         >>> model = DigitsCNN(width=0.5).eval()
         >>> model(torch.randn(4, 1, 8, 8)).shape
         torch.Size([4, 10])
@@ -219,7 +222,7 @@ class MobileNetV2(nn.Module):
 
     Example:
         >>> import torch
-        >>> from fitslim.models.torch_models import MobileNetV2
+        >>> from lightning_plugins.models import MobileNetV2
         >>> model = MobileNetV2(width_multiplier=0.35, num_classes=10, input_size=96).eval()
         >>> model(torch.randn(1, 3, 96, 80)).shape
         torch.Size([1, 10])
@@ -287,3 +290,34 @@ def batchnorm_from_data(model: nn.Module, x: np.ndarray, batch: int = 16) -> nn.
     for i in range(0, len(x), batch):
         model(torch.from_numpy(x[i : i + batch]))
     return model.eval()
+
+
+@overload
+def torch_model(name: Literal["digits_cnn"], **kwargs: Any) -> DigitsCNN: ...
+@overload
+def torch_model(name: Literal["mobilenet_v2"], **kwargs: Any) -> MobileNetV2: ...
+@overload
+def torch_model(name: str, **kwargs: Any) -> nn.Module: ...
+def torch_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the PyTorch twin of a reference model by name.
+
+    Args:
+        name: one of :data:`fitslim.models.MODEL_NAMES`.
+        **kwargs: passed to :class:`DigitsCNN` (``width``, ``num_classes``, ``in_channels``) or
+            :class:`MobileNetV2` (``width_multiplier``, ``num_classes``, ``in_channels``, ``input_size``,
+            ``dropout``).
+
+    Returns:
+        The ``torch.nn.Module`` (in training mode; NCHW input).
+
+    Raises:
+        ValueError: an unknown name or an invalid argument.
+
+    Example:
+        >>> from lightning_plugins.models import torch_model
+        >>> torch_model("mobilenet_v2", width_multiplier=0.35, num_classes=10).spec.last_channels
+        1280
+    """
+    check_model_name("torch_model", name)
+    builder: type[nn.Module] = DigitsCNN if name == "digits_cnn" else MobileNetV2
+    return builder(**kwargs)

@@ -1,8 +1,8 @@
 """Keras 3 twins of the reference models (``digits_cnn``, ``mobilenet_v2``).
 
 Functional models with channels-last (NHWC) input, built from :mod:`fitslim.models.spec` with the
-same layer sizes as the PyTorch twins in :mod:`fitslim.models.torch_models`. Given the same weights
-(:func:`fitslim.models.transfer.copy_torch_to_keras`) the twins compute the same function:
+same layer sizes as the PyTorch twins in :mod:`lightning_plugins.models`. Given the same weights
+(:func:`copy_torch_to_keras`) the twins compute the same function:
 
 - stride-2 3x3 convs are ``ZeroPadding2D(1)`` + ``padding="valid"`` (TF's own ``"same"`` pads
   asymmetrically for stride 2), stride-1 3x3 convs use ``"same"`` (symmetric padding 1);
@@ -13,7 +13,7 @@ Only ``keras.layers`` are used, so the models work on the TensorFlow, PyTorch an
 
 Example:
     >>> import numpy as np
-    >>> from fitslim.models.keras_models import digits_cnn
+    >>> from keras_callbacks.models import digits_cnn
     >>> model = digits_cnn(width=1.0)
     >>> tuple(model(np.zeros((2, 8, 8, 1), "float32")).shape)
     (2, 10)
@@ -26,14 +26,16 @@ from typing import Any
 import keras
 from keras import layers
 
+from fitslim.models import check_model_name
 from fitslim.models.spec import (
     InvertedResidualSpec,
     digits_cnn_spec,
     mobilenet_v2_spec,
     normalize_input_size,
 )
+from keras_callbacks.transfer import copy_torch_to_keras, keras_layer_name
 
-__all__ = ["digits_cnn", "mobilenet_v2"]
+__all__ = ["copy_torch_to_keras", "digits_cnn", "keras_layer_name", "keras_model", "mobilenet_v2"]
 
 _BN_EPSILON = 1e-5
 _BN_MOMENTUM = 0.9  # keras momentum 0.9 == torch momentum 0.1
@@ -118,7 +120,7 @@ def digits_cnn(
     in_channels: int = 1,
     input_size: int | tuple[int, int] | None = 8,
 ) -> keras.Model:
-    """Build the Keras twin of :class:`fitslim.models.torch_models.DigitsCNN`.
+    """Build the Keras twin of :class:`lightning_plugins.models.DigitsCNN`.
 
     Args:
         width: channel multiplier; 1.0 gives 16 and 32 channels, a teacher uses 2 or 4, a student 0.5.
@@ -134,7 +136,7 @@ def digits_cnn(
         ValueError: an invalid width, class count, channel count or input size.
 
     Example:
-        >>> from fitslim.models.keras_models import digits_cnn
+        >>> from keras_callbacks.models import digits_cnn
         >>> digits_cnn(width=2.0, input_size=16).output_shape
         (None, 10)
     """
@@ -178,7 +180,7 @@ def mobilenet_v2(
     input_size: int | tuple[int, int] | None = 224,
     dropout: float = 0.2,
 ) -> keras.Model:
-    """Build the Keras twin of :class:`fitslim.models.torch_models.MobileNetV2`.
+    """Build the Keras twin of :class:`lightning_plugins.models.MobileNetV2`.
 
     Args:
         width_multiplier: the paper's alpha.
@@ -195,7 +197,7 @@ def mobilenet_v2(
         ValueError: an invalid argument (see :func:`~fitslim.models.spec.mobilenet_v2_spec`).
 
     Example:
-        >>> from fitslim.models.keras_models import mobilenet_v2
+        >>> from keras_callbacks.models import mobilenet_v2
         >>> mobilenet_v2(width_multiplier=0.35, num_classes=10, input_size=(96, 80)).output_shape
         (None, 10)
     """
@@ -213,3 +215,28 @@ def mobilenet_v2(
     x = _conv_bn_act(x, s.last_channels, 1, 1, "last", relu6=True)
     outputs = _head(x, s.num_classes, s.dropout)
     return keras.Model(inputs, outputs, name="mobilenet_v2")
+
+
+def keras_model(name: str, **kwargs: Any) -> Any:
+    """Build the Keras 3 twin of a reference model by name.
+
+    Args:
+        name: one of :data:`fitslim.models.MODEL_NAMES`.
+        **kwargs: passed to :func:`digits_cnn` (``width``, ``num_classes``, ``in_channels``, ``input_size``) or
+            :func:`mobilenet_v2` (``width_multiplier``, ``num_classes``, ``in_channels``, ``input_size``,
+            ``dropout``).
+
+    Returns:
+        A functional ``keras.Model`` (NHWC input) on the active Keras backend.
+
+    Raises:
+        ValueError: an unknown name or an invalid argument.
+
+    Example:
+        >>> from keras_callbacks.models import keras_model
+        >>> keras_model("digits_cnn", input_size=16).input_shape
+        (None, 16, 16, 1)
+    """
+    check_model_name("keras_model", name)
+    builder = digits_cnn if name == "digits_cnn" else mobilenet_v2
+    return builder(**kwargs)

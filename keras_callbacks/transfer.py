@@ -4,7 +4,8 @@ Importing this module is cheap; torch, numpy conversions and keras are touched o
 :func:`copy_torch_to_keras`.
 
 Example:
-    >>> from fitslim.models import copy_torch_to_keras, keras_model, torch_model
+    >>> from keras_callbacks.models import copy_torch_to_keras, keras_model
+    >>> from lightning_plugins.models import torch_model
     >>> t = torch_model("digits_cnn").eval()
     >>> k = keras_model("digits_cnn")
     >>> pairs = copy_torch_to_keras(t, k)
@@ -221,7 +222,8 @@ def copy_torch_to_keras(torch_model: torch.nn.Module, keras_model: Any) -> list[
             other than Conv2d (plain or depthwise), BatchNorm2d or Linear carries weights.
 
     Example:
-        >>> from fitslim.models import copy_torch_to_keras, keras_model, torch_model
+        >>> from keras_callbacks.models import copy_torch_to_keras, keras_model
+    >>> from lightning_plugins.models import torch_model
         >>> t = torch_model("mobilenet_v2", width_multiplier=0.35, num_classes=10, input_size=96)
         >>> k = keras_model("mobilenet_v2", width_multiplier=0.35, num_classes=10, input_size=96)
         >>> len(copy_torch_to_keras(t.eval(), k))

@@ -190,7 +190,7 @@ def _progress(framework: str, stage: str) -> Callable[[str], None]:
 
 def _artifacts(report: Any, x_test_nchw: npt.NDArray[np.float32], y_test: npt.NDArray[Any]) -> list[ArtifactResult]:
     """Score every written artifact of an export report on the test split, in its own runtime."""
-    from exporters.runtimes import accuracy
+    from exporters.core.runtimes import accuracy
 
     rows = []
     for r in report:
@@ -312,7 +312,7 @@ def time_interleaved(
         raise ValueError(
             f"time_interleaved: need runners, rounds >= 1, burst >= 1; got {len(runners)}, {rounds}, {burst}."
         )
-    from exporters.latency import interleaved_times  # the timer behind the export reports' latency verdicts
+    from exporters.core.latency import interleaved_times  # the timer behind the export reports' latency verdicts
 
     def bound(run: Callable[[Any], Any]) -> Callable[[], Any]:
         return lambda: run(x)
@@ -322,8 +322,8 @@ def time_interleaved(
 
 def _speed(dense: VariantResult, compressed: VariantResult, sample: npt.NDArray[np.float32]) -> list[Speed]:
     """Time each target's dense fp32 and compressed int8 artifact side by side, interleaved."""
-    from exporters.report import ExportReport
-    from exporters.runtimes import runner
+    from exporters.core.report import ExportReport
+    from exporters.core.runtimes import runner
 
     reports = ExportReport.load(dense.directory), ExportReport.load(compressed.directory)
     out = []
@@ -513,7 +513,7 @@ def _keras(
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
-    from exporters.verify import nhwc_to_nchw
+    from exporters.core.verify import nhwc_to_nchw
     from keras_callbacks import from_recipe
     from keras_callbacks.reference import TORCH_ADAM_EPSILON, evaluate_accuracy
 

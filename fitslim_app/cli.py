@@ -655,7 +655,7 @@ def installed_frameworks(requested: Sequence[str] | None) -> tuple[list[str], di
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from fitslim.app.demo import format_results, run_demo
+    from fitslim_app.demo import format_results, run_demo
 
     available, missing = installed_frameworks(args.frameworks)
     for name, hint in missing.items():
@@ -703,7 +703,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from exporters.report import ExportReport
+    from exporters.core.report import ExportReport
 
     try:
         print(ExportReport.load(args.directory))
