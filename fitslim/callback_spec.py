@@ -4,7 +4,7 @@
 specs from its arguments, so a value is refused with the same error on either side and the defaults are the ones
 written here (the recipe and the tests compare the signatures with them). What needs the framework (which layer
 types a selector may name, how a teacher is loaded, the export runtimes' options) stays with the plugin set or
-with :class:`exporters.settings.ExportSettings`.
+with :class:`exporters.core.settings.ExportSettings`.
 
 Example:
     >>> spec = PruningSpec(sparsity=0.5, granularity="channel", end=0.6)
@@ -30,6 +30,7 @@ from typing import Any
 from fitslim.distill import DistillationSettings
 from fitslim.errors import fail, fail_type
 from fitslim.recipe import EXPORT_PRECISIONS, EXPORT_TARGETS, PRECISIONS
+from fitslim.schedules import SparsitySchedule, make_schedule
 from fitslim.sparsity import GRANULARITIES, IMPORTANCES, SCOPES, parse_n_of_m
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "SCHEDULE_NAMES",
     "DistillationSpec",
     "ExportSpec",
+    "PruningArguments",
     "PruningSpec",
     "QuantizationAwareSpec",
     "Selectors",
@@ -164,8 +166,6 @@ class PruningSpec:
     selectors: InitVar[Selectors | None] = None
 
     def __post_init__(self, selectors: Selectors | None) -> None:
-        from fitslim.schedules import SparsitySchedule, make_schedule
-
         sparsity, granularity, round_to = self.sparsity, self.granularity, self.round_to
         if isinstance(sparsity, bool) or not isinstance(sparsity, int | float):
             raise fail_type("Pruning", "sparsity", f"got {sparsity!r}; expected a number", "e.g. sparsity=0.5")
@@ -258,6 +258,46 @@ class PruningSpec:
         for name in ("attention", "include", "exclude", "example_input"):
             setattr(callback, name, getattr(self, name))
 
+
+
+class PruningArguments:
+    """The public constructor of ``Pruning``, written once for both plugin sets.
+
+    Each plugin set's ``Pruning`` inherits it before its framework's callback class, sets ``selectors`` (the layer
+    types an ``include``/``exclude`` entry may name) and defines ``_reset()`` (its per-fit state). The arguments
+    are validated by :class:`PruningSpec`; ``lightning_plugins.Pruning`` documents each.
+    """
+
+    selectors: Selectors = Selectors()
+
+    def __init__(
+        self,
+        sparsity: float = 0.5,
+        granularity: str = "unstructured",
+        scope: str = "global",
+        schedule: str | SparsitySchedule = "polynomial",
+        start: float = 0.0,
+        end: float = 0.7,
+        frequency: int | None = None,
+        # types first: a YAML config's "torch.nn.Conv2d" then becomes the class, a pattern stays a string
+        include: Sequence[type | str] | None = None,
+        exclude: Sequence[type | str] | None = None,
+        importance: str = "l1",
+        make_permanent: bool = True,
+        start_step: int | None = None,
+        end_step: int | None = None,
+        example_input: Any = None,
+        round_to: int | None = None,
+        attention: str = "heads",
+    ) -> None:
+        arguments = call_arguments(locals())
+        super().__init__()
+        PruningSpec(**arguments, selectors=self.selectors).assign(self)
+        self._reset()
+
+    def _reset(self) -> None:
+        """Clear the per-fit state (defined by each plugin set)."""
+        raise NotImplementedError
 
 def _fraction(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -408,7 +448,7 @@ class DistillationSpec:
 class ExportSpec:
     """The arguments of ``Export`` both plugin sets share, with their defaults.
 
-    They are validated where the export options are known: :class:`exporters.settings.ExportSettings` extends this
+    They are validated where the export options are known: :class:`exporters.core.settings.ExportSettings` extends this
     class (so it is not frozen) and checks every field; ``ExportSettings.from_spec`` builds it by keyword.
     """
 
