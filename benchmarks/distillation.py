@@ -20,7 +20,7 @@ data order, epochs and optimizer (Adam 1e-2 with per-epoch cosine decay, batch 6
 4. **Recovering compression losses** (both frameworks): the dense reference CNN (width 1) is trained once;
    copies are fine-tuned with channel pruning (half the channels) + QAT, with and without ``Distillation``
    from that dense model, and exported int8; the artifact (Lightning: int8 ncnn; Keras: int8 TFLite) is scored
-   on the test split in its own runtime through :mod:`exporters.runtimes`.
+   on the test split in its own runtime through :mod:`exporters.core.runtimes`.
 
 5. **Step time** (Lightning): the time of a training batch for the plain student, the student plus the same
    teacher inference done by a bare callback (the floor for any distillation), and the distilled student,
@@ -196,7 +196,7 @@ def diagnostics(teacher: nn.Module, student_width: float, temperatures: Sequence
 
 def lightning_recovery(dense: nn.Module, seed: int, epochs: int, distil: bool, folder: Path) -> tuple[float, float]:
     """Fine-tune a copy of ``dense`` with pruning + QAT (+ distillation); return (model, int8 artifact) accuracy."""
-    from exporters.runtimes import accuracy
+    from exporters.core.runtimes import accuracy
     from lightning_plugins import from_recipe
 
     d = digits()
@@ -315,8 +315,8 @@ def keras_recovery(dense: Any, seed: int, epochs: int, distil: bool, folder: Pat
     """Keras twin of :func:`lightning_recovery`: (model, int8 TFLite artifact) test accuracy."""
     import keras
 
-    from exporters.runtimes import accuracy
-    from exporters.verify import nhwc_to_nchw
+    from exporters.core.runtimes import accuracy
+    from exporters.core.verify import nhwc_to_nchw
     from keras_callbacks import from_recipe
     from keras_callbacks.reference import build_digits_classifier
     from keras_callbacks.reference import evaluate_accuracy as keras_accuracy

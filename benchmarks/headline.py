@@ -58,7 +58,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import emit
-from exporters.latency import interleaved_times  # the timer behind the export reports' latency verdicts
+from exporters.core.latency import interleaved_times  # the timer behind the export reports' latency verdicts
 
 log = logging.getLogger("benchmarks.headline")
 
@@ -267,7 +267,7 @@ def load_artifacts(reports: Sequence[Any], side: str, threads: int) -> dict[str,
     Raises:
         ValueError: ``side`` is neither ``"before"`` nor ``"after"``.
     """
-    from exporters import runtimes
+    from exporters.core import runtimes
 
     if side not in ("before", "after"):
         raise ValueError(f"side: expected 'before' or 'after', got {side!r}; pass one of the two.")

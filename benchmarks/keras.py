@@ -31,7 +31,7 @@ Run: ``python -m benchmarks.keras [--quick] [--output results.md] [--parts pruni
    ``exporters.export(..., precision="int8", calibration=[x_train[:256]])``) and QAT int8 (a model trained with
    ``QuantizationAware()`` (start=0.6) and exported by ``keras_callbacks.Export(precision="int8")`` in the same fit,
    so the learned QuantSpec and the learned-range TFLite converter are used). Each artifact is run in its own
-   runtime (``exporters.runtimes``: LiteRT ``Interpreter``, ncnn ``Net``, one sample at a time) and scored by
+   runtime (``exporters.core.runtimes``: LiteRT ``Interpreter``, ncnn ``Net``, one sample at a time) and scored by
    arg-max against the test labels. Goal: QAT int8 at most 0.5 pt below fp32.
 
 Each section is one function returning Markdown lines, registered in ``SECTIONS``.
@@ -249,8 +249,8 @@ def _worker_qat(variant: str, epochs: int) -> dict[str, Any]:
 def _artifact_accuracy(report: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """Top-1 accuracy of each exported artifact on the test split (run in its runtime, one thread), plus the
     report's agreement / status."""
-    from exporters.runtimes import accuracy
-    from exporters.verify import nhwc_to_nchw
+    from exporters.core.runtimes import accuracy
+    from exporters.core.verify import nhwc_to_nchw
 
     out: dict[str, Any] = {}
     for r in report:
@@ -476,7 +476,7 @@ def exported_accuracy(quick: bool, rounds: int) -> list[str]:
         f"## Digits accuracy of the exported artifacts (reference digits CNN, {epochs} epochs, seed 0)",
         "",
         f"Top-1 accuracy (%) on the {res['test']} test images, each artifact run in its own runtime "
-        "(LiteRT ``Interpreter``, ncnn ``Net`` one sample at a time, through ``exporters.runtimes``); Keras = "
+        "(LiteRT ``Interpreter``, ncnn ``Net`` one sample at a time, through ``exporters.core.runtimes``); Keras = "
         "the Keras model the arm exported, as ``fit`` left it (after QAT: the quantized model). "
         "Agreement = the export report's top-1 agreement with its reference (the float model; the fake-quant "
         "model for QAT).",

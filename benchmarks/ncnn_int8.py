@@ -2,7 +2,7 @@
 
 Builds ``torch_model("mobilenet_v2", width_multiplier=1.0, num_classes=1000, input_size=160)`` with random
 BatchNorm statistics (so folding is exercised), calibrates int8 scales on random uniform inputs, converts
-with pnnx, writes three int8 models with :func:`exporters.ncnn_int8.write_int8` (requantize fused and not,
+with pnnx, writes three int8 models with :func:`exporters.targets.ncnn_int8.write_int8` (requantize fused and not,
 and fused with depthwise convolutions kept fp32: ``ncnn_depthwise="float"``),
 and times single 1x3x160x160 extractions in ncnn (warm-up, then rounds that time every variant once;
 medians). Prints one table.
@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> str:
     """
     import torch
 
-    from exporters.export import prepare_job
-    from exporters.ncnn import NcnnModel, run_pnnx
-    from exporters.ncnn_int8 import write_int8
+    from exporters.core.export import prepare_job
+    from exporters.targets.ncnn import NcnnModel, run_pnnx
+    from exporters.targets.ncnn_int8 import write_int8
     from fitslim.models import torch_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

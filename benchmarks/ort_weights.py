@@ -3,7 +3,7 @@
 onnxruntime multiplies uint8 activations by int8 weights with ``vpmaddubsw`` on x86 CPUs without VNNI, which
 saturates a pair's sum at int16; uint8 weights (the same symmetric grid, shifted by 128) go through its
 uint8 x uint8 kernels, exact on every CPU. fitslim picks uint8 weights where the exporting CPU is x86 without
-VNNI (:func:`exporters.onnx_int8.weight_type`). This benchmark writes both forms of one model, calibrated on
+VNNI (:func:`exporters.targets.onnx_int8.weight_type`). This benchmark writes both forms of one model, calibrated on
 the same inputs, verifies each against the model, and times them with the fp32 ONNX in interleaved rounds,
 2 threads, on the machine at hand (its CPU flags are printed with the table).
 
@@ -33,7 +33,7 @@ from benchmarks.headline import time_interleaved
 
 
 def _flags() -> str:
-    from exporters.onnx_int8 import cpu_flags
+    from exporters.targets.onnx_int8 import cpu_flags
 
     have = cpu_flags().split()
     found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in have]
@@ -67,11 +67,11 @@ def trained_digits_cnn(epochs: int = 8) -> tuple[Any, np.ndarray, np.ndarray, np
 def measure(name: str, args: argparse.Namespace, workdir: Path) -> list[str]:
     """One model's rows: fp32, int8 weights, uint8 weights."""
     from benchmarks.speed224 import build, images
-    from exporters.onnx_export import ort_session, to_onnx
-    from exporters.onnx_int8 import to_ort_int8
-    from exporters.quant import calibrate
-    from exporters.source import Source
-    from exporters.verify import compare
+    from exporters.core.onnx_hub import ort_session, to_onnx
+    from exporters.targets.onnx_int8 import to_ort_int8
+    from exporters.core.quant import calibrate
+    from exporters.core.source import Source
+    from exporters.core.verify import compare
 
     labels: np.ndarray | None = None
     if name == "digits_cnn":
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> str:
         f"onnxruntime int8 weight storage, 224x224 (digits CNN: 8x8), {args.threads} threads, single-sample latency: "
         "median (min-max) "
         f"of {args.rounds} interleaved rounds of {args.calls} calls (`benchmarks.headline.time_interleaved`); CPU "
-        f"flags: {_flags()}. Agreement with the fp32 ONNX (`exporters.verify.compare`): top-1 and RMS error over "
+        f"flags: {_flags()}. Agreement with the fp32 ONNX (`exporters.core.verify.compare`): top-1 and RMS error over "
         "its input-to-input spread; test accuracy for the trained digits CNN (random weights otherwise).",
         "",
         "| model | artifact | latency | x fp32 | top-1 vs fp32 | RMS err / spread | test accuracy |",

@@ -50,7 +50,7 @@ def _agree(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
 
 
 def _ort_runner(path: Path, threads: int) -> Any:
-    from exporters.onnx_export import ort_session
+    from exporters.core.onnx_hub import ort_session
 
     sess = ort_session(path, threads)
     name = sess.get_inputs()[0].name
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> str:
         model, ["ncnn"], example_input=calib[:1], calibration=calib, precision="int8", directory=work / "int8_dw",
         ncnn_depthwise="float",
     )  # fmt: skip
-    from exporters import runtimes
+    from exporters.core import runtimes
 
     fp32_onnx = work / "fp32" / "model.onnx"
     peer = ort_quantize_static(fp32_onnx, calib, work)

@@ -408,7 +408,7 @@ def _bn_from_data(model: Any, x: np.ndarray) -> Any:
 
 def _retime(params: dict[str, Path], x: np.ndarray, rounds: int) -> dict[str, dict[str, float]]:
     """Alternate the models in rounds: median wall time at 2 threads and median CPU time at 1 thread (ms)."""
-    from exporters.ncnn import NcnnModel
+    from exporters.targets.ncnn import NcnnModel
 
     out: dict[str, dict[str, float]] = {}
     for threads, clock in ((2, time.perf_counter), (1, time.process_time)):

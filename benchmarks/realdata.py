@@ -20,7 +20,7 @@ For each model, as a user would do it:
    ncnn, tflite and tensorrt (the TensorRT Q/DQ ONNX; TensorRT itself cannot be installed here, so that file
    runs in onnxruntime, as the project verifies it).
 3. **Scored in its own runtime.** Every artifact, dense and compressed, runs in its runtime through
-   :mod:`exporters.runtimes` on the test split (the full 10,000 images unless ``--test-subset``): onnxruntime,
+   :mod:`exporters.core.runtimes` on the test split (the full 10,000 images unless ``--test-subset``): onnxruntime,
    ncnn's Python binding, the LiteRT interpreter. Latency: batch 1, ``--threads`` threads, medians of
    interleaved rounds (:func:`benchmarks.headline.time_interleaved`), each int8 artifact against the dense fp32
    artifact of the same runtime.

@@ -197,7 +197,7 @@ def _artifacts(report: Any) -> dict[str, Artifact]:
 def score(results: dict[str, Artifact], report: Any, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64],
           threads: int) -> dict[str, Callable[[Any], Any]]:  # fmt: skip
     """Test accuracy of every written artifact in its own runtime; returns the loaded runners for timing."""
-    from exporters import runtimes
+    from exporters.core import runtimes
 
     runners: dict[str, Callable[[Any], Any]] = {}
     for target, art in results.items():

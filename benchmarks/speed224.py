@@ -20,7 +20,7 @@ timed interleaved (every round times a burst of each artifact in rotating order)
 median with min/max and the ratio to the dense fp32 artifact of the same runtime, all from one run. Each
 model runs in a child process, so its peak memory (max RSS) and export wall times are its own.
 
-The ``verdict`` column is what each int8 export's own report says (:mod:`exporters.latency`): the int8 artifact
+The ``verdict`` column is what each int8 export's own report says (:mod:`exporters.core.latency`): the int8 artifact
 against the fp32 artifact of its target and variant, timed interleaved inside ``export()``, and ``WARNING`` where
 the report warns that int8 runs slower than fp32 on this machine.
 """
@@ -48,11 +48,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import emit
-from exporters.latency import interleaved_times  # the timer behind the export reports' verdicts
+from exporters.core.latency import interleaved_times  # the timer behind the export reports' verdicts
 
 
 def time_interleaved(runners: list[Any], x: Any, rounds: int, burst: int) -> list[list[float]]:
-    """Single-sample latencies (ms) of every ``runner(x)``, interleaved (``exporters.latency.interleaved_times``)."""
+    """Single-sample latencies (ms) of every ``runner(x)``, interleaved (``exporters.core.latency.interleaved_times``)."""
     return interleaved_times([lambda run=run: run(x) for run in runners], rounds, burst)
 
 
@@ -149,7 +149,8 @@ def measure_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Export the four variants of one model, time every artifact interleaved; a JSON-able record."""
     import torch
 
-    from exporters import export, runtimes
+    from exporters import export
+    from exporters.core import runtimes
 
     torch.set_num_threads(args.threads)
     size = args.size
@@ -223,8 +224,8 @@ def _time(record: dict[str, Any], runners: list[Any], keys: list[tuple[str, str]
 
 def retime(record: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Time a cached record's artifacts again (``--reuse --retime``): export once, time on a quiet machine."""
-    from exporters import runtimes
-    from exporters.report import ExportReport
+    from exporters.core import runtimes
+    from exporters.core.report import ExportReport
 
     work = Path(record["workdir"])
     runners: list[Any] = []
@@ -255,7 +256,7 @@ NCNN_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
 
 def ncnn_options(record: dict[str, Any], threads: int, rounds: int, burst: int) -> list[str]:
     """ncnn fp32 / int8 / 50% channels of a measured model under several ``ncnn.Option`` settings, one run."""
-    from exporters.ncnn import NcnnModel
+    from exporters.targets.ncnn import NcnnModel
 
     work = Path(record["workdir"])
     size = int(record["size"])

@@ -3,7 +3,7 @@
 Builds ``torch_model("mobilenet_v2", width_multiplier=1.0, num_classes=1000, input_size=160)`` with random
 weights and random BatchNorm statistics (so folding is exercised and activations keep a useful range),
 copies the same weights into the Keras twin (TensorFlow backend), exports both with
-:func:`exporters.export.export` at fp32, fp16 and int8 (int8 calibrated on random uniform inputs), then
+:func:`exporters.core.export.export` at fp32, fp16 and int8 (int8 calibrated on random uniform inputs), then
 times single-sample invokes of all six files in LiteRT (``Interpreter`` with ``num_threads``, XNNPACK
 default delegate) in ``--passes`` passes over the files, each a short warm-up then consecutive invokes
 of one file, so background load spreads over all files while no other interpreter's worker threads
@@ -95,7 +95,7 @@ def export_all(
     source: str, model: Any, calib: np.ndarray, args: argparse.Namespace, work: Path
 ) -> list[tuple[Row, Path]]:
     """Export ``model`` at every precision; the rows still lack their latency."""
-    from exporters.export import export
+    from exporters.core.export import export
 
     rows = []
     for precision in PRECISIONS:

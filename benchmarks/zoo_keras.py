@@ -97,7 +97,7 @@ def _artifact(export: Any, xt: np.ndarray, yt: np.ndarray) -> dict[str, Any]:
     row = report["tensorrt"] if report is not None else None
     if row is None or not row.files:
         return {"int8 status": row.status if row is not None else "not run", "int8 top-1": None, "int8 acc": None}
-    from exporters.onnx_export import ort_session
+    from exporters.core.onnx_hub import ort_session
 
     path = Path(report.directory) / row.files[0]
     sess = ort_session(path, int8_kernels=False)  # the Q/DQ arithmetic, as TensorRT computes it

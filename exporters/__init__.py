@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from exporters.export import PRECISIONS, TARGETS, export
-from exporters.report import ExportReport, TargetResult
+from exporters.core.export import PRECISIONS, TARGETS, export
+from exporters.core.report import ExportReport, TargetResult
 
 __all__ = ["PRECISIONS", "TARGETS", "ExportReport", "TargetResult", "export"]

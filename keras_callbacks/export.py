@@ -19,10 +19,10 @@ import keras
 import numpy as np
 from typing_extensions import override
 
-from exporters.latency import latency_metrics
-from exporters.report import ExportReport
-from exporters.settings import ExportSettings
-from exporters.source import as_numpy, batch_input
+from exporters.core.latency import latency_metrics
+from exporters.core.report import ExportReport
+from exporters.core.settings import ExportSettings
+from exporters.core.source import as_numpy, batch_input
 from fitslim.callback_spec import ExportSpec, call_arguments
 from fitslim.metrics import export_metrics
 from fitslim.quantspec import QuantSpec
@@ -101,7 +101,7 @@ class Export(keras.callbacks.Callback):
     ``on_train_end`` (``export/<target>/status``, ``size_bytes``, ``max_abs_error``, ``max_rel_error``,
     ``top1_agreement``, ``latency_ms``; :func:`fitslim.metrics.export_metrics`) and, when the fit has a
     ``keras.callbacks.TensorBoard``, into ``<its log_dir>/export`` as scalars with the Markdown report as text.
-    Every fp16 / int8 artifact is timed against fp32 of its target (:mod:`exporters.latency`):
+    Every fp16 / int8 artifact is timed against fp32 of its target (:mod:`exporters.core.latency`):
     ``export/<target>/latency_ratio``, ``fp32_latency_ms`` and ``slower_than_fp32`` (1.0 when it runs slower than
     fp32 on this machine, which the report and the log also give as a WARNING).
 

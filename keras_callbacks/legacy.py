@@ -223,6 +223,6 @@ def export_tfmot(
             tmp.write_bytes(content)
         log.info("tfmot QAT → %s (%.1f KB)", path, len(content) / 1024)
         return {"tflite": path}
-    from exporters.export import export
+    from exporters.core.export import export
 
     return export(prepare_for_export(model), targets, precision=precision, directory=directory, **kwargs)

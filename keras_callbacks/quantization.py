@@ -59,7 +59,7 @@ import numpy.typing as npt
 from keras import ops
 from typing_extensions import override
 
-from exporters.source import keras_layers
+from exporters.core.source import keras_layers
 from fitslim.callback_spec import QAT_OBSERVERS, QuantizationAwareSpec, call_arguments
 from fitslim.errors import ArgumentError, fail
 from fitslim.int8 import MIN_SCALE, absmax_scale, qmax
@@ -1132,7 +1132,7 @@ class QuantizationAware(keras.callbacks.Callback):
                 elif int(getattr(twin, "groups", 1) or 1) > 1:  # a grouped Conv2D (ConvNeXt's depthwise 7x7)
                     groups = int(twin.groups)
                     if lkind == "conv2d" and groups == w.shape[0] and w.shape[1] == 1:
-                        lkind = "depthwise_conv2d"  # as exporters.quant.weighted_nodes names it
+                        lkind = "depthwise_conv2d"  # as exporters.core.quant.weighted_nodes names it
                 layers.append(LayerQuant(name, lkind, w.shape, s_w.tolist(), s_in, groups=groups))
         return QuantSpec(
             layers,

@@ -17,11 +17,11 @@ from typing import Any
 
 from typing_extensions import override
 
-from exporters.inputs import as_inputs
-from exporters.latency import latency_metrics
-from exporters.report import ExportReport
-from exporters.settings import ExportSettings
-from exporters.source import batch_input
+from exporters.core.inputs import as_inputs
+from exporters.core.latency import latency_metrics
+from exporters.core.report import ExportReport
+from exporters.core.settings import ExportSettings
+from exporters.core.source import batch_input
 from fitslim.callback_spec import ExportSpec, call_arguments
 from fitslim.metrics import export_metrics
 from fitslim.quantspec import QuantSpec
@@ -73,7 +73,7 @@ class Export(pl.Callback):  # type: ignore[name-defined]
     0 skipped, -1 mismatch, -2 failed), ``size_bytes``, ``max_abs_error``, ``max_rel_error``, ``top1_agreement`` and
     ``latency_ms`` as metrics; ``report.md``/``report.json`` as MLflow artifacts, W&B files, and the
     Markdown table as TensorBoard text. Every fp16 / int8 artifact is timed against fp32 of its target
-    (:mod:`exporters.latency`): ``export/<target>/latency_ratio``, ``fp32_latency_ms`` and ``slower_than_fp32``
+    (:mod:`exporters.core.latency`): ``export/<target>/latency_ratio``, ``fp32_latency_ms`` and ``slower_than_fp32``
     (1.0 when it runs slower than fp32 on this machine, which the report and the log also give as a WARNING).
 
     The artifacts are verified on held-out inputs: ``verify_data`` when given, else the trainer's validation

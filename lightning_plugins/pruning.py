@@ -70,7 +70,7 @@ def _rewrap_ddp(trainer: Any) -> None:
 
 def _first_input(trainer: Any) -> Any:
     """One training input without advancing the loader's sampler RNG (dataset[0] + collate when possible)."""
-    from exporters.source import batch_input
+    from exporters.core.source import batch_input
 
     loader = trainer.train_dataloader
     if loader is None:  # on_fit_start runs before the fit loop sets its loader up: ask the loader's source

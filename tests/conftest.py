@@ -84,7 +84,7 @@ def export_spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     callback passed as ``calibration`` and ``samples``."""
     import importlib
 
-    export_module = importlib.import_module("exporters.export")  # the package's `export` is the function
+    export_module = importlib.import_module("exporters.core.export")  # the package's `export` is the function
     seen: dict[str, Any] = {}
     real = export_module.export
 

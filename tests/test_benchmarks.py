@@ -140,7 +140,7 @@ def test_speed224_retime_refuses_a_record_whose_artifacts_are_gone(tmp_path: Pat
 
 
 def _report(directory: Path, rows: list[tuple[str, str, list[str]]]) -> object:
-    from exporters.report import ExportReport, TargetResult
+    from exporters.core.report import ExportReport, TargetResult
 
     results = []
     for target, precision, files in rows:
@@ -153,7 +153,7 @@ def _report(directory: Path, rows: list[tuple[str, str, list[str]]]) -> object:
 def test_headline_rows_read_the_artifact_they_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """After, the 'without int8' row reads the student's fp32 ONNX, not the int8 `onnx` artifact of the same fit."""
     from benchmarks import headline
-    from exporters import runtimes
+    from exporters.core import runtimes
 
     (tmp_path / "int8").mkdir()
     (tmp_path / "fp32").mkdir()

@@ -87,7 +87,7 @@ def test_table_parses_back_what_it_renders(tmp_path: Path) -> None:
 
 
 def _row(status: str, top1: float | None, spread: float, rel: float = 0.3, files: bool = True) -> Any:
-    from exporters.report import TargetResult
+    from exporters.core.report import TargetResult
 
     reason = "verification failed: top-1 agreement 40.0% under the int8 bound; int8 error builds up over 9 layers"
     return TargetResult("tensorrt", "int8", status=status, files=["m.onnx"] if files else [], max_abs_error=rel * 9,
@@ -135,7 +135,7 @@ def test_the_callback_zoo_bounds_a_listed_qat_mismatch_by_its_record(tmp_path: P
     """``check_expected_mismatch`` (what tests/zoo/test_*_callbacks.py run on a listed ``qat+export int8`` cell)
     reads the figures of each format the callback columns recorded, passes a row at its record and fails a NaN
     row, a 0% row and a listed cell with no record."""
-    from exporters.report import TargetResult
+    from exporters.core.report import TargetResult
     from tests.zoo import check_expected_mismatch, recorded
 
     where = "int8 error first becomes large at 'conv' (Conv, SQNR 5.3 dB, from 5.6 dB at its inputs)"

@@ -248,7 +248,7 @@ def test_export_options_are_checked_in_one_place_for_export_and_the_callbacks() 
 def test_export_and_export_settings_refuse_through_the_kernel_check() -> None:
     pytest.importorskip("onnx")
     from exporters import export
-    from exporters.settings import ExportSettings
+    from exporters.core.settings import ExportSettings
 
     with pytest.raises(ValueError, match=r"^onnx_weights: unknown 'u8'"):
         export("model.onnx", ["onnx"], onnx_weights="u8")

@@ -59,8 +59,8 @@ def test_export_and_report_round_trip(
     tmp_path: Path, trained_torch_digits: Any, digits_nchw: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("onnxruntime")
-    from exporters.onnx_export import to_onnx
-    from exporters.source import Source
+    from exporters.core.onnx_hub import to_onnx
+    from exporters.core.source import Source
 
     model, _ = to_onnx(Source.from_model(trained_torch_digits), tmp_path / "digits.onnx", digits_nchw.x_test[:1])
     calib = tmp_path / "calib.npy"
@@ -154,13 +154,13 @@ def test_failed_target_exits_1(
 ) -> None:
     """A target that fails (or does not match) makes the exit status 1, with the report still written."""
     pytest.importorskip("onnxruntime")
-    import exporters.ncnn
+    import exporters.targets.ncnn
     from tests.test_bad_inputs import _tiny_onnx
 
     def broken(job: Any) -> Any:
         raise RuntimeError("converter crashed")
 
-    monkeypatch.setattr(exporters.ncnn, "export_ncnn", broken)
+    monkeypatch.setattr(exporters.targets.ncnn, "export_ncnn", broken)
     model = _tiny_onnx(tmp_path / "tiny.onnx")
     out = tmp_path / "exports"
     assert main(["export", str(model), "--to", "onnx", "ncnn", "--output", str(out)]) == 1

@@ -8,7 +8,7 @@ agreement >= 0.99" over all of them is decided by 3 or 4 images and encodes one 
 What int8 may legitimately flip is a sample whose top-2 margin is within its quantization error. So:
 
 - every *decisive* sample (reference top-2 margin >= ``DECISIVE_MARGIN`` (0.5) of the outputs' input-to-input
-  spread, see ``exporters.verify.compare``) must keep its class, with an allowance of 1% (2 of the ~240 decisive
+  spread, see ``exporters.core.verify.compare``) must keep its class, with an allowance of 1% (2 of the ~240 decisive
   digits images) as margin. Measured on an AMD EPYC (AVX2): 0 of 239 flip for ncnn, TFLite and the TensorRT Q/DQ
   file, and the int8 error shrank no decisive sample's margin below 0.89 of the decisive threshold: a flip needs
   several times the measured int8 error;
@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from exporters.verify import compare
+from exporters.core.verify import compare
 
 MIN_DECISIVE_TOP1 = 0.99
 MIN_TOP1 = 0.95

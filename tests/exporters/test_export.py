@@ -16,9 +16,9 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
 import torch
 
 from exporters import ExportReport, export
-from exporters.onnx_export import fold_batchnorm, ort_session, to_onnx
-from exporters.source import Source, batches_to_numpy, detect_framework
-from fitslim.models import torch_model
+from exporters.core.onnx_hub import fold_batchnorm, ort_session, to_onnx
+from exporters.core.source import Source, batches_to_numpy, detect_framework
+from lightning_plugins.models import torch_model
 from tests.conftest import random_bn_stats
 from tests.exporters.int8_agreement import MIN_DECISIVE, result_agreement_problems
 
@@ -145,7 +145,7 @@ def _broken_target(job: Any) -> Any:
 def test_failed_target_is_reported_and_others_still_produced(
     trained_torch_digits: Any, digits_nchw: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    impl = sys.modules["exporters.export"]._TARGET_IMPL
+    impl = sys.modules["exporters.core.export"]._TARGET_IMPL
     monkeypatch.setitem(impl, "ncnn", (__name__, "_broken_target", "export"))
     before = {k: v.clone() for k, v in trained_torch_digits.state_dict().items()}
     report = export(trained_torch_digits, ["ncnn", "onnx"], example_input=digits_nchw.x_test[:1], directory=tmp_path)
@@ -240,7 +240,7 @@ def test_keras_conversion_frees_tf2onnx_graph_copies_between_passes_and_after(
     import tf2onnx.graph
     import tf2onnx.optimizer
 
-    import exporters.onnx_export as onnx_export
+    import exporters.core.onnx_hub as onnx_export
 
     inputs = keras.Input((6, 6, 3))
     x = keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3)(inputs))
@@ -318,7 +318,7 @@ def test_a_converter_failure_names_the_op_the_layer_and_the_way_out(tmp_path: Pa
 
 
 def test_failing_op_reads_converter_texts() -> None:
-    from exporters.checks import converter_error, failing_op
+    from exporters.core.checks import converter_error, failing_op
 
     assert failing_op(ValueError("nothing here")) == ""
     tf_text = (
@@ -337,7 +337,7 @@ def test_failing_op_reads_converter_texts() -> None:
 
 @pytest.mark.slow
 def test_verify_false_writes_unverified_artifacts_never_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fitslim.app.cli import main
+    from fitslim_app.cli import main
 
     torch.manual_seed(0)
     model = random_bn_stats(FullyConv()).eval()

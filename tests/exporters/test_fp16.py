@@ -15,7 +15,7 @@ import torch
 from onnx import TensorProto
 
 from exporters import export
-from exporters.tensorrt import tensorrt_available
+from exporters.targets.tensorrt import tensorrt_available
 from tests.conftest import random_bn_stats
 
 

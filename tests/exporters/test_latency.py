@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from exporters.latency import (
+from exporters.core.latency import (
     NOISE_BAND,
     compare_with_fp32,
     interleaved_times,
@@ -18,7 +18,7 @@ from exporters.latency import (
     slower_hint,
     warn_slower,
 )
-from exporters.report import ExportReport, TargetResult
+from exporters.core.report import ExportReport, TargetResult
 
 
 def test_verdict_has_a_noise_band() -> None:
@@ -51,7 +51,7 @@ def _timed(ms: float, fp32_ms: float, precision: str = "int8", target: str = "nc
 def test_slower_artifact_gets_a_warning_note_and_log(caplog: pytest.LogCaptureFixture) -> None:
     r = _timed(3.0, 2.0)
     assert (r.latency_ms, r.fp32_latency_ms, r.latency_ratio, r.latency_verdict) == (3.0, 2.0, 1.5, "slower")
-    with caplog.at_level(logging.WARNING, logger="exporters.latency"):
+    with caplog.at_level(logging.WARNING, logger="exporters.core.latency"):
         note = warn_slower(r, ["Convolution conv_1 0.3 ms vs 0.1 ms fp32"], "export with ncnn_depthwise='float'")
     assert note.startswith("WARNING: the int8 artifact runs 1.50x slower than fp32")
     assert "conv_1" in note and "ncnn_depthwise='float'" in note and note in r.notes
@@ -62,7 +62,7 @@ def test_faster_and_same_artifacts_get_no_warning(caplog: pytest.LogCaptureFixtu
     for ms, verdict in ((1.0, "faster"), (2.02, "same")):
         r = _timed(ms, 2.0)
         assert r.latency_verdict == verdict
-        with caplog.at_level(logging.WARNING, logger="exporters.latency"):
+        with caplog.at_level(logging.WARNING, logger="exporters.core.latency"):
             assert warn_slower(r, ["x"], "y") == ""
         # the timing itself is logged at INFO (visible when another test configured INFO logging): no warning
         assert r.notes == [] and not [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
@@ -90,7 +90,7 @@ def test_report_table_json_and_metrics_carry_the_ratio(tmp_path: Path) -> None:
 def test_report_says_what_verified() -> None:
     from types import SimpleNamespace
 
-    from exporters.export import _verified_on
+    from exporters.core.export import _verified_on
 
     x = np.zeros((24, 1, 8, 8), np.float32)
     job: Any = SimpleNamespace(samples=x, calibration=x)
@@ -107,8 +107,8 @@ def test_ncnn_layer_costs_come_from_extraction_times(monkeypatch: pytest.MonkeyP
     extraction computes."""
     from types import SimpleNamespace
 
-    import exporters.latency as latency
-    from exporters.ncnn_int8 import NcnnParam
+    import exporters.core.latency as latency
+    from exporters.targets.ncnn_int8 import NcnnParam
 
     text = "\n".join([
         "7767517", "6 7",
@@ -161,7 +161,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
 
 
 def _digits_cnn() -> Any:
-    from fitslim.models import torch_model
+    from lightning_plugins.models import torch_model
 
     torch.manual_seed(0)
     return torch_model("digits_cnn", width=1.0).eval()
@@ -172,7 +172,7 @@ def test_export_warns_on_slower_int8_naming_layers(tmp_path: Path, monkeypatch: 
     """The wiring, deterministic: the interleaved timer says int8 takes twice fp32's time; the report, its files and
     the metrics carry the ratio and the WARNING, with the costliest layers from ORT's profiler / ncnn's layers."""
     pytest.importorskip("ncnn", reason="ncnn not installed")
-    import exporters.latency as latency
+    import exporters.core.latency as latency
     from exporters import export
 
     def twice(runs: Any, rounds: int = 1, burst: int = 1) -> list[list[float]]:
@@ -266,9 +266,9 @@ def test_latency_opt_out_is_validated_and_reaches_export(monkeypatch: pytest.Mon
     import importlib
 
     from exporters import export
-    from exporters.settings import ExportSettings
+    from exporters.core.settings import ExportSettings
 
-    export_module = importlib.import_module("exporters.export")  # the package's ``export`` is the function
+    export_module = importlib.import_module("exporters.core.export")  # the package's ``export`` is the function
 
     with pytest.raises(TypeError, match=r"Export\(latency=...\): expected True or False; got 'no'"):
         ExportSettings(latency="no")  # type: ignore[arg-type]
@@ -294,9 +294,9 @@ def test_latency_false_skips_the_verdict_and_its_fp32_peers(tmp_path: Path, monk
     keras = pytest.importorskip("keras", reason="keras not installed")
     pytest.importorskip("tf2onnx", reason="tf2onnx not installed")
     pytest.importorskip("ncnn", reason="ncnn not installed")
-    import exporters.latency as latency
-    import exporters.ncnn as ncnn_module
-    import exporters.tflite as tflite_module
+    import exporters.core.latency as latency
+    import exporters.targets.ncnn as ncnn_module
+    import exporters.targets.tflite as tflite_module
     from exporters import export
     from keras_callbacks.reference import build_digits_classifier
 

@@ -16,11 +16,11 @@ pytest.importorskip("torch", reason="torch not installed")
 
 import torch
 
-from exporters import ncnn as ncnn_target
-from exporters.export import prepare_job
-from exporters.job import ExportJob
-from exporters.ncnn import NcnnModel, export_ncnn, run_pnnx
-from exporters.ncnn_int8 import TAG_FP16, TAG_FP32, read_model
+from exporters.core.export import prepare_job
+from exporters.core.job import ExportJob
+from exporters.targets import ncnn as ncnn_target
+from exporters.targets.ncnn import NcnnModel, export_ncnn, run_pnnx
+from exporters.targets.ncnn_int8 import TAG_FP16, TAG_FP32, read_model
 from tests.conftest import random_bn_stats
 
 

@@ -14,8 +14,10 @@ import pytest
 
 ncnn = pytest.importorskip("ncnn", reason="ncnn not installed")
 
-from exporters.ncnn import NcnnModel  # noqa: E402
-from exporters.ncnn_int8 import (  # noqa: E402
+from exporters.core.quant import QuantizedNode, QuantTable, WeightedNode  # noqa: E402
+from exporters.core.verify import compare  # noqa: E402
+from exporters.targets.ncnn import NcnnModel  # noqa: E402
+from exporters.targets.ncnn_int8 import (  # noqa: E402
     TAG_FP16,
     TAG_FP32,
     TAG_INT8,
@@ -23,8 +25,6 @@ from exporters.ncnn_int8 import (  # noqa: E402
     read_model,
     write_int8,
 )
-from exporters.quant import QuantizedNode, QuantTable, WeightedNode  # noqa: E402
-from exporters.verify import compare  # noqa: E402
 from fitslim.int8 import (  # noqa: E402
     absmax_scale,
     ncnn_dequant_scale,
@@ -462,8 +462,8 @@ def digits_int8(
 ) -> SimpleNamespace:
     pytest.importorskip("pnnx", reason="pnnx not installed")
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
-    from exporters.export import prepare_job
-    from exporters.ncnn import export_ncnn, run_pnnx
+    from exporters.core.export import prepare_job
+    from exporters.targets.ncnn import export_ncnn, run_pnnx
 
     tmp = tmp_path_factory.mktemp("ncnn_int8")
     d = digits_nchw
@@ -566,7 +566,7 @@ def test_int8_packed_kernels_stay_within_two_output_steps(
     """The approximate reciprocal moves a depthwise output by up to 1.5 * 2**-12 of itself, so every value within
     0.05 int8 steps of a rounding boundary may land one step away; on an AMD EPYC 59 of 269 samples differ from
     the reference, by at most 0.86 of one output step. Bound: two output steps, and the class of every decisive
-    sample (see exporters.verify.compare)."""
+    sample (see exporters.core.verify.compare)."""
     ref = digits_int8.reference
     out = NcnnModel(digits_int8.param, digits_int8.bin, "int8", 2, options=PACKED_PATHS[path]).predict(
         digits_nchw.x_test, (10,)
@@ -611,8 +611,8 @@ def test_int8_fusion_off_gives_the_same_integers(
 def test_pruned_filters_stay_zero_in_int8(trained_torch_digits: Any, digits_nchw: Any, tmp_path: Path) -> None:
     import torch
 
-    from exporters.export import prepare_job
-    from exporters.ncnn import export_ncnn
+    from exporters.core.export import prepare_job
+    from exporters.targets.ncnn import export_ncnn
 
     model = copy.deepcopy(trained_torch_digits)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -648,7 +648,7 @@ def test_pruned_filters_stay_zero_in_int8(trained_torch_digits: Any, digits_nchw
 
 @pytest.mark.slow
 def test_calibrated_ptq_export_end_to_end(trained_torch_digits: Any, digits_nchw: Any, tmp_path: Path) -> None:
-    from exporters.export import export
+    from exporters.core.export import export
 
     report = export(
         trained_torch_digits,
@@ -689,8 +689,8 @@ def test_calibrated_ptq_export_end_to_end(trained_torch_digits: Any, digits_nchw
 
 
 def _handmade_job(handmade: Handmade, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference: np.ndarray) -> Any:
-    from exporters import ncnn as ncnn_target
-    from exporters.job import ExportJob
+    from exporters.core.job import ExportJob
+    from exporters.targets import ncnn as ncnn_target
 
     def fake_pnnx(onnx_path: Any, input_shape: Any, scratch: Path, fp16: bool) -> tuple[Path, Path]:
         scratch.mkdir(parents=True)
@@ -711,7 +711,7 @@ def _handmade_job(handmade: Handmade, tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_export_ncnn_int8_flow(handmade: Handmade, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from exporters.ncnn import export_ncnn
+    from exporters.targets.ncnn import export_ncnn
 
     fp32 = _run_ncnn(handmade.param, handmade.bin, "fp32", handmade.x)
     result = export_ncnn(_handmade_job(handmade, tmp_path, monkeypatch, fp32))
@@ -728,7 +728,7 @@ def test_export_ncnn_int8_flow(handmade: Handmade, tmp_path: Path, monkeypatch: 
 def test_failed_verification_installs_nothing(
     handmade: Handmade, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from exporters.ncnn import export_ncnn
+    from exporters.targets.ncnn import export_ncnn
 
     wrong = np.zeros((len(handmade.x), 7), np.float32)  # the model has 10 outputs
     with pytest.raises(RuntimeError, match=r"ncnn output 0 has shape \(10,\).*kept in .*failed/ncnn-int8"):
@@ -900,8 +900,8 @@ def test_export_grouped_conv_int8_is_right_under_ncnn_default_options(tmp_path: 
 
 
 def test_ncnn_depthwise_reaches_the_callbacks_and_the_cli() -> None:
-    from exporters.settings import ExportSettings
-    from fitslim.app.cli import _parser
+    from exporters.core.settings import ExportSettings
+    from fitslim_app.cli import _parser
     from lightning_plugins import Export
 
     assert Export(targets=["ncnn"], ncnn_depthwise="float").settings.ncnn_depthwise == "float"

@@ -16,8 +16,10 @@ import torch
 from onnx import numpy_helper
 
 from exporters import export
-from exporters.onnx_export import to_onnx
-from exporters.onnx_int8 import (
+from exporters.core.onnx_hub import to_onnx
+from exporters.core.quant import QuantizedNode, QuantTable, calibrate
+from exporters.core.source import Source
+from exporters.targets.onnx_int8 import (
     INT8_KERNELS,
     int8_kernels,
     optimized_op_types,
@@ -25,9 +27,7 @@ from exporters.onnx_int8 import (
     to_ort_int8,
     weight_type,
 )
-from exporters.quant import QuantizedNode, QuantTable, calibrate
-from exporters.source import Source
-from fitslim.models import torch_model
+from lightning_plugins.models import torch_model
 from tests.conftest import random_bn_stats
 from tests.exporters.int8_agreement import assert_int8_agrees, result_agreement_problems
 
@@ -123,7 +123,7 @@ def test_int8_onnx_on_digits_keeps_top1(trained_torch_digits: Any, digits_nchw: 
         sess = ort.InferenceSession(str(tmp_path / "model.int8.onnx"), opts, providers=["CPUExecutionProvider"])
         assert_int8_agrees(ref, sess.run(None, {sess.get_inputs()[0].name: digits_nchw.x_test})[0])
     # sensitivity: different inputs give different outputs
-    from exporters.runtimes import predict
+    from exporters.core.runtimes import predict
 
     out = predict(report, "onnx", digits_nchw.x_test[:16])
     assert np.ptp(out, axis=0).max() > 0.1
@@ -318,8 +318,8 @@ def test_onnx_weights_chooses_the_storage_for_the_cpu_that_will_run_it(
 
 
 def test_onnx_weights_reaches_the_callbacks_and_the_cli() -> None:
-    from exporters.settings import ExportSettings
-    from fitslim.app.cli import _parser
+    from exporters.core.settings import ExportSettings
+    from fitslim_app.cli import _parser
     from lightning_plugins import Export
 
     assert Export(targets=["onnx"], onnx_weights="uint8").settings.onnx_weights == "uint8"

@@ -23,10 +23,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-import exporters.onnx_int8 as onnx_int8
+import exporters.targets.onnx_int8 as onnx_int8
 from exporters import export
-from exporters.onnx_int8 import _float_notes, float_nodes
-from exporters.quant import QuantTable
+from exporters.core.quant import QuantTable
+from exporters.targets.onnx_int8 import _float_notes, float_nodes
 
 
 class SmallToken(nn.Module):

@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
 
 import torch
 
-import exporters.onnx_int8 as onnx_int8
+import exporters.targets.onnx_int8 as onnx_int8
 from exporters import export
 
 

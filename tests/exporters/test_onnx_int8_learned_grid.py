@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from exporters.onnx_export import to_onnx
-from exporters.onnx_int8 import to_ort_int8
-from exporters.qdq import to_qdq
-from exporters.quant import QuantizedNode, QuantTable, calibrate
-from exporters.source import Source
+from exporters.core.onnx_hub import to_onnx
+from exporters.core.qdq import to_qdq
+from exporters.core.quant import QuantizedNode, QuantTable, calibrate
+from exporters.core.source import Source
+from exporters.targets.onnx_int8 import to_ort_int8
 
 pytestmark = pytest.mark.slow  # the fixture's ONNX export: 46 s on a heavily loaded 2-core machine
 

@@ -1,4 +1,4 @@
-"""Learned QuantSpec scales mapped onto the exported graph's weighted nodes (``exporters.quant.table_from_spec``)."""
+"""Learned QuantSpec scales mapped onto the exported graph's weighted nodes (``core.quant.table_from_spec``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ onnx = pytest.importorskip("onnx")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from exporters.quant import table_from_spec  # noqa: E402
+from exporters.core.quant import table_from_spec  # noqa: E402
 from fitslim.quantspec import LayerQuant, QuantSpec  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""``exporters.runtimes``: scoring exported artifacts on a whole data set in their own runtimes."""
+"""``exporters.core.runtimes``: scoring exported artifacts on a whole data set in their own runtimes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from exporters.report import ExportReport, TargetResult
-from exporters.runtimes import accuracy, predict
+from exporters.core.report import ExportReport, TargetResult
+from exporters.core.runtimes import accuracy, predict
 
 pytest.importorskip("onnxruntime")
 
@@ -57,7 +57,7 @@ def test_keras_made_tflite_takes_nchw_input_transposed(
 ) -> None:
     pytest.importorskip("ai_edge_litert")
     from exporters import export
-    from exporters.verify import nhwc_to_nchw
+    from exporters.core.verify import nhwc_to_nchw
 
     d = digits_nhwc
     report = export(trained_keras_digits, ["tflite"], example_input=d.x_train[:1], directory=tmp_path)

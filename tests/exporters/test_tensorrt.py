@@ -27,15 +27,15 @@ import onnxruntime as ort
 import torch
 from onnx import helper, numpy_helper
 
-from exporters.export import export, prepare_job
-from exporters.job import ExportJob
-from exporters.qdq import ResidualInput, lint_qdq, qdq_counts, residual_add_scales, to_qdq
-from exporters.quant import QuantizedNode, QuantTable, WeightedNode
-from exporters.tensorrt import export_tensorrt, tensorrt_available, trtexec_command
-from exporters.verify import compare
+from exporters.core.export import export, prepare_job
+from exporters.core.job import ExportJob
+from exporters.core.qdq import ResidualInput, lint_qdq, qdq_counts, residual_add_scales, to_qdq
+from exporters.core.quant import QuantizedNode, QuantTable, WeightedNode
+from exporters.core.verify import compare
+from exporters.targets.tensorrt import export_tensorrt, tensorrt_available, trtexec_command
 from fitslim.int8 import absmax_scale, fake_quant, quantize, round_half_even
-from fitslim.models import torch_model
 from fitslim.quantspec import LayerQuant, QuantSpec
+from lightning_plugins.models import torch_model
 from tests.conftest import random_bn_stats
 from tests.exporters.int8_agreement import MIN_DECISIVE, assert_int8_agrees, result_agreement_problems
 
@@ -318,7 +318,7 @@ def small_residual_net(seed: int = 0, opset: int = 18) -> Any:
 
 @pytest.fixture(scope="module")
 def small() -> tuple[Any, QuantTable, FloatArray]:
-    from exporters.quant import calibrate
+    from exporters.core.quant import calibrate
 
     m = small_residual_net()
     calib = np.random.default_rng(1).normal(size=(64, 3, 9, 7)).astype(np.float32)
@@ -574,7 +574,7 @@ def test_residual_both_mode_measures_or_refuses(small: tuple[Any, QuantTable, Fl
 
 def test_downsample_shortcut_conv_is_the_skip_input() -> None:
     """ResNet-style block: both Add inputs come from Convs; the deeper branch is fused, the shortcut quantized."""
-    from exporters.quant import calibrate
+    from exporters.core.quant import calibrate
 
     rng = np.random.default_rng(0)
     inits = [
@@ -649,8 +649,8 @@ def test_int8_verification_runs_the_qdq_arithmetic_not_the_cpus_int8_kernels(
 ) -> None:
     """onnxruntime's fused int8 kernels saturate on x86 without VNNI (a random ConvNeXtTiny's Q/DQ file: RMS error 11.0
     of the spread on such a CPU, 1.9 in float); the TensorRT target is verified on the Q/DQ graph's own arithmetic."""
-    import exporters.tensorrt as trt
-    from exporters.onnx_export import ort_session
+    import exporters.targets.tensorrt as trt
+    from exporters.core.onnx_hub import ort_session
 
     m, table, calib = small
     onnx.save(m, str(tmp_path / "small.onnx"))

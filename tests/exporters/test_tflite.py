@@ -14,11 +14,11 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
 
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from exporters.export import export, prepare_job
-from exporters.job import ExportJob
-from exporters.source import Source
-from exporters.tflite import KERNEL_OPS, export_tflite, kernel_summary
-from exporters.verify import compare
+from exporters.core.export import export, prepare_job
+from exporters.core.job import ExportJob
+from exporters.core.source import Source
+from exporters.core.verify import compare
+from exporters.targets.tflite import KERNEL_OPS, export_tflite, kernel_summary
 from fitslim.quantspec import LayerQuant, QuantSpec
 from tests.exporters.int8_agreement import MIN_DECISIVE, assert_int8_agrees, result_agreement_problems
 
@@ -464,7 +464,7 @@ def test_converter_failure_is_a_failed_row_and_leaves_no_file(
 def test_int8_with_a_float_kernel_fails_naming_it_and_leaves_no_file(
     trained_keras_digits: Any, digits_nhwc: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import exporters.tflite as tfl
+    import exporters.targets.tflite as tfl
 
     real = tfl._convert_keras
 
@@ -566,7 +566,7 @@ import json, os, sys, tempfile
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 import numpy as np
 import tf_keras as K
-from exporters.export import export
+from exporters.core.export import export
 
 K.utils.set_random_seed(0)
 inp = K.Input((17, 23, 3))
@@ -623,7 +623,7 @@ def test_tf_keras_model_converts_in_its_own_process() -> None:
 
 @pytest.mark.slow
 def test_keras_mobilenet_int8_is_small_and_int8(tmp_path: Path) -> None:
-    from fitslim.models import keras_model
+    from keras_callbacks.models import keras_model
 
     pytest.importorskip("keras").utils.set_random_seed(0)
     model = keras_model("mobilenet_v2", width_multiplier=0.5, num_classes=10, in_channels=3, input_size=64)

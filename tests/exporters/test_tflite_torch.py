@@ -23,8 +23,8 @@ from ai_edge_litert.interpreter import Interpreter
 from torch import nn
 
 from exporters import export
-from exporters.tflite import KERNEL_OPS
-from exporters.tflite_torch import _rewrite_for_quantization
+from exporters.targets.tflite import KERNEL_OPS
+from exporters.targets.tflite_torch import _rewrite_for_quantization
 
 
 def tf_same(x: torch.Tensor, conv: Any) -> torch.Tensor:

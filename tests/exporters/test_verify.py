@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from exporters.report import ExportReport, TargetResult
-from exporters.verify import BOUNDS, compare, fill_agreement, judge
+from exporters.core.report import ExportReport, TargetResult
+from exporters.core.verify import BOUNDS, compare, fill_agreement, judge
 
 
 def _logits(n: int = 64, c: int = 10, seed: int = 0) -> np.ndarray:
@@ -174,7 +174,7 @@ def test_report_is_not_ok_with_a_mismatch_and_round_trips(tmp_path: Path) -> Non
 
 def test_a_mismatch_logs_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     ref = _logits()
-    with caplog.at_level(logging.WARNING, logger="exporters.verify"):
+    with caplog.at_level(logging.WARNING, logger="exporters.core.verify"):
         _row("int8", np.full_like(ref, np.nan), ref)
     assert any(r.levelno == logging.WARNING and "does not match" in r.message for r in caplog.records)
 
@@ -222,7 +222,7 @@ def test_export_reports_a_garbled_artifact_as_mismatch_and_keeps_it(tmp_path: Pa
 def test_export_reports_nan_ncnn_outputs_as_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("ncnn")
     from exporters import export
-    from exporters.ncnn import NcnnModel
+    from exporters.targets.ncnn import NcnnModel
 
     real = NcnnModel.__call__
 
@@ -245,7 +245,7 @@ def test_export_reports_nan_ncnn_outputs_as_mismatch(tmp_path: Path, monkeypatch
 
 def test_ncnn_names_a_layer_it_does_not_have(tmp_path: Path) -> None:
     pytest.importorskip("ncnn")
-    from exporters.ncnn import unknown_layers
+    from exporters.targets.ncnn import unknown_layers
 
     param = tmp_path / "model.ncnn.param"
     param.write_text(
@@ -258,7 +258,7 @@ def test_softmax_nan_guard_is_removed_and_nothing_else() -> None:
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    from exporters.ncnn import strip_nan_guards
+    from exporters.targets.ncnn import strip_nan_guards
 
     zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
     nodes = [
@@ -281,7 +281,7 @@ def test_softmax_nan_guard_is_removed_and_nothing_else() -> None:
 def test_an_ncnn_model_that_cannot_load_is_kept_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("ncnn")
     from exporters import export
-    from exporters.ncnn import NcnnModel
+    from exporters.targets.ncnn import NcnnModel
 
     def cannot_load(self: NcnnModel, param: Any, *args: Any, **kwargs: Any) -> None:
         raise RuntimeError(f"ncnn could not load {param}")
@@ -302,7 +302,7 @@ def test_whole_map_average_pool_becomes_global_and_others_stay() -> None:
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
 
-    from exporters.ncnn import global_pools
+    from exporters.targets.ncnn import global_pools
 
     def model(kernel: int, ceil: int) -> Any:  # EfficientNet's head: AvgPool2d(320, ceil_mode=True) on 2x2
         node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[kernel] * 2, strides=[kernel] * 2,
@@ -392,11 +392,11 @@ def test_a_gradual_int8_error_is_not_pinned_on_one_layer(tmp_path: Path) -> None
     pytest.importorskip("onnxruntime")
     import onnx
 
-    from exporters.onnx_export import to_onnx
-    from exporters.qdq import to_qdq
-    from exporters.quant import calibrate
-    from exporters.source import Source
-    from exporters.verify import locate_int8_error
+    from exporters.core.onnx_hub import to_onnx
+    from exporters.core.qdq import to_qdq
+    from exporters.core.quant import calibrate
+    from exporters.core.source import Source
+    from exporters.core.verify import locate_int8_error
 
     model = _wide_range_net()
     with __import__("torch").no_grad():
@@ -415,11 +415,11 @@ def test_an_activation_its_int8_grid_cannot_carry_is_named(tmp_path: Path) -> No
 
     import onnx
 
-    from exporters.onnx_export import to_onnx
-    from exporters.qdq import to_qdq
-    from exporters.quant import calibrate
-    from exporters.source import Source
-    from exporters.verify import locate_int8_error
+    from exporters.core.onnx_hub import to_onnx
+    from exporters.core.qdq import to_qdq
+    from exporters.core.quant import calibrate
+    from exporters.core.source import Source
+    from exporters.core.verify import locate_int8_error
 
     model = _wide_range_net()
     with __import__("torch").no_grad():
@@ -444,11 +444,11 @@ def test_locating_an_int8_error_holds_one_sample_at_a_time(tmp_path: Path, monke
     pytest.importorskip("onnxruntime")
     import onnx
 
-    import exporters.verify as verify
-    from exporters.onnx_export import to_onnx
-    from exporters.qdq import to_qdq
-    from exporters.quant import calibrate
-    from exporters.source import Source
+    import exporters.core.verify as verify
+    from exporters.core.onnx_hub import to_onnx
+    from exporters.core.qdq import to_qdq
+    from exporters.core.quant import calibrate
+    from exporters.core.source import Source
 
     model = _wide_range_net()
     x = np.random.default_rng(1).standard_normal((20, 3, 12, 10)).astype(np.float32)
@@ -469,7 +469,7 @@ def test_locating_an_int8_error_holds_one_sample_at_a_time(tmp_path: Path, monke
 
 
 def test_sqnr_summed_sample_by_sample_equals_the_sqnr_of_all_samples_together() -> None:
-    from exporters.verify import _Noise, _sqnr_db
+    from exporters.core.verify import _Noise, _sqnr_db
 
     rng = np.random.default_rng(3)
     ref = rng.standard_normal((5, 40)).astype(np.float32) * np.arange(1, 6, dtype=np.float32)[:, None]
@@ -487,9 +487,9 @@ def test_absmax_calibration_keeps_only_the_running_maximum() -> None:
     pytest.importorskip("torch")
     import onnx
 
-    from exporters.onnx_export import to_onnx
-    from exporters.quant import activation_values, calibrate
-    from exporters.source import Source
+    from exporters.core.onnx_hub import to_onnx
+    from exporters.core.quant import activation_values, calibrate
+    from exporters.core.source import Source
 
     model = _wide_range_net()
     x = np.random.default_rng(2).standard_normal((70, 3, 12, 10)).astype(np.float32)
@@ -516,7 +516,7 @@ def test_activation_values_reads_a_conv_output_that_onnxruntime_fuses_into_an_ad
     failed without naming a cause."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from exporters.quant import activation_values
+    from exporters.core.quant import activation_values
 
     rng = np.random.default_rng(0)
     c = 22
@@ -556,7 +556,7 @@ def test_activation_values_reads_a_conv_output_that_onnxruntime_fuses_into_an_ad
 def test_sqnr_of_an_exact_copy_is_infinite_and_large_fills_do_not_overflow() -> None:
     """An all-zero mask equal in the float and Q/DQ graphs read 0 dB through ONNX Runtime's helper (its epsilon
     floor on both norms), which named it as ViT's int8 error origin; a finfo.min fill overflowed float32."""
-    from exporters.verify import _sqnr_db
+    from exporters.core.verify import _sqnr_db
 
     zeros = np.zeros((1, 1, 17, 17), np.float32)
     assert _sqnr_db(zeros, zeros) == math.inf

@@ -87,7 +87,7 @@ def check_qat(out: Path) -> dict[str, Any]:
     """quantize_model, fit, int8 TFLite from its QAT: every conv/FC kernel runs int8."""
     import tensorflow_model_optimization as tfmot
 
-    from exporters.tflite import kernel_summary
+    from exporters.targets.tflite import kernel_summary
     from keras_callbacks.legacy import export_tfmot, is_tfmot_quantized
 
     x, y, xt, yt = _data(n=2000)

@@ -44,7 +44,7 @@ def test_export_from_a_tf_dataset_given_to_fit(tmp_path: Path, digits_nhwc: Any)
 def test_failure_is_reported_and_weights_are_kept(
     tmp_path: Path, digits_nhwc: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import exporters.onnx_export as onnx_export
+    import exporters.core.onnx_hub as onnx_export
 
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("tf2onnx exploded")

@@ -300,7 +300,7 @@ def test_int8_qdq_and_ncnn_exports_follow_the_fake_quant_model(qat_run: Any, dig
 def test_tflite_int8_keeps_the_learned_input_ranges(qat_run: Any, digits_nhwc: Any) -> None:
     pytest.importorskip("tensorflow", reason="tensorflow not installed")
     litert = pytest.importorskip("ai_edge_litert.interpreter", reason="LiteRT not installed")
-    from exporters.tflite import kernel_summary
+    from exporters.targets.tflite import kernel_summary
     from keras_callbacks.quantization import tflite_int8
 
     model, qat, _ = qat_run

@@ -70,7 +70,7 @@ def test_fit_end_export_uses_training_batches(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_export_failure_never_breaks_fit_or_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import exporters.onnx_export as onnx_export
+    import exporters.core.onnx_hub as onnx_export
 
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("exporter exploded")

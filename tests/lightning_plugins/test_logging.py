@@ -23,7 +23,7 @@ pytest.importorskip("tensorboard", reason="tensorboard not installed")
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from exporters.report import ExportReport, TargetResult
+from exporters.core.report import ExportReport, TargetResult
 from fitslim.metrics import EXPORT_STATUS, QAT_PHASES
 from lightning_plugins import Distillation, Export, QuantizationAware
 from lightning_plugins._compat import pl

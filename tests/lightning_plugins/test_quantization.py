@@ -13,7 +13,7 @@ pytest.importorskip("lightning", reason="lightning not installed")
 import torch
 from torch import nn
 
-from exporters.verify import compare
+from exporters.core.verify import compare
 from fitslim.data import digits
 from fitslim.int8 import absmax_scale, fake_quant, quantize
 from fitslim.quantspec import QuantSpec
@@ -327,7 +327,7 @@ def test_freezing_batchnorm_at_an_undecayed_rate_warns(
 
 
 def test_fit_learns_spec_and_int8_artifacts_agree(tmp_path: Path) -> None:
-    from exporters.export import export
+    from exporters.core.export import export
 
     pl.seed_everything(0)
     module = _module(width=1.0)

@@ -20,7 +20,7 @@ __all__ = [
     "full_zoo", "recorded", "select", "within_record",
 ]  # fmt: skip
 
-#: what an int8 ``mismatch`` reason must say: where the int8 error starts (``exporters.verify.locate_int8_error``)
+#: what an int8 ``mismatch`` reason must say: where the int8 error starts (``exporters.core.verify.locate_int8_error``)
 LOCATED = r"int8 error (first becomes large at '[^']+' \(\w+|builds up over \d+ layers)"
 
 #: the support table ``make zoo`` writes: its figures bound the cells listed as expected mismatches
@@ -236,7 +236,7 @@ def check_report(
 def assert_listed_mismatches_bounded(framework: str, names: Any, cases: Any, column: str = "qat+export int8") -> None:
     """Each listed expected-mismatch case has figures in the support table under ``column``, and is bounded by them:
     a row at its record passes :func:`within_record`, a NaN row does not."""
-    from exporters.report import TargetResult
+    from exporters.core.report import TargetResult
 
     assert set(names) <= set(cases), set(names) - set(cases)
     for name in sorted(names):
@@ -262,7 +262,7 @@ def check_expected_mismatch(
     :func:`within_record`), so a NaN, 0% or unrelated artifact fails, as does a listed cell with no record.
 
     Args:
-        row: the report row (an ``exporters.report.TargetResult``).
+        row: the report row (an ``exporters.core.report.TargetResult``).
         framework: the support table's section, ``torch`` or ``keras``.
         case: the zoo case, the table's row.
         column: the table's column, as the test records the cell (``qat+export int8``).

@@ -29,7 +29,7 @@ Every architecture of the test zoo (`tests/zoo/`: HuggingFace `transformers` mod
 every target and precision, and verified in the target's own runtime. `ok` means finite outputs within the
 precision's bounds (fp32: max relative error 1e-4; fp16: 1e-2; int8: top-1 agreement of at least 97% on
 the samples whose top-2 margin is meaningful, or a bounded error against the outputs' input-to-input
-spread when none is; see `exporters/verify.py`). `mismatch`: the artifact was written and kept, but its
+spread when none is; see `exporters/core/verify.py`). `mismatch`: the artifact was written and kept, but its
 outputs are not finite or out of bounds; an int8 mismatch says where the int8 error originates (the first layer
 whose own int8 noise is large, from ONNX Runtime's per-tensor comparison of the float and Q/DQ graphs) or that
 it builds up over many layers. `unverified`: written, but no runtime here ran it at that precision (the

@@ -27,9 +27,9 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("tf2onnx")
 
 from exporters import export  # noqa: E402
-from exporters.onnx_export import fix_pad_mode, fold_batchnorm, ort_session, to_onnx  # noqa: E402
-from exporters.quant import weighted_nodes  # noqa: E402
-from exporters.source import Source, detect_framework, source_weights  # noqa: E402
+from exporters.core.onnx_hub import fix_pad_mode, fold_batchnorm, ort_session, to_onnx  # noqa: E402
+from exporters.core.quant import weighted_nodes  # noqa: E402
+from exporters.core.source import Source, detect_framework, source_weights  # noqa: E402
 from tests.zoo.keras_zoo import CASES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -286,7 +286,7 @@ def test_normalization_constants_grouped_conv_and_exact_gelu_convert(tmp_path: P
 def test_one_axis_reduction_gets_its_axes_count(tmp_path: Path) -> None:
     """ConvNeXt's LayerNorm as tf2onnx writes it (ReduceMean over channels) came out of pnnx as ``-23303=0``:
     ncnn read no axes and the model's output was unrelated to the source (max rel error 1.0)."""
-    from exporters.ncnn import fix_reduction_axes
+    from exporters.targets.ncnn import fix_reduction_axes
 
     text = (
         "7767517\n4 4\nInput in0 0 1 in0\n"
@@ -358,7 +358,7 @@ _BACKEND_SCRIPT = textwrap.dedent(
     import numpy as np
     import keras
     from exporters import export
-    from exporters.source import detect_framework
+    from exporters.core.source import detect_framework
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
         keras.Input((12, 10, 3)),

@@ -251,7 +251,7 @@ def test_every_listed_qat_mismatch_has_a_recorded_bound() -> None:
 
 
 def test_export_precision_auto_resolves_from_the_quant_spec() -> None:
-    from exporters.settings import ExportSettings
+    from exporters.core.settings import ExportSettings
     from fitslim.quantspec import LayerQuant, QuantSpec
     from fitslim.recipe import Recipe
 

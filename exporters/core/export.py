@@ -22,12 +22,12 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from exporters.checks import check_onnx_file, output_dir, probe_source
-from exporters.inputs import as_inputs, input_count, is_multi, ort_feed, take
-from exporters.job import ExportJob
-from exporters.quant import QuantTable, calibrate, table_from_spec
-from exporters.report import ExportReport, TargetResult
-from exporters.source import Source, as_numpy, batches_to_numpy, source_weights
+from exporters.core.checks import check_onnx_file, output_dir, probe_source
+from exporters.core.inputs import as_inputs, input_count, is_multi, ort_feed, take
+from exporters.core.job import ExportJob
+from exporters.core.quant import QuantTable, calibrate, table_from_spec
+from exporters.core.report import ExportReport, TargetResult
+from exporters.core.source import Source, as_numpy, batches_to_numpy, source_weights
 from fitslim.callback_spec import ONNX_WEIGHT_TYPES, check_export_options
 from fitslim.quantspec import QuantSpec
 from fitslim.recipe import EXPORT_TARGETS, PRECISIONS
@@ -44,15 +44,15 @@ _NEEDS_ONNX = ("onnx", "ncnn", "tensorrt")
 NCNN_DEPTHWISE: dict[str, tuple[str, ...]] = {"int8": (), "float": ("ConvolutionDepthWise",)}
 
 #: ``export(..., onnx_weights=...)``: how the ``onnx`` int8 artifact stores its weights (``auto``: this CPU's
-#: choice, :func:`exporters.onnx_int8.weight_type`)
+#: choice, :func:`exporters.targets.onnx_int8.weight_type`)
 ONNX_WEIGHTS = ONNX_WEIGHT_TYPES
 
 #: target → (module, function, the extra that provides its runtime)
 _TARGET_IMPL: dict[str, tuple[str, str, str]] = {
-    "onnx": ("exporters.onnx_int8", "export_onnx", "onnx"),  # fp32 as it is; int8 in ONNX Runtime's QDQ form
-    "ncnn": ("exporters.ncnn", "export_ncnn", "ncnn"),
-    "tflite": ("exporters.tflite", "export_tflite", "tflite"),
-    "tensorrt": ("exporters.tensorrt", "export_tensorrt", "tensorrt"),
+    "onnx": ("exporters.targets.onnx_int8", "export_onnx", "onnx"),  # fp32 as it is; int8 in ONNX Runtime's QDQ form
+    "ncnn": ("exporters.targets.ncnn", "export_ncnn", "ncnn"),
+    "tflite": ("exporters.targets.tflite", "export_tflite", "tflite"),
+    "tensorrt": ("exporters.targets.tensorrt", "export_tensorrt", "tensorrt"),
 }
 
 #: how many verification samples are compared at most
@@ -100,7 +100,7 @@ def prepare_job(
     Raises:
         ValueError: int8 without ``calibration`` or ``quant_spec``; a QuantSpec that does not fit the model.
     """
-    from exporters.onnx_export import to_onnx
+    from exporters.core.onnx_hub import to_onnx
 
     source = Source.from_model(model)
     if source.framework == "onnx":
@@ -190,13 +190,13 @@ def prepare_job(
 
 
 def _locate_int8_error(job: ExportJob, result: TargetResult) -> str:
-    """Where a mismatched int8 artifact's error originates (see :func:`exporters.verify.locate_int8_error`).
+    """Where a mismatched int8 artifact's error originates (see :func:`exporters.core.verify.locate_int8_error`).
 
     The onnx and tensorrt targets are measured on their own Q/DQ file; ncnn and TFLite on a Q/DQ ONNX with the
     same scales (their runtimes cannot save intermediate tensors), which the text says. Failures here only
     lose the explanation.
     """
-    from exporters.verify import locate_int8_error
+    from exporters.core.verify import locate_int8_error
 
     if job.onnx_error is not None or job.quant is None or not job.quant.nodes:
         return ""
@@ -207,7 +207,7 @@ def _locate_int8_error(job: ExportJob, result: TargetResult) -> str:
         else:
             import onnx
 
-            from exporters.qdq import to_qdq
+            from exporters.core.qdq import to_qdq
 
             qdq = job.workdir / "locate.qdq.onnx"
             onnx.save(to_qdq(job.onnx_path, job.quant), str(qdq))
@@ -220,7 +220,7 @@ def _locate_int8_error(job: ExportJob, result: TargetResult) -> str:
 
 
 def _latency_verdict(job: ExportJob, result: TargetResult) -> None:
-    """The fp16 / int8 artifact against fp32 of its target (:mod:`exporters.latency`), where its writer did not.
+    """The fp16 / int8 artifact against fp32 of its target (:mod:`exporters.core.latency`), where its writer did not.
 
     ncnn and TFLite time their own fp32 peer; the ``onnx`` int8 artifact is timed here against the shared fp32
     ONNX (what the ``onnx`` target writes at fp32) in onnxruntime. A failure here loses only the verdict.
@@ -239,8 +239,8 @@ def _latency_verdict(job: ExportJob, result: TargetResult) -> None:
     if result.target != "onnx" or not own:
         return
     try:
-        from exporters.latency import compare_with_fp32, ort_costly_nodes, slower_hint, warn_slower
-        from exporters.onnx_export import ort_session
+        from exporters.core.latency import compare_with_fp32, ort_costly_nodes, slower_hint, warn_slower
+        from exporters.core.onnx_hub import ort_session
 
         path = job.directory / own[0]
         sess, fp32 = ort_session(path, job.threads), ort_session(job.onnx_path, job.threads)
@@ -326,7 +326,7 @@ def export(
             model: on x86, ncnn's int8 depthwise kernel is slower than its fp32 one). Only the ncnn int8
             artifact changes.
         onnx_weights: how the ``onnx`` int8 artifact stores its weights: ``"auto"`` (default: for the CPU that
-            exports, :func:`exporters.onnx_int8.weight_type`), ``"int8"`` (fastest on ARM and on x86 with VNNI;
+            exports, :func:`exporters.targets.onnx_int8.weight_type`), ``"int8"`` (fastest on ARM and on x86 with VNNI;
             onnxruntime's kernels saturate on x86 CPUs without VNNI) or ``"uint8"`` (the same int8 grid around
             128, exact on every CPU, slower where int8 weights are exact). Choose for the CPU that will run it
             when that is not the exporting one. Only the ``onnx`` int8 artifact changes.
@@ -337,7 +337,7 @@ def export(
             empty.
 
     Every fp16 / int8 artifact is also timed against the fp32 artifact of its target in one interleaved run
-    (:mod:`exporters.latency`): its row gets ``fp32_latency_ms``, ``latency_ratio`` and ``latency_verdict``, and
+    (:mod:`exporters.core.latency`): its row gets ``fp32_latency_ms``, ``latency_ratio`` and ``latency_verdict``, and
     one slower than fp32 on this machine gets a ``WARNING`` note naming the costliest layers and what helps.
 
     A Keras model quantized by ``keras_callbacks.QuantizationAware`` (it runs its fake-quant after ``fit``) is

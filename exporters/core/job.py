@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.quant import QuantTable
-from exporters.source import Source
-from exporters.verify import nchw_to_nhwc, nhwc_to_nchw
+from exporters.core.quant import QuantTable
+from exporters.core.source import Source
+from exporters.core.verify import nchw_to_nhwc, nhwc_to_nchw
 from fitslim.quantspec import QuantSpec
 
 __all__ = ["ExportJob"]

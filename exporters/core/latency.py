@@ -11,7 +11,7 @@ order in one run (:func:`interleaved_times`), and :func:`compare_with_fp32` fill
 Example:
     >>> latency_verdict(1.30), latency_verdict(0.98), latency_verdict(0.50)
     ('slower', 'same', 'faster')
-    >>> from exporters.report import TargetResult
+    >>> from exporters.core.report import TargetResult
     >>> r = TargetResult("ncnn", "int8")
     >>> _ = compare_with_fp32(r, lambda: None, lambda: None, "fp32 ncnn", timer=iter([2.0, 1.0]).__next__)
     >>> r.latency_ratio, r.latency_verdict
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.report import TargetResult
+from exporters.core.report import TargetResult
 
 __all__ = [
     "NOISE_BAND",
@@ -294,8 +294,8 @@ def ncnn_costly_layers(
     int8 model keeps the fp32 model's layer names).
 
     Args:
-        model: the :class:`exporters.ncnn.NcnnModel` of the fp16 / int8 artifact.
-        fp32_model: the :class:`exporters.ncnn.NcnnModel` of the fp32 peer.
+        model: the :class:`exporters.targets.ncnn.NcnnModel` of the fp16 / int8 artifact.
+        fp32_model: the :class:`exporters.targets.ncnn.NcnnModel` of the fp32 peer.
         param: the artifact's ``.param`` (layer types, names and blobs).
         sample: one input without its batch axis.
         top: how many layers to name.
@@ -304,7 +304,7 @@ def ncnn_costly_layers(
     Returns:
         e.g. ``["ConvolutionDepthWise convdw_12 0.210 ms vs 0.080 ms fp32"]``, largest growth first.
     """
-    from exporters.ncnn_int8 import NcnnParam
+    from exporters.targets.ncnn_int8 import NcnnParam
 
     graph = NcnnParam.parse(Path(param).read_text(encoding="utf-8"), str(param))
     types = {layer.name: layer.type for layer in graph.layers}
@@ -322,7 +322,7 @@ def latency_metrics(report: Any, prefix: str = "export") -> dict[str, float]:
     ``<target>_<precision>``. ``<prefix>/slower_than_fp32`` counts the artifacts slower than fp32.
 
     Example:
-        >>> from exporters.report import ExportReport, TargetResult
+        >>> from exporters.core.report import ExportReport, TargetResult
         >>> row = TargetResult("onnx", "int8", latency_ms=3.0, fp32_latency_ms=2.0, latency_ratio=1.5,
         ...                    latency_verdict="slower")
         >>> latency_metrics(ExportReport([row]))["export/onnx/slower_than_fp32"]

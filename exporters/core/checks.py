@@ -4,7 +4,7 @@ A bad file, an input in the wrong layout or an output path that is a file become
 argument and the fix, instead of an error from deep inside a converter, and no folder is left behind.
 
 Example:
-    >>> from exporters.checks import output_dir
+    >>> from exporters.core.checks import output_dir
     >>> output_dir("exports").name
     'exports'
 """

@@ -1,6 +1,6 @@
 """The ``onnx`` target at ``precision="int8"``: an ONNX that ONNX Runtime's CPU provider runs with int8 kernels.
 
-The TensorRT Q/DQ ONNX (:mod:`exporters.qdq`) quantizes only the *inputs* of Conv/Gemm/MatMul, with
+The TensorRT Q/DQ ONNX (:mod:`exporters.core.qdq`) quantizes only the *inputs* of Conv/Gemm/MatMul, with
 symmetric int8 activations: TensorRT fuses that form, but ONNX Runtime's CPU provider fuses a
 ``DequantizeLinear -> op -> QuantizeLinear`` group into one int8 kernel (``QLinearConv``,
 ``QLinearMatMul``, ``QLinearAdd``, ...) only when the op's *output* is quantized too, and it drops a ReLU
@@ -23,7 +23,7 @@ This module writes the form ONNX Runtime fuses (its own QDQ layout, produced by
   and ARM CPUs keep int8 weights. An artifact with int8 weights saturates on x86 CPUs without VNNI: where the
   CPU that will run it is not the exporting one, ``export(..., onnx_weights="int8" | "uint8")`` chooses.
 
-Scales come from the :class:`~exporters.quant.QuantTable` every int8 target shares (a learned QuantSpec,
+Scales come from the :class:`~exporters.core.quant.QuantTable` every int8 target shares (a learned QuantSpec,
 used exactly, or fitslim's calibration): weight scales per channel as they are, the input scale ``s`` of
 each quantized layer as uint8 with the same grid (zero point 128 for a signed tensor: ``[-128 s, 127 s]``;
 zero point 0 after a ReLU: ``[0, 255 s]``; after a ReLU6-style clip to ``[0, m]``, calibrated scales take
@@ -53,11 +53,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.inputs import Inputs, as_inputs, fixed_batch, input_count, ort_feed, ort_run, take
-from exporters.job import ExportJob
-from exporters.quant import QuantTable
-from exporters.report import TargetResult
-from exporters.verify import compare, fill_agreement, median_latency_ms
+from exporters.core.inputs import Inputs, as_inputs, fixed_batch, input_count, ort_feed, ort_run, take
+from exporters.core.job import ExportJob
+from exporters.core.quant import QuantTable
+from exporters.core.report import TargetResult
+from exporters.core.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
 
 __all__ = [
@@ -398,7 +398,7 @@ def fake_quant_ranges(model: Any, table: QuantTable, data: Inputs, batch: int = 
     import onnx
     import onnxruntime as ort
 
-    from exporters.qdq import to_qdq
+    from exporters.core.qdq import to_qdq
 
     fq = to_qdq(model, table, residual_inputs=[])
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -584,7 +584,7 @@ def _float_notes(path: Path, table: QuantTable) -> list[str]:
 
 
 def export_onnx(job: ExportJob) -> TargetResult:
-    """The ``onnx`` target: fp32 and fp16 as :func:`exporters.onnx_export.export_onnx`; int8 as ONNX Runtime's QDQ form.
+    """The ``onnx`` target: fp32 and fp16 as :func:`exporters.core.onnx_hub.export_onnx`; int8 in QDQ form.
 
     An int8 file that ONNX Runtime runs without a single int8 kernel (:data:`INT8_KERNELS`) is a ``mismatch``
     whatever its agreement: it is a float model with extra rounding, not an int8 artifact.
@@ -593,7 +593,7 @@ def export_onnx(job: ExportJob) -> TargetResult:
         ValueError: int8 without scales.
     """
     if job.precision != "int8":
-        from exporters.onnx_export import export_onnx as export_float
+        from exporters.core.onnx_hub import export_onnx as export_float
 
         return export_float(job)
     import onnxruntime as ort
@@ -642,7 +642,7 @@ def export_onnx(job: ExportJob) -> TargetResult:
         + (f"; still float: {', '.join(f'{op} x{n}' for op, n in fp_heavy.items())}" if fp_heavy else "")
     )  # fmt: skip
     if job.verify:
-        from exporters.onnx_export import ort_session
+        from exporters.core.onnx_hub import ort_session
 
         sess = ort_session(final, job.threads)
         x = job.samples_nchw()

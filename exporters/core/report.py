@@ -48,14 +48,14 @@ class TargetResult:
         reason: why the target failed or was skipped.
         notes: anything else worth knowing (ops kept in float, commands to build an engine elsewhere).
         samples: how many inputs the verification compared.
-        spread_error: RMS error relative to the source outputs' input-to-input spread (see exporters.verify).
+        spread_error: RMS error relative to the source outputs' input-to-input spread (see exporters.core.verify).
         decisive_top1: top-1 agreement over the samples whose top-2 margin is meaningful.
         decisive_samples: how many samples were decisive.
         fp32_latency_ms: for an fp16 / int8 artifact, the median latency of the fp32 artifact of the same target in
-            the same runtime, timed interleaved with this one in one run (:mod:`exporters.latency`).
+            the same runtime, timed interleaved with this one in one run (:mod:`exporters.core.latency`).
         latency_ratio: ``latency_ms / fp32_latency_ms`` from that run (below 1: faster than fp32).
         latency_verdict: ``faster``, ``same`` or ``slower`` than fp32 on this machine, outside a noise band of
-            :data:`exporters.latency.NOISE_BAND` (``""`` when not measured).
+            :data:`exporters.core.latency.NOISE_BAND` (``""`` when not measured).
         latency_peer: what the fp32 side was, e.g. ``fp32 ncnn built for comparison``.
     """
 

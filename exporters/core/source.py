@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.inputs import as_inputs, ort_run
+from exporters.core.inputs import as_inputs, ort_run
 
 __all__ = [
     "FRAMEWORKS",

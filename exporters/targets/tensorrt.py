@@ -1,7 +1,7 @@
 """The ``tensorrt`` target: a TensorRT-ready ONNX (explicit Q/DQ for int8), verified, and the engine where possible.
 
-- ``int8``: ``model.int8.qdq.onnx``, the shared ONNX with symmetric int8 Q/DQ (:func:`exporters.qdq.to_qdq`),
-  checked with ``onnx.checker`` (full check) and :func:`exporters.qdq.lint_qdq` (TensorRT's rules).
+- ``int8``: ``model.int8.qdq.onnx``, the shared ONNX with symmetric int8 Q/DQ (:func:`exporters.core.qdq.to_qdq`),
+  checked with ``onnx.checker`` (full check) and :func:`exporters.core.qdq.lint_qdq` (TensorRT's rules).
 - ``fp32`` / ``fp16``: ``model.trt.onnx``, the shared fp32 ONNX; fp16 is TensorRT's builder flag (or ModelOpt
   AutoCast on 11.x) at engine build, so an fp16 row whose engine was not built and run here is ``unverified``: the
   file written is fp32 (verified as such), the fp16 engine is nobody's check yet.
@@ -12,7 +12,7 @@ fp32, so the Q/DQ nodes alone set the int8 layers), written as ``model.<precisio
 same samples; elsewhere the report carries the ``trtexec`` command that builds it on the target.
 
 Example:
-    >>> # result = export_tensorrt(job)      # job from exporters.export.prepare_job(..., precision="int8")
+    >>> # result = export_tensorrt(job)      # job from exporters.core.export.prepare_job(..., precision="int8")
     >>> # result.files                       # ['model.int8.qdq.onnx']
 """
 
@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.inputs import ort_feed, ort_run, take
-from exporters.job import ExportJob
-from exporters.onnx_export import ort_session
-from exporters.qdq import lint_qdq, qdq_counts, residual_add_scales, to_qdq
-from exporters.quant import QuantTable
-from exporters.report import TargetResult
-from exporters.verify import compare, fill_agreement, median_latency_ms
+from exporters.core.inputs import ort_feed, ort_run, take
+from exporters.core.job import ExportJob
+from exporters.core.onnx_hub import ort_session
+from exporters.core.qdq import lint_qdq, qdq_counts, residual_add_scales, to_qdq
+from exporters.core.quant import QuantTable
+from exporters.core.report import TargetResult
+from exporters.core.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
 from fitslim.recipe import PRECISIONS
 

@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.checks import Refusal, converter_error, failing_op, legacy_trace_check
-from exporters.inputs import as_inputs, ort_feed, ort_run, take
-from exporters.job import ExportJob
-from exporters.report import TargetResult
-from exporters.source import Source, keras_backend
-from exporters.verify import compare, fill_agreement, median_latency_ms
+from exporters.core.checks import Refusal, converter_error, failing_op, legacy_trace_check
+from exporters.core.inputs import as_inputs, ort_feed, ort_run, take
+from exporters.core.job import ExportJob
+from exporters.core.report import TargetResult
+from exporters.core.source import Source, keras_backend
+from exporters.core.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
 
 __all__ = ["OPSET", "export_onnx", "fix_pad_mode", "fold_batchnorm", "global_pools", "to_fp16", "to_onnx"]
@@ -777,7 +777,7 @@ def export_onnx(job: ExportJob) -> TargetResult:
     fp16 is ``model.fp16.onnx`` (:func:`to_fp16`), verified against the fp16 bounds. onnxruntime's CPU provider
     runs the ops it has no fp16 kernel for in fp32 (it casts around them), so on a CPU the check covers the fp16
     weights and the file's validity, and a runtime with fp16 kernels (GPU, ARM) computes it in fp16; the report
-    says so. int8 is :func:`exporters.onnx_int8.export_onnx`.
+    says so. int8 is :func:`exporters.targets.onnx_int8.export_onnx`.
     """
     import onnxruntime as ort
 

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.checks import CALIBRATION_LIMIT, quiet
-from exporters.job import ExportJob
-from exporters.quant import QuantizedNode, QuantTable
+from exporters.core.checks import CALIBRATION_LIMIT, quiet
+from exporters.core.job import ExportJob
+from exporters.core.quant import QuantizedNode, QuantTable
 
 __all__ = ["TorchConversion", "convert_torch", "pt2e_quantize", "run_samples_multi"]
 
@@ -600,7 +600,7 @@ def run_samples_multi(interpreter: Any, samples: tuple[Any, ...]) -> tuple[npt.N
     Raises:
         ValueError: the model has another number of inputs.
     """
-    from exporters.verify import median_latency_ms
+    from exporters.core.verify import median_latency_ms
 
     details = list(interpreter.get_input_details())
     if len(details) != len(samples):

@@ -4,7 +4,7 @@
 explicit quantization takes (and onnxruntime runs):
 
 - every quantized Conv/Gemm/MatMul gets ``QuantizeLinear -> DequantizeLinear`` on its data input, per
-  tensor, with the :class:`~exporters.quant.QuantTable` input scale;
+  tensor, with the :class:`~exporters.core.quant.QuantTable` input scale;
 - its weight is stored as an int8 initializer, quantized per output channel (axis 0 for Conv and for
   Gemm with ``transB=1``, axis 1 for Gemm with ``transB=0`` and MatMul), followed by a per-axis
   ``DequantizeLinear``; the bias stays fp32 (TensorRT folds it in the kernel's epilogue);
@@ -60,8 +60,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.inputs import as_inputs, input_count
-from exporters.quant import WEIGHTED_OPS, QuantizedNode, QuantTable, activation_values
+from exporters.core.inputs import as_inputs, input_count
+from exporters.core.quant import WEIGHTED_OPS, QuantizedNode, QuantTable, activation_values
 from fitslim.int8 import absmax_scale, quantize
 
 if TYPE_CHECKING:
@@ -247,7 +247,7 @@ def _match_nodes(graph: Any, table: QuantTable) -> dict[int, QuantizedNode]:
             raise ValueError(
                 f"table: int8 scales for ONNX node {q.node.node!r} ({q.node.op} on {q.node.input_name!r} with "
                 f"weight {q.node.weight_name!r}) but the graph has no such node; build the QuantTable from this "
-                "ONNX file (exporters.quant.calibrate or table_from_spec)."
+                "ONNX file (exporters.core.quant.calibrate or table_from_spec)."
             )
         out[(named or hits)[0]] = q
     return out
@@ -422,7 +422,7 @@ def to_qdq(
     if opset is None or not OPSET_MIN <= opset <= OPSET_MAX:
         raise ValueError(
             f"onnx_model: default-domain opset {opset} is outside {OPSET_MIN}..{OPSET_MAX}, the range TensorRT "
-            "takes per-channel DequantizeLinear in; export the ONNX at opset 18 (exporters.onnx_export.OPSET)."
+            "takes per-channel DequantizeLinear in; export the ONNX at opset 18 (exporters.core.onnx_hub.OPSET)."
         )
     if residual_inputs is None:
         residual_inputs = residual_add_scales(src, table, calibration, residual)

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.inputs import Inputs, ort_run
-from exporters.ncnn import NcnnModel
-from exporters.onnx_export import ort_session
-from exporters.report import ExportReport, TargetResult
-from exporters.tflite import _dequantize, _interpreter_class, _prepare_single, _quantize
-from exporters.verify import nchw_to_nhwc
+from exporters.core.inputs import Inputs, ort_run
+from exporters.core.onnx_hub import ort_session
+from exporters.core.report import ExportReport, TargetResult
+from exporters.core.verify import nchw_to_nhwc
+from exporters.targets.ncnn import NcnnModel
+from exporters.targets.tflite import _dequantize, _interpreter_class, _prepare_single, _quantize
 
 __all__ = ["Runner", "accuracy", "predict", "runner"]
 

@@ -1,15 +1,15 @@
 """The ``ncnn`` target: pnnx converts the shared ONNX, ncnn's Python bindings verify the artifact.
 
 fp32 and fp16 come straight from the ``pnnx`` binary (``fp16=0`` / ``fp16=1``, which stores the weights
-as fp16 in the ``.bin``); int8 is written by :mod:`exporters.ncnn_int8` from pnnx's fp32 pair and the
-job's :class:`~exporters.quant.QuantTable`. Artifacts are ``model.ncnn.param``/``.bin``,
+as fp16 in the ``.bin``); int8 is written by :mod:`exporters.targets.ncnn_int8` from pnnx's fp32 pair and the
+job's :class:`~exporters.core.quant.QuantTable`. Artifacts are ``model.ncnn.param``/``.bin``,
 ``model.fp16.ncnn.param``/``.bin`` and ``model.int8.ncnn.param``/``.bin``. Each pair is built and
 verified in a scratch folder under ``job.workdir``, then installed together (temporary names beside the
 destination, then renames; a failed second rename removes the first), so the export directory never
 holds half a model or one ncnn could not run.
 
 Example:
-    >>> # result = export_ncnn(job)      # job from exporters.export.prepare_job(...)
+    >>> # result = export_ncnn(job)      # job from exporters.core.export.prepare_job(...)
     >>> # result.files  ->  ['model.int8.ncnn.param', 'model.int8.ncnn.bin']
 """
 
@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.job import ExportJob
-from exporters.ncnn_int8 import NcnnLayer, NcnnParam, write_int8
-from exporters.onnx_export import global_pools
-from exporters.report import TargetResult
-from exporters.verify import compare, fill_agreement, judge, median_latency_ms
+from exporters.core.job import ExportJob
+from exporters.core.onnx_hub import global_pools
+from exporters.core.report import TargetResult
+from exporters.core.verify import compare, fill_agreement, judge, median_latency_ms
+from exporters.targets.ncnn_int8 import NcnnLayer, NcnnParam, write_int8
 
 __all__ = [
     "PRECISION_SUFFIX",
@@ -566,12 +566,12 @@ def _latency_verdict(
     onnx_path: Path,
     scratch: Path,
 ) -> None:
-    """Time an fp16 / int8 artifact against the fp32 ncnn model of the same graph, interleaved (exporters.latency).
+    """Time an fp16 / int8 artifact against the fp32 ncnn model of the same graph, interleaved (exporters.core.latency).
 
     The int8 model's fp32 peer is pnnx's fp32 pair it was written from; for fp16, pnnx converts the same ONNX once
     more at fp32. Neither peer is installed as an artifact. A failure here loses only the verdict.
     """
-    from exporters.latency import compare_with_fp32, ncnn_costly_layers, slower_hint, warn_slower
+    from exporters.core.latency import compare_with_fp32, ncnn_costly_layers, slower_hint, warn_slower
 
     if job.precision == "fp32" or result.latency_ms is None or not job.latency:
         return

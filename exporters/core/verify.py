@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.report import TargetResult
+from exporters.core.report import TargetResult
 
 __all__ = [
     "BOUNDS",

@@ -1,7 +1,7 @@
 """The TFLite (LiteRT) target: ``.tflite`` files from Keras and torch models, verified in LiteRT.
 
 Keras 3 and tf-keras models convert with ``tf.lite.TFLiteConverter.from_keras_model`` (NHWC input);
-torch models with litert-torch (:mod:`exporters.tflite_torch`, NCHW input, the torch layout kept at
+torch models with litert-torch (:mod:`exporters.targets.tflite_torch`, NCHW input, the torch layout kept at
 the model interface). Every artifact has float32 inputs and outputs; at ``int8`` every ``CONV_2D``,
 ``DEPTHWISE_CONV_2D`` and ``FULLY_CONNECTED`` must run on int8 inputs and weights, or the export fails
 naming the op that stayed float. Files are ``model.tflite``, ``model.fp16.tflite`` and
@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.checks import CALIBRATION_LIMIT, converter_error, quiet
-from exporters.job import ExportJob
-from exporters.latency import compare_with_fp32, slower_hint, warn_slower
-from exporters.report import TargetResult
-from exporters.tflite_torch import convert_torch, run_samples_multi
-from exporters.verify import compare, fill_agreement, median_latency_ms
+from exporters.core.checks import CALIBRATION_LIMIT, converter_error, quiet
+from exporters.core.job import ExportJob
+from exporters.core.latency import compare_with_fp32, slower_hint, warn_slower
+from exporters.core.report import TargetResult
+from exporters.core.verify import compare, fill_agreement, median_latency_ms
+from exporters.targets.tflite_torch import convert_torch, run_samples_multi
 from fitslim.fileio import atomic_path
 
 __all__ = ["CALIBRATION_LIMIT", "KERNEL_OPS", "SUFFIXES", "export_tflite", "kernel_summary", "quiet", "tflite_runtime"]

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.inputs import as_inputs, fixed_batch, input_count, ort_feed, take
+from exporters.core.inputs import as_inputs, fixed_batch, input_count, ort_feed, take
 from fitslim.int8 import absmax_scale, percentile_scale
 from fitslim.quantspec import LayerQuant, QuantSpec
 

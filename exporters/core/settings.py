@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from exporters.inputs import as_inputs, concat_inputs, take
-from exporters.report import ExportReport, TargetResult
+from exporters.core.inputs import as_inputs, concat_inputs, take
+from exporters.core.report import ExportReport, TargetResult
 from fitslim.callback_spec import ExportSpec, check_export_options
 from fitslim.quantspec import QuantSpec
 
@@ -61,7 +61,7 @@ class ExportSettings(ExportSpec):
         quant_spec: learned int8 scales; found on a ``QuantizationAware`` callback when None.
         verify: verify every artifact in its runtime.
         latency: time every fp16 / int8 artifact against an fp32 peer of its target (the report's latency
-            verdict, :mod:`exporters.latency`); ``False`` skips the verdict and the fp32 peers it builds, for
+            verdict, :mod:`exporters.core.latency`); ``False`` skips the verdict and the fp32 peers it builds, for
             callers that time the artifacts themselves (see :func:`exporters.export`).
         threads: runtime threads for verification and latency.
         input_fn: extracts the model input from a batch (default: first element, or x/input/image key).
@@ -144,8 +144,8 @@ class ExportSettings(ExportSpec):
             batches: input batches from the training data, calibration batches first.
             held_out: input batches from the fit's validation data, or None.
         """
-        from exporters.export import MAX_SAMPLES
-        from exporters.source import batches_to_numpy
+        from exporters.core.export import MAX_SAMPLES
+        from exporters.core.source import batches_to_numpy
 
         if not self.verify:
             return None, ""
@@ -191,7 +191,7 @@ class ExportSettings(ExportSpec):
             held_out: input batches from the fit's validation data: the artifacts are verified on them (see
                 :meth:`verification`).
         """
-        from exporters.export import export
+        from exporters.core.export import export
 
         precision = self.resolve_precision(found_spec)
         if self.precision == "auto":

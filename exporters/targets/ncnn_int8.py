@@ -1,7 +1,7 @@
 """fitslim's own ncnn int8 writer: turns pnnx's fp32 ``.param``/``.bin`` into an int8 pair with our scales.
 
 The ``ncnn`` wheel ships no ``ncnn2table``/``ncnn2int8``, and pnnx cannot carry ONNX Q/DQ, so the int8
-model is written here from the fp32 pair pnnx produced and a :class:`~exporters.quant.QuantTable`.
+model is written here from the fp32 pair pnnx produced and a :class:`~exporters.core.quant.QuantTable`.
 The byte layout follows ncnn's own loaders (``src/modelbin.cpp``, each layer's ``load_model``) and its
 writer (``tools/modelwriter.h``):
 
@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from exporters.quant import QuantizedNode, QuantTable
+from exporters.core.quant import QuantizedNode, QuantTable
 from fitslim.fileio import atomic_path
 from fitslim.int8 import ncnn_multiplier, quantize
 
