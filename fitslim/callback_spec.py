@@ -259,7 +259,6 @@ class PruningSpec:
             setattr(callback, name, getattr(self, name))
 
 
-
 class PruningArguments:
     """The public constructor of ``Pruning``, written once for both plugin sets.
 
@@ -298,6 +297,7 @@ class PruningArguments:
     def _reset(self) -> None:
         """Clear the per-fit state (defined by each plugin set)."""
         raise NotImplementedError
+
 
 def _fraction(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
