@@ -135,11 +135,6 @@ class ChannelPlan:
                         seen.setdefault((m.layer, param), None)
         return [MaskedParam(layer, param) for layer, param in seen]
 
-    @property
-    def total_channels(self) -> int:
-        """Channels over all groups."""
-        return sum(g.channels for g in self.groups)
-
     def scores(self, importance: str) -> list[npt.NDArray[np.floating]]:
         """Per group, per root channel: summed L1/L2 filter norms of the producing layers."""
         out: list[npt.NDArray[np.floating]] = []
