@@ -2,8 +2,10 @@
 
 ``Pruning``, ``QuantizationAware``, ``Distillation`` and ``Export`` for ``model.fit(callbacks=[...])``,
 with the same names, arguments and defaults as ``lightning_plugins``; ``keras_callbacks.legacy`` handles
-tf-keras models wrapped by tfmot. After ``fit`` with ``QuantizationAware`` the model runs as its int8 model:
-``float_model(model)`` gives a temporary float view, ``load_model(path)`` reloads a saved one with its ranges.
+tf-keras models wrapped by tfmot. Every in-place change to the user's model lives in ``keras_callbacks._hooks``
+and is taken back at fit end (and when the train step raises); after ``fit`` with
+``QuantizationAware(keep_fake_quant=True)`` the model runs as its int8 model: ``float_model(model)`` gives a
+temporary float view, ``load_model(path)`` reloads a saved one with its ranges.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_callbacks._hooks import Hooks, groups, rebuild_train_function, reset_compiled
+
 __all__ = ["backend", "masking_function", "patch_train_step", "sync_state", "to_numpy", "unpatch"]
 
 
@@ -54,9 +56,6 @@ def masking_function(kernels: Sequence[Any], masks: Sequence[Any]) -> Callable[[
     return apply
 
 
-_ORIGINAL = "_fitslim_original_train_step"
-
-
 def patch_train_step(model: Any, after_step: Callable[[], None]) -> Callable[[], None] | None:
     """Run ``after_step`` inside the compiled train step, right after the optimizer update, where possible.
 
@@ -64,10 +63,12 @@ def patch_train_step(model: Any, after_step: Callable[[], None]) -> Callable[[],
     function, so the masking costs no Python per step, and TF's automatic control dependencies order the
     assignment after the optimizer's. Under ``MirroredStrategy`` the train step runs in replica context,
     where a mirrored kernel cannot be assigned, and on JAX (a functional step over state) and PyTorch
-    (eager) the caller masks in ``on_train_batch_end`` instead.
+    (eager) the caller masks in ``on_train_batch_end`` instead. The replacement is a
+    :class:`keras_callbacks._hooks.Hooks` group of kind ``"train-step"`` (one left by a fit that raised is undone
+    first).
 
     Returns:
-        A function undoing the patch (and rebuilding the train function), or None when not patched.
+        A function undoing the patch (and dropping the compiled functions), or None when not patched.
     """
     if backend() != "tensorflow":
         return None
@@ -81,24 +82,21 @@ def patch_train_step(model: Any, after_step: Callable[[], None]) -> Callable[[],
         after_step()
         return logs
 
-    setattr(train_step, _ORIGINAL, model.__dict__.get("train_step"))
-    model.train_step = train_step
-    model.make_train_function(force=True)
+    hooks = Hooks(model, "train-step")
+    hooks.replace(model, "train_step", train_step)
+    rebuild_train_function(model)
 
     def undo() -> None:
-        unpatch(model)
+        hooks.undo()
+        reset_compiled(model)
 
     return undo
 
 
 def unpatch(model: Any) -> None:
     """Remove a train-step patch left by :func:`patch_train_step` (also one left by an interrupted fit)."""
-    current = model.__dict__.get("train_step")
-    if current is None or not hasattr(current, _ORIGINAL):
-        return
-    previous = getattr(current, _ORIGINAL)
-    if previous is None:
-        del model.__dict__["train_step"]
-    else:
-        model.train_step = previous
-    model.make_train_function(force=True)
+    stale = groups(model, "train-step")
+    for group in reversed(stale):
+        group.undo()
+    if stale:
+        reset_compiled(model)

@@ -2,8 +2,10 @@
 
 The twin of :class:`lightning_plugins.distillation.Distillation`: same arguments and defaults, validated by
 :class:`fitslim.distill.DistillationSettings`, and the same loss as :func:`fitslim.distill.kd_loss_reference`.
-``on_train_begin`` patches ``model.compute_loss`` and rebuilds the train function; ``on_train_end`` restores
-both, so a later ``fit``/``evaluate``/``predict`` behaves as before. Works on TensorFlow, PyTorch and JAX.
+``on_train_begin`` puts a distilling ``compute_loss`` (the override point Keras documents) on the model, the adapters
+and loss trackers beside it, through one :class:`keras_callbacks._hooks.Hooks` group, and rebuilds the train function;
+``on_train_end`` (or an exception in the train step) undoes the group, so a later ``fit``/``evaluate``/``predict``
+behaves as before. Works on TensorFlow, PyTorch and JAX.
 
 Example:
     >>> from keras_callbacks.distillation import Distillation
@@ -17,7 +19,7 @@ import logging
 import math
 import os
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
@@ -25,6 +27,7 @@ from keras import ops
 
 from fitslim.callback_spec import DistillationSpec
 from fitslim.distill import adapter_kind, resolve_layer
+from keras_callbacks._hooks import Hooks, groups, rebuild_train_function, reset_compiled
 
 __all__ = ["Distillation", "FeatureAdapter", "kd_loss"]
 
@@ -106,6 +109,9 @@ class FeatureAdapter(keras.layers.Layer):
         return {**super().get_config(), "cin": self.cin, "cout": self.cout, "axis": self.axis, "key": self.key}
 
 
+_KIND = "distillation"  # the Hooks group kind of this callback
+
+
 class _AdapterHolder(keras.layers.Layer):
     """Carries the adapters as tracked sub-layers of the student during fit (so they are trainable variables)."""
 
@@ -157,23 +163,21 @@ def _copy_state(source: Any, target: Any) -> None:
             v.assign(found[0].value)
 
 
+def _give_back_optimizer(model: Any, user: Any) -> None:
+    """Give the student back the user's optimizer, with the trained step and slots (the adapters already gone)."""
+    with _variable_scope(model):
+        if not user.built:  # replaced before its first step: give it its slots, then the trained values
+            user.build(list(model.trainable_variables))
+        _copy_state(model.optimizer, user)
+    model.optimizer = user
+
+
 def _variable_scope(model: Any) -> Any:
     """Where new variables of ``model`` must be created: its TensorFlow distribution strategy's scope, if any."""
     strategy = getattr(model, "distribute_strategy", None)
     if keras.backend.backend() == "tensorflow" and strategy is not None:
         return strategy.scope()
     return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _unlocked(layer: Any) -> Iterator[None]:
-    locked = layer._tracker.locked
-    layer._tracker.unlock()
-    try:
-        yield
-    finally:
-        if locked:
-            layer._tracker.lock()
 
 
 class Distillation(keras.callbacks.Callback):
@@ -257,8 +261,7 @@ class Distillation(keras.callbacks.Callback):
         self.output_fn = output_fn or _default_output
         self.loader = loader
         self._teacher: Any = None
-        self._original: Any = None
-        self._patched = False
+        self._hooks: Hooks | None = None
         self._teacher_trainable = True
         self._student_view: Any = None
         self._teacher_view: Any = None
@@ -354,7 +357,7 @@ class Distillation(keras.callbacks.Callback):
 
     # -- adapters ------------------------------------------------------------------------------------
 
-    def _attach_adapters(self, model: Any) -> None:
+    def _attach_adapters(self, model: Any, hooks: Hooks) -> None:
         """Create the adapters (or keep those of an earlier fit), track them on the student, extend the optimizer.
 
         Tracked as a sub-layer of the student, their kernels are in ``model.trainable_variables``, which the
@@ -372,29 +375,12 @@ class Distillation(keras.callbacks.Callback):
                     log.info("fitslim Distillation: %s adapter for %r, %d → %d channels", kind, key, cin, cout)
             holder = _AdapterHolder(name=_ADAPTERS)
             holder.adapters = [self.adapters[key] for key in self._adapter_specs]
-            with _unlocked(model):
-                setattr(model, _ADAPTERS, holder)
             optimizer = getattr(model, "optimizer", None)
+            if optimizer is not None:  # undone after the adapters are gone (reverse order)
+                hooks.on_undo(lambda: _give_back_optimizer(model, optimizer))
+            hooks.track(model, _ADAPTERS, holder)
             if optimizer is not None:
-                model.__dict__["_fitslim_user_optimizer"] = optimizer
                 model.optimizer = _same_optimizer(optimizer, list(model.trainable_variables))
-
-    @staticmethod
-    def _detach_adapters(model: Any) -> None:
-        """Take the adapters off the student and give it back its own optimizer, updated (also after a failed fit)."""
-        holder = getattr(model, _ADAPTERS, None)  # not in __dict__ on PyTorch: a registered sub-module there
-        if holder is None:
-            return
-        with _unlocked(model):
-            model._tracker.untrack(holder)
-        delattr(model, _ADAPTERS)
-        user = model.__dict__.pop("_fitslim_user_optimizer", None)
-        if user is not None:
-            with _variable_scope(model):
-                if not user.built:  # replaced before its first step: give it its slots, then the trained values
-                    user.build(list(model.trainable_variables))
-                _copy_state(model.optimizer, user)
-            model.optimizer = user
 
     # -- loss ----------------------------------------------------------------------------------------
 
@@ -474,18 +460,13 @@ class Distillation(keras.callbacks.Callback):
         """Check the teacher against the student, freeze it, patch ``compute_loss`` and rebuild the step."""
         model = self.model
         teacher = self._load_teacher()
-        self._detach_adapters(model)  # left by a fit that raised
-        self._detach_trackers(model)
+        for stale in reversed(groups(model, _KIND)):  # left by a fit that raised outside the train function
+            stale.undo()
         self._prepare(model, teacher)
         self._teacher = teacher
         self._teacher_trainable = bool(teacher.trainable)
         teacher.trainable = False
-        stale = model.__dict__.get("compute_loss")
-        if stale is not None and hasattr(stale, "_fitslim_previous"):  # left by a fit that raised
-            if stale._fitslim_previous is None:
-                del model.__dict__["compute_loss"]
-            else:
-                model.compute_loss = stale._fitslim_previous
+        hooks = self._hooks = Hooks(model, _KIND)
         original = model.compute_loss
         callback = self
 
@@ -497,13 +478,10 @@ class Distillation(keras.callbacks.Callback):
                 return task
             return callback.distillation_loss(x, y_pred, task)
 
-        self._original = model.__dict__.get("compute_loss")
-        compute_loss._fitslim_previous = self._original  # type: ignore[attr-defined]
-        model.compute_loss = compute_loss
-        self._patched = True
-        self._attach_adapters(model)
-        self._attach_trackers(model)
-        model.make_train_function(force=True)
+        hooks.replace(model, "compute_loss", compute_loss)
+        self._attach_adapters(model, hooks)
+        self._attach_trackers(model, hooks)
+        rebuild_train_function(model)
         log.info(
             "fitslim Distillation: teacher %s → student %s (T=%.2f, alpha=%.2f%s)",
             teacher.name,
@@ -513,21 +491,11 @@ class Distillation(keras.callbacks.Callback):
             f", features {dict(self.settings.features or {})}" if self.settings.features else "",
         )
 
-    def _attach_trackers(self, model: Any) -> None:
+    def _attach_trackers(self, model: Any, hooks: Hooks) -> None:
         names = ["task_loss", "kd_loss", "combined_loss"] + (["feature_loss"] if self.settings.features else [])
         with _variable_scope(model):
             self._trackers = _LossTrackers(names, name=_METRICS)
-        with _unlocked(model):
-            setattr(model, _METRICS, self._trackers)
-
-    @staticmethod
-    def _detach_trackers(model: Any) -> None:
-        holder = getattr(model, _METRICS, None)
-        if holder is None:
-            return
-        with _unlocked(model):
-            model._tracker.untrack(holder)
-        delattr(model, _METRICS)
+        hooks.track(model, _METRICS, self._trackers)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         """Drop ``val_kd_loss`` & co. from the epoch logs: validation computes only the task loss, they would read 0."""
@@ -536,18 +504,12 @@ class Distillation(keras.callbacks.Callback):
                 logs.pop(f"val_{name}", None)
 
     def _restore(self) -> None:
-        model = self.model
         try:
-            self._detach_trackers(model)
             self._trackers = None
-            self._detach_adapters(model)
-            if self._patched:
-                if self._original is not None:
-                    model.compute_loss = self._original
-                else:
-                    model.__dict__.pop("compute_loss", None)
-                self._patched = False
-                model.make_train_function(force=True)
+            if self._hooks is not None:
+                hooks, self._hooks = self._hooks, None
+                hooks.undo()  # trackers, adapters, the user's optimizer, compute_loss: newest first
+                reset_compiled(self.model)
         finally:
             if self._teacher is not None:
                 self._teacher.trainable = self._teacher_trainable

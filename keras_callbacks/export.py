@@ -26,6 +26,8 @@ from exporters.core.source import as_numpy, batch_input
 from fitslim.callback_spec import ExportSpec, call_arguments
 from fitslim.metrics import export_metrics
 from fitslim.quantspec import QuantSpec
+from keras_callbacks._hooks import handoff
+from keras_callbacks.quantization import fake_quant_inference, float_model, tflite_int8
 
 __all__ = ["Export"]
 
@@ -84,7 +86,6 @@ def _batches_from(x: Any, batch_size: int, count: int, get: Callable[[Any], Any]
 
 def _fake_quant_reference(model: Any, spec: QuantSpec) -> Callable[[Any], Any]:
     """Outputs of ``model`` run as the fake-quant model of ``spec``: what int8 artifacts must reproduce."""
-    from keras_callbacks.quantization import fake_quant_inference
 
     def run(x: Any) -> Any:
         with fake_quant_inference(model, spec):
@@ -191,23 +192,22 @@ class Export(keras.callbacks.Callback):
             batches = []
         finally:
             self._fit_x = None
-        # keras_callbacks.QuantizationAware leaves its spec on the model at train end
-        found = getattr(self.model, "_fitslim_quant_spec", None)
-        spec = self.settings.quant_spec or (found if isinstance(found, QuantSpec) else None)
-        # keras_callbacks.Pruning leaves the physically smaller model here after channel removal
-        model = getattr(self.model, "_fitslim_pruned_model", None) or self.model
+        # what QuantizationAware and Pruning placed before this callback handed on, beside the model (not on it)
+        passed = handoff(self.model)
+        found = passed.quantized
+        spec = self.settings.quant_spec or (found.spec if found is not None else None)
+        # the physically smaller model after channel removal
+        model = passed.pruned_model if passed.pruned_model is not None else self.model
         reference: Callable[[Any], Any] | None = None
         converter: Callable[[Any, QuantSpec, Any], bytes] | None = None
-        if spec is not None and spec.source == "qat":
-            from keras_callbacks import quantization
-
-            reference, converter = _fake_quant_reference(model, spec), quantization.tflite_int8
+        if found is not None and spec is found.spec:
+            reference, converter = found.reference, found.tflite_int8
+        elif spec is not None and spec.source == "qat":
+            reference, converter = _fake_quant_reference(model, spec), tflite_int8
 
         name = getattr(model, "name", "keras model")
-        from keras_callbacks.quantization import float_model
-
-        # after QuantizationAware the model runs its fake-quant; the exporters take the float model and the spec
-        # (the reference above runs the spec's fake-quant itself), and the model is quantized again afterwards
+        # a model kept quantized (QuantizationAware(keep_fake_quant=True)) runs its fake-quant: the exporters take the
+        # float model and the spec (the reference above runs the spec's fake-quant itself), quantized again afterwards
         with float_model(model):
             self.report = self.settings.run(model, batches, spec, name, reference, converter, held_out=held_out)
         self._log_report(self.report, logs)

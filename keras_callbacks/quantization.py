@@ -17,17 +17,21 @@ so fake-quantizing the unfolded kernel uses exactly the integer grid of the BN-f
 BatchNorm runs on its moving statistics (frozen at ``freeze_bn``). The QuantSpec weight scales are
 those of the folded kernel (``max|w_c * gamma_c / sqrt(var_c + eps)| / qmax``), as on the Lightning side.
 
-The observed ranges are non-trainable variables of the layers, so ``BackupAndRestore``, ``save_weights``
-and ``model.save`` carry them (reload a ``.keras`` file with :func:`load_model`). At ``on_train_end`` the spec is
-built (:attr:`QuantizationAware.quant_spec` and ``model._fitslim_quant_spec``, read by ``Export``) and the
-fake-quant is made permanent in inference form (ranges frozen, no observing): after ``fit`` the model IS the
-int8 model, so ``evaluate``/``predict`` agree with the int8 artifacts. This matters: the network learns to rely
-on the clipping of its inputs (the digits CNN: 91.4% as the fake-quant model, 91.8% as TFLite int8, but 64.3%
-as the bare float model). :meth:`QuantizationAware.remove` gives back the plain float model, and
-:func:`float_model` a temporary float view (what exporters that take a float model and a spec need);
-:func:`fake_quant_inference` and :func:`tflite_int8` set the model's own fake-quant aside, so nothing is applied
-twice. A later ``fit`` trains the quantized model (ranges frozen); one with a new ``QuantizationAware`` replaces
-the fake-quant instead of stacking it and continues from the kept ranges.
+Every change to the model (the ``call`` methods, the range variables and the ``save_own_variables`` /
+``load_own_variables`` that carry them) is made through :mod:`keras_callbacks._hooks` and taken back there. During
+``fit`` the observed ranges are non-trainable variables of the layers, so ``BackupAndRestore``, ``save_weights`` and
+``model.save`` carry them (reload a ``.keras`` file with :func:`load_model`). At ``on_train_end`` the spec is built
+(:attr:`QuantizationAware.quant_spec`, and :attr:`QuantizationAware.result`, which an ``Export`` callback after this
+one takes) and the model is given back as it was: float, no range variable, no replaced method (also when the train
+step raised). The int8 artifacts and :func:`fake_quant_inference` / :func:`tflite_int8` reproduce the fake-quant
+model from the spec. ``keep_fake_quant=True`` keeps the fake-quant in inference form (ranges frozen, no observing):
+after ``fit`` the model then IS the int8 model, so ``evaluate``/``predict`` agree with the int8 artifacts. This
+matters when scoring the model in Keras: the network learns to rely on the clipping of its inputs (the digits CNN:
+91.4% as the fake-quant model, 91.8% as TFLite int8, but 64.3% as the bare float model).
+:meth:`QuantizationAware.remove` then gives back the plain float model, and :func:`float_model` a temporary float
+view; :func:`fake_quant_inference` and :func:`tflite_int8` set the model's own fake-quant aside, so nothing is
+applied twice. A later ``fit`` trains the kept quantized model (ranges frozen); one with a new
+``QuantizationAware`` replaces the fake-quant instead of stacking it and continues from the kept ranges.
 
 ``start``, ``freeze_observers`` and ``freeze_bn`` are fractions of this fit's steps (``epoch * steps_per_epoch +
 batch``, ``initial_epoch`` included; :mod:`keras_callbacks._steps`), not of the optimizer's iterations: a model fit
@@ -38,8 +42,8 @@ fake-quant fails then, not after the whole fit.
 Example:
     >>> from keras_callbacks.quantization import QuantizationAware, float_model
     >>> qat = QuantizationAware(start=0.6)
-    >>> # model.fit(x, y, epochs=10, callbacks=[qat]); spec = qat.quant_spec; model.evaluate(x_test, y_test)
-    >>> # with float_model(model): exporters.export(model, ["tensorrt"], precision="int8", quant_spec=spec)
+    >>> # model.fit(x, y, epochs=10, callbacks=[qat]); spec = qat.quant_spec
+    >>> # exporters.export(model, ["tensorrt"], precision="int8", **qat.result.export_arguments())
 """
 
 from __future__ import annotations
@@ -61,15 +65,26 @@ from typing_extensions import override
 
 from exporters.core.source import keras_layers
 from fitslim.callback_spec import QAT_OBSERVERS, QuantizationAwareSpec, call_arguments
-from fitslim.errors import ArgumentError, fail
+from fitslim.errors import ArgumentError, fail, fail_type
 from fitslim.int8 import MIN_SCALE, absmax_scale, qmax
 from fitslim.metrics import QAT_PHASES, bn_freeze_warning, qat_metrics
 from fitslim.quantspec import LayerQuant, QuantSpec
 from keras_callbacks._backend import sync_state
+from keras_callbacks._hooks import (
+    Hooks,
+    groups,
+    handoff,
+    installed,
+    rebuild_train_function,
+    reset_compiled,
+    swapped,
+)
+from keras_callbacks._hooks import remove as remove_hooks
 from keras_callbacks._steps import fit_step
 
 __all__ = [
     "OBSERVERS",
+    "QATResult",
     "QuantizationAware",
     "fake_quant",
     "fake_quant_inference",
@@ -245,46 +260,22 @@ def _observe(var: Any, x: Any, state: _State) -> Any:
     return new
 
 
-@contextlib.contextmanager
-def _swapped(layer: Any, attr: str, value: Any) -> Iterator[None]:
-    old = layer.__dict__[attr]
-    object.__setattr__(layer, attr, value)  # bypass Keras tracking: a tensor for the call only
-    try:
-        yield
-    finally:
-        object.__setattr__(layer, attr, old)
-
-
-_PREVIOUS = "_fitslim_previous_call"  # on every call this module installs: the ``call`` entry it replaced
-
-
-def _install(layer: Any, fn: Callable[..., Any]) -> None:
-    """Put ``fn`` in place of ``layer.call`` (an instance attribute), remembering what it replaces."""
-    setattr(fn, _PREVIOUS, layer.__dict__.get("call"))
-    object.__setattr__(layer, "call", fn)
-
-
-def _strip(layer: Any) -> None:
-    """Remove every ``call`` patch of this module from ``layer`` (stacked ones too), keeping any foreign one."""
-    current = layer.__dict__.get("call")
-    while current is not None and hasattr(current, _PREVIOUS):
-        previous = getattr(current, _PREVIOUS)
-        if previous is None:
-            layer.__dict__.pop("call", None)
-        else:
-            object.__setattr__(layer, "call", previous)
-        current = previous
+_KIND = "quantization"  # the Hooks group kind of this module
 
 
 def _is_patched(layer: Any) -> bool:
-    return hasattr(layer.__dict__.get("call"), _PREVIOUS)
+    """``layer`` runs a fake-quant ``call`` a :class:`Hooks` group installed (not a user's own instance ``call``)."""
+    return installed(layer.__dict__.get("call"))
 
 
-def _reset_compiled(model: Any) -> None:
-    """Drop the model's cached train/test/predict functions, so the next ``fit``/``evaluate``/``predict`` retraces."""
-    for name in ("train_function", "test_function", "predict_function"):
-        if getattr(model, name, None) is not None:
-            setattr(model, name, None)
+def _set_aside(model: Any, hooks: Hooks) -> bool:
+    """Take the model's own fake-quant ``call`` methods off in ``hooks`` (back at its undo); whether there were any."""
+    found = False
+    for layer in _walk(model):
+        if _is_patched(layer):
+            hooks.replace(layer, "call")
+            found = True
+    return found
 
 
 def _patched_call(
@@ -315,7 +306,7 @@ def _patched_call(
         if not state.weights or (kind == "Dense" and state.weights == "conv"):
             return original(x, *args, **kwargs)
         qk = _quant_kernel(layer.__dict__[attr], state.bits_w, state.per_channel, kind == "DepthwiseConv2D")
-        with _swapped(layer, attr, qk):
+        with swapped(layer, attr, qk):
             return original(x, *args, **kwargs)
 
     return call
@@ -347,23 +338,17 @@ def _separable(layer: Any, x: Any, state: _State, mid_range: Any = None) -> Any:
     return layer.activation(y) if layer.activation is not None else y
 
 
-def _add_range(layer: Any, name: str) -> Any:
-    """A non-trainable scalar range variable on ``layer``, saved and loaded with the layer's own variables.
+def _add_range(layer: Any, name: str, hooks: Hooks) -> Any:
+    """A non-trainable scalar range variable on ``layer`` (in ``hooks``), saved and loaded with the layer's own ones.
 
     Dense/Conv ``save_own_variables`` write only kernel and bias, while loading checks every variable:
-    the instance methods are wrapped so the ranges travel in ``save_weights`` / ``BackupAndRestore`` files.
+    the instance methods are replaced (in ``hooks`` too) so the ranges travel in ``save_weights`` /
+    ``BackupAndRestore`` files.
     """
     existing = layer.__dict__.get(name)
     if existing is not None:
         return existing
-    locked = layer._tracker.locked
-    layer._tracker.unlock()
-    try:
-        var = layer.add_weight(shape=(), initializer="zeros", trainable=False, name=name, aggregation="mean")
-    finally:
-        if locked:
-            layer._tracker.lock()
-    object.__setattr__(layer, name, var)
+    var = hooks.variable(layer, name, shape=(), initializer="zeros", trainable=False, aggregation="mean")
     if "save_own_variables" not in layer.__dict__:
         # the class methods are looked up at each call (load_model swaps them for the duration of a load)
 
@@ -383,20 +368,20 @@ def _add_range(layer: Any, name: str) -> Any:
             for i, v in ours():
                 v.assign(store[str(i)])
 
-        object.__setattr__(layer, "save_own_variables", save_own_variables)
-        object.__setattr__(layer, "load_own_variables", load_own_variables)
+        hooks.replace(layer, "save_own_variables", save_own_variables)
+        hooks.replace(layer, "load_own_variables", load_own_variables)
     return var
 
 
-def _drop_range(layer: Any, name: str) -> None:
-    var = layer.__dict__.get(name)
-    if var is None:
-        return
-    layer._untrack_variable(var)
-    del layer.__dict__[name]
-    if not any(n in layer.__dict__ for n in (_RANGE, _MID_RANGE)):
-        layer.__dict__.pop("save_own_variables", None)
-        layer.__dict__.pop("load_own_variables", None)
+def _ranges_of(model: Any) -> dict[tuple[str, str], npt.NDArray[np.float32]]:
+    """The observed ranges a model carries now (an earlier fit kept them, or a load), ``{(layer, name): value}``."""
+    out = {}
+    for layer in _walk(model):
+        for name in (_RANGE, _MID_RANGE):
+            var = layer.__dict__.get(name)
+            if var is not None:
+                out[(layer.name, name)] = np.asarray(ops.convert_to_numpy(var), np.float32)
+    return out
 
 
 @contextlib.contextmanager
@@ -419,13 +404,11 @@ def fake_quant_inference(model: Any, spec: QuantSpec, fold_bn: bool = False, cli
     everything = _walk(model)
     layers = {layer.name: layer for layer in everything}
     bn_after = _bn_after(model) if fold_bn else {}
-    # a model after QuantizationAware runs its own fake-quant: set it aside (exactly restored after the block)
-    # so the spec's ranges apply once, and clip_only gives a graph without fake-quant ops
-    saved = {id(layer): (layer, layer.__dict__.get("call")) for layer in everything}
     names = [x.name for x in spec.layers]
-    try:
-        for layer in everything:
-            _strip(layer)
+    with Hooks(model, "fake-quant view") as hooks:
+        # a model kept quantized (keep_fake_quant, load_model) runs its own fake-quant: set it aside (exactly
+        # restored after the block) so the spec's ranges apply once, and clip_only gives a graph without fake-quant
+        _set_aside(model, hooks)
         for lq in spec:
             if "/" in lq.name:
                 continue
@@ -439,9 +422,9 @@ def fake_quant_inference(model: Any, spec: QuantSpec, fold_bn: bool = False, cli
             amax = lq.input_scale * qmax(spec.activation_bits)
             if fold_bn and not clip_only and kind in ("Conv1D", "Conv2D", "DepthwiseConv2D"):
                 bn = bn_after.get(layer.name)
-                _install(layer, _folded_call(layer, bn, amax, spec))
+                hooks.replace(layer, "call", _folded_call(layer, bn, amax, spec))
                 if bn is not None:
-                    _install(bn, lambda inputs, *a, **k: inputs)
+                    hooks.replace(bn, "call", lambda inputs, *a, **k: inputs)
                 continue
             state = _State(spec.weight_bits, spec.activation_bits, True, "ema")
             state.enabled, state.weights = True, "conv" if fold_bn else True
@@ -451,13 +434,8 @@ def fake_quant_inference(model: Any, spec: QuantSpec, fold_bn: bool = False, cli
                 np.float32(amax),
                 None if mid is None else np.float32(mid.input_scale * qmax(spec.activation_bits)),
             )
-            _install(layer, _patched_call(layer, layer.call, state, ranges))
+            hooks.replace(layer, "call", _patched_call(layer, layer.call, state, ranges))
         yield model
-    finally:
-        for layer, call in saved.values():
-            layer.__dict__.pop("call", None)
-            if call is not None:
-                object.__setattr__(layer, "call", call)
 
 
 @contextlib.contextmanager
@@ -470,29 +448,25 @@ def float_model(model: Any) -> Iterator[Any]:
     Example:
         >>> # with float_model(model): report = exporters.export(model, ["tensorrt"], quant_spec=qat.quant_spec)
     """
-    saved = {id(layer): (layer, layer.__dict__.get("call")) for layer in _walk(model)}
-    patched = any(_is_patched(layer) for layer, _ in saved.values())
-    try:
+    with Hooks(model, "float view") as hooks:
+        patched = _set_aside(model, hooks)
         if patched:
-            for layer, _ in saved.values():
-                _strip(layer)
-            _reset_compiled(model)
-        yield model
-    finally:
-        if patched:
-            for layer, call in saved.values():
-                layer.__dict__.pop("call", None)
-                if call is not None:
-                    object.__setattr__(layer, "call", call)
-            _reset_compiled(model)
+            reset_compiled(model)
+        try:
+            yield model
+        finally:
+            if patched:
+                reset_compiled(model)
 
 
-def _quantize_for_inference(layers: Sequence[Any], weight_bits: int, activation_bits: int, per_channel: bool) -> None:
-    """Fake-quant on ``layers`` in inference form: ranges read from their variables, never updated."""
+def _quantize_for_inference(
+    layers: Sequence[Any], weight_bits: int, activation_bits: int, per_channel: bool, hooks: Hooks
+) -> None:
+    """Fake-quant on ``layers`` in inference form (in ``hooks``): ranges read from their variables, never updated."""
     state = _State(weight_bits, activation_bits, per_channel, "ema")
     state.enabled = True
     for layer in layers:
-        _install(layer, _patched_call(layer, layer.call, state))
+        hooks.replace(layer, "call", _patched_call(layer, layer.call, state))
 
 
 def load_model(
@@ -531,15 +505,15 @@ def load_model(
     weight_bits, activation_bits = bits.weight_bits, bits.activation_bits
     loaded: list[Any] = []
     classes = [getattr(keras.layers, name) for name in _QUANTIZED]
-    originals = {cls: cls.__dict__.get("load_own_variables") for cls in classes}
+    hooks = Hooks(None, _KIND, kept=True)  # registered under the model once it exists
 
     def tolerant(original: Callable[..., Any]) -> Callable[..., Any]:
         def load_own_variables(self: Any, store: Any) -> None:
             extra = len(store.keys()) - len(self._trainable_variables) - len(self._non_trainable_variables)
             if extra > 0 and self.built and _RANGE not in self.__dict__:
-                _add_range(self, _RANGE)
+                _add_range(self, _RANGE, hooks)
                 if extra > 1 and type(self).__name__ == "SeparableConv2D":
-                    _add_range(self, _MID_RANGE)
+                    _add_range(self, _MID_RANGE, hooks)
                 loaded.append(self)
                 self.load_own_variables(store)  # the instance method _add_range installed
                 return
@@ -547,18 +521,13 @@ def load_model(
 
         return load_own_variables
 
-    try:
+    with contextlib.ExitStack() as stack:
         for cls in classes:
-            cls.load_own_variables = tolerant(cls.load_own_variables)
+            stack.enter_context(swapped(cls, "load_own_variables", tolerant(cls.load_own_variables)))
         model = keras.saving.load_model(filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
-    finally:
-        for cls, method in originals.items():
-            if method is None:
-                del cls.load_own_variables
-            else:
-                cls.load_own_variables = method
+    hooks.attach(model)  # QuantizationAware.remove(model) takes the ranges and the fake-quant off
     observed = [layer for layer in loaded if float(ops.convert_to_numpy(getattr(layer, _RANGE))) > 0.0]
-    _quantize_for_inference(observed, weight_bits, activation_bits, per_channel)
+    _quantize_for_inference(observed, weight_bits, activation_bits, per_channel, hooks)
     if loaded:
         log.info(
             "QuantizationAware.load_model: input ranges of %d layers restored, %d run fake-quant",
@@ -587,7 +556,7 @@ def _folded_call(layer: Any, bn: Any, amax: float, spec: QuantSpec) -> Callable[
     def call(inputs: Any, *args: Any, **kwargs: Any) -> Any:
         x = fake_quant(inputs, amax, spec.activation_bits)
         qk = _quant_kernel(ops.convert_to_tensor(folded), spec.weight_bits, True, depthwise)
-        with _swapped(layer, attr, qk):
+        with swapped(layer, attr, qk):
             y = original(x, *args, **kwargs)
         return y if extra is None else y + ops.convert_to_tensor(extra)
 
@@ -628,33 +597,49 @@ def tflite_int8(model: Any, spec: QuantSpec, representative: npt.ArrayLike, limi
 # ------------------------------------------------------------------------------------------ the callback
 
 
-class _Int8Handle:
-    """Left on a quantized model as ``model._fitslim_int8``: what ``exporters.export`` needs to export it.
+class QATResult:
+    """What a fit with :class:`QuantizationAware` hands to the exporters: the model, its learned spec, and the two
+    functions int8 export needs that only Keras can give (``exporters`` imports no callback package).
 
-    Duck-typed (``exporters`` imports no callback package): the learned spec, a float view of the model for the
-    converters, the fake-quant reference outputs, and the TFLite conversion that keeps the learned ranges.
+    ``QuantizationAware.result`` after ``fit``; the Keras ``Export`` callback takes it from the callback itself.
+    By hand: ``exporters.export(model, targets, precision="int8", **qat.result.export_arguments())`` (inside
+    ``with float_model(model):`` when the fit kept the fake-quant, ``keep_fake_quant=True``).
+
+    Attributes:
+        model: the model the spec describes (``Pruning``'s smaller rebuild after channel removal).
+        spec: the learned QuantSpec.
     """
 
     def __init__(self, model: Any, spec: QuantSpec) -> None:
         self.model, self.spec = model, spec
 
     def float_view(self) -> contextlib.AbstractContextManager[Any]:
+        """A ``with`` block in which the model runs as its float model (:func:`float_model`)."""
         return float_model(self.model)
 
     def reference(self, x: Any) -> Any:
+        """The fake-quant model's outputs for ``x``: what the int8 artifacts must reproduce."""
         with fake_quant_inference(self.model, self.spec):
             return ops.convert_to_numpy(self.model(x, training=False))
 
     def tflite_int8(self, model: Any, spec: QuantSpec, representative: Any) -> bytes:
+        """:func:`tflite_int8`: the TFLite conversion that keeps the learned ranges."""
         return tflite_int8(model, spec, representative)
+
+    def export_arguments(self) -> dict[str, Any]:
+        """``quant_spec``, ``reference_fn`` and ``tflite_int8`` for ``exporters.export(model, ..., **these)``."""
+        return {"quant_spec": self.spec, "reference_fn": self.reference, "tflite_int8": self.tflite_int8}
 
 
 class QuantizationAware(keras.callbacks.Callback):
     """Symmetric int8 quantization-aware training for Keras 3 models, producing a ``fitslim.QuantSpec``.
 
-    After ``fit`` the model runs as its fake-quant int8 model (``evaluate``/``predict`` agree with the int8
-    exports); :meth:`remove` turns it back into the float model, :func:`float_model` gives a temporary float view,
-    and :func:`load_model` reloads a ``.keras`` file saved during or after the fit with its ranges.
+    After ``fit`` the model is the float model it was (no range variable, no replaced ``call``; also after an
+    exception in the train step), and :attr:`result` carries the learned spec to the exporters. With
+    ``keep_fake_quant=True`` it runs as its fake-quant int8 model instead (``evaluate``/``predict`` agree with the
+    int8 exports); :meth:`remove` turns it back into the float model, :func:`float_model` gives a temporary float
+    view, and :func:`load_model` reloads a ``.keras`` file saved during or after the fit with its ranges.
+    (Before 0.2 the fake-quant was always kept.)
 
     The batch ``logs`` get ``qat/phase`` (0 float, 2 fake-quant with observers updating, 3 observers frozen) and
     ``qat/bn_frozen``; the epoch ``logs`` also the observed input ranges' ``qat/input_range/min|mean|max`` and
@@ -674,6 +659,8 @@ class QuantizationAware(keras.callbacks.Callback):
         exclude: layer names / fnmatch patterns to leave in float.
         observer: ``"ema"`` (EMA of the batch absmax), ``"minmax"`` (running absmax) or ``"percentile"``
             (EMA of the batch 99.99th percentile of ``|x|``).
+        keep_fake_quant: keep the fake-quant on the model after ``fit`` (in inference form, ranges frozen), so
+            Keras scores it as the int8 model; False (default) gives the float model back.
 
     Raises:
         ValueError: an argument out of range (constructor); in ``on_train_begin``: no quantizable layer,
@@ -697,8 +684,9 @@ class QuantizationAware(keras.callbacks.Callback):
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         observer: str = "ema",
+        keep_fake_quant: bool = False,
     ) -> None:
-        arguments = call_arguments(locals())
+        arguments = call_arguments(locals(), drop=("keep_fake_quant",))
         super().__init__()
         try:
             spec = QuantizationAwareSpec(**arguments)
@@ -708,7 +696,16 @@ class QuantizationAware(keras.callbacks.Callback):
         self._include = _patterns("include", include)
         self._include_given = None if include is None else list(include)
         self._exclude = _patterns("exclude", exclude)
+        if not isinstance(keep_fake_quant, bool):
+            raise fail_type(
+                "QuantizationAware", "keep_fake_quant", "must be True or False.", "e.g. keep_fake_quant=True."
+            ).showing(keep_fake_quant)
+        self.keep_fake_quant = keep_fake_quant
         self.quant_spec: QuantSpec | None = None
+        #: the learned spec and what int8 export needs, after ``fit`` (``result.export_arguments()``)
+        self.result: QATResult | None = None
+        self._ranges: Hooks | None = None  # this fit's range variables (set_model)
+        self._calls: Hooks | None = None  # this fit's fake-quant calls (on_train_begin)
         self._state = _State(self.weight_bits, self.activation_bits, per_channel, observer)
         self._layers: list[Any] = []
         #: every weighted layer of the model: ``"quantized"`` or why it is not (after ``on_train_begin``)
@@ -775,8 +772,14 @@ class QuantizationAware(keras.callbacks.Callback):
         require_keras3(model, "QuantizationAware")
         super().set_model(model)
         # ranges exist before any on_train_begin, so BackupAndRestore (anywhere in the list) restores them
-        if getattr(model, "built", False) and not self._layers:
+        if getattr(model, "built", False) and not self._has_ranges(model):
             self._layers = self._selected(model)
+            # a model quantized by an earlier fit (kept, loaded, or left by one that raised): replace its fake-quant,
+            # never stack on it, and continue from its ranges
+            kept = _ranges_of(model)
+            for stale in reversed(groups(model, _KIND)):
+                stale.undo()
+            self._ranges = Hooks(model, _KIND)
             scope = getattr(model, "distribute_strategy", None)
             with (
                 scope.scope()
@@ -784,14 +787,19 @@ class QuantizationAware(keras.callbacks.Callback):
                 else (contextlib.nullcontext())
             ):
                 for layer in self._layers:
-                    _add_range(layer, _RANGE)
-                    if type(layer).__name__ == "SeparableConv2D":
-                        _add_range(layer, _MID_RANGE)
+                    for name in (_RANGE, _MID_RANGE) if type(layer).__name__ == "SeparableConv2D" else (_RANGE,):
+                        var = _add_range(layer, name, self._ranges)
+                        if (layer.name, name) in kept:
+                            var.assign(kept[(layer.name, name)])
+
+    def _has_ranges(self, model: Any) -> bool:
+        """This callback's range variables are on ``model`` (not taken off by a later fit after this one raised)."""
+        return bool(self._layers) and self._ranges is not None and self._ranges in groups(model, _KIND)
 
     @override
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         model = self.model
-        if not self._layers:
+        if not self._has_ranges(model):
             self.set_model(model)
         if not self._layers:
             raise fail(
@@ -821,16 +829,18 @@ class QuantizationAware(keras.callbacks.Callback):
         self._epoch_observed = False
         self._checked = False
         self._bns = [layer for layer in _walk(model) if isinstance(layer, keras.layers.BatchNormalization)]
-        for layer in _walk(model):  # a model quantized by an earlier fit: replace its fake-quant, never stack
-            _strip(layer)
+        handoff(model).quantized = None  # an earlier fit's result is not this fit's
+        if self._calls is not None:
+            self._calls.undo()
+        self._calls = Hooks(model, _KIND)
         for layer in self._layers:
-            _install(layer, _patched_call(layer, layer.call, self._state))
+            self._calls.replace(layer, "call", _patched_call(layer, layer.call, self._state))
         self._bn_frozen = False
         self._lr_peak: float | None = None
         self._ran_unfrozen = False
         self._state.enabled = self._state.observing = False
-        _reset_compiled(model)
-        model.make_train_function(force=True)
+        reset_compiled(model)
+        rebuild_train_function(model)
         log.info(
             "QuantizationAware: %d layers, fake-quant from step %d, observers frozen at %d, BN frozen at %d (of %d)",
             len(self._layers),
@@ -850,13 +860,14 @@ class QuantizationAware(keras.callbacks.Callback):
         self._state.enabled, self._state.observing = enabled, observing
         if bn and not self._bn_frozen:
             for layer in self._bns:
-                _install(layer, _inference_call(layer.call))
+                if self._calls is not None:
+                    self._calls.replace(layer, "call", _inference_call(layer.call))
             self._bn_frozen = True
             if self._ran_unfrozen:  # the freeze happens in this fit, now (not a resume past it)
                 self._warn_if_rate_is_high()
         self._ran_unfrozen = not bn
         if changed and rebuild:
-            self.model.make_train_function(force=True)
+            rebuild_train_function(self.model)
             self.model.test_function = None  # validation inside fit sees the same fake-quant as training
 
     def _learning_rate(self) -> float | None:
@@ -965,80 +976,74 @@ class QuantizationAware(keras.callbacks.Callback):
 
     @override
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        """Build the QuantSpec and make the fake-quant permanent: the model after ``fit`` is the int8 model.
+        """Build the QuantSpec, hand it on (:attr:`result`), and give the model back as it was before ``fit``.
 
-        The layers keep running fake-quant in inference form (the learned ranges frozen, no observing; BatchNorm
-        as in any inference, on its moving statistics), so ``evaluate``/``predict``/``save`` give what the int8
-        exports give. :meth:`remove` turns it back into the plain float model.
+        Every range variable and fake-quant ``call`` comes off, unless ``keep_fake_quant=True``: then the layers keep
+        running fake-quant in inference form (the learned ranges frozen, no observing; BatchNorm on its moving
+        statistics), so ``evaluate``/``predict``/``save`` give what the int8 exports give, until :meth:`remove`.
         """
         ok = False
         try:
             self.quant_spec = self.build_spec()
-            self.model._fitslim_quant_spec = self.quant_spec
-            self.model.__dict__["_fitslim_int8"] = _Int8Handle(self.model, self.quant_spec)
             target = self._deployed()
-            if target is not self.model:
-                self._quantize_twin(target)
+            self.result = QATResult(target, self.quant_spec)
+            handoff(self.model).quantized = self.result  # for an Export callback after this one
+            if self.keep_fake_quant:
+                self._keep(target)
             ok = True
             log.info("QuantizationAware: QuantSpec with %d layers", len(self.quant_spec))
         finally:
-            if ok:
-                self._finalize()
-            else:
-                self._restore()
+            self._restore(keep_ranges=ok and self.keep_fake_quant)
 
-    def _finalize(self) -> None:
-        """Replace the training patches by inference-form fake-quant that reads the (kept) range variables."""
-        for layer in self._layers + self._bns:
-            _strip(layer)
-        _quantize_for_inference(self._layers, self.weight_bits, self.activation_bits, self.per_channel)
+    def _keep(self, target: Any) -> None:
+        """Inference-form fake-quant on the model (and on Pruning's smaller rebuild), in kept groups."""
+        if self._ranges is None:
+            return
+        if self._calls is not None:
+            self._calls.undo()
+            self._calls = None
+        _quantize_for_inference(self._layers, self.weight_bits, self.activation_bits, self.per_channel, self._ranges)
+        self._ranges.kept = True
+        self._ranges = None  # the model owns it now: QuantizationAware.remove(model) or the next QuantizationAware
+        if target is not self.model:
+            self._quantize_twin(target)
+        log.info("QuantizationAware: the model runs as its fake-quant int8 model (QuantizationAware.remove undoes)")
+
+    def _restore(self, keep_ranges: bool = False) -> None:
+        """Undo this fit's hooks (training ``call`` methods; the ranges too unless kept), drop compiled functions."""
+        for hooks in (self._calls, None if keep_ranges else self._ranges):
+            if hooks is not None:
+                hooks.undo()
+        self._calls = self._ranges = None
         self._layers, self._bns = [], []
         self._state.enabled = self._state.observing = False
         self._bn_frozen = False
-        _reset_compiled(self.model)
-        log.info("QuantizationAware: the model now runs as its fake-quant int8 model (QuantizationAware.remove undoes)")
-
-    def _restore(self) -> None:
-        for layer in self._layers + self._bns:
-            _strip(layer)
-        for layer in self._layers:
-            _drop_range(layer, _RANGE)
-            _drop_range(layer, _MID_RANGE)
-        self._layers, self._bns = [], []
-        self._state.enabled = self._state.observing = False
-        self._bn_frozen = False
-        _reset_compiled(self.model)
+        if self.model is not None:
+            reset_compiled(self.model)
 
     @staticmethod
     def remove(model: Any) -> Any:
-        """Turn a model quantized by this callback (or loaded by :func:`load_model`) back into the plain float model.
+        """Take every fitslim change off ``model``: the kept fake-quant and its range variables, and any hook a fit
+        that raised outside its train step left (distillation's ``compute_loss``, the pruning train step).
 
-        Removes the fake-quant from every layer and the range variables (``model.weights`` is as before QAT);
-        the QuantSpec stays in ``model._fitslim_quant_spec`` (the float model and its spec are what exporters
-        take). For a temporary float view use :func:`float_model` instead.
+        ``model.weights`` is as before QAT. The QuantSpec stays in ``QuantizationAware.result`` /
+        ``quant_spec`` (the float model and its spec are what exporters take). For a temporary float view use
+        :func:`float_model` instead.
 
         Args:
-            model: the Keras model after ``fit`` with :class:`QuantizationAware`.
+            model: the Keras model after ``fit`` (or :func:`load_model`).
 
         Returns:
             ``model`` itself.
 
         Example:
-            >>> # model.fit(x, y, callbacks=[QuantizationAware()]); QuantizationAware.remove(model)
+            >>> # model.fit(x, y, callbacks=[QuantizationAware(keep_fake_quant=True)]); QuantizationAware.remove(model)
         """
-        for layer in _walk(model):
-            _strip(layer)
-            _drop_range(layer, _RANGE)
-            _drop_range(layer, _MID_RANGE)
-        model.__dict__.pop("_fitslim_int8", None)
-        _reset_compiled(model)
-        return model
-
-    # -------------------------------------------------------------------------------------------- spec
+        return remove_hooks(model)
 
     def _deployed(self) -> Any:
         """The model the QuantSpec describes: ``keras_callbacks.Pruning``'s rebuild with fewer channels, if any."""
-        pruned = self.model.__dict__.get("_fitslim_pruned_model")
+        pruned = handoff(self.model).pruned_model
         return pruned if pruned is not None else self.model
 
     def _quantize_twin(self, target: Any) -> None:
@@ -1047,18 +1052,18 @@ class QuantizationAware(keras.callbacks.Callback):
         Channel removal keeps each layer's name, its input (a per-tensor range) and the absmax of every kept
         output channel, so the ranges carry over as they are.
         """
+        hooks = Hooks(target, _KIND, kept=True)
         twins = []
         for layer in self._layers:
             twin = _by_name(target, layer.name)
             for name in (_RANGE, _MID_RANGE):
                 if name in layer.__dict__:
-                    _add_range(twin, name).assign(ops.convert_to_numpy(getattr(layer, name)))
+                    _add_range(twin, name, hooks).assign(ops.convert_to_numpy(getattr(layer, name)))
             twins.append(twin)
-        _quantize_for_inference(twins, self.weight_bits, self.activation_bits, self.per_channel)
-        _reset_compiled(target)
-        target._fitslim_quant_spec = self.quant_spec
-        if self.quant_spec is not None:
-            target.__dict__["_fitslim_int8"] = _Int8Handle(target, self.quant_spec)
+        _quantize_for_inference(twins, self.weight_bits, self.activation_bits, self.per_channel, hooks)
+        reset_compiled(target)
+
+    # -------------------------------------------------------------------------------------------- spec
 
     def _unobserved_error(self, name: str) -> ValueError:
         """Why ``name`` has no observed input range: the observers never ran, or ran and saw only zeros."""

@@ -330,7 +330,7 @@ def check_fit_before_recipe(model: Any, teacher: Any, export_to: Path | None) ->
 
     x, y = _fb_data()
     pruning = Pruning(sparsity=0.5, granularity="channel", end=0.5, frequency=2, include=["*_conv"])
-    qat = QuantizationAware(start=0.5, freeze_bn=0.8, freeze_observers=0.9)
+    qat = QuantizationAware(start=0.5, freeze_bn=0.8, freeze_observers=0.9, keep_fake_quant=True)
     distill = Distillation(teacher, temperature=3.0, alpha=0.6)
     phases: list[float] = []
 

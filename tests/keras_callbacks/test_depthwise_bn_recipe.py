@@ -69,7 +69,7 @@ def test_pruning_with_qat_and_frozen_bn_keeps_the_rebuilt_model_equal(digits_nhw
     model = _inverted_residual()
     x, y = digits_nhwc.x_train[:N], digits_nhwc.y_train[:N]
     prune = Pruning(sparsity=0.5, granularity="channel", scope="layer", start=0.0, end=0.5)
-    qat = QuantizationAware(start=0.6, freeze_bn=0.8, freeze_observers=0.9)
+    qat = QuantizationAware(start=0.6, freeze_bn=0.8, freeze_observers=0.9, keep_fake_quant=True)
     model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[prune, qat])
     new = prune.pruned_model
     a, b = model.predict(x[:64], verbose=0), new.predict(x[:64], verbose=0)

@@ -73,15 +73,15 @@ def test_constructor_errors() -> None:
 
 
 def test_tensorrt_qdq_from_the_callback_follows_the_quantized_model(tmp_path: Path, digits_nhwc: Any) -> None:
-    """QuantizationAware then Export("tensorrt", int8) in one fit: the Q/DQ ONNX predicts like the model after fit
-    (its fake-quant model) on the digits test set, and the export leaves that model quantized."""
+    """QuantizationAware(keep_fake_quant=True) then Export("tensorrt", int8) in one fit: the Q/DQ ONNX predicts like
+    the model after fit (its fake-quant model) on the digits test set, and the export leaves that model quantized."""
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
     from keras_callbacks import QuantizationAware
     from keras_callbacks.quantization import fake_quant_inference
 
     keras.utils.set_random_seed(0)
     model = build_digits_classifier(width=1.0)
-    qat = QuantizationAware()
+    qat = QuantizationAware(keep_fake_quant=True)
     cb = Export(targets=["tensorrt"], precision="int8", directory=tmp_path, calibration_batches=4)
     model.fit(digits_nhwc.x_train, digits_nhwc.y_train, batch_size=64, epochs=12, verbose=0, callbacks=[qat, cb])
     assert cb.report is not None and cb.report["tensorrt"].ok, cb.report

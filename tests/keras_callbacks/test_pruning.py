@@ -16,6 +16,7 @@ import pytest
 keras = pytest.importorskip("keras", reason="keras not installed")
 
 from fitslim.sparsity import magnitude_masks, prune_count  # noqa: E402
+from keras_callbacks._hooks import handoff  # noqa: E402
 from keras_callbacks.pruning import Pruning  # noqa: E402
 from keras_callbacks.reference import build_digits_classifier  # noqa: E402
 
@@ -210,7 +211,8 @@ def test_channel_defaults_keep_first_conv_and_head(digits_nhwc: Any) -> None:
     assert tuple(new.get_layer("stem_conv").kernel.shape) == (3, 3, 1, 16)
     assert tuple(new.get_layer("transition_conv").kernel.shape) == (3, 3, 16, 16)
     assert tuple(new.get_layer("head_fc").kernel.shape) == (16, 10)
-    assert model.__dict__["_fitslim_pruned_model"] is new
+    assert handoff(model).pruned_model is new  # for an Export after this callback, beside the model, not on it
+    assert not [k for k in vars(model) if "fitslim" in k]
     np.testing.assert_allclose(new.predict(x[:32], verbose=0), model.predict(x[:32], verbose=0), atol=1e-5)
 
 
