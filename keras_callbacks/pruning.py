@@ -36,6 +36,7 @@ from fitslim.sparsity import (
     n_of_m_mask,
 )
 from keras_callbacks._backend import masking_function, patch_train_step, sync_state, to_numpy
+from keras_callbacks._hooks import handoff
 from keras_callbacks._steps import fit_step
 
 __all__ = ["Pruning"]
@@ -155,8 +156,8 @@ class Pruning(keras.callbacks.Callback):
       channel rule (Flatten, Reshape, Concatenate, ...) is left alone. During ``fit`` the channels are masked
       (zeros); with ``make_permanent`` the model is rebuilt at ``on_train_end`` from its config with fewer
       filters/units and the kept weights, compiled like the original: the user's model object keeps the
-      masked (zeroed) weights and the smaller model is ``callback.pruned_model`` (also left on the old model
-      as ``model._fitslim_pruned_model`` for an ``Export`` callback placed after this one). Functional and
+      masked (zeroed) weights and the smaller model is ``callback.pruned_model`` (also handed to a
+      ``QuantizationAware`` / ``Export`` callback placed after this one, beside the model, not on it). Functional and
       Sequential models only; ``on_train_begin`` rebuilds the model once with half the channels, so a graph that
       cannot be rebuilt is refused before the first step.
 
@@ -348,6 +349,7 @@ class Pruning(keras.callbacks.Callback):
                 "compile with steps_per_execution=1",
             )
         self._reset()
+        handoff(model).pruned_model = None  # an earlier fit's smaller model is not this fit's
         if self.granularity == "channel":
             _check_graph(model)
         self._layers = self._select(model)
@@ -681,8 +683,7 @@ class Pruning(keras.callbacks.Callback):
             and (self._keep or self._head_keep)
         ):
             self.pruned_model = self._rebuild(self.model)
-            # for an Export callback after this one (bypassing Keras' layer tracking, which would adopt it)
-            self.model.__dict__["_fitslim_pruned_model"] = self.pruned_model
+            handoff(self.model).pruned_model = self.pruned_model  # for QuantizationAware / Export after this one
         log.info(
             "fitslim Pruning (%s, %s): kernel sparsity %.2f → %.2f over %d pruned kernels (%.2f of the model's)",
             self.granularity,
