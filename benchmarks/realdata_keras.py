@@ -184,7 +184,8 @@ def keras_model(name: str, s: Settings) -> ModelResult:
     import keras
 
     from fitslim.data import fashion_mnist
-    from keras_callbacks import from_recipe
+    from keras_callbacks import QuantizationAware, from_recipe
+    from keras_callbacks.quantization import fake_quant_inference
 
     if name not in SIZES:
         raise ValueError(f"models: unknown Keras model {name!r}; choose 'resnet' or 'mobilenet_v2'.")
@@ -255,7 +256,9 @@ def keras_model(name: str, s: Settings) -> ModelResult:
             arts = _artifacts(rep)
             runners = score(arts, rep, x_test_nchw, y_test, s.threads)
             onnx_acc = arts["onnx"].accuracy
-            float_acc = accuracy(small, x_test, y_test)  # the fake-quant model QAT leaves (as the torch side's)
+            qat = next(cb for cb in callbacks if isinstance(cb, QuantizationAware))
+            with fake_quant_inference(small, qat.quant_spec):  # the fake-quant model QAT learned (as the torch side's)
+                float_acc = accuracy(small, x_test, y_test)
             if onnx_acc is None:
                 raise RuntimeError(f"{name}, seed {seed}: the int8 ONNX artifact failed: {arts['onnx'].reason}")
             (res.kd if distil else res.plain).append(onnx_acc)

@@ -137,7 +137,7 @@ def run_case(
             callbacks = [Pruning(sparsity=0.5, granularity="channel", scope=CHANNEL_SCOPE, end=0.6)]
         elif variant == "qat int8":  # and its TensorRT Q/DQ artifact, verified in ONNX Runtime at fit end
             callbacks = [
-                QuantizationAware(start=0.5, freeze_bn=freeze_bn),
+                QuantizationAware(start=0.5, freeze_bn=freeze_bn, keep_fake_quant=True),
                 Export(targets=("tensorrt",), precision="int8", directory=tempfile.mkdtemp(prefix="fitslim-zoo-")),
             ]
         t0 = time.perf_counter()

@@ -514,7 +514,8 @@ def _keras(
     import keras
 
     from exporters.core.verify import nhwc_to_nchw
-    from keras_callbacks import from_recipe
+    from keras_callbacks import QuantizationAware, from_recipe
+    from keras_callbacks.quantization import fake_quant_inference
     from keras_callbacks.reference import TORCH_ADAM_EPSILON, evaluate_accuracy
 
     t0 = time.perf_counter()
@@ -586,10 +587,13 @@ def _keras(
     if export_cb.report is None:
         raise RuntimeError("keras: the Export callback wrote no report")
     small = pruning.pruned_model if pruning.pruned_model is not None else student
+    qat = next(cb for cb in callbacks if isinstance(cb, QuantizationAware))
+    with fake_quant_inference(student, qat.quant_spec):  # scored as the fake-quant model QAT learned
+        accuracy = evaluate_accuracy(student, d.x_test, d.y_test)
     compressed = VariantResult(
         "compressed int8",
         sum(int(np.prod(w.shape)) for w in small.trainable_weights),
-        evaluate_accuracy(student, d.x_test, d.y_test),
+        accuracy,
         _artifacts(export_cb.report, x_test_nchw, d.y_test),
         str(export_cb.report.directory),
     )
