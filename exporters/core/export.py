@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import os
@@ -340,8 +339,9 @@ def export(
     (:mod:`exporters.core.latency`): its row gets ``fp32_latency_ms``, ``latency_ratio`` and ``latency_verdict``, and
     one slower than fp32 on this machine gets a ``WARNING`` note naming the costliest layers and what helps.
 
-    A Keras model quantized by ``keras_callbacks.QuantizationAware`` (it runs its fake-quant after ``fit``) is
-    exported as its float model with its learned QuantSpec (int8), compared against its fake-quant outputs.
+    A Keras model after ``keras_callbacks.QuantizationAware``: pass what the fit learned explicitly,
+    ``export(model, ..., precision="int8", **qat.result.export_arguments())`` (its QuantSpec, the fake-quant
+    reference outputs and the TFLite conversion that keeps the learned ranges); nothing is read off the model.
 
     Raises:
         ValueError: unknown target, precision or model type; int8 without calibration or QuantSpec.
@@ -353,21 +353,11 @@ def export(
             "against fp32 (for callers that time the artifacts themselves); leave it unset to keep it."
         )
     targets = check_export_options(targets, precision, ncnn_depthwise, onnx_weights)
-    int8 = None if isinstance(model, str | os.PathLike) else getattr(model, "_fitslim_int8", None)
-    view: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if int8 is not None:
-        if quant_spec is None and precision == "int8":
-            quant_spec = int8.spec
-        if quant_spec is int8.spec:
-            reference_fn = reference_fn or int8.reference
-            tflite_int8 = tflite_int8 or int8.tflite_int8
-        view = int8.float_view()
-    with view:
-        return _export(
-            model, targets, example_input, calibration, precision, quant_spec, directory, verify, threads,
-            progress, samples, reference_fn, tflite_int8, NCNN_DEPTHWISE[ncnn_depthwise],
-            None if onnx_weights == "auto" else onnx_weights, samples_from, latency,
-        )  # fmt: skip
+    return _export(
+        model, targets, example_input, calibration, precision, quant_spec, directory, verify, threads,
+        progress, samples, reference_fn, tflite_int8, NCNN_DEPTHWISE[ncnn_depthwise],
+        None if onnx_weights == "auto" else onnx_weights, samples_from, latency,
+    )  # fmt: skip
 
 
 def _export(
