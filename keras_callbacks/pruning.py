@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
-from fitslim.callback_spec import PruningSpec, Selectors, call_arguments
+from fitslim.callback_spec import PruningArguments, Selectors
 from fitslim.errors import fail
 from fitslim.schedules import SparsitySchedule
 from fitslim.sparsity import (
@@ -125,7 +124,7 @@ def _matches(name: str, selector: str | type, layer: Any) -> bool:
     return any(fnmatch.fnmatchcase(n, p) for n in {name, base} for p in (selector, "*." + selector))
 
 
-class Pruning(keras.callbacks.Callback):
+class Pruning(PruningArguments, keras.callbacks.Callback):
     """Prune the Keras model being fitted on a sparsity schedule: unstructured, whole channels, or 2:4.
 
     The schedule's absolute target is reached exactly at every update step (counts use ``round``), computed
@@ -205,29 +204,7 @@ class Pruning(keras.callbacks.Callback):
         >>> # model.fit(x, y, epochs=8, callbacks=[cb, keras.callbacks.CSVLogger("log.csv")])
     """
 
-    def __init__(
-        self,
-        sparsity: float = 0.5,
-        granularity: str = "unstructured",
-        scope: str = "global",
-        schedule: str | SparsitySchedule = "polynomial",
-        start: float = 0.0,
-        end: float = 0.7,
-        frequency: int | None = None,
-        include: Sequence[str | type] | None = None,
-        exclude: Sequence[str | type] | None = None,
-        importance: str = "l1",
-        make_permanent: bool = True,
-        start_step: int | None = None,
-        end_step: int | None = None,
-        example_input: Any = None,
-        round_to: int | None = None,
-        attention: str = "heads",
-    ) -> None:
-        arguments = call_arguments(locals())
-        super().__init__()
-        PruningSpec(**arguments, selectors=_SELECTORS).assign(self)
-        self._reset()
+    selectors = _SELECTORS
 
     def _reset(self) -> None:
         self.pruned_model: Any = None

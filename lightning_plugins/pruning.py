@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from fitslim.callback_spec import PruningSpec, Selectors, call_arguments
+from fitslim.callback_spec import PruningArguments, Selectors
 from fitslim.errors import fail
 from fitslim.schedules import SparsitySchedule
 from fitslim.sparsity import magnitude_masks, n_of_m_mask
@@ -86,7 +86,7 @@ def _first_input(trainer: Any) -> Any:
     return batch_input(next(iter(loader)))
 
 
-class Pruning(pl.Callback):  # type: ignore[name-defined]
+class Pruning(PruningArguments, pl.Callback):  # type: ignore[name-defined]
     """Prune the module being fitted on a sparsity schedule: unstructured, whole channels, or 2:4.
 
     The schedule's absolute target is reached exactly at every update step (counts use ``round``), and
@@ -158,30 +158,7 @@ class Pruning(pl.Callback):  # type: ignore[name-defined]
         >>> # Trainer(max_epochs=8, callbacks=[cb]).fit(module, datamodule)
     """
 
-    def __init__(
-        self,
-        sparsity: float = 0.5,
-        granularity: str = "unstructured",
-        scope: str = "global",
-        schedule: str | SparsitySchedule = "polynomial",
-        start: float = 0.0,
-        end: float = 0.7,
-        frequency: int | None = None,
-        # types first: a YAML config's "torch.nn.Conv2d" then becomes the class, a pattern stays a string
-        include: Sequence[type[nn.Module] | str] | None = None,
-        exclude: Sequence[type[nn.Module] | str] | None = None,
-        importance: str = "l1",
-        make_permanent: bool = True,
-        start_step: int | None = None,
-        end_step: int | None = None,
-        example_input: Any = None,
-        round_to: int | None = None,
-        attention: str = "heads",
-    ) -> None:
-        arguments = call_arguments(locals())
-        super().__init__()
-        PruningSpec(**arguments, selectors=_SELECTORS).assign(self)
-        self._reset()
+    selectors = _SELECTORS
 
     def _reset(self) -> None:
         self._module: nn.Module | None = None
