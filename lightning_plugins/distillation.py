@@ -512,8 +512,9 @@ class Distillation(pl.Callback):  # type: ignore[name-defined]
             sizes = torch.tensor(self._metric_sizes, dtype=torch.float64)
             weights = sizes / sizes.sum()
             for name, values in self._metric_values.items():
-                mean = (torch.stack(values).cpu().double() * weights).sum().float()
-                pl_module.log(f"{name}_epoch", mean, on_step=False, on_epoch=True)
+                mean = (torch.stack(values).cpu().double() * weights).sum().float().to(pl_module.device)
+                # sync_dist: the epoch figure is the mean over every rank's batches, not rank zero's alone
+                pl_module.log(f"{name}_epoch", mean, on_step=False, on_epoch=True, sync_dist=True)
         self._metric_values, self._metric_sizes = {}, []
 
     @override

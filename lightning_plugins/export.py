@@ -67,7 +67,8 @@ def _fake_quant_reference(module: Any, spec: QuantSpec) -> Any:
 class Export(pl.Callback):  # type: ignore[name-defined]
     """Export the trained module to ONNX, ncnn, TFLite and TensorRT when ``fit`` ends.
 
-    Runs on global rank zero only, after the last checkpoint is written. An export failure is logged and
+    Runs on global rank zero only, after the last checkpoint is written; under a multi-process strategy the other
+    ranks wait for it and receive its :attr:`report`. An export failure is logged and
     recorded in :attr:`report`; it never raises out of ``fit`` and never touches the trained weights.
     The report reaches the trainer's loggers: per target ``export/<target>/status`` (1 ok, 0.5 unverified,
     0 skipped, -1 mismatch, -2 failed), ``size_bytes``, ``max_abs_error``, ``max_rel_error``, ``top1_agreement`` and
@@ -166,8 +167,16 @@ class Export(pl.Callback):  # type: ignore[name-defined]
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        if not trainer.is_global_zero:
-            return
+        try:
+            if trainer.is_global_zero:
+                self._export(trainer, pl_module)
+        finally:
+            # The other ranks wait here until rank zero's artifacts and report are complete (so a script that reads
+            # them after fit never sees a half-written file), and get its report.
+            if int(getattr(trainer, "world_size", 1)) > 1:
+                self.report = trainer.strategy.broadcast(self.report, src=0)
+
+    def _export(self, trainer: Any, pl_module: Any) -> None:
         s = self.settings
         held_out = self._validation_batches(trainer, pl_module) if s.verify and s.verify_data is None else []
         count = s.calibration_batches if held_out else s.training_batches_wanted()
