@@ -10,7 +10,8 @@ weight scales are those of the deployed, BN-folded weights.
 Timeline (fractions of the fit's optimizer steps): float before ``start``; observers calibrate for
 ``calibration_steps`` batches; then fake-quant is on; observers freeze at ``freeze_observers`` and BN statistics
 at ``freeze_bn``. The phase is a function of ``trainer.global_step`` and all ranges are buffers on the layers,
-so a resumed fit continues exactly. Under DDP the observer statistics are all-reduced (MAX).
+so a resumed fit continues exactly. Under DDP every rank observes the union of all ranks' batches: the batch
+maximum is all-reduced (MAX), a percentile is computed exactly on the union, so the ranges equal one process's.
 
 At fit end the callback builds a :class:`fitslim.QuantSpec` (the scales fake-quant used), writes the
 fake-quantized weights into the parameters, removes its hooks and buffers (the module is a plain float model
