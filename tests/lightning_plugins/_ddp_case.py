@@ -14,7 +14,8 @@ is a mean and DDP averages gradients, so both runs take the same SGD steps up to
 
 Every rank writes ``<out>/rank<r>.pt`` (atomically) from :class:`Recorder`: masks at train end, the final state,
 the QuantSpec, the teacher and adapters, what DDP wraps, whether the export report existed when the rank got
-past ``Export.on_fit_end``, and the input ranges of three observer probes fed this rank's share of fixed batches.
+past ``Export.on_fit_end``, and the input ranges of observer probes (:data:`PROBES`) fed this rank's share of
+fixed batches.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ from lightning_plugins import Distillation, Export, Pruning, QuantizationAware
 from lightning_plugins._compat import pl
 from lightning_plugins._fakequant import OBSERVERS, LayerQuantizer
 
-__all__ = ["BATCH", "SAMPLES", "SCENARIOS", "Data", "Net", "Recorder", "probe_batches", "run"]
+__all__ = ["BATCH", "PROBES", "SAMPLES", "SCENARIOS", "Data", "Net", "Recorder", "probe_batches", "run"]
 
 SAMPLES = 64
 BATCH = 8  # per rank; the 1-process run takes 2 * BATCH
 EPOCHS = 2  # 4 optimizer steps per epoch, 8 in all; the checkpoint after epoch 0 sits mid-pruning and mid-QAT
 SCENARIOS = ("masks", "channel")
-PROBE_PERCENTILE = 90.0  # well below 100, so the percentile of the union differs from the max of the ranks'
+#: (name, observer, percentile): percentiles well below 100, so the union's differs from the max of the ranks'
+PROBES = [(o, o, 90.0) for o in OBSERVERS] + [("percentile25", "percentile", 25.0)]
 
 
 class Net(pl.LightningModule):  # type: ignore[name-defined]
@@ -103,22 +105,26 @@ def models() -> tuple[Net, Net]:
 
 
 def probe_batches() -> list[torch.Tensor]:
-    """Three batches of 16 rows for the observer probes; rank r observes rows r, r+2, ... of each."""
+    """Batches of 16, 16, 16 and 3 rows for the observer probes; rank r observes rows r, r+2, ... of each.
+
+    The last one splits unevenly (2 rows and 1 row), so at the 25th percentile (``m = 28`` of 36 values) rank 1 holds
+    fewer than the ``m`` largest values the union's percentile is taken from.
+    """
     gen = torch.Generator().manual_seed(2)
-    return [torch.randn(16, 12, generator=gen) * (1 + i) for i in range(3)]
+    return [torch.randn(rows, 12, generator=gen) * (1 + i) for i, rows in enumerate((16, 16, 16, 3))]
 
 
 def _probe(rank: int, world: int) -> dict[str, float]:
     """Each observer's input range after this rank observed its share of :func:`probe_batches`."""
     out = {}
-    for observer in OBSERVERS:
+    for name, observer, percentile in PROBES:
         layer = nn.Linear(12, 4)
-        q = LayerQuantizer(layer, observer=observer, momentum=0.5, percentile=PROBE_PERCENTILE)
+        q = LayerQuantizer(layer, observer=observer, momentum=0.5, percentile=percentile)
         q.install()
         q.mode = "calibrate"
         for x in probe_batches():
             layer(x[rank::world])
-        out[observer] = float(q._buf("fq_input_range"))
+        out[name] = float(q._buf("fq_input_range"))
         q.remove(drop_buffers=True)
     return out
 

@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.lightning_plugins._ddp_case import OBSERVERS, models, run
+from lightning_plugins._fakequant import OBSERVERS
+from tests.lightning_plugins._ddp_case import PROBES, models, run
 
 pytestmark = pytest.mark.slow
 
@@ -152,10 +153,10 @@ def test_quant_spec_matches_one_process(fits: Callable[[str, str], Rows], strate
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_observer_reduces_to_the_union_of_the_batches(fits: Callable[[str, str], Rows], strategy: str) -> None:
-    # Each rank observes its half of three fixed batches; one process observes the whole batches. The percentile
-    # (90th) of the union is below the larger of the two halves' percentiles, so MAX-reducing it would fail here.
+    # Each rank observes its half of four fixed batches (the last split 2:1); one process observes the whole batches.
+    # A percentile of the union is below the larger of the two halves' percentiles: MAX-reducing it fails here.
     ranks, ref = fits("channel", strategy), _reference(fits, "channel", strategy)
-    assert set(ref["probe"]) == set(OBSERVERS)
+    assert set(ref["probe"]) == {name for name, _, _ in PROBES} and {o for _, o, _ in PROBES} == set(OBSERVERS)
     for row in ranks:
         for observer, value in ref["probe"].items():
             assert row["probe"][observer] == pytest.approx(value, rel=1e-6, abs=0.0), observer
