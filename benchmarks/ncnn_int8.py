@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> str:
     import torch
 
     from exporters.core.export import prepare_job
+    from exporters.core.job import ExportOptions
     from exporters.targets.ncnn import NcnnModel, run_pnnx
     from exporters.targets.ncnn_int8 import write_int8
     from fitslim.models import torch_model
@@ -94,15 +95,10 @@ def main(argv: list[str] | None = None) -> str:
     calib = rng.uniform(0.0, 1.0, size=(args.calibration, *shape)).astype(np.float32)
     work = Path(tempfile.mkdtemp(prefix="fitslim-ncnn-bench-"))
     try:
-        job = prepare_job(
-            model,
-            "int8",
-            work / "out",
-            work / "job",
-            example_input=calib[:1],
-            calibration=calib,
-            samples=calib[:4],
+        options = ExportOptions(
+            precision="int8", directory=work / "out", example_input=calib[:1], calibration=calib, samples=calib[:4]
         )
+        job = prepare_job(model, options, work / "job")
         if job.quant is None:
             raise RuntimeError("prepare_job returned no int8 scales")
         fp32_param, fp32_bin = run_pnnx(job.onnx_path, job.input_shape, work / "pnnx", fp16=False)

@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import shutil
@@ -21,41 +20,33 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from exporters.core import onnx_hub
 from exporters.core.checks import check_onnx_file, output_dir, probe_source
-from exporters.core.inputs import as_inputs, input_count, is_multi, ort_feed, take
-from exporters.core.job import ExportJob
+from exporters.core.inputs import as_inputs, input_count, is_multi, take
+from exporters.core.job import MAX_SAMPLES, NCNN_DEPTHWISE, ONNX_WEIGHTS, ExportJob, ExportOptions
+from exporters.core.qdq import to_qdq
 from exporters.core.quant import QuantTable, calibrate, table_from_spec
 from exporters.core.report import ExportReport, TargetResult
 from exporters.core.source import Source, as_numpy, batches_to_numpy, source_weights
-from fitslim.callback_spec import ONNX_WEIGHT_TYPES, check_export_options
+from exporters.core.target import check, lookup
+from exporters.core.verify import locate_int8_error
 from fitslim.quantspec import QuantSpec
 from fitslim.recipe import EXPORT_TARGETS, PRECISIONS
 
-__all__ = ["TARGETS", "PRECISIONS", "export", "prepare_job", "source_weights"]
+__all__ = [
+    "MAX_SAMPLES",
+    "NCNN_DEPTHWISE",
+    "ONNX_WEIGHTS",
+    "PRECISIONS",
+    "TARGETS",
+    "export",
+    "prepare_job",
+    "source_weights",
+]
 
 log = logging.getLogger(__name__)
 
 TARGETS = EXPORT_TARGETS
-
-#: targets converted from the shared ONNX (TFLite converts the Keras / torch model itself)
-_NEEDS_ONNX = ("onnx", "ncnn", "tensorrt")
-#: ``export(..., ncnn_depthwise=...)``: the ncnn layer types each choice keeps in fp32 in an int8 model
-NCNN_DEPTHWISE: dict[str, tuple[str, ...]] = {"int8": (), "float": ("ConvolutionDepthWise",)}
-
-#: ``export(..., onnx_weights=...)``: how the ``onnx`` int8 artifact stores its weights (``auto``: this CPU's
-#: choice, :func:`exporters.targets.onnx_int8.weight_type`)
-ONNX_WEIGHTS = ONNX_WEIGHT_TYPES
-
-#: target → (module, function, the extra that provides its runtime)
-_TARGET_IMPL: dict[str, tuple[str, str, str]] = {
-    "onnx": ("exporters.targets.onnx_int8", "export_onnx", "onnx"),  # fp32 as it is; int8 in ONNX Runtime's QDQ form
-    "ncnn": ("exporters.targets.ncnn", "export_ncnn", "ncnn"),
-    "tflite": ("exporters.targets.tflite", "export_tflite", "tflite"),
-    "tensorrt": ("exporters.targets.tensorrt", "export_tensorrt", "tensorrt"),
-}
-
-#: how many verification samples are compared at most
-MAX_SAMPLES = 256
 
 
 def _example(source: Source, example_input: Any, calib: Any) -> Any:
@@ -80,49 +71,73 @@ def _example(source: Source, example_input: Any, calib: Any) -> Any:
     )
 
 
-def prepare_job(
-    model: Any,
-    precision: str,
-    directory: str | os.PathLike[str],
-    workdir: str | os.PathLike[str],
-    example_input: Any = None,
-    calibration: Iterable[Any] | npt.ArrayLike | None = None,
-    quant_spec: QuantSpec | None = None,
-    verify: bool = True,
-    threads: int = 2,
-    samples: npt.ArrayLike | None = None,
-    reference_fn: Callable[[npt.NDArray[np.float32]], npt.ArrayLike] | None = None,
-    tflite_int8: Callable[[Any, QuantSpec, npt.NDArray[np.float32]], bytes] | None = None,
-) -> ExportJob:
+def _calibration(options: ExportOptions) -> Any:
+    """The calibration inputs as arrays (at most 1024), or None."""
+    calibration = options.calibration
+    if calibration is None:
+        return None
+    if is_multi(options.example_input) and is_multi(calibration):
+        return take(as_inputs(calibration), 0, 1024)
+    if isinstance(calibration, np.ndarray):
+        return as_inputs(calibration)
+    return batches_to_numpy(cast(Iterable[Any], calibration), limit=1024)
+
+
+def _samples(options: ExportOptions, calib: Any, example: Any) -> Any:
+    """The verification inputs: ``samples``, else the calibration inputs, else the example and random inputs."""
+    if options.samples is not None:
+        return as_inputs(options.samples)
+    if calib is not None:
+        return take(calib, 0, MAX_SAMPLES)
+    if isinstance(example, tuple):  # no way to draw random token ids: the example itself
+        return example
+    # random inputs over the example's value range, plus the example itself
+    rng = np.random.default_rng(0)
+    lo, hi = float(example.min()), float(example.max())
+    if hi <= lo:
+        lo, hi = 0.0, 1.0
+    return np.concatenate([example, rng.uniform(lo, hi, size=(7, *example.shape[1:])).astype(np.float32)])
+
+
+def _int8_table(source: Source, onnx_path: Path, quant_spec: QuantSpec | None, calib: Any) -> QuantTable:
+    """The int8 scales of the shared ONNX: the QuantSpec's mapped onto its nodes, else calibrated on ``calib``."""
+    if quant_spec is not None:
+        return table_from_spec(onnx_path, quant_spec, source_weights(source))
+    nchw = (
+        calib
+        if source.layout == "NCHW" or isinstance(calib, tuple) or calib.ndim != 4
+        else np.ascontiguousarray(calib.transpose(0, 3, 1, 2))
+    )
+    return calibrate(onnx_path, nchw)
+
+
+def prepare_job(model: Any, options: ExportOptions, workdir: str | os.PathLike[str]) -> ExportJob:
     """Build the shared pieces every target uses: source, ONNX hub, verification samples, int8 scales.
+
+    Args:
+        model: the model being exported.
+        options: the export options (:func:`export`'s arguments).
+        workdir: scratch space for the shared ONNX and the targets.
 
     Raises:
         ValueError: int8 without ``calibration`` or ``quant_spec``; a QuantSpec that does not fit the model.
     """
-    from exporters.core.onnx_hub import to_onnx
-
+    precision, quant_spec = options.precision, options.quant_spec
     source = Source.from_model(model)
     if source.framework == "onnx":
         check_onnx_file(source.model)
-    calib: Any = None
-    if calibration is not None:
-        if is_multi(example_input) and is_multi(calibration):
-            calib = take(as_inputs(calibration), 0, 1024)
-        elif isinstance(calibration, np.ndarray):
-            calib = as_inputs(calibration)
-        else:
-            calib = batches_to_numpy(cast(Iterable[Any], calibration), limit=1024)
+    calib = _calibration(options)
     if precision == "int8" and calib is None and quant_spec is None:
         raise ValueError(
             "calibration: int8 export needs calibration batches (a few hundred real inputs) or a quant_spec "
             "learned by QuantizationAware; pass one of them."
         )
-    example = _example(source, example_input, calib)
+    example = _example(source, options.example_input, calib)
     probe_source(source, example)
     work = Path(workdir)
     onnx_error: str | None = None
     try:
-        onnx_path, notes = to_onnx(source, work / "shared.onnx", example)
+        onnx_path, notes = onnx_hub.to_onnx(source, work / "shared.onnx", example)
     except Exception as err:  # TFLite needs no ONNX: it still runs, the ONNX-based targets report this reason
         if source.framework == "onnx":
             raise
@@ -135,55 +150,29 @@ def prepare_job(
             "sample(s) at a time"
         )
     multi = isinstance(example, tuple)
-    if samples is not None:
-        x = as_inputs(samples)
-    elif calib is not None:
-        x = take(calib, 0, MAX_SAMPLES)
-    elif multi:  # no way to draw random token ids: the example itself
-        x = example
-    else:
-        # random inputs over the example's value range, plus the example itself
-        rng = np.random.default_rng(0)
-        lo, hi = float(example.min()), float(example.max())
-        if hi <= lo:
-            lo, hi = 0.0, 1.0
-        x = np.concatenate([example, rng.uniform(lo, hi, size=(7, *example.shape[1:])).astype(np.float32)])
+    x = _samples(options, calib, example)
     # a QAT model is compared with its fake-quant form (what the int8 artifacts should reproduce)
-    reference = as_numpy(reference_fn(x)) if reference_fn is not None else source.predict(x)
+    reference = as_numpy(options.reference_fn(x)) if options.reference_fn is not None else source.predict(x)
     first = example[0] if multi else example  # the input shape pnnx / trtexec see first
     shape = tuple(
         int(d)
         for d in (first.shape if source.layout == "NCHW" or first.ndim != 4 else first.transpose(0, 3, 1, 2).shape)
     )
-    table: QuantTable | None = None
-    if precision == "int8" and onnx_error is not None:  # no graph to map scales onto; TFLite calibrates itself
-        table = QuantTable([], quant_spec, "qat") if quant_spec is not None else None
-    elif precision == "int8":
-        if quant_spec is not None:
-            table = table_from_spec(onnx_path, quant_spec, source_weights(source))
-        else:
-            assert calib is not None
-            nchw = (
-                calib
-                if source.layout == "NCHW" or multi or calib.ndim != 4
-                else np.ascontiguousarray(calib.transpose(0, 3, 1, 2))
-            )
-            table = calibrate(onnx_path, nchw)
+    table = _int8_table(source, onnx_path, quant_spec, calib) if precision == "int8" and onnx_error is None else None
+    if precision == "int8" and onnx_error is not None and quant_spec is not None:
+        table = QuantTable([], quant_spec, "qat")  # no graph to map scales onto; TFLite calibrates itself
     return ExportJob(
         source=source,
         onnx_path=onnx_path,
         input_shape=(1, *shape[1:]),
-        directory=Path(directory),
+        directory=Path(options.directory),
         workdir=work,
-        precision=precision,
+        options=options,
         samples=x,
         reference=reference,
         quant=table,
         calibration=calib,
-        verify=verify,
-        threads=threads,
         notes=notes,
-        tflite_int8=tflite_int8,
         onnx_error=onnx_error,
     )
 
@@ -195,8 +184,6 @@ def _locate_int8_error(job: ExportJob, result: TargetResult) -> str:
     same scales (their runtimes cannot save intermediate tensors), which the text says. Failures here only
     lose the explanation.
     """
-    from exporters.core.verify import locate_int8_error
-
     if job.onnx_error is not None or job.quant is None or not job.quant.nodes:
         return ""
     try:
@@ -205,8 +192,6 @@ def _locate_int8_error(job: ExportJob, result: TargetResult) -> str:
             qdq, proxy = job.directory / own[0], ""
         else:
             import onnx
-
-            from exporters.core.qdq import to_qdq
 
             qdq = job.workdir / "locate.qdq.onnx"
             onnx.save(to_qdq(job.onnx_path, job.quant), str(qdq))
@@ -218,49 +203,13 @@ def _locate_int8_error(job: ExportJob, result: TargetResult) -> str:
         return ""
 
 
-def _latency_verdict(job: ExportJob, result: TargetResult) -> None:
-    """The fp16 / int8 artifact against fp32 of its target (:mod:`exporters.core.latency`), where its writer did not.
-
-    ncnn and TFLite time their own fp32 peer; the ``onnx`` int8 artifact is timed here against the shared fp32
-    ONNX (what the ``onnx`` target writes at fp32) in onnxruntime. A failure here loses only the verdict.
-    """
-    if result.precision == "fp32" or result.latency_ratio is not None or result.latency_ms is None:
-        return
-    if not job.latency:
-        return
-    if result.target == "tensorrt":
-        result.notes.append(
-            "no latency verdict against fp32: onnxruntime's CPU time of this file says nothing about a TensorRT "
-            "engine; compare engines with trtexec on the GPU"
-        )
-        return
-    own = [f for f in result.files if f.endswith(".onnx")]
-    if result.target != "onnx" or not own:
-        return
-    try:
-        from exporters.core.latency import compare_with_fp32, ort_costly_nodes, slower_hint, warn_slower
-        from exporters.core.onnx_hub import ort_session
-
-        path = job.directory / own[0]
-        sess, fp32 = ort_session(path, job.threads), ort_session(job.onnx_path, job.threads)
-        one = take(job.samples_nchw(), 0, 1)
-        feed, fp32_feed = ort_feed(sess, one), ort_feed(fp32, one)
-        peer = "the fp32 ONNX (the onnx target at fp32) in onnxruntime, same threads"
-        compare_with_fp32(
-            result, lambda: sess.run(None, feed), lambda: fp32.run(None, fp32_feed), peer, job.threads
-        )  # fmt: skip
-        if result.latency_verdict == "slower":
-            costly = [f"{c} of the time" for c in ort_costly_nodes(path, feed, job.threads)]
-            warn_slower(result, costly, slower_hint("onnx", result.precision))
-    except Exception as err:  # the artifact is verified; only the comparison is lost
-        log.warning("onnx %s: no latency verdict (%s: %s)", result.precision, type(err).__name__, err)
-
-
-def _verified_on(job: ExportJob, samples: Any, samples_from: str, calibrated: bool) -> str:
+def _verified_on(job: ExportJob) -> str:
     """Which inputs verified the artifacts, for the report: e.g. ``64 validation samples``."""
+    options = job.options
+    calibrated = options.precision == "int8" and options.quant_spec is None
     n = input_count(job.samples)
-    if samples is not None:
-        return f"{n} {samples_from or 'given samples'}"
+    if options.samples is not None:
+        return f"{n} {options.samples_from or 'given samples'}"
     if job.calibration is not None and calibrated:
         return f"{n} calibration samples (the int8 scales were computed on these inputs)"
     if job.calibration is not None:
@@ -268,12 +217,6 @@ def _verified_on(job: ExportJob, samples: Any, samples_from: str, calibrated: bo
     if isinstance(job.samples, tuple):
         return f"{n} example input(s)"
     return f"{n} inputs: the example and random inputs over its value range"
-
-
-def _target_fn(target: str) -> Callable[[ExportJob], TargetResult]:
-    module, fn, _extra = _TARGET_IMPL[target]
-    impl: Callable[[ExportJob], TargetResult] = getattr(importlib.import_module(module), fn)
-    return impl
 
 
 def export(
@@ -347,95 +290,54 @@ def export(
         ValueError: unknown target, precision or model type; int8 without calibration or QuantSpec.
         TypeError: a ``latency`` that is not a bool.
     """
-    if not isinstance(latency, bool):
-        raise TypeError(
-            f"latency: expected True or False; got {latency!r}. HINT: latency=False skips the latency verdict "
-            "against fp32 (for callers that time the artifacts themselves); leave it unset to keep it."
-        )
-    targets = check_export_options(targets, precision, ncnn_depthwise, onnx_weights)
-    return _export(
-        model, targets, example_input, calibration, precision, quant_spec, directory, verify, threads,
-        progress, samples, reference_fn, tflite_int8, NCNN_DEPTHWISE[ncnn_depthwise],
-        None if onnx_weights == "auto" else onnx_weights, samples_from, latency,
+    options = ExportOptions(
+        targets, example_input, calibration, precision, quant_spec, directory, verify, threads, progress, samples,
+        reference_fn, tflite_int8, ncnn_depthwise, onnx_weights, samples_from, latency,
     )  # fmt: skip
+    return _export(model, options)
 
 
-def _export(
-    model: Any,
-    targets: Sequence[str],
-    example_input: Any,
-    calibration: Iterable[Any] | npt.ArrayLike | None,
-    precision: str,
-    quant_spec: QuantSpec | None,
-    directory: str | os.PathLike[str],
-    verify: bool,
-    threads: int,
-    progress: Callable[[str], None] | None,
-    samples: npt.ArrayLike | None,
-    reference_fn: Callable[[npt.NDArray[np.float32]], npt.ArrayLike] | None,
-    tflite_int8: Callable[[Any, QuantSpec, npt.NDArray[np.float32]], bytes] | None,
-    ncnn_keep_float: tuple[str, ...] = (),
-    onnx_weights: str | None = None,
-    samples_from: str = "",
-    latency: bool = True,
-) -> ExportReport:
-    chosen = list(targets)
-    say = progress or (lambda msg: log.info("%s", msg))
-    out_dir = output_dir(directory)
+def _export(model: Any, options: ExportOptions) -> ExportReport:
+    """:func:`export` with its options built and checked: the shared pieces once, then every target in turn."""
+    precision = options.precision
+    say = options.progress or (lambda msg: log.info("%s", msg))
+    out_dir = output_dir(options.directory)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".fitslim-", dir=out_dir))
     try:
         say("building the shared ONNX")
-        job = prepare_job(
-            model,
-            precision,
-            out_dir,
-            work,
-            example_input,
-            calibration,
-            quant_spec,
-            verify=verify,
-            threads=threads,
-            samples=samples,
-            reference_fn=reference_fn,
-            tflite_int8=tflite_int8,
-        )
-        job.ncnn_keep_float = ncnn_keep_float
-        job.onnx_weights = onnx_weights
-        job.latency = latency
+        job = prepare_job(model, options, work)
+        job.directory = out_dir
         report = ExportReport(
             source=job.source.description,
             directory=str(out_dir),
-            verification=_verified_on(job, samples, samples_from, precision == "int8" and quant_spec is None)
-            if verify
-            else "",
+            verification=_verified_on(job) if options.verify else "",
         )
-        for target in chosen:
-            say(f"exporting {target} ({precision})")
+        for name in options.targets:
+            say(f"exporting {name} ({precision})")
+            target = lookup(name)
             try:
-                if job.onnx_error is not None and target in _NEEDS_ONNX:
+                if job.onnx_error is not None and target.needs_onnx:
                     raise RuntimeError(f"the shared ONNX this target starts from could not be built: {job.onnx_error}")
-                result = _target_fn(target)(job)
+                result = check(job, target, target.write(job))
             except ImportError as err:
                 hint = (
                     ""
                     if (err.name or "").startswith("exporters") or "pip install" in str(err)
-                    else f". Install it with: pip install 'fitslim[{_TARGET_IMPL[target][2]}]'"
+                    else f". Install it with: pip install 'fitslim[{target.extra}]'"
                 )
-                result = TargetResult(target, precision, status="failed", reason=f"{err}{hint}")
+                result = TargetResult(name, precision, status="failed", reason=f"{err}{hint}")
             except Exception as err:  # one target failing must not lose the others
-                log.exception("export to %s failed", target)
-                result = TargetResult(target, precision, status="failed", reason=f"{type(err).__name__}: {err}")
+                log.exception("export to %s failed", name)
+                result = TargetResult(name, precision, status="failed", reason=f"{type(err).__name__}: {err}")
             if result.status == "mismatch" and precision == "int8" and job.quant is not None:
                 where = _locate_int8_error(job, result)
                 if where:
                     result.reason = f"{result.reason}; {where}"
-            if job.verify and result.status in ("ok", "mismatch"):
-                _latency_verdict(job, result)
             if job.quant is not None and not result.scales and result.status == "ok":
                 result.scales = job.quant.describe()
-            if not verify and result.status == "ok":  # written, but nothing ran it: never reported as checked
+            if not options.verify and result.status == "ok":  # written, but nothing ran it: never reported as checked
                 result.status = "unverified"
                 result.reason = "written, not run in its runtime (verify=False): nothing compared it with the source"
             report.results.append(result)

@@ -6,7 +6,7 @@ artifact and the fp32 artifact of the same target in the same runtime, alternati
 order in one run (:func:`interleaved_times`), and :func:`compare_with_fp32` fills the report row's
 ``fp32_latency_ms``, ``latency_ratio`` and ``latency_verdict``. A ratio above ``1 + NOISE_BAND`` is ``slower``:
 :func:`warn_slower` then adds a ``WARNING`` note naming the layers that cost most where the runtime can say
-(:func:`ort_costly_nodes`, :func:`ncnn_costly_layers`) and the setting that helps, and logs it.
+(:func:`ort_costly_nodes`, :func:`exporters.targets.ncnn.costly_layers`) and the setting that helps, and logs it.
 
 Example:
     >>> latency_verdict(1.30), latency_verdict(0.98), latency_verdict(0.50)
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from exporters.core.report import TargetResult
 
@@ -41,7 +40,6 @@ __all__ = [
     "interleaved_times",
     "latency_metrics",
     "latency_verdict",
-    "ncnn_costly_layers",
     "ort_costly_nodes",
     "slower_hint",
     "warn_slower",
@@ -51,8 +49,6 @@ log = logging.getLogger(__name__)
 
 #: ratios within ``1 ± NOISE_BAND`` are ``same``: run-to-run noise of interleaved medians on a busy CPU
 NOISE_BAND = 0.05
-#: ncnn layers that only route blobs: never named as costly (their estimate is the timing noise of their input)
-_ROUTING_LAYERS = ("Input", "Split", "MemoryData", "Noop")
 #: interleaved rounds and timed calls per burst of :func:`compare_with_fp32`
 ROUNDS = 10
 BURST = 3
@@ -251,67 +247,6 @@ def ort_costly_nodes(
     whole = sum(total.values())
     ranked = sorted(total.items(), key=lambda kv: -kv[1])[:top]
     return [f"{op} {name} {us / runs / 1e3:.3f} ms ({100.0 * us / whole:.0f}%)" for (op, name), us in ranked if whole]
-
-
-def _prefix_costs(model: Any, graph: Any, sample: npt.NDArray[np.float32], repeats: int) -> dict[str, float]:
-    """Estimated ms per ncnn layer: the time to extract its output minus the costs of all the layers it depends on.
-
-    Extracting a blob computes exactly the layers it depends on, so in graph order each layer's cost is its
-    extraction time less the (already estimated) costs of its ancestors, joins of branches included.
-    """
-    ncnn = model._ncnn
-    x = np.ascontiguousarray(sample, dtype=np.float32)
-    mat = ncnn.Mat(x).clone()
-    ancestors: dict[str, frozenset[str]] = {}
-    costs: dict[str, float] = {}
-    for layer in graph.layers:
-        before = frozenset().union(*(ancestors.get(b, frozenset()) for b in layer.bottoms))
-        if layer.type in _ROUTING_LAYERS or not layer.tops:  # computes nothing: its outputs need what it needs
-            for blob in layer.tops:
-                ancestors[blob] = before
-            continue
-        samples = []
-        for _ in range(repeats + 1):
-            ex = model.net.create_extractor()
-            ex.input(model.input_name, mat)
-            t0 = time.perf_counter()
-            ex.extract(layer.tops[0])
-            samples.append((time.perf_counter() - t0) * 1e3)
-        t = float(statistics.median(samples[1:]))
-        costs[layer.name] = max(t - sum(costs[a] for a in before), 0.0)
-        for blob in layer.tops:
-            ancestors[blob] = before | {layer.name}
-    return costs
-
-
-def ncnn_costly_layers(
-    model: Any, fp32_model: Any, param: str | Path, sample: npt.NDArray[np.float32], top: int = 3, repeats: int = 5
-) -> list[str]:
-    """The ncnn layers whose cost grows most from the fp32 model to ``model``, estimated layer by layer.
-
-    ncnn's per-layer benchmark is a compile-time option absent from the Python wheel, so each layer's cost is
-    estimated as the time to extract its output minus the costs of the layers it depends on, in both models (the
-    int8 model keeps the fp32 model's layer names).
-
-    Args:
-        model: the :class:`exporters.targets.ncnn.NcnnModel` of the fp16 / int8 artifact.
-        fp32_model: the :class:`exporters.targets.ncnn.NcnnModel` of the fp32 peer.
-        param: the artifact's ``.param`` (layer types, names and blobs).
-        sample: one input without its batch axis.
-        top: how many layers to name.
-        repeats: timed extractions per layer.
-
-    Returns:
-        e.g. ``["ConvolutionDepthWise convdw_12 0.210 ms vs 0.080 ms fp32"]``, largest growth first.
-    """
-    from exporters.targets.ncnn_int8 import NcnnParam
-
-    graph = NcnnParam.parse(Path(param).read_text(encoding="utf-8"), str(param))
-    types = {layer.name: layer.type for layer in graph.layers}
-    mine = _prefix_costs(model, graph, sample, repeats)
-    theirs = _prefix_costs(fp32_model, graph, sample, repeats)
-    growth = sorted(((mine[n] - theirs.get(n, 0.0), n) for n in mine), reverse=True)[:top]
-    return [f"{types[n]} {n} {mine[n]:.3f} ms vs {theirs.get(n, 0.0):.3f} ms fp32" for d, n in growth if d > 0]
 
 
 def latency_metrics(report: Any, prefix: str = "export") -> dict[str, float]:

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,11 @@ import numpy as np
 import numpy.typing as npt
 
 from exporters.core.checks import Refusal, converter_error, failing_op, legacy_trace_check
-from exporters.core.inputs import as_inputs, ort_feed, ort_run, take
-from exporters.core.job import ExportJob
-from exporters.core.report import TargetResult
+from exporters.core.inputs import Inputs, as_inputs, ort_feed, ort_run
 from exporters.core.source import Source, keras_backend
-from exporters.core.verify import compare, fill_agreement, median_latency_ms
 from fitslim.fileio import atomic_path
 
-__all__ = ["OPSET", "export_onnx", "fix_pad_mode", "fold_batchnorm", "global_pools", "to_fp16", "to_onnx"]
+__all__ = ["OPSET", "OrtRunner", "fix_pad_mode", "fold_batchnorm", "global_pools", "ort_session", "to_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -725,89 +722,28 @@ def ort_session(path: str | Path, threads: int = 2, int8_kernels: bool = True) -
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _sort_nodes(graph: Any) -> None:
-    """Reorder ``graph``'s nodes topologically (stable: a node keeps its place unless an input comes later)."""
-    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(i in ready for i in node.input):
-                ordered.append(node)
-                ready.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):  # inputs nobody produces: leave them for the checker to name
-            ordered += rest
-            break
-        pending = rest
-    copies = [type(n)() for n in ordered]
-    for copy, node in zip(copies, ordered, strict=True):
-        copy.CopyFrom(node)
-    del graph.node[:]
-    graph.node.extend(copies)
-
-
-def to_fp16(source: str | Path, target: str | Path) -> None:
-    """Write an fp32 ONNX as fp16 with onnxruntime's own converter (``onnxruntime.transformers.float16``).
-
-    Weights and intermediate tensors become float16, inputs and outputs stay float32 (a Cast after each float
-    input, before each output); weights beyond fp16's range are clamped to its largest finite value.
+class OrtRunner:
+    """An ONNX file in onnxruntime CPU sessions (:func:`ort_session`): the runner of the ``onnx`` and ``tensorrt``
+    targets (:class:`exporters.core.target.Runner`).
 
     Args:
-        source: the fp32 ONNX file.
-        target: the fp16 file to write (atomically).
-
-    Raises:
-        onnx.checker.ValidationError: the converted graph is not valid ONNX.
+        path: the ``.onnx`` file.
+        threads: intra-op threads.
+        batch: how many samples one ``run`` takes at most.
+        exact: outputs from the Q/DQ graph as written (each group computed in float from its int8 values, TensorRT's
+            int8 arithmetic, not onnxruntime's CPU-dependent int8 kernels); the time still on onnxruntime's kernels.
     """
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
-    _sort_nodes(model.graph)  # the converter appends the input Casts after the nodes that read them
-    onnx.checker.check_model(model, full_check=True)
-    with atomic_path(target) as tmp:
-        onnx.save(model, str(tmp), save_as_external_data=False)
+    def __init__(self, path: Path, threads: int, batch: int = 256, exact: bool = False) -> None:
+        self.path, self.threads, self.batch = path, threads, batch
+        self.outputs = ort_session(path, threads, int8_kernels=not exact)
+        self.session = ort_session(path, threads) if exact else self.outputs
 
+    def __call__(self, x: Inputs) -> npt.NDArray[np.float32]:
+        """The first output for every sample of ``x``."""
+        return np.asarray(ort_run(self.outputs, x, batch=self.batch)[0], dtype=np.float32)
 
-def export_onnx(job: ExportJob) -> TargetResult:
-    """The ``onnx`` target at fp32 and fp16: the shared fp32 ONNX, or its fp16 conversion, verified in onnxruntime.
-
-    fp16 is ``model.fp16.onnx`` (:func:`to_fp16`), verified against the fp16 bounds. onnxruntime's CPU provider
-    runs the ops it has no fp16 kernel for in fp32 (it casts around them), so on a CPU the check covers the fp16
-    weights and the file's validity, and a runtime with fp16 kernels (GPU, ARM) computes it in fp16; the report
-    says so. int8 is :func:`exporters.targets.onnx_int8.export_onnx`.
-    """
-    import onnxruntime as ort
-
-    fp16 = job.precision == "fp16"
-    final = job.artifact(".fp16.onnx" if fp16 else ".onnx")
-    if fp16:
-        to_fp16(job.onnx_path, final)
-    else:
-        with atomic_path(final) as tmp:
-            shutil.copyfile(job.onnx_path, tmp)
-    result = TargetResult(
-        "onnx",
-        "fp16" if fp16 else "fp32",
-        files=[final.name],
-        size_bytes=final.stat().st_size,
-        runtime=f"onnxruntime {ort.__version__}",
-    )
-    if job.precision not in ("fp32", "fp16"):
-        result.notes.append(f"written in fp32 (requested {job.precision}); the int8 Q/DQ ONNX is the tensorrt target")
-    if fp16:
-        result.notes.append(
-            "fp16 weights and tensors, float32 inputs and outputs; onnxruntime's CPU provider computes the ops it has "
-            "no fp16 kernel for in fp32, so this check covers the fp16 weights, not fp16 arithmetic"
-        )
-    if job.verify:
-        sess = ort_session(final, job.threads)
-        x = job.samples_nchw()
-        out = np.asarray(ort_run(sess, x)[0], dtype=np.float32)
-        fill_agreement(result, compare(job.reference, out))
-        one = ort_feed(sess, take(x, 0, 1))
-        result.latency_ms = median_latency_ms(lambda: sess.run(None, one))
-        result.threads = job.threads
-    return result
+    def timed(self, one: Inputs) -> Callable[[], object]:
+        """One prepared ``session.run`` on ``one``."""
+        feed = ort_feed(self.session, one)
+        return lambda: self.session.run(None, feed)

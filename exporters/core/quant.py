@@ -129,13 +129,6 @@ class QuantTable:
     def __len__(self) -> int:
         return len(self.nodes)
 
-    def by_node(self, name: str) -> QuantizedNode:
-        """The entry of ONNX node ``name``."""
-        for q in self.nodes:
-            if q.node.node == name:
-                return q
-        raise KeyError(f"no int8 scales for ONNX node {name!r}; nodes: {[q.node.node for q in self.nodes]}")
-
     def match_weight(self, weight: npt.ArrayLike, atol: float = 1e-5) -> QuantizedNode:
         """The entry whose (out-channel-first) weight equals ``weight`` element-wise.
 

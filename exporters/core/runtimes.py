@@ -1,9 +1,10 @@
 """Run an exported artifact in its own runtime on a whole data set, e.g. to score it on a test split.
 
 ``runner(report, target)`` loads the artifact a report row names once; ``predict(report, target, x)``
-returns its outputs for every sample: ONNX and the TensorRT Q/DQ ONNX in onnxruntime (batched), ncnn one
-sample at a time, TFLite in the LiteRT interpreter one sample at a time (its input layout, NCHW or NHWC, is
-read from the model).
+returns its outputs for every sample, through the target's own runner (:class:`exporters.core.target.Target`, the
+one the export verified it with): ONNX and the TensorRT Q/DQ ONNX in onnxruntime (batched; the Q/DQ file computed as
+TensorRT does), ncnn one sample at a time, TFLite in the LiteRT interpreter one sample at a time (its input layout,
+NCHW or NHWC, is read from the model).
 
 Example:
     >>> # report = export(model, ["onnx", "ncnn", "tflite"], example_input=x[:1], directory="exports")
@@ -15,21 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from exporters.core.inputs import Inputs, ort_run
-from exporters.core.onnx_hub import ort_session
 from exporters.core.report import ExportReport, TargetResult
-from exporters.core.verify import nchw_to_nhwc
-from exporters.targets.ncnn import NcnnModel
-from exporters.targets.tflite import _dequantize, _interpreter_class, _prepare_single, _quantize
+from exporters.core.target import lookup
 
 __all__ = ["Runner", "accuracy", "predict", "runner"]
 
-#: an artifact loaded in its runtime: batch of inputs -> ``(N, outputs)``
+#: an artifact loaded in its runtime: batch of inputs -> ``(N, outputs)`` (a :class:`exporters.core.target.Runner`)
 Runner = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 
 
@@ -53,54 +49,6 @@ def _file(report: ExportReport, row: TargetResult, suffix: str) -> Path:
     raise ValueError(f"target {row.target!r}: no {suffix} file among {row.files}.")
 
 
-def _onnx(path: Path, threads: int, batch: int) -> Runner:
-    sess = ort_session(path, threads)
-
-    def run(x: Inputs) -> npt.NDArray[np.float32]:
-        return np.asarray(ort_run(sess, x, batch=batch)[0], np.float32)
-
-    return run
-
-
-def _ncnn(param: Path, precision: str, threads: int) -> Runner:
-    net = NcnnModel(param, param.with_name(param.name[: -len(".param")] + ".bin"), precision, threads)
-    return lambda x: np.stack([np.asarray(net(sample), np.float32).reshape(-1) for sample in x])
-
-
-def _tflite(path: Path, threads: int) -> Runner:
-    interpreter = _interpreter_class()(model_path=str(path), num_threads=threads)
-    detail = interpreter.get_input_details()[0]
-    signature = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))[1:]
-    out = interpreter.get_output_details()[0]
-    prepared: dict[tuple[int, ...], dict[str, Any]] = {}
-
-    def fits(shape: tuple[int, ...]) -> bool:
-        return len(shape) == len(signature) and all(s in (-1, d) for s, d in zip(signature, shape, strict=True))
-
-    def run(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        samples = x
-        if x.ndim == 4 and not fits(tuple(x.shape[1:])):
-            samples = nchw_to_nhwc(x)  # a Keras-made artifact takes NHWC
-            if not fits(tuple(samples.shape[1:])):
-                raise ValueError(
-                    f"target 'tflite': the model's input {list(signature)} fits neither NCHW {list(x.shape[1:])} "
-                    f"nor NHWC {list(samples.shape[1:])}."
-                )
-        shape = tuple(samples.shape[1:])
-        if shape not in prepared:
-            prepared.clear()
-            prepared[shape] = _prepare_single(interpreter, shape)
-        inp = prepared[shape]
-        outputs = []
-        for i in range(len(samples)):
-            interpreter.set_tensor(inp["index"], _quantize(samples[i : i + 1], inp))
-            interpreter.invoke()
-            outputs.append(_dequantize(interpreter.get_tensor(out["index"]), out).reshape(-1))
-        return np.stack(outputs)
-
-    return run
-
-
 def runner(report: ExportReport, target: str, threads: int = 2, batch: int = 256) -> Runner:
     """Load ``target``'s artifact once; the callable runs it on a batch of inputs and returns ``(N, outputs)``.
 
@@ -113,13 +61,8 @@ def runner(report: ExportReport, target: str, threads: int = 2, batch: int = 256
         FileNotFoundError: an artifact file listed in the report is missing.
     """
     row = _row(report, target)
-    if target in ("onnx", "tensorrt"):
-        return _onnx(_file(report, row, ".onnx"), threads, batch)
-    if target == "ncnn":
-        return _ncnn(_file(report, row, ".param"), row.precision, threads)
-    if target == "tflite":
-        return _tflite(_file(report, row, ".tflite"), threads)
-    raise ValueError(f"target {target!r}: no runtime for it; choose onnx, ncnn, tflite or tensorrt.")
+    spec = lookup(target)
+    return spec.runner([_file(report, row, suffix) for suffix in spec.suffixes], row.precision, threads, batch)
 
 
 def predict(

@@ -16,8 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from exporters.core import export as orchestrator
 from exporters.core.inputs import as_inputs, concat_inputs, take
+from exporters.core.job import MAX_SAMPLES
 from exporters.core.report import ExportReport, TargetResult
+from exporters.core.source import batches_to_numpy
 from fitslim.callback_spec import ExportSpec, check_export_options
 from fitslim.quantspec import QuantSpec
 
@@ -144,9 +147,6 @@ class ExportSettings(ExportSpec):
             batches: input batches from the training data, calibration batches first.
             held_out: input batches from the fit's validation data, or None.
         """
-        from exporters.core.export import MAX_SAMPLES
-        from exporters.core.source import batches_to_numpy
-
         if not self.verify:
             return None, ""
         if self.verify_data is not None:
@@ -191,8 +191,6 @@ class ExportSettings(ExportSpec):
             held_out: input batches from the fit's validation data: the artifacts are verified on them (see
                 :meth:`verification`).
         """
-        from exporters.core.export import export
-
         precision = self.resolve_precision(found_spec)
         if self.precision == "auto":
             log.info(
@@ -210,7 +208,7 @@ class ExportSettings(ExportSpec):
             if example is None and batches:
                 example = take(batches[0], 0, 1)
             spec = self.quant_spec or (found_spec if precision == "int8" else None)
-            report = export(
+            report = orchestrator.export(
                 model,
                 self.targets,
                 example_input=example,

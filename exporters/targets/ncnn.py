@@ -8,6 +8,9 @@ verified in a scratch folder under ``job.workdir``, then installed together (tem
 destination, then renames; a failed second rename removes the first), so the export directory never
 holds half a model or one ncnn could not run.
 
+The writer (:func:`write`) leaves the pair in scratch; the core verifies it there through :func:`runner` and installs
+it (:func:`exporters.core.target.check`); :func:`export_ncnn` does both.
+
 Example:
     >>> # result = export_ncnn(job)      # job from exporters.core.export.prepare_job(...)
     >>> # result.files  ->  ['model.int8.ncnn.param', 'model.int8.ncnn.bin']
@@ -20,31 +23,41 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from exporters.core.inputs import Inputs
 from exporters.core.job import ExportJob
+from exporters.core.latency import slower_hint
 from exporters.core.onnx_hub import global_pools
 from exporters.core.report import TargetResult
-from exporters.core.verify import compare, fill_agreement, judge, median_latency_ms
+from exporters.core.target import Artifact, Runner, Target, check, register
+from exporters.core.verify import compare, judge
 from exporters.targets.ncnn_int8 import NcnnLayer, NcnnParam, write_int8
 
 __all__ = [
     "PRECISION_SUFFIX",
+    "TARGET",
     "NcnnModel",
+    "NcnnRunner",
+    "costly_layers",
     "export_ncnn",
     "fix_reduction_axes",
     "global_pools",
     "keep_for_inspection",
     "run_pnnx",
+    "runner",
     "strip_nan_guards",
     "unknown_layers",
+    "write",
 ]
 
 log = logging.getLogger(__name__)
@@ -251,37 +264,6 @@ def lower_unbind(param: str | os.PathLike[str], pnnx_param: str | os.PathLike[st
     return lowered
 
 
-def _install_pair(pairs: list[tuple[Path, Path]]) -> None:
-    """Copy each ``(source, destination)`` beside its destination, then rename all: all or nothing.
-
-    When a rename fails after another succeeded, every destination is removed, so a new ``.param`` never
-    sits beside an old ``.bin``; when the first rename fails, whatever was there stays untouched.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    staged: list[Path] = []
-    done: list[Path] = []
-    try:
-        for src, dst in pairs:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent)
-            os.close(fd)
-            staged.append(Path(name))
-            shutil.copyfile(src, name)
-            os.chmod(name, 0o666 & ~umask)
-        for tmp, (_, dst) in zip(staged, pairs, strict=True):
-            os.replace(tmp, dst)
-            done.append(dst)
-    except BaseException:
-        if done:  # never leave half a model under its final names (nor an older file beside a new one)
-            for _, dst in pairs:
-                dst.unlink(missing_ok=True)
-        raise
-    finally:
-        for tmp in staged:
-            tmp.unlink(missing_ok=True)
-
-
 class NcnnModel:
     """An ncnn ``Net`` loaded for verification: one single-sample extraction per input.
 
@@ -368,7 +350,16 @@ class NcnnModel:
 
 
 def export_ncnn(job: ExportJob) -> TargetResult:
-    """The ``ncnn`` target at ``job.precision`` (fp32, fp16 or int8), verified in ncnn.
+    """The ``ncnn`` target at ``job.precision`` (fp32, fp16 or int8): written, verified in ncnn and installed.
+
+    Raises:
+        ImportError, ValueError, RuntimeError: as :func:`write`, or ncnn cannot load or run the artifact.
+    """
+    return check(job, TARGET, write(job))
+
+
+def write(job: ExportJob) -> Artifact:
+    """Convert the shared ONNX with pnnx (and write int8 from its fp32 pair) into a scratch folder of the job.
 
     Args:
         job: the shared export job (``job.quant`` is required for int8).
@@ -392,9 +383,10 @@ def export_ncnn(job: ExportJob) -> TargetResult:
     job.workdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="ncnn-", dir=job.workdir))
     try:
-        return _export(job, scratch)
-    finally:
+        return _write(job, scratch)  # the core removes the scratch folder once it has checked the pair
+    except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
+        raise
 
 
 #: what to do about a layer type ncnn does not have, by type
@@ -483,7 +475,7 @@ def _ncnn_onnx(job: ExportJob, scratch: Path, notes: list[str]) -> Path:
     return path
 
 
-def _export(job: ExportJob, scratch: Path) -> TargetResult:
+def _write(job: ExportJob, scratch: Path) -> Artifact:
     import ncnn
 
     what = f"ncnn-{job.precision}"
@@ -510,84 +502,163 @@ def _export(job: ExportJob, scratch: Path) -> TargetResult:
         fp32_size = param.stat().st_size + binary.stat().st_size
         src_param, src_bin = param, binary
         param, binary = scratch / "model.int8.ncnn.param", scratch / "model.int8.ncnn.bin"
-        summary = write_int8(src_param, src_bin, param, binary, job.quant, keep_float=job.ncnn_keep_float)
+        summary = write_int8(src_param, src_bin, param, binary, job.quant, keep_float=job.options.ncnn_keep_float)
         result.scales = job.quant.describe()
         result.notes.append(summary.describe())
         result.notes.extend(summary.notes)
         int8_size = param.stat().st_size + binary.stat().st_size
         ratio = int8_size / fp32_size
         result.notes.append(f"size {fp32_size / 1024:.1f} KB fp32 → {int8_size / 1024:.1f} KB int8 ({ratio:.2f}x)")
-    if job.verify:
-        # verified before it is installed: a model ncnn cannot load or run never reaches the directory
-        try:
-            _verify(job, result, param, binary)
-            _latency_verdict(job, result, param, binary, fp32_pair, onnx_path, scratch)
-        except (RuntimeError, ValueError) as err:
-            kept = keep_for_inspection(job, [param, binary, onnx_path], what)
-            raise RuntimeError(f"{err}; the .param/.bin and the ONNX are kept in {kept}") from err
     suffix = PRECISION_SUFFIX[job.precision]
     final_param, final_bin = job.artifact(f"{suffix}.param"), job.artifact(f"{suffix}.bin")
-    _install_pair([(param, final_param), (binary, final_bin)])
-    result.files = [final_param.name, final_bin.name]
-    result.size_bytes = final_param.stat().st_size + final_bin.stat().st_size
-    log.info("ncnn %s written: %s (%.1f KB)", job.precision, ", ".join(result.files), result.size_bytes / 1024)
-    return result
+
+    def fp32_peer() -> tuple[list[Path], str]:
+        # the int8 model's fp32 peer is pnnx's fp32 pair it was written from; for fp16, pnnx converts the same ONNX
+        # once more at fp32; neither is installed as an artifact
+        if fp32_pair is not None:
+            return list(fp32_pair), "fp32 ncnn model the int8 one was written from"
+        return list(run_pnnx(onnx_path, job.input_shape, scratch / "pnnx-fp32", fp16=False)), (
+            "fp32 ncnn built for comparison"
+        )
+
+    def slower(run: Runner, fp32: Runner, one: Inputs) -> tuple[list[str], str]:
+        types = [layer.type for layer in NcnnParam.parse(param.read_text(encoding="utf-8"), str(param)).layers]
+        hint = slower_hint("ncnn", job.precision, types, job.options.ncnn_keep_float)
+        if not (isinstance(run, NcnnRunner) and isinstance(fp32, NcnnRunner)):
+            return [], hint
+        costly = costly_layers(run.model, fp32.model, param, np.asarray(one)[0])
+        return [f"{c} (estimated per layer)" for c in costly], hint
+
+    def finish() -> None:
+        if job.verify and result.status == "mismatch" and job.precision == "int8":
+            _packing_diagnosis(job, result, param, binary)
+        log.info("ncnn %s written: %s, %s", job.precision, final_param.name, final_bin.name)
+
+    def keep(err: Exception) -> Exception:
+        # verified before it is installed: a model ncnn cannot load or run never reaches the directory
+        kept = keep_for_inspection(job, [param, binary, onnx_path], what)
+        return RuntimeError(f"{err}; the .param/.bin and the ONNX are kept in {kept}")
+
+    return Artifact(
+        result,
+        [param, binary],
+        finals=[final_param, final_bin],
+        fp32_peer=fp32_peer if job.precision != "fp32" else None,
+        slower=slower,
+        finish=finish,
+        keep=keep,
+        scratch=scratch,
+    )
 
 
-def _verify(job: ExportJob, result: TargetResult, param: Path, binary: Path) -> None:
-    model = NcnnModel(param, binary, job.precision, job.threads)
-    x = job.samples_nchw()
-    reference = np.asarray(job.reference)
-    out = model.predict(x, tuple(reference.shape[1:]))
-    fill_agreement(result, compare(reference, out))
-    if result.status == "mismatch" and job.precision == "int8":
-        # ncnn's x86 packed int8 kernels are wrong for some graphs (grouped int8 convs feeding
-        # squeeze-excitation); say whether the unpacked kernels agree, which is a setting at deployment
-        unpacked = NcnnModel(param, binary, job.precision, job.threads, {"use_packing_layout": False})
-        again = compare(reference, unpacked.predict(x, tuple(reference.shape[1:])))
-        if not judge(again, job.precision):
-            top1 = "" if again.decisive_top1 is None else f", top-1 {again.decisive_top1 * 100:.0f}%"
-            result.reason += (
-                f"; with net.opt.use_packing_layout = False the same files agree (spread error "
-                f"{again.spread_error:.2f}{top1}): set it where the model is deployed, or export with "
-                "ncnn_depthwise='float' (grouped and depthwise convolutions stay fp32)"
-            )
-    one = x[0]
-    result.latency_ms = median_latency_ms(lambda: model(one))
-    result.threads = job.threads
+def _packing_diagnosis(job: ExportJob, result: TargetResult, param: Path, binary: Path) -> None:
+    """Say whether an int8 pair ncnn's packed kernels got wrong agrees with the unpacked kernels.
 
-
-def _latency_verdict(
-    job: ExportJob,
-    result: TargetResult,
-    param: Path,
-    binary: Path,
-    fp32_pair: tuple[Path, Path] | None,
-    onnx_path: Path,
-    scratch: Path,
-) -> None:
-    """Time an fp16 / int8 artifact against the fp32 ncnn model of the same graph, interleaved (exporters.core.latency).
-
-    The int8 model's fp32 peer is pnnx's fp32 pair it was written from; for fp16, pnnx converts the same ONNX once
-    more at fp32. Neither peer is installed as an artifact. A failure here loses only the verdict.
+    ncnn's x86 packed int8 kernels are wrong for some graphs (grouped int8 convs feeding squeeze-excitation); the
+    unpacked kernels are a setting at deployment.
     """
-    from exporters.core.latency import compare_with_fp32, ncnn_costly_layers, slower_hint, warn_slower
+    unpacked = NcnnRunner(NcnnModel(param, binary, job.precision, job.threads, {"use_packing_layout": False}))
+    reference = np.asarray(job.reference)
+    again = compare(reference, unpacked(job.samples_nchw()).reshape(reference.shape))
+    if not judge(again, job.precision):
+        top1 = "" if again.decisive_top1 is None else f", top-1 {again.decisive_top1 * 100:.0f}%"
+        result.reason += (
+            f"; with net.opt.use_packing_layout = False the same files agree (spread error "
+            f"{again.spread_error:.2f}{top1}): set it where the model is deployed, or export with "
+            "ncnn_depthwise='float' (grouped and depthwise convolutions stay fp32)"
+        )
 
-    if job.precision == "fp32" or result.latency_ms is None or not job.latency:
-        return
-    try:
-        peer = "fp32 ncnn model the int8 one was written from"
-        if fp32_pair is None:
-            fp32_pair = run_pnnx(onnx_path, job.input_shape, scratch / "pnnx-fp32", fp16=False)
-            peer = "fp32 ncnn built for comparison"
-        model = NcnnModel(param, binary, job.precision, job.threads)
-        fp32 = NcnnModel(fp32_pair[0], fp32_pair[1], "fp32", job.threads)
-        one = job.samples_nchw()[0]
-        compare_with_fp32(result, lambda: model(one), lambda: fp32(one), peer, job.threads)
-        if result.latency_verdict == "slower":
-            types = [layer.type for layer in NcnnParam.parse(param.read_text(encoding="utf-8"), str(param)).layers]
-            costly = ncnn_costly_layers(model, fp32, param, one)
-            hint = slower_hint("ncnn", job.precision, types, job.ncnn_keep_float)
-            warn_slower(result, [f"{c} (estimated per layer)" for c in costly], hint)
-    except Exception as err:  # the artifact is verified; only the comparison is lost
-        log.warning("ncnn %s: no latency verdict (%s: %s)", job.precision, type(err).__name__, err)
+
+class NcnnRunner:
+    """An ncnn pair loaded once: runs a batch one sample at a time (:class:`NcnnModel`)."""
+
+    def __init__(self, model: NcnnModel) -> None:
+        self.model = model
+
+    def __call__(self, x: Inputs) -> npt.NDArray[np.float32]:
+        """Each sample's output, flattened, one row per sample."""
+        return np.stack([np.asarray(self.model(sample), np.float32).reshape(-1) for sample in x])
+
+    def timed(self, one: Inputs) -> Callable[[], object]:
+        """One extraction of the first sample of ``one``."""
+        sample = np.asarray(one)[0]
+        return lambda: self.model(sample)
+
+
+def runner(paths: Sequence[Path], precision: str, threads: int, batch: int = 256) -> Runner:
+    """An ncnn pair (``.param``, ``.bin``) loaded at ``precision`` (ncnn's options for it) with ``threads``."""
+    param, binary = (Path(p) for p in paths)
+    return NcnnRunner(NcnnModel(param, binary, precision, threads))
+
+
+def costly_layers(
+    model: NcnnModel,
+    fp32_model: NcnnModel,
+    param: str | os.PathLike[str],
+    sample: npt.NDArray[np.float32],
+    top: int = 3,
+    repeats: int = 5,
+) -> list[str]:
+    """The ncnn layers whose cost grows most from the fp32 model to ``model``, estimated layer by layer.
+
+    ncnn's per-layer benchmark is a compile-time option absent from the Python wheel, so each layer's cost is
+    estimated as the time to extract its output minus the costs of the layers it depends on, in both models (the
+    int8 model keeps the fp32 model's layer names).
+
+    Args:
+        model: the :class:`NcnnModel` of the fp16 / int8 artifact.
+        fp32_model: the :class:`NcnnModel` of the fp32 peer.
+        param: the artifact's ``.param`` (layer types, names and blobs).
+        sample: one input without its batch axis.
+        top: how many layers to name.
+        repeats: timed extractions per layer.
+
+    Returns:
+        e.g. ``["ConvolutionDepthWise convdw_12 0.210 ms vs 0.080 ms fp32"]``, largest growth first.
+    """
+    graph = NcnnParam.parse(Path(param).read_text(encoding="utf-8"), str(param))
+    types = {layer.name: layer.type for layer in graph.layers}
+    mine = _prefix_costs(model, graph, sample, repeats)
+    theirs = _prefix_costs(fp32_model, graph, sample, repeats)
+    growth = sorted(((mine[n] - theirs.get(n, 0.0), n) for n in mine), reverse=True)[:top]
+    return [f"{types[n]} {n} {mine[n]:.3f} ms vs {theirs.get(n, 0.0):.3f} ms fp32" for d, n in growth if d > 0]
+
+
+#: ncnn layers that only route blobs: never named as costly (their estimate is the timing noise of their input)
+_ROUTING_LAYERS = ("Input", "Split", "MemoryData", "Noop")
+
+
+def _prefix_costs(
+    model: NcnnModel, graph: NcnnParam, sample: npt.NDArray[np.float32], repeats: int
+) -> dict[str, float]:
+    """Estimated ms per ncnn layer: the time to extract its output minus the costs of all the layers it depends on.
+
+    Extracting a blob computes exactly the layers it depends on, so in graph order each layer's cost is its
+    extraction time less the (already estimated) costs of its ancestors, joins of branches included.
+    """
+    ncnn = model._ncnn
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    mat = ncnn.Mat(x).clone()
+    ancestors: dict[str, frozenset[str]] = {}
+    costs: dict[str, float] = {}
+    for layer in graph.layers:
+        before = frozenset().union(*(ancestors.get(b, frozenset()) for b in layer.bottoms))
+        if layer.type in _ROUTING_LAYERS or not layer.tops:  # computes nothing: its outputs need what it needs
+            for blob in layer.tops:
+                ancestors[blob] = before
+            continue
+        samples = []
+        for _ in range(repeats + 1):
+            ex = model.net.create_extractor()
+            ex.input(model.input_name, mat)
+            t0 = time.perf_counter()
+            ex.extract(layer.tops[0])
+            samples.append((time.perf_counter() - t0) * 1e3)
+        t = float(statistics.median(samples[1:]))
+        costs[layer.name] = max(t - sum(costs[a] for a in before), 0.0)
+        for blob in layer.tops:
+            ancestors[blob] = before | {layer.name}
+    return costs
+
+
+TARGET = register(Target("ncnn", extra="ncnn", write=write, runner=runner, suffixes=(".param", ".bin")))

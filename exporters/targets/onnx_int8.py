@@ -36,7 +36,7 @@ there are none); with learned scales (QAT) measured on the graph with the table'
 (:func:`fake_quant_ranges`), what the fake-quant model computes.
 
 Example:
-    >>> # result = export_onnx(job)          # job.precision == "int8"
+    >>> # artifact = write_int8(job)          # job.precision == "int8"; the core verifies it
     >>> # int8_kernels("model.int8.onnx")   # {'QLinearConv': 52, ...} in ONNX Runtime's optimized graph
 """
 
@@ -53,11 +53,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporters.core.inputs import Inputs, as_inputs, fixed_batch, input_count, ort_feed, ort_run, take
+from exporters.core.inputs import Inputs, as_inputs, fixed_batch, input_count, ort_feed, take
 from exporters.core.job import ExportJob
+from exporters.core.qdq import to_qdq
 from exporters.core.quant import QuantTable
 from exporters.core.report import TargetResult
-from exporters.core.verify import compare, fill_agreement, median_latency_ms
+from exporters.core.target import Artifact
 from fitslim.fileio import atomic_path
 
 __all__ = [
@@ -65,9 +66,9 @@ __all__ = [
     "INT8_KERNELS",
     "LAYERNORM_INPUT_OPS",
     "cpu_flags",
-    "export_onnx",
     "fake_quant_ranges",
     "float_nodes",
+    "float_notes",
     "int8_kernels",
     "keeps_activations",
     "optimized_op_types",
@@ -75,6 +76,7 @@ __all__ = [
     "scale_overrides",
     "to_ort_int8",
     "weight_type",
+    "write_int8",
 ]
 
 log = logging.getLogger(__name__)
@@ -398,8 +400,6 @@ def fake_quant_ranges(model: Any, table: QuantTable, data: Inputs, batch: int = 
     import onnx
     import onnxruntime as ort
 
-    from exporters.core.qdq import to_qdq
-
     fq = to_qdq(model, table, residual_inputs=[])
     inferred = onnx.shape_inference.infer_shapes(model)
     floats = {
@@ -549,7 +549,7 @@ def int8_kernels(path: str | Path, threads: int = 2) -> dict[str, int]:
     return {op: n for op, n in sorted(ops.items()) if op in INT8_KERNELS}
 
 
-def _float_notes(path: Path, table: QuantTable) -> list[str]:
+def float_notes(path: Path, table: QuantTable) -> list[str]:
     """The report's notes on what the int8 ONNX of the fp32 graph at ``path`` keeps float, and why (none: empty)."""
     import onnx
 
@@ -583,19 +583,16 @@ def _float_notes(path: Path, table: QuantTable) -> list[str]:
     return notes
 
 
-def export_onnx(job: ExportJob) -> TargetResult:
-    """The ``onnx`` target: fp32 and fp16 as :func:`exporters.core.onnx_hub.export_onnx`; int8 in QDQ form.
+def write_int8(job: ExportJob) -> Artifact:
+    """The ``onnx`` target at int8: ONNX Runtime's QDQ form of the shared ONNX with ``job.quant``'s scales.
 
     An int8 file that ONNX Runtime runs without a single int8 kernel (:data:`INT8_KERNELS`) is a ``mismatch``
-    whatever its agreement: it is a float model with extra rounding, not an int8 artifact.
+    whatever its agreement (the artifact's last check, after the core's comparison): it is a float model with extra
+    rounding, not an int8 artifact.
 
     Raises:
         ValueError: int8 without scales.
     """
-    if job.precision != "int8":
-        from exporters.core.onnx_hub import export_onnx as export_float
-
-        return export_float(job)
     import onnxruntime as ort
 
     if job.quant is None:
@@ -604,7 +601,7 @@ def export_onnx(job: ExportJob) -> TargetResult:
     data = calib if calib is not None else job.samples_nchw()
     final = job.artifact(".int8.onnx")
     here = weight_type()
-    weights = job.onnx_weights or here
+    weights = job.options.onnx_weight_type or here
     to_ort_int8(job.onnx_path, job.quant, data, final, weights)
     result = TargetResult(
         "onnx",
@@ -616,14 +613,14 @@ def export_onnx(job: ExportJob) -> TargetResult:
     )
     if calib is None:
         result.notes.append("ranges of the tensors without learned scales taken from the verification samples")
-    result.notes.extend(_float_notes(job.onnx_path, job.quant))
-    if job.onnx_weights is None and weights == "uint8":
+    result.notes.extend(float_notes(job.onnx_path, job.quant))
+    if job.options.onnx_weight_type is None and weights == "uint8":
         result.notes.append(
             "weights stored as uint8 around 128 (the same symmetric int8 grid): this is an x86 CPU without VNNI, where "
             "onnxruntime's uint8 x int8 kernels saturate; exported on a VNNI or ARM CPU the weights stay int8 (faster, "
             "but not for x86 CPUs without VNNI); onnx_weights='int8' or 'uint8' chooses for the CPU that will run it"
         )
-    elif job.onnx_weights is not None:
+    elif job.options.onnx_weight_type is not None:
         result.notes.append(
             f"weights stored as {weights} (onnx_weights={weights!r})"
             + (" around 128, the same symmetric int8 grid" if weights == "uint8" else "")
@@ -641,25 +638,19 @@ def export_onnx(job: ExportJob) -> TargetResult:
         "int8 kernels in ONNX Runtime: " + (", ".join(f"{op} x{n}" for op, n in kernels.items()) or "none")
         + (f"; still float: {', '.join(f'{op} x{n}' for op, n in fp_heavy.items())}" if fp_heavy else "")
     )  # fmt: skip
-    if job.verify:
-        from exporters.core.onnx_hub import ort_session
 
-        sess = ort_session(final, job.threads)
-        x = job.samples_nchw()
-        out = np.asarray(ort_run(sess, x)[0])
-        fill_agreement(result, compare(job.reference, out))
-        one = ort_feed(sess, take(x, 0, 1))
-        result.latency_ms = median_latency_ms(lambda: sess.run(None, one))
-        result.threads = job.threads
-    if not kernels:  # after verification: fill_agreement would turn a mismatch within bounds back into ok
-        result.status = "mismatch"
-        why = (
-            "not an int8 artifact: ONNX Runtime runs none of its ops with int8 kernels (every "
-            + (", ".join(f"{op} x{n}" for op, n in fp_heavy.items()) or "op")
-            + " computes in float between QuantizeLinear and DequantizeLinear); export it at fp32, or to a target "
-            "whose int8 kernels cover these layers"
-        )
-        result.reason = why + (f"; {result.reason}" if result.reason else "")
-        log.warning("onnx int8 artifact %s has no int8 kernels in ONNX Runtime", final.name)
-    log.info("ONNX Runtime int8 ONNX written: %s (%s)", final.name, result.notes[-1])
-    return result
+    def no_int8_kernels() -> None:
+        # after verification: fill_agreement would turn a mismatch within bounds back into ok
+        if not kernels:
+            result.status = "mismatch"
+            why = (
+                "not an int8 artifact: ONNX Runtime runs none of its ops with int8 kernels (every "
+                + (", ".join(f"{op} x{n}" for op, n in fp_heavy.items()) or "op")
+                + " computes in float between QuantizeLinear and DequantizeLinear); export it at fp32, or to a target "
+                "whose int8 kernels cover these layers"
+            )
+            result.reason = why + (f"; {result.reason}" if result.reason else "")
+            log.warning("onnx int8 artifact %s has no int8 kernels in ONNX Runtime", final.name)
+        log.info("ONNX Runtime int8 ONNX written: %s (%s)", final.name, result.notes[-1])
+
+    return Artifact(result, [final], finish=no_int8_kernels)

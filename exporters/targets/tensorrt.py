@@ -11,6 +11,10 @@ CUDA GPU: where both exist the engine is built with TensorRT's Python API (stron
 fp32, so the Q/DQ nodes alone set the int8 layers), written as ``model.<precision>.engine`` and run on the
 same samples; elsewhere the report carries the ``trtexec`` command that builds it on the target.
 
+The writer (:func:`write`) writes the ONNX file; the core verifies it through :func:`runner` (int8: each Q/DQ group
+computed in float from its int8 values, as TensorRT does; timed with onnxruntime's int8 kernels); the engine is built
+and, where it runs, verified with the core's :func:`exporters.core.target.measure` as the artifact's last check.
+
 Example:
     >>> # result = export_tensorrt(job)      # job from exporters.core.export.prepare_job(..., precision="int8")
     >>> # result.files                       # ['model.int8.qdq.onnx']
@@ -21,30 +25,32 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from exporters.core.inputs import ort_feed, ort_run, take
 from exporters.core.job import ExportJob
-from exporters.core.onnx_hub import ort_session
+from exporters.core.onnx_hub import OrtRunner
 from exporters.core.qdq import lint_qdq, qdq_counts, residual_add_scales, to_qdq
 from exporters.core.quant import QuantTable
 from exporters.core.report import TargetResult
-from exporters.core.verify import compare, fill_agreement, median_latency_ms
+from exporters.core.target import Artifact, Runner, Target, check, measure, register
 from fitslim.fileio import atomic_path
 from fitslim.recipe import PRECISIONS
 
 __all__ = [
     "ENGINE_MAX_BATCH",
+    "TARGET",
     "EngineRunner",
     "build_engine",
     "export_tensorrt",
+    "runner",
     "tensorrt_available",
     "trtexec_command",
+    "write",
 ]
 
 log = logging.getLogger(__name__)
@@ -244,6 +250,16 @@ class EngineRunner:
             chunks.append(yb.cpu().numpy().astype(np.float32))
         return np.concatenate(chunks)
 
+    def timed(self, one: Any) -> Callable[[], object]:
+        """One run of ``one``, host-to-device and device-to-host copies included."""
+        return lambda: self(one)
+
+
+def runner(paths: Sequence[Path], precision: str, threads: int, batch: int = 256) -> Runner:
+    """The TensorRT-ready ONNX (``paths[0]``) in onnxruntime; int8 outputs as TensorRT computes them (``exact``), timed
+    on onnxruntime's int8 kernels."""
+    return OrtRunner(Path(paths[0]), threads, batch, exact=precision == "int8")
+
 
 def _write_qdq(job: ExportJob, table: QuantTable, final: Path) -> list[str]:
     """Write the Q/DQ model (checked and linted) atomically; return the report notes."""
@@ -276,10 +292,19 @@ def _write_qdq(job: ExportJob, table: QuantTable, final: Path) -> list[str]:
 
 
 def export_tensorrt(job: ExportJob) -> TargetResult:
-    """Write the TensorRT-ready ONNX for ``job.precision``, verify it in onnxruntime, build the engine if possible.
+    """The ``tensorrt`` target at ``job.precision``: written, verified in onnxruntime, the engine where possible.
 
     Raises:
-        ValueError: an unknown precision, int8 without scales, or a Q/DQ model that fails the lint.
+        ValueError, onnx.checker.ValidationError, RuntimeError: as :func:`write`, or TensorRT rejects the model.
+    """
+    return check(job, TARGET, write(job))
+
+
+def write(job: ExportJob) -> Artifact:
+    """Write the TensorRT-ready ONNX for ``job.precision``; the engine is built in the artifact's last check.
+
+    Raises:
+        ValueError: int8 without scales, or a Q/DQ model that fails the lint.
         onnx.checker.ValidationError: the Q/DQ model is not valid ONNX.
         RuntimeError: TensorRT is present but rejects the model or fails to build it.
     """
@@ -308,33 +333,32 @@ def export_tensorrt(job: ExportJob) -> TargetResult:
         scales=scales,
         notes=notes,
     )
-    x = job.samples_nchw()
-    if job.verify:
-        # int8: the Q/DQ graph's own arithmetic, not onnxruntime's CPU-dependent int8 kernels (see ort_session)
-        exact = ort_session(final, job.threads, int8_kernels=job.precision != "int8")
-        fill_agreement(result, compare(job.reference, np.asarray(ort_run(exact, x)[0])))
-        sess = ort_session(final, job.threads) if job.precision == "int8" else exact
-        one = ort_feed(sess, take(x, 0, 1))
-        result.latency_ms = median_latency_ms(lambda: sess.run(None, one))
-        result.threads = job.threads
-    engine_ran = _engine(job, final, result, x)
-    if job.precision == "fp16" and not engine_ran and result.status == "ok":
-        checked = (
-            f"onnxruntime verified it, max relative error {result.max_rel_error:.1e}"
-            if result.max_rel_error is not None
-            else "not run"
-        )
-        result.status = "unverified"
-        result.reason = (
-            f"{final.name} is the fp32 ONNX ({checked}); fp16 is TensorRT's builder flag, and no fp16 engine was "
-            "built and run here: build and check it on the target (see the notes)"
-        )
-    if job.verify and job.precision == "int8" and not engine_ran:
-        result.notes.append(
-            "verified with onnxruntime computing each Q/DQ group in float from its int8 values (TensorRT's int8 "
-            "arithmetic); latency is onnxruntime's int8 CPU kernels on the Q/DQ graph, not a TensorRT int8 engine's"
-        )
-    return result
+
+    def finish() -> None:
+        engine_ran = _engine(job, final, result, job.samples_nchw())
+        if job.precision == "fp16" and not engine_ran and result.status == "ok":
+            checked = (
+                f"onnxruntime verified it, max relative error {result.max_rel_error:.1e}"
+                if result.max_rel_error is not None
+                else "not run"
+            )
+            result.status = "unverified"
+            result.reason = (
+                f"{final.name} is the fp32 ONNX ({checked}); fp16 is TensorRT's builder flag, and no fp16 engine was "
+                "built and run here: build and check it on the target (see the notes)"
+            )
+        if job.verify and job.precision == "int8" and not engine_ran:
+            result.notes.append(
+                "verified with onnxruntime computing each Q/DQ group in float from its int8 values (TensorRT's int8 "
+                "arithmetic); latency is onnxruntime's int8 CPU kernels on the Q/DQ graph, not a TensorRT int8 engine's"
+            )
+        if job.verify and job.options.latency and job.precision != "fp32" and result.latency_ms is not None:
+            result.notes.append(
+                "no latency verdict against fp32: onnxruntime's CPU time of this file says nothing about a TensorRT "
+                "engine; compare engines with trtexec on the GPU"
+            )
+
+    return Artifact(result, [final], finish=finish)
 
 
 def _engine(job: ExportJob, onnx_file: Path, result: TargetResult, x: npt.NDArray[np.float32]) -> bool:
@@ -373,10 +397,10 @@ def _engine(job: ExportJob, onnx_file: Path, result: TargetResult, x: npt.NDArra
         result.notes.append("engine built but not run here: running it needs torch with CUDA for the buffers")
         return False
     onnx_err, onnx_top1 = result.max_abs_error, result.top1_agreement
-    runner = EngineRunner(data)
-    fill_agreement(result, compare(job.reference, runner(x)))
+    measure(job, result, EngineRunner(data), x)
     result.notes.append(f"onnxruntime on {onnx_file.name}: max abs error {onnx_err}, top-1 agreement {onnx_top1}")
-    first = take(x, 0, 1)
-    result.latency_ms = median_latency_ms(lambda: runner(first))
     result.notes.append("engine latency includes the host-to-device and device-to-host copies")
     return True
+
+
+TARGET = register(Target("tensorrt", extra="tensorrt", write=write, runner=runner, suffixes=(".onnx",)))

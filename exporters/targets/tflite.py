@@ -5,8 +5,8 @@ torch models with litert-torch (:mod:`exporters.targets.tflite_torch`, NCHW inpu
 the model interface). Every artifact has float32 inputs and outputs; at ``int8`` every ``CONV_2D``,
 ``DEPTHWISE_CONV_2D`` and ``FULLY_CONNECTED`` must run on int8 inputs and weights, or the export fails
 naming the op that stayed float. Files are ``model.tflite``, ``model.fp16.tflite`` and
-``model.int8.tflite`` in the export directory, written under a temporary name and renamed only once
-they load in LiteRT and pass the int8 check.
+``model.int8.tflite`` in the export directory, written to scratch and installed by the core only once
+they load in LiteRT, pass the int8 check and the core's verification (:func:`runner` runs them).
 
 Example:
     >>> # from exporters import export
@@ -16,12 +16,16 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib
 import importlib.metadata
 import logging
+import shutil
+import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,14 +34,27 @@ import numpy as np
 import numpy.typing as npt
 
 from exporters.core.checks import CALIBRATION_LIMIT, converter_error, quiet
+from exporters.core.inputs import Inputs
 from exporters.core.job import ExportJob
-from exporters.core.latency import compare_with_fp32, slower_hint, warn_slower
+from exporters.core.latency import slower_hint
 from exporters.core.report import TargetResult
-from exporters.core.verify import compare, fill_agreement, median_latency_ms
-from exporters.targets.tflite_torch import convert_torch, run_samples_multi
-from fitslim.fileio import atomic_path
+from exporters.core.target import Artifact, Runner, Target, check, register
+from exporters.core.verify import nchw_to_nhwc
+from exporters.targets.tflite_torch import convert_torch, multi_input_feed
 
-__all__ = ["CALIBRATION_LIMIT", "KERNEL_OPS", "SUFFIXES", "export_tflite", "kernel_summary", "quiet", "tflite_runtime"]
+__all__ = [
+    "CALIBRATION_LIMIT",
+    "KERNEL_OPS",
+    "SUFFIXES",
+    "TARGET",
+    "TfliteRunner",
+    "export_tflite",
+    "kernel_summary",
+    "quiet",
+    "runner",
+    "tflite_runtime",
+    "write",
+]
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +153,16 @@ def _convert_keras(job: ExportJob) -> _Conversion:
             f"target tflite: converting a Keras model needs tensorflow ({err}): pip install 'fitslim[keras]'",
             name=__name__,
         ) from err
-    if job.precision == "int8" and job.tflite_int8 is not None and job.quant is not None and job.quant.origin == "qat":
+    if (
+        job.precision == "int8"
+        and job.options.tflite_int8 is not None
+        and job.quant is not None
+        and job.quant.origin == "qat"
+    ):
         data = job.calibration_nhwc()
         data = data if data is not None else job.samples_nhwc()
         with quiet():
-            content = job.tflite_int8(job.source.model, job.quant.spec, data)
+            content = job.options.tflite_int8(job.source.model, job.quant.spec, data)
         return _Conversion(
             content,
             "learned: each quantized layer's input clipped to its QuantSpec range, kept by the TFLite converter",
@@ -270,60 +292,109 @@ def _prepare_single(interpreter: Any, sample_shape: tuple[int, ...]) -> dict[str
     return dict(interpreter.get_input_details()[0])
 
 
-def _run_samples(interpreter: Any, samples: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], float]:
-    """Run every sample one at a time; returns the stacked outputs and the median single-sample latency."""
-    inp = _prepare_single(interpreter, tuple(samples.shape[1:]))
-    out = interpreter.get_output_details()[0]
-    outputs = []
-    for i in range(len(samples)):
-        interpreter.set_tensor(inp["index"], _quantize(samples[i : i + 1], inp))
-        interpreter.invoke()
-        outputs.append(_dequantize(interpreter.get_tensor(out["index"]), out))
-    interpreter.set_tensor(inp["index"], _quantize(samples[:1], inp))
-    latency = median_latency_ms(interpreter.invoke)
-    return np.concatenate(outputs), latency
+class TfliteRunner:
+    """A ``.tflite`` file loaded once in the LiteRT interpreter; runs a batch one sample at a time.
 
+    Images may come in NCHW or NHWC: a 4-D batch that does not fit the model's input is transposed to NHWC (what a
+    Keras-made artifact takes). Several inputs (token ids, masks) come as a tuple, matched to the model's inputs by
+    :func:`exporters.targets.tflite_torch.multi_input_feed`.
 
-def _latency_verdict(
-    job: ExportJob, result: TargetResult, interpreter: Any, samples: npt.NDArray[np.float32], framework: str
-) -> None:
-    """Time the fp16 / int8 ``.tflite`` against an fp32 ``.tflite`` of the same model, interleaved, in LiteRT.
-
-    The fp32 model is converted for the comparison only (it is not installed as an artifact). A failure here
-    loses only the verdict.
+    Args:
+        path: the ``.tflite`` file.
+        threads: the interpreter's threads.
     """
-    import dataclasses
 
-    try:
-        peer_job = dataclasses.replace(job, precision="fp32", quant=None, notes=[])
-        conversion = _convert_torch(peer_job) if framework == "torch" else _convert_keras(peer_job)
-        fp32 = _interpreter_class()(model_content=conversion.content, num_threads=job.threads)
-        for interp in (interpreter, fp32):
-            inp = _prepare_single(interp, tuple(samples.shape[1:]))
-            interp.set_tensor(inp["index"], _quantize(samples[:1], inp))
-        peer = "fp32 .tflite converted for comparison, LiteRT, same threads"
-        compare_with_fp32(result, interpreter.invoke, fp32.invoke, peer, job.threads)
-        warn_slower(result, [], slower_hint("tflite", job.precision))
-    except Exception as err:  # the artifact is verified; only the comparison is lost
-        log.warning("tflite %s: no latency verdict (%s: %s)", job.precision, type(err).__name__, err)
+    def __init__(self, path: Path, threads: int) -> None:
+        self.interpreter = _interpreter_class()(model_path=str(path), num_threads=threads)
+        detail = self.interpreter.get_input_details()[0]
+        self.signature = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))[1:]
+        self._prepared: dict[tuple[int, ...], dict[str, Any]] = {}
+
+    def _fits(self, shape: tuple[int, ...]) -> bool:
+        sig = self.signature
+        return len(shape) == len(sig) and all(s in (-1, d) for s, d in zip(sig, shape, strict=True))
+
+    def _layout(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        if x.ndim != 4 or self._fits(tuple(x.shape[1:])):
+            return x
+        samples = nchw_to_nhwc(x)  # a Keras-made artifact takes NHWC
+        if not self._fits(tuple(samples.shape[1:])):
+            raise ValueError(
+                f"target 'tflite': the model's input {list(self.signature)} fits neither NCHW {list(x.shape[1:])} "
+                f"nor NHWC {list(samples.shape[1:])}."
+            )
+        return samples
+
+    def _input(self, shape: tuple[int, ...]) -> dict[str, Any]:
+        if shape not in self._prepared:
+            self._prepared.clear()
+            self._prepared[shape] = _prepare_single(self.interpreter, shape)
+        return self._prepared[shape]
+
+    def __call__(self, x: Inputs) -> npt.NDArray[np.float32]:
+        """Each sample's first output (dequantized), flattened, one row per sample."""
+        interpreter = self.interpreter
+        out = interpreter.get_output_details()[0]
+        if isinstance(x, tuple):
+            self._prepared.clear()
+            feed = multi_input_feed(interpreter, x)
+            count = len(x[0])
+        else:
+            samples = self._layout(np.asarray(x, dtype=np.float32))
+            inp = self._input(tuple(samples.shape[1:]))
+
+            def feed(i: int) -> None:
+                interpreter.set_tensor(inp["index"], _quantize(samples[i : i + 1], inp))
+
+            count = len(samples)
+        outputs = []
+        for i in range(count):
+            feed(i)
+            interpreter.invoke()
+            outputs.append(_dequantize(interpreter.get_tensor(out["index"]), out).reshape(-1))
+        return np.stack(outputs)
+
+    def timed(self, one: Inputs) -> Callable[[], object]:
+        """``interpreter.invoke`` with ``one`` set as its input."""
+        if isinstance(one, tuple):
+            self._prepared.clear()
+            multi_input_feed(self.interpreter, one)(0)
+        else:
+            samples = self._layout(np.asarray(one, dtype=np.float32))
+            inp = self._input(tuple(samples.shape[1:]))
+            self.interpreter.set_tensor(inp["index"], _quantize(samples[:1], inp))
+        return self.interpreter.invoke
+
+
+def runner(paths: Sequence[Path], precision: str, threads: int, batch: int = 256) -> Runner:
+    """A ``.tflite`` artifact (``paths[0]``) loaded in LiteRT (its precision is in the file)."""
+    return TfliteRunner(Path(paths[0]), threads)
 
 
 # -------------------------------------------------------------------------------------------- the target
 
 
 def export_tflite(job: ExportJob) -> TargetResult:
-    """Convert, write atomically, check the int8 kernels, and verify the artifact in LiteRT.
+    """The ``tflite`` target at ``job.precision``: converted, checked, verified in LiteRT and installed.
+
+    Raises:
+        ImportError, ValueError, RuntimeError: as :func:`write`, or LiteRT cannot run the artifact.
+    """
+    return check(job, TARGET, write(job))
+
+
+def write(job: ExportJob) -> Artifact:
+    """Convert the model, write the ``.tflite`` to scratch and check its int8 kernels (the core verifies it).
 
     Args:
         job: the export job; its precision picks fp32, fp16 weights or full-integer int8.
 
     Returns:
-        The report row: file, size, agreement with the source, latency, scale origin and kernel summary.
+        The artifact: the report row (file, scale origin, kernel summary, input note) and the scratch file.
 
     Raises:
         ImportError: tensorflow (Keras) or litert-torch (torch) is missing, naming the extra to install.
-        ValueError: an ONNX source, an unknown precision, int8 without a way to get scales, or a layout
-            mismatch between the artifact and the samples.
+        ValueError: an ONNX source, an unknown precision, or int8 without a way to get scales.
         RuntimeError: an int8 artifact where a conv/FC kernel stayed float (no file is left behind).
     """
     framework = job.source.framework
@@ -334,11 +405,59 @@ def export_tflite(job: ExportJob) -> TargetResult:
             f"target tflite: a {framework} source cannot be converted here (onnx2tf needs Python 3.12); "
             "export the torch or Keras model itself."
         )
+    conversion = _convert(job)
+    final: Path = job.artifact(SUFFIXES[job.precision])
+    job.workdir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="tflite-", dir=job.workdir))  # the core removes it after its checks
+    path = scratch / final.name
+    path.write_bytes(conversion.content)
+    result = TargetResult("tflite", job.precision, files=[final.name], threads=job.threads, runtime=tflite_runtime())
+    result.scales = conversion.scales
+    interpreter = _interpreter_class()(model_path=str(path), num_threads=job.threads)
+    interpreter.allocate_tensors()
     try:
-        if framework == "torch":
-            conversion, samples = _convert_torch(job), job.samples_nchw()
-        else:
-            conversion, samples = _convert_keras(job), job.samples_nhwc()
+        result.notes.append(kernel_summary(interpreter, require_int8=job.precision == "int8"))
+    except RuntimeError:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    result.notes.append(_input_note(interpreter, "NCHW" if framework == "torch" else "NHWC"))
+    result.notes.extend(conversion.notes)
+
+    def fp32_peer() -> tuple[list[Path], str]:
+        # converted for the comparison only, not installed
+        options = copy.copy(job.options)
+        options.precision = "fp32"
+        peer = _convert(dataclasses.replace(job, options=options, quant=None, notes=[]))
+        peer_path = scratch / f"fp32-peer{final.suffix}"
+        peer_path.write_bytes(peer.content)
+        return [peer_path], "fp32 .tflite converted for comparison, LiteRT, same threads"
+
+    def finish() -> None:
+        log.info(
+            "tflite %s: %s (%.1f KB)%s",
+            job.precision,
+            final.name,
+            path.stat().st_size / 1024,
+            "" if result.max_rel_error is None else f", max rel error {result.max_rel_error:.2e}",
+        )
+
+    several = isinstance(job.samples, tuple)  # several inputs (token ids, masks): no verdict against fp32
+    return Artifact(
+        result,
+        [path],
+        finals=[final],
+        fp32_peer=fp32_peer if job.precision != "fp32" and not several else None,
+        slower=lambda run, fp32, one: ([], slower_hint("tflite", job.precision)),
+        finish=finish,
+        scratch=scratch,
+    )
+
+
+def _convert(job: ExportJob) -> _Conversion:
+    """The converted model's bytes, scales and notes; a converter failure says what to try instead."""
+    framework = job.source.framework
+    try:
+        return _convert_torch(job) if framework == "torch" else _convert_keras(job)
     except ImportError:
         raise
     except Exception as err:
@@ -351,32 +470,7 @@ def export_tflite(job: ExportJob) -> TargetResult:
         )
         converter = "litert-torch" if framework == "torch" else "the TFLite converter"
         raise converter_error(err, f"tflite {job.precision}", converter, instead) from err
-    interpreter_cls = _interpreter_class()
-    path: Path = job.artifact(SUFFIXES[job.precision])
-    result = TargetResult("tflite", job.precision, files=[path.name], threads=job.threads, runtime=tflite_runtime())
-    result.scales = conversion.scales
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(conversion.content)
-        interpreter = interpreter_cls(model_path=str(tmp), num_threads=job.threads)
-        interpreter.allocate_tensors()
-        result.notes.append(kernel_summary(interpreter, require_int8=job.precision == "int8"))
-        result.notes.append(_input_note(interpreter, "NCHW" if framework == "torch" else "NHWC"))
-        if job.verify:
-            if isinstance(samples, tuple):  # several inputs (token ids, masks), from torch
-                outputs, latency = run_samples_multi(interpreter, samples)
-            else:
-                outputs, latency = _run_samples(interpreter, samples)
-            fill_agreement(result, compare(job.reference, outputs))
-            result.latency_ms = latency
-            if job.precision != "fp32" and job.latency and not isinstance(samples, tuple):
-                _latency_verdict(job, result, interpreter, samples, framework)
-    result.notes.extend(conversion.notes)
-    result.size_bytes = path.stat().st_size
-    log.info(
-        "tflite %s: %s (%.1f KB)%s",
-        job.precision,
-        path.name,
-        result.size_bytes / 1024,
-        "" if result.max_rel_error is None else f", max rel error {result.max_rel_error:.2e}",
-    )
-    return result
+
+
+TARGET = register(Target("tflite", extra="tflite", write=write, runner=runner, suffixes=(".tflite",), layout="source",
+                         needs_onnx=False))  # fmt: skip

@@ -29,6 +29,7 @@ import importlib
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ from exporters.core.checks import CALIBRATION_LIMIT, quiet
 from exporters.core.job import ExportJob
 from exporters.core.quant import QuantizedNode, QuantTable
 
-__all__ = ["TorchConversion", "convert_torch", "pt2e_quantize", "run_samples_multi"]
+__all__ = ["TorchConversion", "convert_torch", "multi_input_feed", "pt2e_quantize"]
 
 log = logging.getLogger(__name__)
 
@@ -590,18 +591,16 @@ def _convert(job: ExportJob, litert_torch: Any) -> TorchConversion:
     return TorchConversion(content, scales, notes)
 
 
-def run_samples_multi(interpreter: Any, samples: tuple[Any, ...]) -> tuple[npt.NDArray[np.float32], float]:
-    """Run a LiteRT model with several inputs (token ids, masks) one sample at a time.
+def multi_input_feed(interpreter: Any, samples: tuple[Any, ...]) -> Callable[[int], None]:
+    """Fit a LiteRT model with several inputs (token ids, masks) to one sample each; returns ``feed(i)``, which sets
+    sample ``i`` of every input array.
 
     The model's inputs are matched to ``samples`` by litert-torch's ``args_<i>`` names (their order in the
-    torch ``forward``), else taken in the interpreter's order. Returns the stacked outputs and the median
-    single-sample latency.
+    torch ``forward``), else taken in the interpreter's order.
 
     Raises:
         ValueError: the model has another number of inputs.
     """
-    from exporters.core.verify import median_latency_ms
-
     details = list(interpreter.get_input_details())
     if len(details) != len(samples):
         raise ValueError(f"tflite: the model takes {len(details)} inputs; got {len(samples)} arrays.")
@@ -614,16 +613,9 @@ def run_samples_multi(interpreter: Any, samples: tuple[Any, ...]) -> tuple[npt.N
     for d, a in zip(details, samples, strict=True):
         interpreter.resize_tensor_input(d["index"], [1, *a.shape[1:]])
     interpreter.allocate_tensors()
-    out = interpreter.get_output_details()[0]
 
     def feed(i: int) -> None:
         for d, a in zip(details, samples, strict=True):
             interpreter.set_tensor(d["index"], np.ascontiguousarray(a[i : i + 1], dtype=np.dtype(d["dtype"])))
 
-    outputs = []
-    for i in range(len(samples[0])):
-        feed(i)
-        interpreter.invoke()
-        outputs.append(np.asarray(interpreter.get_tensor(out["index"]), dtype=np.float32).copy())
-    feed(0)
-    return np.concatenate(outputs), median_latency_ms(interpreter.invoke)
+    return feed

@@ -160,7 +160,7 @@ def test_failed_target_exits_1(
     def broken(job: Any) -> Any:
         raise RuntimeError("converter crashed")
 
-    monkeypatch.setattr(exporters.targets.ncnn, "export_ncnn", broken)
+    monkeypatch.setattr(exporters.targets.ncnn.TARGET, "write", broken)
     model = _tiny_onnx(tmp_path / "tiny.onnx")
     out = tmp_path / "exports"
     assert main(["export", str(model), "--to", "onnx", "ncnn", "--output", str(out)]) == 1

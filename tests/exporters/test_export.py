@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
 import torch
 
 from exporters import ExportReport, export
+from exporters.core import target as target_core
 from exporters.core.onnx_hub import fold_batchnorm, ort_session, to_onnx
 from exporters.core.source import Source, batches_to_numpy, detect_framework
 from lightning_plugins.models import torch_model
@@ -145,8 +145,7 @@ def _broken_target(job: Any) -> Any:
 def test_failed_target_is_reported_and_others_still_produced(
     trained_torch_digits: Any, digits_nchw: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    impl = sys.modules["exporters.core.export"]._TARGET_IMPL
-    monkeypatch.setitem(impl, "ncnn", (__name__, "_broken_target", "export"))
+    monkeypatch.setattr(target_core.lookup("ncnn"), "write", _broken_target)
     before = {k: v.clone() for k, v in trained_torch_digits.state_dict().items()}
     report = export(trained_torch_digits, ["ncnn", "onnx"], example_input=digits_nchw.x_test[:1], directory=tmp_path)
     assert report["ncnn"].status == "failed" and "block.dw_conv" in report["ncnn"].reason

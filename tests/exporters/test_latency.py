@@ -93,12 +93,15 @@ def test_report_says_what_verified() -> None:
     from exporters.core.export import _verified_on
 
     x = np.zeros((24, 1, 8, 8), np.float32)
-    job: Any = SimpleNamespace(samples=x, calibration=x)
-    assert _verified_on(job, x, "validation samples", True) == "24 validation samples"
-    assert _verified_on(job, None, "", True) == "24 calibration samples (the int8 scales were computed on these inputs)"
-    assert _verified_on(job, None, "", False) == "24 of the calibration inputs"  # fp32, or int8 from a QuantSpec
+    options = SimpleNamespace(samples=x, samples_from="validation samples", precision="int8", quant_spec=None)
+    job: Any = SimpleNamespace(samples=x, calibration=x, options=options)
+    assert _verified_on(job) == "24 validation samples"
+    options.samples = None
+    assert _verified_on(job) == "24 calibration samples (the int8 scales were computed on these inputs)"
+    options.precision = "fp32"
+    assert _verified_on(job) == "24 of the calibration inputs"  # fp32, or int8 from a QuantSpec
     job.calibration = None
-    assert _verified_on(job, None, "", False) == "24 inputs: the example and random inputs over its value range"
+    assert _verified_on(job) == "24 inputs: the example and random inputs over its value range"
 
 
 def test_ncnn_layer_costs_come_from_extraction_times(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,7 +110,7 @@ def test_ncnn_layer_costs_come_from_extraction_times(monkeypatch: pytest.MonkeyP
     extraction computes."""
     from types import SimpleNamespace
 
-    import exporters.core.latency as latency
+    import exporters.targets.ncnn as ncnn_module
     from exporters.targets.ncnn_int8 import NcnnParam
 
     text = "\n".join([
@@ -121,7 +124,7 @@ def test_ncnn_layer_costs_come_from_extraction_times(monkeypatch: pytest.MonkeyP
     ])  # fmt: skip
     graph = NcnnParam.parse(text)
     clock = [0.0]
-    monkeypatch.setattr(latency.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(ncnn_module.time, "perf_counter", lambda: clock[0])
     ancestors = {"a": ["conv_0"], "b": ["conv_0", "convdw_1"], "c": ["conv_0", "conv_2"],
                  "out0": ["conv_0", "convdw_1", "conv_2", "add_0"]}  # fmt: skip
 
@@ -136,10 +139,10 @@ def test_ncnn_layer_costs_come_from_extraction_times(monkeypatch: pytest.MonkeyP
 
     int8 = {"conv_0": 1.0, "convdw_1": 5.0, "conv_2": 2.0, "add_0": 0.5}
     fp32 = {"conv_0": 1.0, "convdw_1": 1.0, "conv_2": 2.0, "add_0": 0.25}
-    costs = latency._prefix_costs(model(int8), graph, np.zeros((1, 2, 2), np.float32), repeats=2)
+    costs = ncnn_module._prefix_costs(model(int8), graph, np.zeros((1, 2, 2), np.float32), repeats=2)
     assert costs == pytest.approx(int8) and "splitncnn_0" not in costs
     monkeypatch.setattr(NcnnParam, "parse", classmethod(lambda cls, t, s="": graph))
-    named = latency.ncnn_costly_layers(model(int8), model(fp32), __file__, np.zeros((1, 2, 2), np.float32))
+    named = ncnn_module.costly_layers(model(int8), model(fp32), __file__, np.zeros((1, 2, 2), np.float32))
     assert named == [
         "ConvolutionDepthWise convdw_1 5.000 ms vs 1.000 ms fp32",
         "BinaryOp add_0 0.500 ms vs 0.250 ms fp32",

@@ -16,9 +16,10 @@ pytest.importorskip("torch", reason="torch not installed")
 
 import torch
 
+from exporters.core import target as target_core
 from exporters.core.export import prepare_job
-from exporters.core.job import ExportJob
-from exporters.targets import ncnn as ncnn_target
+from exporters.core.job import ExportJob, ExportOptions
+from exporters.core.target import install
 from exporters.targets.ncnn import NcnnModel, export_ncnn, run_pnnx
 from exporters.targets.ncnn_int8 import TAG_FP16, TAG_FP32, read_model
 from tests.conftest import random_bn_stats
@@ -41,7 +42,8 @@ class TinyFCN(torch.nn.Module):
 
 
 def _job(model: Any, precision: str, tmp_path: Path, x: np.ndarray, **kwargs: Any) -> ExportJob:
-    return prepare_job(model, precision, tmp_path / "out", tmp_path / "work", example_input=x[:1], samples=x, **kwargs)
+    options = ExportOptions(precision=precision, directory=tmp_path / "out", example_input=x[:1], samples=x, **kwargs)
+    return prepare_job(model, options, tmp_path / "work")
 
 
 def _bare_job(tmp_path: Path, onnx_path: Path, precision: str = "fp32") -> ExportJob:
@@ -53,7 +55,7 @@ def _bare_job(tmp_path: Path, onnx_path: Path, precision: str = "fp32") -> Expor
         input_shape=(1, 1, 8, 8),
         directory=tmp_path / "out",
         workdir=tmp_path / "work",
-        precision=precision,
+        options=ExportOptions(precision=precision),
         samples=zeros,
         reference=np.zeros((1, 10), np.float32),
     )
@@ -162,14 +164,14 @@ def test_int8_without_scales(tmp_path: Path) -> None:
         export_ncnn(_bare_job(tmp_path, tmp_path / "m.onnx", "int8"))
 
 
-def test_install_pair_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_install_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.param").write_text("param")
     (src / "a.bin").write_bytes(b"bin")
     dest = tmp_path / "dest"
     calls = {"n": 0}
-    real_replace = ncnn_target.os.replace
+    real_replace = target_core.os.replace
 
     def flaky_replace(a: Any, b: Any) -> None:
         calls["n"] += 1
@@ -177,29 +179,29 @@ def test_install_pair_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.Monk
             raise OSError("disk full")
         real_replace(a, b)
 
-    monkeypatch.setattr(ncnn_target.os, "replace", flaky_replace)
+    monkeypatch.setattr(target_core.os, "replace", flaky_replace)
     with pytest.raises(OSError, match="disk full"):
-        ncnn_target._install_pair([(src / "a.param", dest / "m.param"), (src / "a.bin", dest / "m.bin")])
+        install([(src / "a.param", dest / "m.param"), (src / "a.bin", dest / "m.bin")])
     assert list(dest.iterdir()) == []  # the first rename was undone, no .partial file left
 
-    monkeypatch.setattr(ncnn_target.os, "replace", real_replace)
-    ncnn_target._install_pair([(src / "a.param", dest / "m.param"), (src / "a.bin", dest / "m.bin")])
+    monkeypatch.setattr(target_core.os, "replace", real_replace)
+    install([(src / "a.param", dest / "m.param"), (src / "a.bin", dest / "m.bin")])
     assert (dest / "m.param").read_text() == "param" and (dest / "m.bin").read_bytes() == b"bin"
     assert sorted(p.name for p in dest.iterdir()) == ["m.bin", "m.param"]
 
     # over an existing pair: a failing second rename leaves neither the new param nor the old bin
     calls["n"] = 0
-    monkeypatch.setattr(ncnn_target.os, "replace", flaky_replace)
+    monkeypatch.setattr(target_core.os, "replace", flaky_replace)
     with pytest.raises(OSError, match="disk full"):
-        ncnn_target._install_pair([(src / "a.param", dest / "m.param"), (src / "a.bin", dest / "m.bin")])
+        install([(src / "a.param", dest / "m.param"), (src / "a.bin", dest / "m.bin")])
     assert list(dest.iterdir()) == []
     # a failing first rename leaves the existing pair untouched
-    monkeypatch.setattr(ncnn_target.os, "replace", real_replace)
-    ncnn_target._install_pair([(src / "a.param", dest / "m.param"), (src / "a.bin", dest / "m.bin")])
+    monkeypatch.setattr(target_core.os, "replace", real_replace)
+    install([(src / "a.param", dest / "m.param"), (src / "a.bin", dest / "m.bin")])
     calls["n"] = 1
-    monkeypatch.setattr(ncnn_target.os, "replace", flaky_replace)
+    monkeypatch.setattr(target_core.os, "replace", flaky_replace)
     with pytest.raises(OSError, match="disk full"):
-        ncnn_target._install_pair([(src / "a.bin", dest / "m.param"), (src / "a.param", dest / "m.bin")])
+        install([(src / "a.bin", dest / "m.param"), (src / "a.param", dest / "m.bin")])
     assert (dest / "m.param").read_text() == "param" and (dest / "m.bin").read_bytes() == b"bin"
     assert sorted(p.name for p in dest.iterdir()) == ["m.bin", "m.param"]
 
@@ -230,7 +232,7 @@ def test_fused_qkv_unbind_is_lowered_to_slice(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = QKVUnbind().eval()
     x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
-    job = prepare_job(model, "fp32", tmp_path, tmp_path / "work", example_input=x[:1], samples=x)
+    job = prepare_job(model, ExportOptions(directory=tmp_path, example_input=x[:1], samples=x), tmp_path / "work")
     r = export_ncnn(job)
     assert r.ok, r.reason
     assert r.max_rel_error is not None and r.max_rel_error <= 1e-4
@@ -254,7 +256,8 @@ class StridedSlice(torch.nn.Module):
 def test_strided_slice_is_refused_with_the_layer_and_why(tmp_path: Path) -> None:
     torch.manual_seed(0)
     x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
-    job = prepare_job(StridedSlice().eval(), "fp32", tmp_path, tmp_path / "work", example_input=x[:1], samples=x)
+    options = ExportOptions(directory=tmp_path, example_input=x[:1], samples=x)
+    job = prepare_job(StridedSlice().eval(), options, tmp_path / "work")
     with pytest.raises(RuntimeError, match=r"Tensor\.slice \(layer '[^']+'\).*ncnn's Crop has no step"):
         export_ncnn(job)
     assert not list(tmp_path.glob("model.ncnn.*"))

@@ -463,14 +463,16 @@ def digits_int8(
     pytest.importorskip("pnnx", reason="pnnx not installed")
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
     from exporters.core.export import prepare_job
+    from exporters.core.job import ExportOptions
     from exporters.targets.ncnn import export_ncnn, run_pnnx
 
     tmp = tmp_path_factory.mktemp("ncnn_int8")
     d = digits_nchw
-    job = prepare_job(
-        trained_torch_digits, "int8", tmp / "out", tmp / "work", example_input=d.x_test[:1],
-        calibration=d.x_train[:256], samples=d.x_test,
+    options = ExportOptions(
+        precision="int8", directory=tmp / "out", example_input=d.x_test[:1], calibration=d.x_train[:256],
+        samples=d.x_test,
     )  # fmt: skip
+    job = prepare_job(trained_torch_digits, options, tmp / "work")
     result = export_ncnn(job)
     if job.quant is None:
         raise AssertionError("an int8 job without scales")
@@ -612,6 +614,7 @@ def test_pruned_filters_stay_zero_in_int8(trained_torch_digits: Any, digits_nchw
     import torch
 
     from exporters.core.export import prepare_job
+    from exporters.core.job import ExportOptions
     from exporters.targets.ncnn import export_ncnn
 
     model = copy.deepcopy(trained_torch_digits)
@@ -620,14 +623,10 @@ def test_pruned_filters_stay_zero_in_int8(trained_torch_digits: Any, digits_nchw
         for conv in convs:
             conv.weight[0::3] = 0  # a third of the filters
     d = digits_nchw
-    job = prepare_job(
-        model,
-        "int8",
-        tmp_path / "out",
-        tmp_path / "work",
-        example_input=d.x_test[:1],
-        calibration=d.x_train[:256],
+    options = ExportOptions(
+        precision="int8", directory=tmp_path / "out", example_input=d.x_test[:1], calibration=d.x_train[:256]
     )
+    job = prepare_job(model, options, tmp_path / "work")
     result = export_ncnn(job)
     # the pruned model's outputs vary less from input to input: its int8 RMS error is 0.103 of their spread on an
     # AMD EPYC (0.022 unpruned); bound 0.2, the library's bound when few samples are decisive
@@ -689,7 +688,7 @@ def test_calibrated_ptq_export_end_to_end(trained_torch_digits: Any, digits_nchw
 
 
 def _handmade_job(handmade: Handmade, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference: np.ndarray) -> Any:
-    from exporters.core.job import ExportJob
+    from exporters.core.job import ExportJob, ExportOptions
     from exporters.targets import ncnn as ncnn_target
 
     def fake_pnnx(onnx_path: Any, input_shape: Any, scratch: Path, fp16: bool) -> tuple[Path, Path]:
@@ -703,7 +702,7 @@ def _handmade_job(handmade: Handmade, tmp_path: Path, monkeypatch: pytest.Monkey
         input_shape=(1, C, H, W),
         directory=tmp_path / "out",
         workdir=tmp_path / "work",
-        precision="int8",
+        options=ExportOptions(precision="int8"),
         samples=handmade.x,
         reference=reference,
         quant=handmade.table,
@@ -731,7 +730,10 @@ def test_failed_verification_installs_nothing(
     from exporters.targets.ncnn import export_ncnn
 
     wrong = np.zeros((len(handmade.x), 7), np.float32)  # the model has 10 outputs
-    with pytest.raises(RuntimeError, match=r"ncnn output 0 has shape \(10,\).*kept in .*failed/ncnn-int8"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"output has shape \(10,\) per sample; the source model's is \(7,\).*kept in .*failed/ncnn-int8",
+    ):
         export_ncnn(_handmade_job(handmade, tmp_path, monkeypatch, wrong))
     out = tmp_path / "out"
     # nothing is installed as an artifact; the files are kept for inspection under failed/ only

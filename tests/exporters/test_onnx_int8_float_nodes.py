@@ -26,7 +26,7 @@ from torch import nn
 import exporters.targets.onnx_int8 as onnx_int8
 from exporters import export
 from exporters.core.quant import QuantTable
-from exporters.targets.onnx_int8 import _float_notes, float_nodes
+from exporters.targets.onnx_int8 import float_nodes, float_notes
 
 
 class SmallToken(nn.Module):
@@ -105,7 +105,7 @@ def test_float_nodes_finds_layernorm_inputs_and_activation_matmuls(tmp_path: Pat
     assert float_nodes(model, table) == {"layernorm input": ["residual"], "activation matmul": ["attention"]}
     table = _Table("calibrated")  # PTQ: attention MatMuls are quantized as onnxruntime does
     assert float_nodes(model, table) == {"layernorm input": ["residual"]}
-    notes = _float_notes(path, _Table("qat"))  # type: ignore[arg-type]
+    notes = float_notes(path, _Table("qat"))  # type: ignore[arg-type]
     assert any("LayerNormalization inputs kept float (1 " in n for n in notes), notes
     assert any("MatMuls of two activations x1" in n for n in notes), notes
 
@@ -122,13 +122,13 @@ def test_the_float_after_qat_note_counts_only_ops_the_graph_has(tmp_path: Path) 
         return _graph(nodes, tmp_path / name)
 
     qat: Any = _Table("qat")
-    assert _float_notes(graph_file(["Relu", "Add"], "plain.onnx"), qat) == []
+    assert float_notes(graph_file(["Relu", "Add"], "plain.onnx"), qat) == []
     silu = graph_file(["Sigmoid", "Mul", "Relu", "Sigmoid", "Mul", "Mul"], "silu.onnx")
-    notes = _float_notes(silu, qat)
+    notes = float_notes(silu, qat)
     assert "Mul x3, Sigmoid x2" in notes[0], notes
     # the ReLU after the first product is fed by float ops only: kept float too, and said
     assert any(n.startswith("after QAT, 1 op(s) fed only by float ops") for n in notes), notes
-    assert _float_notes(silu, _Table("calibrated")) == []  # type: ignore[arg-type]
+    assert float_notes(silu, _Table("calibrated")) == []  # type: ignore[arg-type]
 
 
 def test_after_qat_ops_fed_only_by_float_ops_stay_float(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from exporters.core.export import export, prepare_job
-from exporters.core.job import ExportJob
+from exporters.core.job import ExportJob, ExportOptions
 from exporters.core.qdq import ResidualInput, lint_qdq, qdq_counts, residual_add_scales, to_qdq
 from exporters.core.quant import QuantizedNode, QuantTable, WeightedNode
 from exporters.core.verify import compare
@@ -254,7 +254,9 @@ class ResidualFullyConv(torch.nn.Module):
 def digits_job(trained_torch_digits: Any, digits_nchw: Any, tmp_path_factory: pytest.TempPathFactory) -> ExportJob:
     """The trained digits CNN prepared for int8 with calibration on x_train[:256]."""
     d = tmp_path_factory.mktemp("digits_job")
-    return prepare_job(trained_torch_digits, "int8", d, d, calibration=digits_nchw.x_train[:256])
+    return prepare_job(
+        trained_torch_digits, ExportOptions(precision="int8", directory=d, calibration=digits_nchw.x_train[:256]), d
+    )
 
 
 @pytest.fixture(scope="module")
@@ -620,7 +622,8 @@ def test_downsample_shortcut_conv_is_the_skip_input() -> None:
 def test_export_tensorrt_int8_from_onnx_file(small: tuple[Any, QuantTable, FloatArray], tmp_path: Path) -> None:
     m, _, calib = small
     onnx.save(m, str(tmp_path / "small.onnx"))
-    job = prepare_job(str(tmp_path / "small.onnx"), "int8", tmp_path / "out", tmp_path / "work", calibration=calib)
+    options = ExportOptions(precision="int8", directory=tmp_path / "out", calibration=calib)
+    job = prepare_job(str(tmp_path / "small.onnx"), options, tmp_path / "work")
     r = export_tensorrt(job)
     assert r.ok and r.files == ["model.int8.qdq.onnx"]
     assert r.size_bytes == (tmp_path / "out" / "model.int8.qdq.onnx").stat().st_size
@@ -649,19 +652,20 @@ def test_int8_verification_runs_the_qdq_arithmetic_not_the_cpus_int8_kernels(
 ) -> None:
     """onnxruntime's fused int8 kernels saturate on x86 without VNNI (a random ConvNeXtTiny's Q/DQ file: RMS error 11.0
     of the spread on such a CPU, 1.9 in float); the TensorRT target is verified on the Q/DQ graph's own arithmetic."""
-    import exporters.targets.tensorrt as trt
+    from exporters.core import onnx_hub
     from exporters.core.onnx_hub import ort_session
 
     m, table, calib = small
     onnx.save(m, str(tmp_path / "small.onnx"))
-    job = prepare_job(str(tmp_path / "small.onnx"), "int8", tmp_path / "out", tmp_path / "work", calibration=calib)
+    options = ExportOptions(precision="int8", directory=tmp_path / "out", calibration=calib)
+    job = prepare_job(str(tmp_path / "small.onnx"), options, tmp_path / "work")
     kinds: list[bool] = []
 
     def spy(path: Any, threads: int = 2, int8_kernels: bool = True) -> Any:
         kinds.append(int8_kernels)
         return ort_session(path, threads, int8_kernels=int8_kernels)
 
-    monkeypatch.setattr(trt, "ort_session", spy)
+    monkeypatch.setattr(onnx_hub, "ort_session", spy)  # the sessions of the target's runner
     r = export_tensorrt(job)
     assert r.ok and kinds[0] is False, kinds  # the verification session
     assert any(n.startswith("verified with onnxruntime computing each Q/DQ group in float") for n in r.notes)
@@ -699,7 +703,8 @@ def test_tensorrt_engine_builds_and_agrees(small: tuple[Any, QuantTable, FloatAr
         pytest.skip(f"TensorRT engine build needs tensorrt and a CUDA GPU: {why}")
     m, _, calib = small
     onnx.save(m, str(tmp_path / "small.onnx"))
-    job = prepare_job(str(tmp_path / "small.onnx"), "int8", tmp_path / "out", tmp_path / "work", calibration=calib)
+    options = ExportOptions(precision="int8", directory=tmp_path / "out", calibration=calib)
+    job = prepare_job(str(tmp_path / "small.onnx"), options, tmp_path / "work")
     r = export_tensorrt(job)
     assert r.files == ["model.int8.qdq.onnx", "model.int8.engine"] and r.runtime.startswith("TensorRT ")
     assert r.top1_agreement is not None and r.top1_agreement >= 0.9
@@ -864,7 +869,8 @@ def test_odd_input_size_fully_convolutional(tmp_path: Path) -> None:
     model = random_bn_stats(ResidualFullyConv())
     rng = np.random.default_rng(0)
     calib = rng.random((16, 3, 17, 23), dtype=np.float32)
-    job = prepare_job(model, "int8", tmp_path / "out", tmp_path / "work", example_input=calib[:2], calibration=calib)
+    options = ExportOptions(precision="int8", directory=tmp_path / "out", example_input=calib[:2], calibration=calib)
+    job = prepare_job(model, options, tmp_path / "work")
     r = export_tensorrt(job)
     assert r.ok and r.top1_agreement is None  # (N, 4, H, W) output: no arg-max agreement, errors only
     assert r.max_rel_error is not None and r.max_rel_error < 0.05
@@ -894,7 +900,7 @@ def test_mobilenet_v2_residual_adds_and_reference(tmp_path: Path) -> None:
     )
     rng = np.random.default_rng(0)
     calib = rng.random((16, 3, 96, 96), dtype=np.float32)
-    job = prepare_job(model, "int8", tmp_path, tmp_path, calibration=calib)
+    job = prepare_job(model, ExportOptions(precision="int8", directory=tmp_path, calibration=calib), tmp_path)
     assert job.quant is not None and len(job.quant) == 53
     fp32 = onnx.load(str(job.onnx_path))
     qdq = to_qdq(fp32, job.quant)

@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from exporters.core.export import export, prepare_job
-from exporters.core.job import ExportJob
+from exporters.core.job import ExportJob, ExportOptions
 from exporters.core.source import Source
 from exporters.core.verify import compare
 from exporters.targets.tflite import KERNEL_OPS, export_tflite, kernel_summary
@@ -72,7 +72,7 @@ def kernels(path: Path) -> list[dict[str, Any]]:
 def tflite_job(model: Any, precision: str, tmp_path: Path, **kwargs: Any) -> ExportJob:
     work = tmp_path / "work"
     work.mkdir(parents=True, exist_ok=True)
-    return prepare_job(model, precision, tmp_path, work, **kwargs)
+    return prepare_job(model, ExportOptions(precision=precision, directory=tmp_path, **kwargs), work)
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -469,11 +469,11 @@ def test_int8_with_a_float_kernel_fails_naming_it_and_leaves_no_file(
     real = tfl._convert_keras
 
     def float_model(job: ExportJob) -> Any:  # a converter that silently left the kernels in float
-        job.precision = "fp32"
+        job.options.precision = "fp32"
         try:
             return real(job)
         finally:
-            job.precision = "int8"
+            job.options.precision = "int8"
 
     monkeypatch.setattr(tfl, "_convert_keras", float_model)
     x = digits_nhwc.x_test
@@ -524,7 +524,7 @@ def test_torch_model_with_fake_quant_ops_is_refused_clearly(tmp_path: Path) -> N
         input_shape=(1, 1, 8, 8),
         directory=tmp_path,
         workdir=tmp_path,
-        precision="int8",
+        options=ExportOptions(precision="int8"),
         samples=x,
         reference=Source.from_model(model).predict(x),
         calibration=x,
@@ -551,7 +551,7 @@ def test_unknown_precision_and_onnx_source_are_rejected(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 6, 3)).eval()
     job = tflite_job(model, "fp32", tmp_path, example_input=np.zeros((1, 1, 8, 8), np.float32), verify=False)
-    job.precision = "bf16"
+    job.options.precision = "bf16"
     with pytest.raises(ValueError, match="precision 'bf16'"):
         export_tflite(job)
     onnx_job = tflite_job(str(job.onnx_path), "fp32", tmp_path / "onnx", verify=False)
