@@ -23,7 +23,7 @@ import numpy.typing as npt
 from exporters.core import onnx_hub
 from exporters.core.checks import check_onnx_file, output_dir, probe_source
 from exporters.core.inputs import as_inputs, input_count, is_multi, take
-from exporters.core.job import MAX_SAMPLES, NCNN_DEPTHWISE, ONNX_WEIGHTS, ExportJob, ExportOptions
+from exporters.core.job import MAX_SAMPLES, NCNN_DEPTHWISE, ONNX_WEIGHTS, OPSET, ExportJob, ExportOptions
 from exporters.core.qdq import to_qdq
 from exporters.core.quant import QuantTable, calibrate, table_from_spec
 from exporters.core.report import ExportReport, TargetResult
@@ -37,6 +37,7 @@ __all__ = [
     "MAX_SAMPLES",
     "NCNN_DEPTHWISE",
     "ONNX_WEIGHTS",
+    "OPSET",
     "PRECISIONS",
     "TARGETS",
     "export",
@@ -137,7 +138,7 @@ def prepare_job(model: Any, options: ExportOptions, workdir: str | os.PathLike[s
     work = Path(workdir)
     onnx_error: str | None = None
     try:
-        onnx_path, notes = onnx_hub.to_onnx(source, work / "shared.onnx", example)
+        onnx_path, notes = onnx_hub.to_onnx(source, work / "shared.onnx", example, options.opset)
     except Exception as err:  # TFLite needs no ONNX: it still runs, the ONNX-based targets report this reason
         if source.framework == "onnx":
             raise
@@ -237,6 +238,7 @@ def export(
     onnx_weights: str = "auto",
     samples_from: str = "",
     latency: bool = True,
+    opset: int = OPSET,
 ) -> ExportReport:
     """Export ``model`` to each target, verify every artifact in its runtime, and return the report.
 
@@ -277,6 +279,9 @@ def export(
             second TFLite conversion of the model, a pnnx run for fp16 ncnn), for a caller that times the
             artifacts itself; each verified row keeps its own ``latency_ms``, and the rows' verdict fields stay
             empty.
+        opset: the ONNX opset of the shared ONNX the torch / Keras model is converted to (default 18), and so of the
+            ``onnx`` and ``tensorrt`` artifacts and of the graph pnnx converts for ncnn; 13 to 21 (13 is the lowest
+            with per-channel Q/DQ, what TensorRT needs). An ``.onnx`` source keeps its own opset.
 
     Every fp16 / int8 artifact is also timed against the fp32 artifact of its target in one interleaved run
     (:mod:`exporters.core.latency`): its row gets ``fp32_latency_ms``, ``latency_ratio`` and ``latency_verdict``, and
@@ -292,7 +297,7 @@ def export(
     """
     options = ExportOptions(
         targets, example_input, calibration, precision, quant_spec, directory, verify, threads, progress, samples,
-        reference_fn, tflite_int8, ncnn_depthwise, onnx_weights, samples_from, latency,
+        reference_fn, tflite_int8, ncnn_depthwise, onnx_weights, samples_from, latency, opset,
     )  # fmt: skip
     return _export(model, options)
 

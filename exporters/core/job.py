@@ -28,7 +28,7 @@ from exporters.core.verify import nchw_to_nhwc, nhwc_to_nchw
 from fitslim.callback_spec import ONNX_WEIGHT_TYPES, check_export_options
 from fitslim.quantspec import QuantSpec
 
-__all__ = ["MAX_SAMPLES", "NCNN_DEPTHWISE", "ONNX_WEIGHTS", "ExportJob", "ExportOptions"]
+__all__ = ["MAX_SAMPLES", "NCNN_DEPTHWISE", "ONNX_WEIGHTS", "OPSET", "OPSETS", "ExportJob", "ExportOptions"]
 
 #: ``export(..., ncnn_depthwise=...)``: the ncnn layer types each choice keeps in fp32 in an int8 model
 NCNN_DEPTHWISE: dict[str, tuple[str, ...]] = {"int8": (), "float": ("ConvolutionDepthWise",)}
@@ -37,6 +37,12 @@ NCNN_DEPTHWISE: dict[str, tuple[str, ...]] = {"int8": (), "float": ("Convolution
 ONNX_WEIGHTS = ONNX_WEIGHT_TYPES
 #: how many verification samples are compared at most
 MAX_SAMPLES = 256
+#: ``export(..., opset=...)``: the ONNX opset of the shared ONNX (and so of the onnx / tensorrt artifacts and the
+#: graph pnnx converts for ncnn) by default
+OPSET = 18
+#: the opsets ``export(..., opset=...)`` accepts: 13 (per-channel Q/DQ, TensorRT's lowest) to 21 (the newest
+#: the ONNX converters and onnxruntime here all write and run)
+OPSETS = range(13, 22)
 
 
 @dataclass
@@ -47,8 +53,8 @@ class ExportOptions:
 
     Raises:
         ValueError: an unknown target, precision, ``ncnn_depthwise`` or ``onnx_weights``
-            (:func:`fitslim.callback_spec.check_export_options`).
-        TypeError: a ``latency`` that is not a bool.
+            (:func:`fitslim.callback_spec.check_export_options`), or an ``opset`` outside :data:`OPSETS`.
+        TypeError: a ``latency`` that is not a bool, an ``opset`` that is not an int.
     """
 
     targets: Sequence[str] = ("onnx",)
@@ -67,6 +73,7 @@ class ExportOptions:
     onnx_weights: str = "auto"
     samples_from: str = ""
     latency: bool = True
+    opset: int = OPSET
 
     def __post_init__(self) -> None:
         if not isinstance(self.latency, bool):
@@ -75,6 +82,17 @@ class ExportOptions:
                 "verdict against fp32 (for callers that time the artifacts themselves); leave it unset to keep it."
             )
         self.targets = check_export_options(self.targets, self.precision, self.ncnn_depthwise, self.onnx_weights)
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int):
+            raise TypeError(
+                f"opset: expected an int; got {type(self.opset).__name__} {self.opset!r}. HINT: e.g. opset=17, or "
+                f"leave it unset for opset {OPSET}."
+            )
+        if self.opset not in OPSETS:
+            raise ValueError(
+                f"opset: {self.opset} is outside {OPSETS.start}-{OPSETS.stop - 1}; choose one in that range (13 is the "
+                f"lowest with per-channel Q/DQ, what TensorRT needs; 21 the newest every converter here writes), or "
+                f"leave it unset for opset {OPSET}."
+            )
 
     @property
     def ncnn_keep_float(self) -> tuple[str, ...]:

@@ -28,15 +28,13 @@ import numpy.typing as npt
 
 from exporters.core.checks import Refusal, converter_error, failing_op, legacy_trace_check
 from exporters.core.inputs import Inputs, as_inputs, ort_feed, ort_run
+from exporters.core.job import OPSET
 from exporters.core.source import Source, keras_backend
 from fitslim.fileio import atomic_path
 
 __all__ = ["OPSET", "OrtRunner", "fix_pad_mode", "fold_batchnorm", "global_pools", "ort_session", "to_onnx"]
 
 log = logging.getLogger(__name__)
-
-#: Opset of the shared ONNX: inside TensorRT's Q/DQ range (13-25) and read by pnnx and onnxruntime.
-OPSET = 18
 
 
 def _input_names(model: Any, count: int) -> list[str]:
@@ -52,7 +50,7 @@ def _input_names(model: Any, count: int) -> list[str]:
     return params[:count] if len(params) >= count else [f"input_{i}" for i in range(count)]
 
 
-def _torch_to_onnx(model: Any, path: Path, example: Any, notes: list[str]) -> None:
+def _torch_to_onnx(model: Any, path: Path, example: Any, notes: list[str], opset: int = OPSET) -> None:
     import torch
 
     was_training = model.training
@@ -70,7 +68,7 @@ def _torch_to_onnx(model: Any, path: Path, example: Any, notes: list[str]) -> No
                 model,
                 xs,
                 dynamo=True,
-                opset_version=OPSET,
+                opset_version=opset,
                 input_names=names,
                 output_names=["output"],
                 dynamic_shapes=tuple({0: batch} for _ in xs),
@@ -89,7 +87,7 @@ def _torch_to_onnx(model: Any, path: Path, example: Any, notes: list[str]) -> No
                     ts,
                     str(out),
                     dynamo=False,
-                    opset_version=OPSET,
+                    opset_version=opset,
                     input_names=names,
                     output_names=["output"],
                     dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}},
@@ -101,15 +99,17 @@ def _torch_to_onnx(model: Any, path: Path, example: Any, notes: list[str]) -> No
         model.train(was_training)
 
 
-def _keras_to_onnx(model: Any, framework: str, path: Path, example: npt.NDArray[np.float32], notes: list[str]) -> None:
+def _keras_to_onnx(
+    model: Any, framework: str, path: Path, example: npt.NDArray[np.float32], notes: list[str], opset: int = OPSET
+) -> None:
     """Keras 3 on TensorFlow and tf-keras via tf2onnx; Keras 3 on torch via torch.onnx, on JAX via jax2onnx."""
     backend = keras_backend(framework)
     if backend == "torch":
-        _keras_torch_to_onnx(model, path, example, notes)
+        _keras_torch_to_onnx(model, path, example, notes, opset)
     elif backend == "jax":
-        _keras_jax_to_onnx(model, path, example, notes)
+        _keras_jax_to_onnx(model, path, example, notes, opset)
     elif backend == "tensorflow":
-        _keras_tf_to_onnx(model, path, example, notes)
+        _keras_tf_to_onnx(model, path, example, notes, opset)
     else:
         raise ValueError(
             f"exporting a Keras model to ONNX: backend {backend!r} is not supported. Save the model (.keras) and "
@@ -277,7 +277,9 @@ def _collect_between_passes() -> Iterator[None]:
         tf2onnx_optimizer._optimizers = original
 
 
-def _keras_tf_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32], notes: list[str]) -> None:
+def _keras_tf_to_onnx(
+    model: Any, path: Path, example: npt.NDArray[np.float32], notes: list[str], opset: int = OPSET
+) -> None:
     import onnx
     import tensorflow as tf
     import tf2onnx
@@ -294,7 +296,7 @@ def _keras_tf_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32], 
         model_proto, _ = tf2onnx.convert.from_function(
             forward,
             input_signature=[spec],
-            opset=OPSET,
+            opset=opset,
             inputs_as_nchw=as_nchw,
             output_path=None,
             custom_op_handlers={"Erfc": (_ErfcHandler.convert, ())},
@@ -342,7 +344,9 @@ def _captured_inputs_to_constants(model: Any, concrete: Any, notes: list[str]) -
             )
 
 
-def _keras_torch_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32], notes: list[str]) -> None:
+def _keras_torch_to_onnx(
+    model: Any, path: Path, example: npt.NDArray[np.float32], notes: list[str], opset: int = OPSET
+) -> None:
     """A Keras 3 model on the torch backend is a ``torch.nn.Module``: export it with NCHW input, like torch models."""
     import torch
 
@@ -358,10 +362,12 @@ def _keras_torch_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32
 
     nhwc = example.ndim == 4
     x = np.ascontiguousarray(example.transpose(0, 3, 1, 2)) if nhwc else example
-    _torch_to_onnx(ChannelsFirst(model, nhwc), path, x, notes)
+    _torch_to_onnx(ChannelsFirst(model, nhwc), path, x, notes, opset)
 
 
-def _keras_jax_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32], notes: list[str]) -> None:
+def _keras_jax_to_onnx(
+    model: Any, path: Path, example: npt.NDArray[np.float32], notes: list[str], opset: int = OPSET
+) -> None:
     """Keras' own ``model.export(format="onnx")`` on JAX (jax2onnx), then the input turned to NCHW."""
     if importlib.util.find_spec("jax2onnx") is None:
         raise ValueError(
@@ -376,7 +382,7 @@ def _keras_jax_to_onnx(model: Any, path: Path, example: npt.NDArray[np.float32],
     sig = [keras.InputSpec(shape=(None, *example.shape[1:]), dtype="float32")]
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            model.export(str(raw), format="onnx", input_signature=sig, opset_version=OPSET, verbose=False)
+            model.export(str(raw), format="onnx", input_signature=sig, opset_version=opset, verbose=False)
         m = onnx.load(str(raw))
     except ImportError as err:  # jax2onnx is there, one of its own dependencies is not
         raise ValueError(
@@ -633,13 +639,16 @@ def _converter_name(source: Source) -> str:
     return {"torch": "torch.onnx.export", "jax": "jax2onnx"}.get(backend, "tf2onnx")
 
 
-def to_onnx(source: Source, path: str | Path, example_input: npt.ArrayLike) -> tuple[Path, list[str]]:
+def to_onnx(
+    source: Source, path: str | Path, example_input: npt.ArrayLike, opset: int = OPSET
+) -> tuple[Path, list[str]]:
     """Write the shared ONNX for ``source`` to ``path`` (atomically) and return it with notes.
 
     Args:
         source: the model.
         path: the destination ``.onnx``.
         example_input: one or more inputs in the source's layout (fixes the non-batch dimensions).
+        opset: the ONNX opset the converter writes (an ``.onnx`` source keeps its own).
 
     Raises:
         ValueError: a Keras model outside the TensorFlow backend.
@@ -659,9 +668,9 @@ def to_onnx(source: Source, path: str | Path, example_input: npt.ArrayLike) -> t
         raw = tmp.with_suffix(".raw.onnx")
         try:
             if source.framework == "torch":
-                _torch_to_onnx(source.model, raw, example, notes)
+                _torch_to_onnx(source.model, raw, example, notes, opset)
             elif source.framework in ("keras", "tf_keras"):
-                _keras_to_onnx(source.model, source.framework, raw, example, notes)
+                _keras_to_onnx(source.model, source.framework, raw, example, notes, opset)
             else:
                 shutil.copyfile(source.model, raw)
             model = onnx.load(str(raw))
