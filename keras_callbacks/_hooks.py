@@ -26,7 +26,6 @@ import contextlib
 import logging
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -264,17 +263,26 @@ def _unlocked(layer: Any) -> Iterator[None]:
             tracker.lock()
 
 
-@dataclass
 class FitHandoff:
-    """What one callback of a fit leaves for the next ones (and the user), kept beside the model, not on it.
+    """What one callback of a fit leaves for the next ones, kept beside the model, not on it.
 
     Attributes:
         pruned_model: ``Pruning``'s rebuild with fewer channels, after channel removal in this fit.
-        quantized: ``QuantizationAware``'s result (``quantization.Int8Model``) after this fit.
+        quantized: ``QuantizationAware``'s result (``quantization.QATResult``) of this fit, held weakly: it holds the
+            model, and the callback that owns it keeps it alive for the callbacks after it.
     """
 
-    pruned_model: Any = None
-    quantized: Any = None
+    def __init__(self) -> None:
+        self.pruned_model: Any = None
+        self._quantized: Callable[[], Any] | None = None
+
+    @property
+    def quantized(self) -> Any:
+        return self._quantized() if self._quantized is not None else None
+
+    @quantized.setter
+    def quantized(self, value: Any) -> None:
+        self._quantized = weakref.ref(value) if value is not None else None
 
 
 def handoff(model: Any) -> FitHandoff:

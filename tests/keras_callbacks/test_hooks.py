@@ -210,3 +210,21 @@ def test_keep_fake_quant_keeps_the_int8_model_until_remove() -> None:
     QuantizationAware.remove(model)
     assert _leftovers(model) == []
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x[:4], training=False)), plain, atol=1e-6)
+
+
+def test_the_tables_beside_the_model_do_not_keep_it_alive() -> None:
+    import gc
+    import weakref
+
+    from keras_callbacks import _hooks
+
+    x, y = _data(8)
+    model = _small()
+    qat = QuantizationAware(start=0.0, keep_fake_quant=True)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[qat, Distillation(_teacher())])
+    assert handoff(model).quantized is qat.result and groups(model, kept=True)
+    key, ref = id(model), weakref.ref(model)
+    del model, qat
+    gc.collect()
+    assert ref() is None
+    assert key not in _hooks._GROUPS and key not in _hooks._HANDOFF
