@@ -639,7 +639,7 @@ class QuantizationAware(keras.callbacks.Callback):
     ``keep_fake_quant=True`` it runs as its fake-quant int8 model instead (``evaluate``/``predict`` agree with the
     int8 exports); :meth:`remove` turns it back into the float model, :func:`float_model` gives a temporary float
     view, and :func:`load_model` reloads a ``.keras`` file saved during or after the fit with its ranges.
-    (Before 0.2 the fake-quant was always kept.)
+    (Until issue 22 the fake-quant was always kept.)
 
     The batch ``logs`` get ``qat/phase`` (0 float, 2 fake-quant with observers updating, 3 observers frozen) and
     ``qat/bn_frozen``; the epoch ``logs`` also the observed input ranges' ``qat/input_range/min|mean|max`` and
