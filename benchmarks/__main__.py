@@ -103,6 +103,11 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "digits student with and without a teacher: accuracy and step time",
     ),
     Benchmark(
+        "distributed",
+        "benchmarks.distributed",
+        "Lightning callbacks under DDP (2 CPU processes, gloo): step time of each against plain DDP",
+    ),
+    Benchmark(
         "keras",
         "benchmarks.keras",
         "Keras callbacks vs tfmot: pruning and QAT overhead, exported int8 accuracy",
