@@ -212,6 +212,7 @@ def test_keep_fake_quant_keeps_the_int8_model_until_remove() -> None:
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x[:4], training=False)), plain, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_tables_beside_the_model_do_not_keep_it_alive() -> None:
     import gc
     import weakref
