@@ -288,7 +288,7 @@ def keras_fit(model: Any, epochs: int, seed: int, callbacks: list[Any], lr: floa
 
 def keras_twin(torch_module: nn.Module, width: float) -> Any:
     """The Keras twin of a trained torch digits CNN (same weights, same function)."""
-    from fitslim.models import copy_torch_to_keras
+    from keras_callbacks.models import copy_torch_to_keras
     from keras_callbacks.reference import build_digits_classifier
 
     model = build_digits_classifier(width=width)

@@ -192,7 +192,7 @@ def build_model(cfg: Config) -> Any:
     """The reference model of ``cfg`` (seeded)."""
     import torch
 
-    from fitslim.models import torch_model
+    from lightning_plugins.models import torch_model
 
     torch.manual_seed(0)
     return torch_model(cfg.model, **cfg.model_kwargs)

@@ -72,7 +72,7 @@ SPARSITY = 0.5
 
 
 def digits_cnn(layers: Any, model_cls: Any, width: float = 1.0) -> Any:
-    """The digits CNN (as :func:`fitslim.models.keras_models.digits_cnn`) from a ``layers`` namespace.
+    """The digits CNN (as :func:`keras_callbacks.models.digits_cnn`) from a ``layers`` namespace.
 
     Built by the same code for Keras 3 and tf-keras, so both sides train the same architecture.
     """

@@ -33,7 +33,7 @@ log = logging.getLogger("benchmarks.ncnn_int8")
 
 def random_bn_stats(model: Any, seed: int = 0) -> Any:
     """Non-trivial BatchNorm statistics (shared with the tests)."""
-    from fitslim.models.torch_models import randomize_batchnorm
+    from lightning_plugins.models import randomize_batchnorm
 
     return randomize_batchnorm(model, seed)
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> str:
     from exporters.core.job import ExportOptions
     from exporters.targets.ncnn import NcnnModel, run_pnnx
     from exporters.targets.ncnn_int8 import write_int8
-    from fitslim.models import torch_model
+    from lightning_plugins.models import torch_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)

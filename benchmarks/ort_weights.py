@@ -48,7 +48,7 @@ def trained_digits_cnn(epochs: int = 8) -> tuple[Any, np.ndarray, np.ndarray, np
     import torch
 
     from fitslim.data import digits
-    from fitslim.models import torch_model
+    from lightning_plugins.models import torch_model
 
     d = digits(size=8, layout="NCHW")
     torch.manual_seed(0)
@@ -68,10 +68,10 @@ def measure(name: str, args: argparse.Namespace, workdir: Path) -> list[str]:
     """One model's rows: fp32, int8 weights, uint8 weights."""
     from benchmarks.speed224 import build, images
     from exporters.core.onnx_hub import ort_session, to_onnx
-    from exporters.targets.onnx_int8 import to_ort_int8
     from exporters.core.quant import calibrate
     from exporters.core.source import Source
     from exporters.core.verify import compare
+    from exporters.targets.onnx_int8 import to_ort_int8
 
     labels: np.ndarray | None = None
     if name == "digits_cnn":

@@ -117,7 +117,7 @@ OVERHEAD_MODELS = {
 
 
 def _torch_model(name: str, **kw: Any) -> nn.Module:
-    from fitslim.models import torch_model
+    from lightning_plugins.models import torch_model
 
     return torch_model(name, **kw)
 
@@ -401,7 +401,7 @@ class _RandomImages(pl.LightningDataModule):  # type: ignore[name-defined]
 
 def _bn_from_data(model: Any, x: np.ndarray) -> Any:
     """BatchNorm statistics from a data batch (shared helper)."""
-    from fitslim.models.torch_models import batchnorm_from_data
+    from lightning_plugins.models import batchnorm_from_data
 
     return batchnorm_from_data(model, x)
 

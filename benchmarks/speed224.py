@@ -5,7 +5,7 @@ Run: ``python -m benchmarks.speed224 [--quick] [--models mobilenet_v2 resnet50 v
 
 Models, random weights with BatchNorm statistics from image-like inputs (no download):
 
-- MobileNetV2 alpha 1.0 (``fitslim.models.torch_model("mobilenet_v2")``, 1000 classes);
+- MobileNetV2 alpha 1.0 (``lightning_plugins.models.torch_model("mobilenet_v2")``, 1000 classes);
 - ResNet-50 (HuggingFace ``ResNetConfig()``: the ResNet-50 layout, 1000 classes);
 - a ViT-tiny-sized transformer (``ViTConfig``: hidden 192, 12 layers, 3 heads, patch 16, 1000 classes).
 
@@ -52,7 +52,7 @@ from exporters.core.latency import interleaved_times  # the timer behind the exp
 
 
 def time_interleaved(runners: list[Any], x: Any, rounds: int, burst: int) -> list[list[float]]:
-    """Single-sample latencies (ms) of every ``runner(x)``, interleaved (``exporters.core.latency.interleaved_times``)."""
+    """Single-sample latencies (ms) of every ``runner(x)``, interleaved (``core.latency.interleaved_times``)."""
     return interleaved_times([lambda run=run: run(x) for run in runners], rounds, burst)
 
 
@@ -84,7 +84,7 @@ def build(name: str, half: bool, size: int) -> Any:
 
     torch.manual_seed(0)
     if name == "mobilenet_v2":
-        from fitslim.models import torch_model
+        from lightning_plugins.models import torch_model
 
         model: nn.Module = torch_model(
             "mobilenet_v2", width_multiplier=0.5 if half else 1.0, num_classes=1000, input_size=size

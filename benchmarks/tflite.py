@@ -53,7 +53,7 @@ class Row:
 
 def random_bn_stats(model: Any, seed: int = 0) -> Any:
     """Non-trivial BatchNorm statistics (shared with the tests)."""
-    from fitslim.models.torch_models import randomize_batchnorm
+    from lightning_plugins.models import randomize_batchnorm
 
     return randomize_batchnorm(model, seed)
 
@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> str:
 
     import torch
 
-    from fitslim.models import copy_torch_to_keras, keras_model, torch_model
+    from keras_callbacks.models import copy_torch_to_keras, keras_model
+    from lightning_plugins.models import torch_model
 
     torch.manual_seed(0)
     tmodel = random_bn_stats(

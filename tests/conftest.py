@@ -45,7 +45,7 @@ def digits_nhwc() -> Digits:
 def trained_torch_digits(digits_nchw: Digits) -> Any:
     """The reference digits CNN trained for a few epochs with a plain torch loop (eval mode)."""
     torch = pytest.importorskip("torch", reason="torch not installed")
-    from fitslim.models import torch_model
+    from lightning_plugins.models import torch_model
 
     torch.manual_seed(0)
     model = torch_model("digits_cnn", width=1.0)
@@ -98,7 +98,7 @@ def export_spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 def random_bn_stats(model: Any, seed: int = 0) -> Any:
     """Give every BatchNorm of a torch model non-trivial statistics, so BN folding is really exercised."""
-    from fitslim.models.torch_models import randomize_batchnorm
+    from lightning_plugins.models import randomize_batchnorm
 
     return randomize_batchnorm(model, seed)
 

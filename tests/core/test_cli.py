@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fitslim.app.cli import main
+from fitslim_app.cli import main
 
 
 def test_demo_rejects_bad_epochs(capsys: pytest.CaptureFixture[str]) -> None:

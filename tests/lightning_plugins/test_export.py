@@ -107,7 +107,7 @@ def test_quant_spec_found_on_a_qat_callback() -> None:
 def test_pytorch_lightning_namespace_trainer_runs_the_callback(tmp_path: Path) -> None:
     ptl = pytest.importorskip("pytorch_lightning", reason="pytorch_lightning not installed")
     from fitslim.data import digits
-    from fitslim.models import torch_model
+    from lightning_plugins.models import torch_model
 
     class Plain(ptl.LightningModule):  # a user module written against pytorch_lightning
         def __init__(self) -> None:

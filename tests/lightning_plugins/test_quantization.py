@@ -498,7 +498,7 @@ def test_ddp_spawn_identical_scales_on_both_ranks(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_pytorch_lightning_namespace(tmp_path: Path) -> None:
     ptl = pytest.importorskip("pytorch_lightning")
-    from fitslim.models import torch_model
+    from lightning_plugins.models import torch_model
 
     class Module(ptl.LightningModule):  # type: ignore[name-defined]
         def __init__(self) -> None:
