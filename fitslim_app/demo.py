@@ -588,6 +588,8 @@ def _keras(
         raise RuntimeError("keras: the Export callback wrote no report")
     small = pruning.pruned_model if pruning.pruned_model is not None else student
     qat = next(cb for cb in callbacks if isinstance(cb, QuantizationAware))
+    if qat.quant_spec is None:
+        raise RuntimeError("keras: QuantizationAware learned no QuantSpec (no batch reached its observers)")
     with fake_quant_inference(student, qat.quant_spec):  # scored as the fake-quant model QAT learned
         accuracy = evaluate_accuracy(student, d.x_test, d.y_test)
     compressed = VariantResult(

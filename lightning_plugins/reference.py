@@ -20,8 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fitslim.data import digits
-from lightning_plugins.models import torch_model
 from lightning_plugins._compat import pl
+from lightning_plugins.models import torch_model
 
 __all__ = ["DigitsClassifier", "DigitsDataModule", "evaluate_accuracy"]
 
