@@ -16,7 +16,16 @@ import numpy as np
 
 from keras_callbacks._hooks import Hooks, groups, rebuild_train_function, reset_compiled
 
-__all__ = ["backend", "masking_function", "patch_train_step", "sync_state", "to_numpy", "unpatch"]
+__all__ = [
+    "backend",
+    "loss_replicas",
+    "masking_function",
+    "patch_train_step",
+    "replica_union",
+    "sync_state",
+    "to_numpy",
+    "unpatch",
+]
 
 
 def backend() -> str:
@@ -30,6 +39,41 @@ def sync_state(model: Any) -> None:
         sync = getattr(model, "jax_state_sync", None)
         if callable(sync) and getattr(model, "_jax_state", None) is not None:
             sync()
+
+
+def replica_union(value: Any) -> Any:
+    """``value`` of every replica of the running step, concatenated along axis 0.
+
+    Under a TensorFlow ``tf.distribute`` strategy with more than one replica (replica context, e.g. a train step of
+    ``MirroredStrategy``), each replica sees its own slice of the global batch: a statistic of the batch (an
+    observer's absmax or percentile) must be taken on the union, an all-gather. Elsewhere ``value`` is returned as
+    it is: one device holds the whole batch, and JAX's ``keras.distribution.DataParallel`` traces one global step
+    (its reductions already run over the whole batch).
+
+    Args:
+        value: a tensor of this replica, with a leading axis to concatenate on.
+    """
+    if backend() != "tensorflow":
+        return value
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return value
+    return ctx.all_gather(value, axis=0)
+
+
+def loss_replicas() -> int:
+    """How many replicas Keras divides each replica's loss by: ``num_replicas_in_sync`` on TensorFlow, else 1.
+
+    Keras' compiled loss returns the replica's loss divided by the number of replicas (gradients are then summed
+    across replicas), so a term added to it in ``compute_loss`` must be divided the same way.
+    """
+    if backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return int(tf.distribute.get_strategy().num_replicas_in_sync)
 
 
 def to_numpy(value: Any) -> np.ndarray:

@@ -27,6 +27,7 @@ from keras import ops
 
 from fitslim.callback_spec import DistillationSpec
 from fitslim.distill import adapter_kind, resolve_layer
+from keras_callbacks._backend import loss_replicas
 from keras_callbacks._hooks import Hooks, groups, rebuild_train_function, reset_compiled
 
 __all__ = ["Distillation", "FeatureAdapter", "kd_loss"]
@@ -476,7 +477,12 @@ class Distillation(keras.callbacks.Callback):
             task = original(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
             if not training:
                 return task
-            return callback.distillation_loss(x, y_pred, task)
+            # under tf.distribute Keras returns the replica's loss divided by the replica count (gradients are summed
+            # across replicas): combine on the undivided loss, then divide the whole, the distillation terms included
+            replicas = loss_replicas()
+            if replicas == 1:
+                return callback.distillation_loss(x, y_pred, task)
+            return callback.distillation_loss(x, y_pred, task * float(replicas)) / float(replicas)
 
         hooks.replace(model, "compute_loss", compute_loss)
         self._attach_adapters(model, hooks)

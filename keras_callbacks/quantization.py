@@ -69,7 +69,7 @@ from fitslim.errors import ArgumentError, fail, fail_type
 from fitslim.int8 import MIN_SCALE, absmax_scale, qmax
 from fitslim.metrics import QAT_PHASES, bn_freeze_warning, qat_metrics
 from fitslim.quantspec import LayerQuant, QuantSpec
-from keras_callbacks._backend import sync_state
+from keras_callbacks._backend import replica_union, sync_state
 from keras_callbacks._hooks import (
     Hooks,
     groups,
@@ -247,10 +247,11 @@ def _training_flag() -> bool:
 def _observe(var: Any, x: Any, state: _State) -> Any:
     """Update the range variable from this batch (training only) and return the range to use."""
     a = ops.abs(ops.stop_gradient(ops.cast(x, "float32")))
+    # under tf.distribute each replica holds a slice of the batch: the statistic is the union's (as on one device)
     if state.observer == "percentile":
-        batch = ops.quantile(ops.reshape(a, (-1,)), PERCENTILE / 100.0)
+        batch = ops.quantile(replica_union(ops.reshape(a, (-1,))), PERCENTILE / 100.0)
     else:
-        batch = ops.max(a)
+        batch = ops.max(replica_union(ops.reshape(ops.max(a), (1,))))
     old = ops.convert_to_tensor(var)
     if state.observer == "minmax":
         new = ops.maximum(old, batch)
