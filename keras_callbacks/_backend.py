@@ -105,9 +105,11 @@ def patch_train_step(model: Any, after_step: Callable[[], None]) -> Callable[[],
 
     Only on TensorFlow without a distribution strategy: there ``train_step`` is traced into the train
     function, so the masking costs no Python per step, and TF's automatic control dependencies order the
-    assignment after the optimizer's. Under ``MirroredStrategy`` the train step runs in replica context,
-    where a mirrored kernel cannot be assigned, and on JAX (a functional step over state) and PyTorch
-    (eager) the caller masks in ``on_train_batch_end`` instead. The replacement is a
+    assignment after the optimizer's. Under a ``tf.distribute`` strategy the train step runs in replica context
+    (each replica would assign its copy of a mirrored kernel: that ran on Keras 3.15 / TF 2.21 with
+    ``MirroredStrategy`` in a quick check, but is not relied on), on JAX the step is a function over state and on
+    PyTorch it is eager: there the caller masks in ``on_train_batch_end`` instead, which gives the one-device masks
+    under ``MirroredStrategy`` (tests/keras_callbacks/test_distributed.py). The replacement is a
     :class:`keras_callbacks._hooks.Hooks` group of kind ``"train-step"`` (one left by a fit that raised is undone
     first).
 
