@@ -108,6 +108,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "Lightning callbacks under DDP (2 CPU processes, gloo): step time of each against plain DDP",
     ),
     Benchmark(
+        "keras_distributed",
+        "benchmarks.keras_distributed",
+        "Keras callbacks under tf.distribute.MirroredStrategy (2 logical CPUs): step time against the plain fit",
+        quick=("--steps", "20"),
+    ),
+    Benchmark(
         "keras",
         "benchmarks.keras",
         "Keras callbacks vs tfmot: pruning and QAT overhead, exported int8 accuracy",
