@@ -168,17 +168,22 @@ def test_calibration_ranges_do_not_depend_on_the_inference_batch(
     _model, x, shared, _report = mobilenet
     small, whole = calibrate(shared, x, batch=1), calibrate(shared, x, batch=len(x))
     assert [q.node.node for q in small.nodes] == [q.node.node for q in whole.nodes]
+    # activations computed one sample or 64 at a time may differ in the last bits (a CPU's GEMM kernels block by
+    # batch size), so input scales agree to float precision; weight scales come from the weights alone
     for a, b in zip(small.nodes, whole.nodes, strict=True):
-        assert a.input_scale == b.input_scale
+        assert a.input_scale == pytest.approx(b.input_scale, rel=1e-5)
         np.testing.assert_array_equal(a.weight_scales, b.weight_scales)
     assert onnx_int8._Reader([], x).batch == onnx_int8.ORT_CALIBRATION_BATCH == 1
     one = _qdq_params(to_ort_int8(shared, whole, x[:24], tmp_path / "one.onnx"))
     monkeypatch.setattr(onnx_int8._Reader.__init__, "__defaults__", (16,))
     sixteen = _qdq_params(to_ort_int8(shared, whole, x[:24], tmp_path / "sixteen.onnx"))
-    assert one[1] == sixteen[1] and one[1]  # every activation's (scale, zero point)
+    assert one[1].keys() == sixteen[1].keys() and one[1]  # every activation's (scale, zero point)
+    for tensor, (scale, zero) in one[1].items():
+        assert zero == sixteen[1][tensor][1] and scale == pytest.approx(sixteen[1][tensor][0], rel=1e-5), tensor
     assert one[0].keys() == sixteen[0].keys()
     for node, scales in one[0].items():
         np.testing.assert_array_equal(scales, sixteen[0][node])
+
 
 def test_int8_onnx_refuses_without_calibration(tmp_path: Path) -> None:
     torch.manual_seed(0)
